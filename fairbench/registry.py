@@ -27,12 +27,14 @@ class DuplicateNameError(ValueError):
 class _Lazy:
     __slots__ = ("target",)
 
-    def __init__(self, target: str) -> None:
-        if ":" not in target:
+    def __init__(self, target: str | Callable[[], object]) -> None:
+        if not callable(target) and (not isinstance(target, str) or ":" not in target):
             raise ValueError(f"lazy registry target must look like 'module:attr', got {target!r}")
         self.target = target
 
     def load(self) -> object:
+        if callable(self.target):
+            return self.target()
         module_name, attr = self.target.split(":", 1)
         obj: object = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -70,8 +72,9 @@ class Registry(Generic[T]):
             return _add
         return _add(obj)
 
-    def register_lazy(self, name: str, target: str) -> None:
-        """Register ``"module:attr"``, imported the first time ``name`` is looked up."""
+    def register_lazy(self, name: str, target: str | Callable[[], T]) -> None:
+        """Register ``"module:attr"`` (imported) or a zero-argument factory (called) the first time ``name``
+        is looked up. A failing load leaves the entry lazy, so the error repeats rather than vanishing."""
         self._check_new(name)
         self._entries[name] = _Lazy(target)
 
