@@ -1,0 +1,218 @@
+"""The one model interface every family implements, and model cards.
+
+A model card (``fairbench/models/cards/<name>.yaml``, the stem is the name) holds the family, the
+architecture config, the weights source, preprocessing, prompt style, probe feature and LoRA targets. A
+family (registered in :data:`FAMILIES`) turns a card plus resolved weights into a :class:`VLModel`.
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fairbench.cards import Fields, card_sha256, read_yaml_with_includes
+from fairbench.registry import Registry
+
+__all__ = ["ModelCard", "Preprocessing", "VLModel", "FAMILIES", "MODELS", "load_model_card", "get_model_card",
+           "cards_dir"]
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Batched tensor preprocessing for uint8 grayscale/RGB arrays.
+
+    ``resize``: ``shortest`` (resize shortest side, then center crop) or ``square`` (resize to size x size).
+    Families whose official pipeline differs (padding to square, 299 px upsampling...) override
+    :meth:`VLModel.preprocess`.
+    """
+
+    image_size: int
+    mean: tuple[float, ...] = OPENAI_MEAN
+    std: tuple[float, ...] = OPENAI_STD
+    resize: str = "shortest"
+    interpolation: str = "bicubic"
+    channels: int = 3
+
+    def key(self) -> str:
+        return card_sha256(self.__dict__)[:16]
+
+    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
+        out = torch.empty(len(images), self.channels, self.image_size, self.image_size)
+        # group equal shapes so a batch of same-size images is resized in one call
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):
+            by_shape.setdefault(img.shape, []).append(i)
+        mean = torch.tensor(self.mean[: self.channels]).view(1, -1, 1, 1)
+        std = torch.tensor(self.std[: self.channels]).view(1, -1, 1, 1)
+        for shape, idx in by_shape.items():
+            x = torch.from_numpy(np.stack([images[i] for i in idx])).float().div_(255.0)
+            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+            if x.shape[1] == 1 and self.channels == 3:
+                x = x.expand(-1, 3, -1, -1)
+            elif x.shape[1] == 3 and self.channels == 1:
+                x = x.mean(dim=1, keepdim=True)
+            x = self._resize(x)
+            out[idx] = (x - mean) / std
+        return out
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        s = self.image_size
+        kw = dict(mode=self.interpolation, antialias=True) if self.interpolation in ("bilinear", "bicubic") \
+            else dict(mode=self.interpolation)
+        if self.resize == "square":
+            return F.interpolate(x, size=(s, s), **kw).clamp_(0, 1)
+        scale = s / min(h, w)
+        nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), **kw).clamp_(0, 1)
+        top, left = (nh - s) // 2, (nw - s) // 2
+        return x[..., top:top + s, left:left + s]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    family: str
+    description: str
+    path: Path
+    architecture: dict[str, Any]
+    weights_source: str
+    weights_obtain: str
+    preprocessing: Preprocessing
+    prompt_style: str = "templates"
+    probe_feature: str = "embedding"
+    lora_targets: tuple[str, ...] = ()
+    tiny: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sha256(self) -> str:
+        return card_sha256(self.raw)
+
+
+def cards_dir() -> Path:
+    return Path(__file__).resolve().parent / "cards"
+
+
+def load_model_card(path: Path) -> ModelCard:
+    path = Path(path)
+    data = read_yaml_with_includes(path)
+    f = Fields(data, source=str(path))
+    name = f.get("name", str, path.stem)
+    if name != path.stem:
+        f.fail("name", f"must equal the file name stem {path.stem!r}, got {name!r}")
+    family = f.get("family", str)
+    if family not in FAMILIES:
+        f.fail("family", f"names an unknown family: {FAMILIES.unknown_message(family)}")
+    w = f.sub("weights")
+    source = w.get("source", str)
+    obtain = w.get("obtain", str, "")
+    w.no_unknown()
+    p = f.sub("preprocessing")
+    pre = Preprocessing(
+        image_size=p.get("image_size", int),
+        mean=tuple(p.get("mean", list, list(OPENAI_MEAN))),
+        std=tuple(p.get("std", list, list(OPENAI_STD))),
+        resize=p.get("resize", str, "shortest", choices=("shortest", "square")),
+        interpolation=p.get("interpolation", str, "bicubic", choices=("bicubic", "bilinear", "nearest")),
+        channels=p.get("channels", int, 3, choices=(1, 3)),
+    )
+    p.no_unknown()
+    card = ModelCard(
+        name=name, family=family, description=f.get("description", str, ""), path=path.resolve(),
+        architecture=f.get("architecture", dict, {}), weights_source=source, weights_obtain=obtain,
+        preprocessing=pre, prompt_style=f.get("prompt_style", str, "templates"),
+        probe_feature=f.get("probe_feature", str, "embedding"),
+        lora_targets=tuple(f.str_list("lora_targets", [])), tiny=f.get("tiny", bool, False),
+        options=f.get("options", dict, {}), raw=data)
+    f.no_unknown()
+    return card
+
+
+class VLModel(abc.ABC):
+    """A CLIP-like model behind one interface.
+
+    ``image_outputs`` returns, in one forward pass, the joint-space ``embedding`` (used for zero-shot) and the
+    probe ``feature`` (the layer the family's official linear-probe code uses), so frozen-encoder adapters
+    encode each image once.
+    """
+
+    card: ModelCard
+    device: torch.device
+    weights_info: dict[str, Any]
+
+    @property
+    @abc.abstractmethod
+    def module(self) -> torch.nn.Module:
+        """The underlying torch module (for training, LoRA, state dicts)."""
+
+    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
+        return self.card.preprocessing(images)
+
+    @abc.abstractmethod
+    def tokenize(self, texts: list[str]) -> Any: ...
+
+    @abc.abstractmethod
+    def image_outputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"embedding": [n, d] joint space, unnormalised, "feature": [n, f] probe feature}``."""
+
+    @abc.abstractmethod
+    def encode_text(self, tokens: Any) -> torch.Tensor: ...
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_outputs(pixels)["embedding"]
+
+    def logit_scale(self) -> torch.Tensor:
+        return torch.tensor(100.0, device=self.device)
+
+    def similarity(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+        """Image-text logits [n_img, n_txt]: scaled cosine similarity unless the family says otherwise."""
+        return self.logit_scale() * F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
+
+    def class_embeddings(self, prompts: list[list[str]]) -> torch.Tensor:
+        """One embedding per class from its prompts: the mean of normalised prompt embeddings (CLIP-style
+        prompt ensembling), re-normalised."""
+        out = []
+        for texts in prompts:
+            emb = F.normalize(self.encode_text(self.tokenize(texts)), dim=-1)
+            out.append(F.normalize(emb.mean(dim=0), dim=-1))
+        return torch.stack(out)
+
+    def zeroshot_logits(self, image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+        return self.similarity(image_emb, class_emb)
+
+
+FAMILIES: Registry[Any] = Registry("model family")
+FAMILIES.register_lazy("open_clip", "fairbench.models.openclip:build_open_clip")
+FAMILIES.register_lazy("tinyclip", "fairbench.models.openclip:build_tinyclip")
+
+MODELS: Registry[ModelCard] = Registry("model")
+
+
+@functools.cache
+def _discover_model_cards() -> None:
+    for card in sorted(cards_dir().glob("*.yaml")):
+        if not card.name.startswith("_"):
+            MODELS.register_lazy(card.stem, functools.partial(load_model_card, card))
+
+
+def get_model_card(name: str) -> ModelCard:
+    _discover_model_cards()
+    return MODELS.get(name)
+
+
+def model_names() -> list[str]:
+    _discover_model_cards()
+    return MODELS.names()
