@@ -1,0 +1,122 @@
+"""The adapter contract and the context adapters work in.
+
+An adapter turns a model and a task into class probabilities for the evaluated splits. Frozen-encoder
+adapters read image embeddings and probe features through :meth:`AdaptContext.encode`, which encodes each
+split once per run and shares the result between adapters.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from fairbench.data.base import SampleSet
+from fairbench.data.task import TaskCard
+from fairbench.errors import FairbenchError
+from fairbench.models.base import VLModel
+from fairbench.progress import bar
+from fairbench.registry import Registry
+
+__all__ = ["Adapter", "AdaptContext", "ADAPTERS", "parse_params"]
+
+
+@dataclass
+class AdaptContext:
+    task: TaskCard
+    model: VLModel
+    seed: int
+    data_root: Path | None = None
+    batch_size: int = 256
+    _splits: dict[str, SampleSet] = field(default_factory=dict)
+    _encoded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    _loader: Any = None
+
+    def split(self, name: str) -> SampleSet:
+        if name not in self._splits:
+            if self._loader is None:
+                self._loader = self.task.loader()
+            self._splits[name] = self.task.load_split(name, self.data_root, loader=self._loader)
+        return self._splits[name]
+
+    @torch.no_grad()
+    def encode(self, split: str) -> dict[str, np.ndarray]:
+        """``{"embedding": [n, d], "feature": [n, f]}`` for every image of ``split`` (float32)."""
+        if split not in self._encoded:
+            samples = self.split(split)
+            model = self.model
+            model.module.eval()
+            n = len(samples)
+            chunks: dict[str, list[np.ndarray]] = {"embedding": [], "feature": []}
+            with bar(f"encoding {split} images", n) as b:
+                for start in range(0, n, self.batch_size):
+                    idx = np.arange(start, min(n, start + self.batch_size))
+                    pixels = model.preprocess(samples.images.load(idx))
+                    out = model.image_outputs(pixels)
+                    for key in chunks:
+                        chunks[key].append(out[key].float().cpu().numpy())
+                    b.advance(len(idx))
+            self._encoded[split] = {k: np.concatenate(v) for k, v in chunks.items()}
+        return self._encoded[split]
+
+
+class Adapter(abc.ABC):
+    """Subclasses declare ``defaults`` (every parameter with its default); unknown parameters are errors."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: splits the adapter returns probabilities for
+    predict_splits: ClassVar[tuple[str, ...]] = ("val", "test")
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        self.params = parse_params(self.name, self.defaults, params or {})
+        #: facts learned while fitting (chosen hyperparameters, selection scores), recorded in metrics.json
+        self.fitted: dict[str, Any] = {}
+
+    @abc.abstractmethod
+    def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
+        """Probabilities ``[n, n_classes]`` per split in :attr:`predict_splits`."""
+
+
+def parse_params(adapter: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise FairbenchError(f"adapter '{adapter}' has no parameter '{key}' (its parameters: {known})")
+        default = defaults[key]
+        out[key] = _coerce(adapter, key, value, default)
+    return out
+
+
+def _coerce(adapter: str, key: str, value: Any, default: Any) -> Any:
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.strip().lower()
+            if low in ("true", "1", "yes"):
+                return True
+            if low in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, (list, tuple)):
+            return [type(default[0])(v) if default else v for v in value.split(",")]
+    except ValueError:
+        raise FairbenchError(f"adapter '{adapter}': parameter '{key}' wants a {type(default).__name__} "
+                             f"like {default!r}, got {value!r}") from None
+    return value
+
+
+ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
+ADAPTERS.register_lazy("zeroshot", "fairbench.adapters.zeroshot:ZeroShot")
+ADAPTERS.register_lazy("linear_probe", "fairbench.adapters.linear_probe:LinearProbe")
