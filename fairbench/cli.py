@@ -1,0 +1,160 @@
+"""The ``fairbench`` command line (typer).
+
+User mistakes raise :class:`~fairbench.errors.FairbenchError` and are printed as one line, exit code 2;
+anything else is a bug and keeps its traceback (without locals).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from fairbench import __version__
+from fairbench.errors import FairbenchError
+from fairbench.progress import console as err_console
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="fairbench",
+    help="Measure how fair CLIP-like medical vision-language models are.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# -- shared option definitions ---------------------------------------------------------------------
+TasksDirOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--tasks-dir", help="Extra folder of task folders (<dir>/<task>/<task>.yaml); repeatable.",
+    rich_help_panel="Tasks")]
+NBootOpt = Annotated[Optional[int], typer.Option(
+    "--n-boot", min=0, help="Bootstrap resamples for confidence intervals (0 = none; default: the task card's).",
+    rich_help_panel="Metrics")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"fairbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """fairbench: fairness benchmarks for medical vision-language models."""
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")] = "synth_cxr",
+    model: Annotated[str, typer.Option(help="Model card name (see `fairbench ls models`).")] = "tinyclip",
+    adapt: Annotated[str, typer.Option(help="Adaptation strategy (see `fairbench ls adapters`).")] = "zeroshot",
+    seed: Annotated[int, typer.Option(min=0, help="Seed for everything random in this cell.")] = 0,
+    out: Annotated[Path, typer.Option(help="Results root; the cell goes to OUT/task/model/adapt/seedN.")]
+        = Path("results"),
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel="Data and weights")]
+        = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
+        rich_help_panel="Data and weights")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute a cell that is already complete.")]
+        = False,
+    adapt_arg: Annotated[Optional[list[str]], typer.Option(
+        "--adapt-arg", help="Adapter parameter KEY=VALUE; repeatable (see `fairbench ls adapters`).")] = None,
+    n_boot: NBootOpt = None,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Run one cell (task x model x adapter x seed) and print its fairness summary.
+
+    With no options: the embedded default, the SYNTHETIC task synth_cxr with the tiny CLIP model, zero-shot.
+    """
+    from fairbench.pipeline import RunConfig, run_cell
+    from fairbench.report.summary import print_summary
+
+    cfg = RunConfig(task=task, model=model, adapt=adapt, seed=seed, out=out, data_root=data_root,
+                    weights=weights, device=device, overwrite=overwrite, tasks_dirs=tuple(tasks_dir or ()),
+                    n_boot=n_boot, adapt_args=_parse_kv(adapt_arg or [], "--adapt-arg"))
+    result = run_cell(cfg)
+    if result.skipped:
+        err_console.print(f"cell already complete, skipped (use --overwrite to recompute): {result.path}",
+                          markup=False)
+    print_summary(result.metrics, result.path)
+
+
+class ListWhat(str, Enum):
+    models = "models"
+    adapters = "adapters"
+    tasks = "tasks"
+    metrics = "metrics"
+
+
+@app.command("ls")
+def ls_(what: Annotated[ListWhat, typer.Argument(help="What to list.")],
+        tasks_dir: TasksDirOpt = None) -> None:
+    """List registered models, adapters, tasks or metrics."""
+    from fairbench.report.listing import list_things
+
+    list_things(what.value, tasks_dirs=tuple(tasks_dir or ()))
+
+
+@app.command()
+def validate(tasks_dir: TasksDirOpt = None) -> None:
+    """Check that every task card and model card parses and resolves (nothing runs)."""
+    from fairbench.report.listing import validate_all
+
+    problems = validate_all(tasks_dirs=tuple(tasks_dir or ()))
+    if problems:
+        for p in problems:
+            err_console.print(f"error: {p}", markup=False)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def metrics(
+    predictions: Annotated[Path, typer.Argument(help="A predictions.parquet written by `fairbench run`.")],
+    task: Annotated[Optional[str], typer.Option(
+        help="Task card for classes, attributes and evaluation settings (default: from the metrics.json "
+             "beside the file).")] = None,
+    n_boot: NBootOpt = None,
+    seed: Annotated[Optional[int], typer.Option(
+        min=0, help="Bootstrap seed (default: the cell's seed from the metrics.json beside the file, else 0).")]
+        = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here (default: print it).")] = None,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Recompute metrics from a predictions file alone (the same function `run` uses)."""
+    from fairbench.report.recompute import recompute
+
+    recompute(predictions, task=task, n_boot=n_boot, seed=seed, out=out, tasks_dirs=tuple(tasks_dir or ()))
+
+
+def _parse_kv(items: list[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FairbenchError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def main() -> None:
+    try:
+        app()
+    except FairbenchError as exc:
+        err_console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; completed cells are kept, rerun to finish the rest", markup=False)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""One cell: task x model x adapter x seed -> predictions.parquet + metrics.json."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fairbench.adapters.base import ADAPTERS, AdaptContext
+from fairbench.cards import card_sha256
+from fairbench.data.base import SampleSet
+from fairbench.data.task import TaskCard, get_task
+from fairbench.errors import ResultsError
+from fairbench.metrics import compute_metrics
+from fairbench.models.base import get_model_card
+from fairbench.models.build import build_model, resolve_device
+from fairbench.progress import info
+from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, ensure_writable,
+                               is_complete, now_iso, provenance, read_metrics, write_json)
+
+__all__ = ["RunConfig", "CellResult", "run_cell", "predictions_frame", "metrics_document", "seed_everything"]
+
+
+@dataclass
+class RunConfig:
+    task: str = "synth_cxr"
+    model: str = "tinyclip"
+    adapt: str = "zeroshot"
+    seed: int = 0
+    out: Path = Path("results")
+    data_root: Path | None = None
+    weights: str | None = None
+    device: str = "auto"
+    overwrite: bool = False
+    tasks_dirs: tuple[Path, ...] = ()
+    n_boot: int | None = None
+    adapt_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CellResult:
+    path: Path
+    metrics: dict[str, Any]
+    skipped: bool
+    task: TaskCard
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def run_cell(cfg: RunConfig) -> CellResult:
+    # resolve every name before any heavy work, so a typo fails at once
+    task = get_task(cfg.task, cfg.tasks_dirs)
+    card = get_model_card(cfg.model)
+    adapter_cls = ADAPTERS.get(cfg.adapt)
+    adapter = adapter_cls(cfg.adapt_args)
+    device = resolve_device(cfg.device)
+    cell = cell_dir(cfg.out, task.name, card.name, adapter.name, cfg.seed)
+    if is_complete(cell) and not cfg.overwrite:
+        return CellResult(cell, read_metrics(cell / METRICS), skipped=True, task=task)
+    ensure_writable(cell)
+    (cell / METRICS).unlink(missing_ok=True)  # an overwritten cell is incomplete until its new metrics land
+
+    started, t0 = now_iso(), time.time()
+    seed_everything(cfg.seed)
+    model = build_model(card, cfg.weights, device)
+    seed_everything(cfg.seed)
+    ctx = AdaptContext(task=task, model=model, seed=cfg.seed, data_root=cfg.data_root)
+    probs = adapter.run(ctx)
+    frame = predictions_frame(task, [ctx.split(s) for s in adapter.predict_splits], probs)
+    atomic_write(cell / PREDICTIONS, lambda p: frame.to_parquet(p, index=False))
+
+    n_boot = task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot
+    metrics = metrics_document(
+        frame, task, n_boot=n_boot, seed=cfg.seed,
+        samples_sha256=_samples_sha256(frame, task.evaluation.split),
+        model={"name": card.name, "card_sha256": card.sha256, "weights": model.weights_info},
+        adapt={"name": adapter.name, "params": adapter.params, "fitted": _jsonable(adapter.fitted)},
+        config={"task_card": task.sha256, "model_card": card.sha256, "adapt": adapter.params, "seed": cfg.seed,
+                "weights": model.weights_info.get("sha256"), "n_boot": n_boot},
+    )
+    metrics["provenance"] = provenance(device=str(device), started_at=started, duration_s=time.time() - t0)
+    write_json(cell / METRICS, metrics)
+    return CellResult(cell, metrics, skipped=False, task=task)
+
+
+def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray]) -> pd.DataFrame:
+    frames = []
+    for s in splits:
+        p = probs[s.split]
+        if p.shape != (len(s), len(task.classes)):
+            raise ResultsError(f"adapter returned probabilities of shape {p.shape} for split '{s.split}', "
+                               f"expected {(len(s), len(task.classes))}")
+        cols: dict[str, Any] = {"sample_id": s.sample_ids.astype(str), "split": s.split,
+                                "label": s.labels.astype(np.int64)}
+        for j, c in enumerate(task.classes):
+            cols[f"prob_{c}"] = p[:, j].astype(np.float64)
+        for a, groups in s.attributes.items():
+            cols[f"attr_{a}"] = pd.array(groups, dtype="string")
+        for k, v in s.extra.items():
+            cols[k] = v
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True)
+
+
+def metrics_document(frame: pd.DataFrame, task: TaskCard, *, n_boot: int, seed: int, samples_sha256: str,
+                     model: dict[str, Any] | None = None, adapt: dict[str, Any] | None = None,
+                     config: dict[str, Any] | None = None) -> dict[str, Any]:
+    ev = task.evaluation
+    result = compute_metrics(
+        frame, classes=list(task.classes), attributes=list(task.attributes), eval_split=ev.split,
+        threshold=ev.threshold, n_boot=n_boot, seed=seed, ece_bins=ev.ece_bins,
+        min_group_size=ev.min_group_size, intersections=[list(i) for i in ev.intersections] or None,
+        no_finding_class=ev.no_finding_class)
+    threshold = result.pop("threshold", None)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": {"name": task.name, "version": task.version, "synthetic": task.synthetic,
+                 "card_sha256": task.sha256, "eval_split": ev.split, "samples_sha256": samples_sha256},
+        "model": model or {},
+        "adapt": adapt or {},
+        "seed": seed,
+        "config_sha256": card_sha256(config or {}),
+        "threshold": threshold,
+        "metrics": result,
+    }
+
+
+def _samples_sha256(frame: pd.DataFrame, split: str) -> str:
+    ids = frame.loc[frame["split"] == split, "sample_id"].astype(str)
+    return card_sha256(sorted(ids.tolist()))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if math.isnan(float(obj)) or math.isinf(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,126 @@
+"""Result cells on disk: layout, atomic writes, provenance and the metrics.json schema version.
+
+A cell is ``<out>/<task>/<model>/<adapt>/seed<N>/`` with ``predictions.parquet`` and ``metrics.json``.
+Both are written to a temporary name and renamed, and metrics.json is written last: a cell is complete
+exactly when its metrics.json exists, and a partial cell is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from fairbench import __version__
+from fairbench.errors import ResultsError
+
+__all__ = ["SCHEMA_VERSION", "cell_dir", "is_complete", "atomic_write", "write_json", "read_metrics",
+           "provenance", "now_iso", "ensure_writable"]
+
+SCHEMA_VERSION = 1
+PREDICTIONS = "predictions.parquet"
+METRICS = "metrics.json"
+_PACKAGES = ("torch", "torchvision", "transformers", "open_clip_torch", "peft", "fairlearn", "numpy", "pandas",
+             "scikit-learn")
+
+
+def cell_dir(out: Path, task: str, model: str, adapt: str, seed: int) -> Path:
+    return Path(out) / task / model / adapt / f"seed{seed}"
+
+
+def is_complete(cell: Path) -> bool:
+    return (cell / METRICS).is_file()
+
+
+def ensure_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsError(f"output directory {directory} is not writable: {exc.strerror or exc}") from None
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``; a crash leaves no half-written ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    """Read a metrics.json, rejecting malformed files and other schema versions with a clear message."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such metrics file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: malformed metrics.json ({exc})") from None
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise ResultsError(f"{path}: not a fairbench metrics.json (no schema_version)")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ResultsError(f"{path}: schema_version {data['schema_version']} is not the version this fairbench "
+                           f"reads ({SCHEMA_VERSION}); recompute it with `fairbench metrics`")
+    return data
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    src = Path(__file__).resolve().parent.parent
+    if not (src / ".git").exists():
+        return None, None
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip() != ""
+        return commit or None, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def _package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def provenance(*, device: str, started_at: str, duration_s: float) -> dict[str, Any]:
+    commit, dirty = _git_state()
+    return {
+        "fairbench_version": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "packages": _package_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "started_at": started_at,
+        "duration_s": round(duration_s, 3),
+    }
