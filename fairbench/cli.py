@@ -37,6 +37,13 @@ NBootOpt = Annotated[Optional[int], typer.Option(
     rich_help_panel="Metrics")]
 
 
+def _mount_subcommands() -> None:
+    from fairbench.data.commands import data_app, tasks_app
+
+    app.add_typer(tasks_app, name="tasks")
+    app.add_typer(data_app, name="data")
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"fairbench {__version__}")
@@ -143,6 +150,9 @@ def _parse_kv(items: list[str], flag: str) -> dict[str, Any]:
             raise FairbenchError(f"{flag} {item!r}: expected KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
+
+
+_mount_subcommands()
 
 
 def main() -> None:
