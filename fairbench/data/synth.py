@@ -1,0 +1,213 @@
+"""Procedural synthetic chest radiographs with reports, protected attributes and per-group bias knobs.
+
+This is the data behind the embedded default task ``synth_cxr``: deterministic, fast and free to ship.
+It is synthetic data for testing and demonstrating fairbench, not a medical benchmark.
+
+>>> cfg = SynthConfig.from_options({"n": {"test": 8}, "image_size": 64})
+>>> split = generate_split(cfg, "test", seed=0)
+>>> split.images.shape, split.images.dtype
+((8, 64, 64), dtype('uint8'))
+
+``generate_split(config, split, seed)`` gives the same bytes for the same arguments. Each random quantity
+comes from its own stream, derived from (seed, split name, quantity name), so splits and seeds are
+independent, and changing one knob (say a bias rule's noise) leaves unrelated draws (the patients'
+anatomy, ages, findings) as they were. See ``docs/synthetic.md`` for every knob and the bias of the
+default preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fairbench.data.synth_config import ATTRIBUTES, FINDINGS, RACES, SEXES, BiasRule, SynthConfig
+from fairbench.data.synth_render import MM_PER_UNIT, draw_anatomy, draw_finding_params, render_images
+from fairbench.data.synth_reports import write_reports
+from fairbench.errors import DataError
+
+__all__ = [
+    "FINDINGS", "ATTRIBUTES", "SynthConfig", "BiasRule", "SynthSplit", "generate_split",
+    "BIASED_DEFAULT", "FAIR_DEFAULT", "GENERATOR_VERSION",
+]
+
+#: Bumped whenever the same (options, split, seed) would give different bytes; caches key on it.
+GENERATOR_VERSION = "1"
+
+_N = {"train": 2000, "val": 500, "test": 1500}
+
+#: Options of the ``synth_cxr`` task: a known, documented bias (see docs/synthetic.md).
+#: The groups singled out are arbitrary choices for demonstration; they model no real population.
+BIASED_DEFAULT: dict = {
+    "n": dict(_N),
+    "bias": [
+        # strong acquisition degradation for older patients: AUC drops for age >= 60
+        {"attribute": "age", "min": 60, "contrast": 0.5, "noise": 0.10, "blur": 1.0},
+        # noisier labels (and so reports) for women: milder AUC drop measured against recorded labels
+        {"attribute": "sex", "groups": ["F"], "label_noise": 0.08},
+        # fewer abnormal studies among White patients: selection-rate / demographic-parity gaps
+        {"attribute": "race", "groups": ["White"], "prevalence": 0.6},
+        # a burned-in marker that tracks the label in the train split only, for Asian patients
+        {"attribute": "race", "groups": ["Asian"], "marker_pos": 0.9, "marker_neg": 0.05},
+    ],
+}
+
+#: Options of the ``synth_cxr_fair`` task: the same generator, identical label and image distribution
+#: across groups (no bias rules).
+FAIR_DEFAULT: dict = {"n": dict(_N), "bias": []}
+
+
+@dataclass
+class SynthSplit:
+    """One generated split; every array has one entry per sample, in the same order."""
+
+    sample_ids: np.ndarray           # str, f"synth-{split}-{i:06d}"
+    images: np.ndarray               # uint8 [N, H, W]
+    finding: np.ndarray              # str: "normal" or one of FINDINGS (the truth drawn in the image)
+    label_finding: np.ndarray        # str: the recorded label, after label noise
+    attributes: dict[str, np.ndarray]  # "sex" (str), "age" (int years), "race" (str)
+    reports: list[str]               # written from label_finding
+    marker: np.ndarray               # bool: burned-in marker drawn
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+
+# -- random streams ---------------------------------------------------------------------------------------
+def _stream(seed: int, split: str, name: str) -> np.random.Generator:
+    """An independent generator per (seed, split, quantity); 256 separates the two byte strings."""
+    key = (*split.encode(), 256, *name.encode())
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+def _categorical(rng: np.random.Generator, n: int, mix: dict[str, float], names: tuple[str, ...]) -> np.ndarray:
+    cdf = np.cumsum([mix[k] for k in names])
+    idx = np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), len(names) - 1)
+    return idx
+
+
+def _ages(rng: np.random.Generator, n: int, cfg: SynthConfig) -> np.ndarray:
+    lo, hi = cfg.age_min, cfg.age_max
+    m = (cfg.age_mean - lo) / (hi - lo)
+    v = (cfg.age_sd / (hi - lo)) ** 2
+    k = m * (1 - m) / v - 1
+    return np.rint(lo + (hi - lo) * rng.beta(m * k, (1 - m) * k, n)).astype(np.int64)
+
+
+def _combine(rules: tuple[BiasRule, ...], attributes: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Per-sample effect of all bias rules (see BiasRule for how overlapping rules combine)."""
+    e = {
+        "contrast": np.ones(n), "noise2": np.zeros(n), "blur": np.zeros(n), "keep_label": np.ones(n),
+        "prevalence": np.ones(n), "no_pos": np.ones(n), "no_neg": np.ones(n), "no_eval": np.ones(n),
+    }
+    for rule in rules:
+        m = rule.matches(attributes)
+        e["contrast"][m] *= rule.contrast
+        e["noise2"][m] += rule.noise ** 2
+        e["blur"][m] = np.maximum(e["blur"][m], rule.blur)
+        e["keep_label"][m] *= 1.0 - rule.label_noise
+        e["prevalence"][m] *= rule.prevalence
+        e["no_pos"][m] *= 1.0 - rule.marker_pos
+        e["no_neg"][m] *= 1.0 - rule.marker_neg
+        p_eval = (rule.marker_pos + rule.marker_neg) / 2 if rule.marker_eval is None else rule.marker_eval
+        e["no_eval"][m] *= 1.0 - p_eval
+    return e
+
+
+def _zone(y: np.ndarray) -> np.ndarray:
+    return np.where(y < -0.25, "upper", np.where(y < 0.05, "middle", "lower"))
+
+
+def _details(f: dict[str, np.ndarray], labels: np.ndarray) -> list[dict[str, str]]:
+    """Placeholders of each sample's report, from the drawn parameters of its recorded finding."""
+    side = np.where(f["side"] < 0, "right", "left")
+    eff_side = np.where(f["eff_side"] < 0, "right", np.where(f["eff_side"] > 0, "left", "bilateral"))
+    eff_size = np.where(f["eff_amount"] < 0.35, "small", np.where(f["eff_amount"] < 0.7, "moderate", "large"))
+    c = f["cardio_factor"]
+    sev = np.where(c < 1.40, "mild", np.where(c < 1.50, "moderate", "marked"))
+    sevly = np.where(c < 1.40, "mildly", np.where(c < 1.50, "moderately", "markedly"))
+    pc = f["ptx_collapse"]
+    ptx_size = np.where(pc < 0.65, "large", np.where(pc < 0.75, "moderate", "small"))
+    nod_zone, mass_zone = _zone(f["nod_y"]), _zone(f["mass_y"])
+    cons_zone = np.array(["upper", "middle", "lower"])[f["cons_zone"]]
+    mm = np.rint(2 * f["nod_r"] * MM_PER_UNIT).astype(int)
+    cm = np.round(2 * f["mass_r"] * MM_PER_UNIT / 10, 1)
+    out: list[dict[str, str]] = []
+    for i, label in enumerate(labels):
+        if label == "cardiomegaly":
+            d = {"sev": sev[i], "sevly": sevly[i]}
+        elif label == "effusion":
+            both = eff_side[i] == "bilateral"
+            d = {"side": eff_side[i], "size": eff_size[i],
+                 "angle": "both costophrenic angles" if both else f"the {eff_side[i]} costophrenic angle",
+                 "base": "both lung bases" if both else f"the {eff_side[i]} lung base"}
+        elif label == "nodule":
+            d = {"side": side[i], "zone": nod_zone[i], "mm": str(mm[i])}
+        elif label == "mass":
+            d = {"side": side[i], "zone": mass_zone[i], "cm": f"{cm[i]:.1f}"}
+        elif label == "pneumothorax":
+            d = {"side": side[i], "size": ptx_size[i]}
+        elif label == "consolidation":
+            d = {"side": side[i], "zone": cons_zone[i]}
+        else:
+            d = {}
+        out.append({k: str(v) for k, v in d.items()})
+    return out
+
+
+# -- the generator ----------------------------------------------------------------------------------------
+def generate_split(config: SynthConfig, split: str, seed: int) -> SynthSplit:
+    """Generate split ``split`` (a key of ``config.n``) deterministically from ``seed``."""
+    if split not in config.n:
+        raise DataError(f"synthetic data: unknown split {split!r}; the options 'n' define "
+                        f"{', '.join(sorted(config.n))}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise DataError(f"synthetic data: seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    n = config.n[split]
+
+    rng = _stream(seed, split, "attributes")
+    sex = np.array(SEXES)[_categorical(rng, n, config.sex_mix, SEXES)]
+    race = np.array(RACES)[_categorical(rng, n, config.race_mix, RACES)]
+    age = _ages(rng, n, config)
+    attributes = {"sex": sex, "age": age, "race": race}
+    effect = _combine(config.bias, attributes, n)
+
+    rng = _stream(seed, split, "labels")
+    u_abnormal, u_flip = rng.random(n), rng.random(n)
+    kind = _categorical(rng, n, config.finding_mix, FINDINGS)
+    abnormal = u_abnormal < np.clip(config.prevalence * effect["prevalence"], 0.0, 1.0)
+    names = np.array(("normal",) + FINDINGS)
+    code = np.where(abnormal, kind + 1, 0)
+    flip = u_flip < 1.0 - effect["keep_label"]
+    recorded = np.where(flip, np.where(abnormal, 0, kind + 1), code)   # flips normal <-> abnormal
+
+    rng = _stream(seed, split, "marker")
+    u_marker = rng.random(n)
+    marker_xy = np.column_stack([rng.uniform(0.80, 0.86, n), rng.uniform(0.035, 0.09, n)])
+    if split == "train":
+        p_marker = 1.0 - np.where(recorded > 0, effect["no_pos"], effect["no_neg"])
+    else:
+        p_marker = 1.0 - effect["no_eval"]
+    marker = u_marker < p_marker
+
+    anatomy = draw_anatomy(_stream(seed, split, "anatomy"), sex, age, config.anatomy_by_attribute)
+    findings = draw_finding_params(_stream(seed, split, "findings"), n)
+    images = render_images(
+        config.image_size, anatomy, findings, code, config.finding_strength,
+        contrast=effect["contrast"], noise_sd=np.sqrt(config.noise ** 2 + effect["noise2"]), blur=effect["blur"],
+        marker=marker, marker_xy=marker_xy, chunk_rng=lambda i: _stream(seed, split, f"pixels{i}"),
+    )
+
+    label_finding = names[recorded]
+    reports = write_reports(_stream(seed, split, "reports"), label_finding, _details(findings, label_finding),
+                            age, anatomy["aorta"], config.incidental_rate)
+    return SynthSplit(
+        sample_ids=np.array([f"synth-{split}-{i:06d}" for i in range(n)], dtype=str),
+        images=images,
+        finding=names[code],
+        label_finding=label_finding,
+        attributes=attributes,
+        reports=reports,
+        marker=marker,
+    )
