@@ -1,0 +1,70 @@
+"""Stratified bootstrap: chunks of resamples evaluated at once, percentile intervals.
+
+Resampling draws, within every stratum (true class x group of the pass's attribute), as many rows with
+replacement as the stratum holds, so every group keeps its size and class balance and no group vanishes
+from a resample. A chunk of resamples is one (b, n) count matrix; chunks bound memory and run on a few
+threads (numpy releases the GIL in the heavy loops). Chunk seeds depend only on (seed, chunk index), so
+results do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from fairbench.metrics._kernels import draw_weights, pass_stats
+from fairbench.metrics._plan import Plan
+from fairbench.metrics._stats import SliceStats
+
+__all__ = ["bootstrap_values", "percentile_intervals", "CI_LEVEL", "CHUNK_ELEMENTS"]
+
+CI_LEVEL = 0.95
+CHUNK_ELEMENTS = 1 << 21  # rows x resamples per chunk: bounds memory to roughly 150 MB per thread
+Evaluate = Callable[[SliceStats], dict[tuple[str, ...], np.ndarray]]
+
+
+def _threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def bootstrap_values(
+    plan: Plan, evaluate: Evaluate, paths: list[tuple[str, ...]], n_boot: int, seed: int, no_finding: int | None,
+) -> np.ndarray:
+    """(n_boot, len(paths)) matrix: the value of every path on every resample (NaN where undefined)."""
+    out = np.full((n_boot, len(paths)), np.nan)
+    if n_boot <= 0 or not paths:
+        return out
+    b = max(1, min(n_boot, CHUNK_ELEMENTS // max(plan.n, 1)))
+    chunks = [(c, c * b, min(n_boot, (c + 1) * b)) for c in range((n_boot + b - 1) // b)]
+
+    def run(chunk: tuple[int, int, int]) -> None:
+        c, lo, hi = chunk
+        w = draw_weights(plan, hi - lo, seed, c)
+        values = evaluate(pass_stats(w, plan, no_finding))
+        for j, path in enumerate(paths):
+            out[lo:hi, j] = values[path]
+
+    with ThreadPoolExecutor(max_workers=min(_threads(), len(chunks))) as pool:
+        for _ in pool.map(run, chunks):
+            pass
+    return out
+
+
+def percentile_intervals(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of each column over its finite entries, and the count of non-finite entries.
+
+    Returns ``(bounds, n_undefined)`` with ``bounds`` of shape (len(columns), 2), NaN where no entry is finite.
+    """
+    tail = (1.0 - level) / 2.0
+    finite = np.isfinite(samples)
+    n_undefined = (~finite).sum(axis=0)
+    bounds = np.full((samples.shape[1], 2), np.nan)
+    full = n_undefined == 0
+    if full.any():
+        bounds[full] = np.quantile(samples[:, full], [tail, 1.0 - tail], axis=0).T
+    for j in np.flatnonzero(~full & finite.any(axis=0)):
+        bounds[j] = np.quantile(samples[finite[:, j], j], [tail, 1.0 - tail])
+    return bounds, n_undefined

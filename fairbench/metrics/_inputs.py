@@ -1,0 +1,100 @@
+"""Reading and validating a predictions table (the predictions.parquet contract)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fairbench.errors import DataError
+
+__all__ = ["Predictions", "read_predictions", "group_codes", "INTERSECTION_SEP"]
+
+INTERSECTION_SEP = "*"
+_PROB_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Predictions:
+    classes: list[str]
+    split: np.ndarray  # (n,) split name as str
+    y: np.ndarray  # (n,) int class index
+    probs: np.ndarray  # (n, K) float64, NaN kept
+    attributes: dict[str, np.ndarray]  # name -> (n,) object array of str, None = unknown
+
+
+def _group_labels(column: pd.Series) -> np.ndarray:
+    def label(v: object) -> str | None:
+        if v is None or (not isinstance(v, str) and pd.isna(v)):  # type: ignore[arg-type]
+            return None
+        if isinstance(v, float | np.floating) and float(v).is_integer():
+            return str(int(v))
+        return str(v)
+
+    return np.array([label(v) for v in column.tolist()], dtype=object)
+
+
+def _intersect(parts: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(parts[0]), dtype=object)
+    for i, values in enumerate(zip(*parts, strict=True)):
+        out[i] = None if any(v is None for v in values) else INTERSECTION_SEP.join(values)
+    return out
+
+
+def read_predictions(
+    df: pd.DataFrame, classes: list[str], attributes: list[str] | None, intersections: list[list[str]] | None,
+) -> Predictions:
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"predictions must be a pandas DataFrame, got {type(df).__name__}")
+    classes = [str(c) for c in classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DataError(f"classes must name at least two distinct classes, got {classes}")
+    prob_cols = [f"prob_{c}" for c in classes]
+    missing = [c for c in ("split", "label", *prob_cols) if c not in df.columns]
+    if missing:
+        raise DataError(f"predictions lack column(s) {missing}; columns present: {list(df.columns)}")
+
+    label = pd.to_numeric(df["label"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad_label = np.isnan(label) | (label != np.round(label)) | (label < 0) | (label >= len(classes))
+    if bad_label.any():
+        raise DataError(f"'label' must be a class index in [0, {len(classes)}); "
+                        f"{int(bad_label.sum())} row(s) are not, e.g. {df['label'].iloc[np.flatnonzero(bad_label)[0]]!r}")
+    probs = np.column_stack([
+        pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan) for c in prob_cols
+    ]) if len(df) else np.zeros((0, len(classes)))
+    out_of_range = (probs < -_PROB_TOLERANCE) | (probs > 1 + _PROB_TOLERANCE)
+    if out_of_range.any():
+        raise DataError(f"probability columns must lie in [0, 1]; {int(out_of_range.any(axis=1).sum())} row(s) do not")
+    probs = np.clip(probs, 0.0, 1.0)
+
+    available = [c[len("attr_"):] for c in df.columns if isinstance(c, str) and c.startswith("attr_")]
+    names = available if attributes is None else [str(a) for a in attributes]
+    unknown = [a for a in names if a not in available]
+    if unknown:
+        raise DataError(f"no column for attribute(s) {unknown} (expected attr_<name>); available: {available}")
+    attrs = {a: _group_labels(df[f"attr_{a}"]) for a in names}
+    for combo in intersections or []:
+        combo = [str(a) for a in combo]
+        if len(combo) < 2:
+            raise DataError(f"an intersection needs at least two attributes, got {combo}")
+        absent = [a for a in combo if a not in available]
+        if absent:
+            raise DataError(f"intersection {combo} names attribute(s) without a column: {absent}")
+        parts = [attrs[a] if a in attrs else _group_labels(df[f"attr_{a}"]) for a in combo]
+        attrs[INTERSECTION_SEP.join(combo)] = _intersect(parts)
+    return Predictions(
+        classes=classes, split=df["split"].astype(str).to_numpy(), y=label.astype(np.int64), probs=probs,
+        attributes=attrs,
+    )
+
+
+def group_codes(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Codes in [0, G) by sorted group name, -1 for unknown; the sorted names."""
+    known = np.array([v is not None for v in labels], dtype=bool)
+    names = sorted({v for v in labels[known]})
+    codes = np.full(len(labels), -1, dtype=np.int64)
+    if names:
+        lookup = {name: i for i, name in enumerate(names)}
+        codes[known] = [lookup[v] for v in labels[known]]
+    return codes, names

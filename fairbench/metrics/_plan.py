@@ -1,0 +1,178 @@
+"""Precomputed layout of one evaluation pass, shared by the point estimate and every resample.
+
+A pass looks at all evaluated rows once, split into *blocks* (the groups of one attribute, plus one block
+for rows whose group is unknown). It reports slice 0 (all rows) and one slice per known group. Rows are
+sorted once so that
+
+* each stratum (true class x block) is contiguous: resampling draws within strata;
+* each cell (true class x block x predicted class x confidence bin) is contiguous: confusion and
+  calibration sums are one ``reduceat``;
+* for binary tasks the negatives are already in (block, score) order: the weighted-rank AUC needs no
+  gather, only a cumulative sum and index lookups computed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["PassData", "Plan", "AucPlan", "build_plan"]
+
+
+@dataclass(frozen=True)
+class PassData:
+    """Row-level inputs of a pass (all evaluated rows, in any order)."""
+
+    y: np.ndarray  # (n,) true class index
+    yhat: np.ndarray  # (n,) predicted class index
+    probs: np.ndarray  # (n, K) probabilities, NaN replaced by 0
+    bad: np.ndarray  # (n,) row had a NaN probability
+    conf: np.ndarray  # (n,) calibration confidence (binary: P(positive); multiclass: max probability)
+    target: np.ndarray  # (n,) calibration target (binary: y; multiclass: yhat == y)
+    bins: np.ndarray  # (n,) confidence bin index
+    group: np.ndarray  # (n,) group index in [0, G), -1 = unknown
+    n_groups: int
+    n_bins: int
+
+
+@dataclass(frozen=True)
+class AucPlan:
+    """Weighted Mann-Whitney AUC of class ``k`` one vs rest, per block and on all rows.
+
+    With ``CN`` the cumulative weight of the negatives in (block, score) order (leading zero),
+    ``CN[lo[h, i]] - CN[neg_start[h]]`` is the weight of block ``h``'s negatives scoring below positive ``i``
+    and ``hi`` (stored only where it differs, i.e. ties) the weight at or below it.
+    """
+
+    k: int  # the positive class (one vs rest)
+    pos: slice  # positions of the positives (contiguous: the true class is the primary sort key)
+    own: tuple[tuple[int, int, int], ...]  # (block, start, stop) of each block's positives within ``pos``
+    neg: slice | np.ndarray  # positions of the negatives in (block, score) order
+    neg_start: np.ndarray  # (n_blocks,) index into CN where each block's negatives start
+    neg_end: np.ndarray  # (n_blocks,)
+    lookup_blocks: np.ndarray  # blocks that have negatives; rows of ``lo``
+    lo: np.ndarray  # (len(lookup_blocks), n_pos)
+    ties: tuple[tuple[int, np.ndarray, np.ndarray, np.ndarray], ...]  # (row of lo, columns, lo, hi)
+    cross: bool  # all-rows AUC from the per-block lookups; otherwise from ``all_rows``
+    all_rows: AucPlan | None = None  # single-block plan for the all-rows AUC when there are many blocks
+
+
+@dataclass(frozen=True)
+class Plan:
+    n: int
+    n_classes: int
+    n_groups: int
+    n_blocks: int
+    n_bins: int
+    strata: tuple[tuple[int, int, bytes], ...]  # (start, size, content key) in sorted order
+    cell_starts: np.ndarray
+    cell_target: np.ndarray  # (C,) calibration target of each cell
+    conf_map: np.ndarray  # (C, S*K*K) cell -> confusion entries of each slice
+    cal_map: np.ndarray  # (C, S*M) cell -> calibration bin of each slice
+    conf_sorted: np.ndarray  # (n,) calibration confidence in sorted order
+    auc: tuple[AucPlan, ...]
+    slice_bad: np.ndarray  # (S,) number of rows with NaN probabilities per slice
+
+
+def _runs(*keys: np.ndarray) -> np.ndarray:
+    """Start positions of runs of equal key tuples in already sorted arrays."""
+    n = len(keys[0])
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
+    for k in keys:
+        change[1:] |= k[1:] != k[:-1]
+    return np.flatnonzero(change)
+
+
+def _as_slice(idx: np.ndarray) -> slice | np.ndarray:
+    if len(idx) == 0:
+        return slice(0, 0)
+    if idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
+_MAX_CROSS_BLOCKS = 6  # above this, the all-rows AUC sorts all negatives instead of one lookup per block
+
+
+def _auc_plan(k: int, y: np.ndarray, block: np.ndarray, score: np.ndarray, n_blocks: int) -> AucPlan | None:
+    is_pos = y == k
+    pos_idx = np.flatnonzero(is_pos)
+    if len(pos_idx) == 0 or len(pos_idx) == len(y):
+        return None  # AUC undefined on every slice; the suite reports why
+    pos = slice(int(pos_idx[0]), int(pos_idx[-1]) + 1)
+    neg_idx = np.flatnonzero(~is_pos)
+    neg_idx = neg_idx[np.lexsort((score[neg_idx], block[neg_idx]))]
+    nb, ns = block[neg_idx], score[neg_idx]
+    neg_start = np.searchsorted(nb, np.arange(n_blocks), side="left")
+    neg_end = np.searchsorted(nb, np.arange(n_blocks), side="right")
+    pb, ps = block[pos], score[pos]
+    own_blocks = np.unique(pb)
+    lookup_blocks = np.flatnonzero(neg_end > neg_start)
+    cross = len(lookup_blocks) <= _MAX_CROSS_BLOCKS
+    rows = lookup_blocks if cross else np.intersect1d(lookup_blocks, own_blocks)
+    lo = np.empty((len(rows), len(ps)), dtype=np.intp)
+    ties = []
+    for r, h in enumerate(rows):
+        scores_h = ns[neg_start[h]:neg_end[h]]
+        lo[r] = neg_start[h] + np.searchsorted(scores_h, ps, side="left")
+        hi = neg_start[h] + np.searchsorted(scores_h, ps, side="right")
+        cols = np.flatnonzero(hi != lo[r])
+        if len(cols):
+            ties.append((r, cols, lo[r, cols], hi[cols]))
+    seg = _runs(pb)
+    stops = np.append(seg[1:], len(pb))
+    own = tuple((int(pb[a]), int(a), int(b)) for a, b in zip(seg, stops, strict=True))
+    all_rows = None
+    if not cross:
+        all_rows = _auc_plan(k, y, np.zeros_like(block), score, 1)
+    return AucPlan(k=k, pos=pos, own=own, neg=_as_slice(neg_idx), neg_start=neg_start, neg_end=neg_end,
+                   lookup_blocks=rows, lo=lo, ties=tuple(ties), cross=cross, all_rows=all_rows)
+
+
+def build_plan(d: PassData) -> Plan:
+    n, k_classes = d.probs.shape
+    g_count = d.n_groups
+    block = np.where(d.group >= 0, d.group, g_count)
+    n_blocks = g_count + 1
+    binary = k_classes == 2
+    if binary:  # yhat and bin are monotone in P(positive): sorting by it keeps cells contiguous
+        keys = (d.bad, d.probs[:, 1], block, d.y)
+    else:
+        keys = (*(d.probs[:, j] for j in range(k_classes - 1, -1, -1)), d.bad, d.bins, d.yhat, block, d.y)
+    order = np.lexsort(keys)
+    y, yhat, blk, bins = d.y[order], d.yhat[order], block[order], d.bins[order]
+    probs, bad, target = d.probs[order], d.bad[order], d.target[order]
+
+    starts = _runs(y, blk)
+    sizes = np.diff(np.append(starts, n))
+    strata = []
+    for a, m in zip(starts, sizes, strict=True):
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.int64(y[a]).tobytes())
+        h.update(np.ascontiguousarray(probs[a:a + m]).tobytes())
+        h.update(bad[a:a + m].tobytes())
+        strata.append((int(a), int(m), h.digest()))
+
+    cells = _runs(y, blk, yhat, bins)
+    cy, cb, chat, cbin = y[cells], blk[cells], yhat[cells], bins[cells]
+    n_slices = g_count + 1
+    kk, m_bins = k_classes * k_classes, d.n_bins
+    conf_map = np.zeros((len(cells), n_slices * kk))
+    cal_map = np.zeros((len(cells), n_slices * m_bins))
+    rows = np.arange(len(cells))
+    known = cb < g_count
+    for slice_of_cell, mask in ((np.zeros_like(cb), np.ones_like(known)), (cb + 1, known)):
+        conf_map[rows[mask], (slice_of_cell * kk + cy * k_classes + chat)[mask]] = 1.0
+        cal_map[rows[mask], (slice_of_cell * m_bins + cbin)[mask]] = 1.0
+
+    auc_classes = [1] if binary else range(k_classes)
+    plans = tuple(p for p in (_auc_plan(k, y, blk, probs[:, k], n_blocks) for k in auc_classes) if p is not None)
+    slice_bad = np.concatenate([[bad.sum()], np.bincount(blk[bad], minlength=n_blocks)[:g_count]])
+    return Plan(n=n, n_classes=k_classes, n_groups=g_count, n_blocks=n_blocks, n_bins=m_bins, strata=tuple(strata),
+                cell_starts=cells, cell_target=target[cells].astype(np.float64), conf_map=conf_map,
+                cal_map=cal_map, conf_sorted=d.conf[order].astype(np.float64), auc=plans,
+                slice_bad=slice_bad.astype(np.int64))

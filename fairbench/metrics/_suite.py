@@ -1,0 +1,158 @@
+"""``compute_metrics``: the whole suite on one predictions table, as a JSON-ready dict."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairbench.errors import DataError
+from fairbench.metrics._bootstrap import CI_LEVEL
+from fairbench.metrics._calibration import bin_index
+from fairbench.metrics._inputs import Predictions, group_codes, read_predictions
+from fairbench.metrics._passes import Pass, PassResult, run_pass
+from fairbench.metrics._plan import PassData
+from fairbench.metrics._spec import METRICS, MetricSpec
+from fairbench.metrics._threshold import THRESHOLD_RULES, choose_threshold
+
+__all__ = ["compute_metrics"]
+
+CI_METHOD = "percentile; resampled within strata of true class x group (per attribute; true class for overall)"
+
+
+def _specs(kind: str, task: str, has_nf: bool) -> list[MetricSpec]:
+    specs = (METRICS.get(name) for name in METRICS.names())
+    return [s for s in specs if s.kind == kind and s.applies(task, has_nf)]
+
+
+def _resolve_threshold(
+    threshold: str | float, pred: Predictions, task: str, eval_split: str, notes: dict[str, str],
+) -> tuple[float | None, dict[str, Any]]:
+    if task == "multiclass":
+        if isinstance(threshold, str) or threshold != 0.5:
+            raise DataError(f"threshold={threshold!r} applies to binary tasks only; multiclass predictions use argmax")
+        return None, {"value": None, "chosen_on": "argmax", "rule": "argmax"}
+    if isinstance(threshold, str):
+        if threshold not in THRESHOLD_RULES:
+            raise DataError(f"unknown threshold {threshold!r}; use a number or one of {list(THRESHOLD_RULES)}")
+        val = pred.split == "val"
+        if not val.any():
+            raise DataError(f"threshold={threshold!r} is chosen on rows with split == 'val', and there are none")
+        score, y = pred.probs[val, 1], pred.y[val]
+        ok = ~np.isnan(pred.probs[val]).any(axis=1)
+        if not ok.all():
+            notes["threshold"] = f"{int((~ok).sum())} validation row(s) with NaN probabilities ignored"
+        rule = threshold.removeprefix("val_")
+        value = choose_threshold(y[ok], score[ok], rule)
+        if eval_split == "val":
+            notes["threshold"] = "chosen on the evaluated split itself: metrics are optimistic"
+        return value, {"value": value, "chosen_on": "val", "rule": rule, "n_val": int(ok.sum())}
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+        raise DataError(f"threshold must be a finite number or one of {list(THRESHOLD_RULES)}, got {threshold!r}")
+    return float(threshold), {"value": float(threshold), "chosen_on": "fixed", "rule": "fixed"}
+
+
+def _set(tree: dict[str, Any], path: tuple[str, ...], value: object) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _check_args(n_boot: int, ece_bins: int, min_group_size: int) -> None:
+    for name, value, low in (("n_boot", n_boot, 0), ("ece_bins", ece_bins, 1), ("min_group_size", min_group_size, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def compute_metrics(
+    predictions: pd.DataFrame,
+    *,
+    classes: list[str],
+    attributes: list[str] | None = None,
+    eval_split: str = "test",
+    threshold: str | float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    ece_bins: int = 15,
+    min_group_size: int = 30,
+    intersections: list[list[str]] | None = None,
+    no_finding_class: str | None = None,
+) -> dict[str, Any]:
+    """Utility and group-fairness metrics of one predictions table, with stratified bootstrap intervals.
+
+    See docs/metrics.md for every formula and source. Values are fractions (tables show x100); an
+    undefined value is ``None`` with its reason under ``notes[dotted.path]``.
+    """
+    _check_args(n_boot, ece_bins, min_group_size)
+    pred = read_predictions(predictions, classes, attributes, intersections)
+    task = "binary" if len(pred.classes) == 2 else "multiclass"
+    nf = None
+    if no_finding_class is not None:
+        if str(no_finding_class) not in pred.classes:
+            raise DataError(f"no_finding_class {no_finding_class!r} is not one of the classes {pred.classes}")
+        nf = pred.classes.index(str(no_finding_class))
+    notes: dict[str, str] = {}
+    t, threshold_record = _resolve_threshold(threshold, pred, task, eval_split, notes)
+
+    ev = pred.split == eval_split
+    if not ev.any():
+        raise DataError(f"no rows with split == {eval_split!r}; splits present: {sorted(set(pred.split))}")
+    y, raw = pred.y[ev], pred.probs[ev]
+    bad = np.isnan(raw).any(axis=1)
+    probs = np.nan_to_num(raw, nan=0.0)
+    if task == "binary":
+        assert t is not None
+        yhat = (probs[:, 1] >= t).astype(np.int64)
+        conf, target = probs[:, 1], (y == 1).astype(np.float64)
+    else:
+        yhat = probs.argmax(axis=1)
+        conf, target = probs.max(axis=1), (yhat == y).astype(np.float64)
+    if bad.any():
+        notes["overall"] = (f"{int(bad.sum())} evaluated row(s) have NaN probabilities: every metric of a slice "
+                            "containing them is undefined")
+    bins = bin_index(conf, ece_bins)
+
+    def data(group: np.ndarray, n_groups: int) -> PassData:
+        return PassData(y=y, yhat=yhat, probs=probs, bad=bad, conf=conf, target=target, bins=bins,
+                        group=group, n_groups=n_groups, n_bins=ece_bins)
+
+    slice_specs, summary_specs = _specs("slice", task, nf is not None), _specs("summary", task, nf is not None)
+    result: dict[str, Any] = {"overall": {}, "attributes": {}, "ci": {}}
+    flags: dict[str, Any] = {"min_group_size": min_group_size, "small_groups": {}}
+    results: list[PassResult] = []
+
+    overall = Pass(None, [], pred.classes, slice_specs, summary_specs)
+    results.append(run_pass(overall, data(np.full(len(y), -1), 0), nf, n_boot, seed))
+    for attr, labels in pred.attributes.items():
+        codes, names = group_codes(labels[ev])
+        p = Pass(attr, names, pred.classes, slice_specs, summary_specs)
+        res = run_pass(p, data(codes, len(names)), nf, n_boot, seed)
+        results.append(res)
+        n_unknown = int((codes < 0).sum())
+        _set(result, ("attributes", attr, "groups"), {})
+        result["attributes"][attr]["n_unknown"] = n_unknown
+        if n_unknown:
+            notes[f"attributes.{attr}"] = f"{n_unknown} evaluated row(s) with unknown {attr} left out of its groups"
+        small = {g: res.counts[("attributes", attr, "groups", g, "n")] for g in names}
+        small = {g: n for g, n in small.items() if n < min_group_size}
+        if small:
+            flags["small_groups"][attr] = small
+
+    for res in results:
+        for path, count in res.counts.items():
+            _set(result, path, count)
+        for path, value in res.values.items():
+            _set(result, path, value)
+        for path, interval in res.ci.items():
+            _set(result["ci"], path, interval)
+        notes.update({".".join(path): note for path, note in res.notes.items()})
+
+    result.update({
+        "n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL if n_boot else None,
+        "ci_method": CI_METHOD if n_boot else None, "threshold": threshold_record, "ece_bins": ece_bins,
+        "task": task, "classes": pred.classes, "eval_split": eval_split,
+        "notes": dict(sorted(notes.items())), "flags": flags,
+    })
+    return result
