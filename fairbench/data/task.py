@@ -130,7 +130,9 @@ class TaskCard:
 
     def loader(self):  # type: ignore[no-untyped-def]
         cls = DATASETS.get(self.dataset_loader)
-        return cls(self.dataset_options, source=f"{self.path}: dataset.options")
+        # loaders that read files committed beside the card (e.g. a split file) declare accepts_card_dir
+        kwargs = {"card_dir": self.path.parent} if getattr(cls, "accepts_card_dir", False) else {}
+        return cls(self.dataset_options, source=f"{self.path}: dataset.options", **kwargs)
 
     def load_split(self, split: str, data_root: Path | None = None, loader: Any = None) -> SampleSet:
         """Load one canonical split (train/val/test) with labels mapped and attributes binned."""
