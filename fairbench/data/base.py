@@ -116,3 +116,5 @@ class DatasetLoader(Protocol):
 
 DATASETS: Registry[type] = Registry("dataset loader")
 DATASETS.register_lazy("synth_cxr", "fairbench.data.synth_loader:SynthCXRLoader")
+# real datasets in their upstream layouts (docs/tasks.md)
+DATASETS.register_lazy("nih", "fairbench.data.nih:NIHLoader")
