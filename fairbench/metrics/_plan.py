@@ -62,6 +62,7 @@ class AucPlan:
 @dataclass(frozen=True)
 class Plan:
     n: int
+    order: np.ndarray  # (n,) input row of each sorted position
     n_classes: int
     n_groups: int
     n_blocks: int
@@ -172,7 +173,7 @@ def build_plan(d: PassData) -> Plan:
     auc_classes = [1] if binary else range(k_classes)
     plans = tuple(p for p in (_auc_plan(k, y, blk, probs[:, k], n_blocks) for k in auc_classes) if p is not None)
     slice_bad = np.concatenate([[bad.sum()], np.bincount(blk[bad], minlength=n_blocks)[:g_count]])
-    return Plan(n=n, n_classes=k_classes, n_groups=g_count, n_blocks=n_blocks, n_bins=m_bins, strata=tuple(strata),
+    return Plan(n=n, order=order, n_classes=k_classes, n_groups=g_count, n_blocks=n_blocks, n_bins=m_bins, strata=tuple(strata),
                 cell_starts=cells, cell_target=target[cells].astype(np.float64), conf_map=conf_map,
                 cal_map=cal_map, conf_sorted=d.conf[order].astype(np.float64), auc=plans,
                 slice_bad=slice_bad.astype(np.int64))

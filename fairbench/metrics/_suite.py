@@ -17,7 +17,7 @@ from fairbench.metrics._plan import PassData
 from fairbench.metrics._spec import METRICS, MetricSpec
 from fairbench.metrics._threshold import THRESHOLD_RULES, choose_threshold
 
-__all__ = ["compute_metrics"]
+__all__ = ["compute_metrics", "build_passes"]
 
 CI_METHOD = "percentile; resampled within strata of true class x group (per attribute; true class for overall)"
 
@@ -66,6 +66,39 @@ def _check_args(n_boot: int, ece_bins: int, min_group_size: int) -> None:
             raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def build_passes(
+    pred: Predictions, *, eval_split: str, threshold: float | None, ece_bins: int, no_finding: int | None,
+) -> list[tuple[Pass, PassData]]:
+    """The overall pass, then one pass per attribute, on the rows of ``eval_split``."""
+    ev = pred.split == eval_split
+    if not ev.any():
+        raise DataError(f"no rows with split == {eval_split!r}; splits present: {sorted(set(pred.split))}")
+    task = "binary" if len(pred.classes) == 2 else "multiclass"
+    y, raw = pred.y[ev], pred.probs[ev]
+    bad = np.isnan(raw).any(axis=1)
+    probs = np.nan_to_num(raw, nan=0.0)
+    if task == "binary":
+        assert threshold is not None
+        yhat = (probs[:, 1] >= threshold).astype(np.int64)
+        conf, target = probs[:, 1], (y == 1).astype(np.float64)
+    else:
+        yhat = probs.argmax(axis=1)
+        conf, target = probs.max(axis=1), (yhat == y).astype(np.float64)
+    bins = bin_index(conf, ece_bins)
+
+    def data(group: np.ndarray, n_groups: int) -> PassData:
+        return PassData(y=y, yhat=yhat, probs=probs, bad=bad, conf=conf, target=target, bins=bins,
+                        group=group, n_groups=n_groups, n_bins=ece_bins)
+
+    has_nf = no_finding is not None
+    slice_specs, summary_specs = _specs("slice", task, has_nf), _specs("summary", task, has_nf)
+    passes = [(Pass(None, [], pred.classes, slice_specs, summary_specs), data(np.full(len(y), -1), 0))]
+    for attr, labels in pred.attributes.items():
+        codes, names = group_codes(labels[ev])
+        passes.append((Pass(attr, names, pred.classes, slice_specs, summary_specs), data(codes, len(names))))
+    return passes
+
+
 def compute_metrics(
     predictions: pd.DataFrame,
     *,
@@ -96,46 +129,26 @@ def compute_metrics(
     notes: dict[str, str] = {}
     t, threshold_record = _resolve_threshold(threshold, pred, task, eval_split, notes)
 
-    ev = pred.split == eval_split
-    if not ev.any():
-        raise DataError(f"no rows with split == {eval_split!r}; splits present: {sorted(set(pred.split))}")
-    y, raw = pred.y[ev], pred.probs[ev]
-    bad = np.isnan(raw).any(axis=1)
-    probs = np.nan_to_num(raw, nan=0.0)
-    if task == "binary":
-        assert t is not None
-        yhat = (probs[:, 1] >= t).astype(np.int64)
-        conf, target = probs[:, 1], (y == 1).astype(np.float64)
-    else:
-        yhat = probs.argmax(axis=1)
-        conf, target = probs.max(axis=1), (yhat == y).astype(np.float64)
-    if bad.any():
-        notes["overall"] = (f"{int(bad.sum())} evaluated row(s) have NaN probabilities: every metric of a slice "
-                            "containing them is undefined")
-    bins = bin_index(conf, ece_bins)
-
-    def data(group: np.ndarray, n_groups: int) -> PassData:
-        return PassData(y=y, yhat=yhat, probs=probs, bad=bad, conf=conf, target=target, bins=bins,
-                        group=group, n_groups=n_groups, n_bins=ece_bins)
-
-    slice_specs, summary_specs = _specs("slice", task, nf is not None), _specs("summary", task, nf is not None)
+    passes = build_passes(pred, eval_split=eval_split, threshold=t, ece_bins=ece_bins, no_finding=nf)
+    first = passes[0][1]
+    if first.bad.any():
+        notes["overall"] = (f"{int(first.bad.sum())} evaluated row(s) have NaN probabilities: every metric of a "
+                            "slice containing them is undefined")
     result: dict[str, Any] = {"overall": {}, "attributes": {}, "ci": {}}
     flags: dict[str, Any] = {"min_group_size": min_group_size, "small_groups": {}}
     results: list[PassResult] = []
-
-    overall = Pass(None, [], pred.classes, slice_specs, summary_specs)
-    results.append(run_pass(overall, data(np.full(len(y), -1), 0), nf, n_boot, seed))
-    for attr, labels in pred.attributes.items():
-        codes, names = group_codes(labels[ev])
-        p = Pass(attr, names, pred.classes, slice_specs, summary_specs)
-        res = run_pass(p, data(codes, len(names)), nf, n_boot, seed)
+    for p, d in passes:
+        res = run_pass(p, d, nf, n_boot, seed)
         results.append(res)
-        n_unknown = int((codes < 0).sum())
+        if p.attribute is None:
+            continue
+        attr = p.attribute
+        n_unknown = int((d.group < 0).sum())
         _set(result, ("attributes", attr, "groups"), {})
         result["attributes"][attr]["n_unknown"] = n_unknown
         if n_unknown:
             notes[f"attributes.{attr}"] = f"{n_unknown} evaluated row(s) with unknown {attr} left out of its groups"
-        small = {g: res.counts[("attributes", attr, "groups", g, "n")] for g in names}
+        small = {g: res.counts[("attributes", attr, "groups", g, "n")] for g in p.groups}
         small = {g: n for g, n in small.items() if n < min_group_size}
         if small:
             flags["small_groups"][attr] = small
