@@ -89,6 +89,8 @@ def _mix(where: str, value: object, names: tuple[str, ...]) -> dict[str, float]:
     total = sum(weights.values())
     if total <= 0:
         raise DataError(f"synthetic option {where!r}: expected at least one positive weight, got {value!r}")
+    if abs(total - 1.0) < 1e-9:  # already normalised (e.g. from to_options): keep the exact values
+        return weights
     return {name: w / total for name, w in weights.items()}
 
 

@@ -13,6 +13,7 @@ per-group degradation (contrast, blur, noise) and finally the burned-in marker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,13 +43,13 @@ def draw_anatomy(rng: np.random.Generator, sex: np.ndarray, age: np.ndarray,
         "body_w": 1.0 + g(0.04) + 0.03 * (male - 0.5),
         "soft": 0.50 + g(0.035),                                # soft-tissue brightness (habitus)
         "lung_dark": 0.34 + g(0.03),                            # how much darker aerated lung is
-        "insp": g(1.0) - 0.5 * (old - 0.45),                    # breathing depth (+ = deep inspiration)
+        "insp": g(1.0) - 0.3 * (old - 0.45),                    # breathing depth (+ = deep inspiration)
         "heart_w": 1.0 + g(0.05), "heart_h": 1.0 + g(0.05),
         "med_shift": g(0.02),                                   # patient rotation: mediastinum vs spine
         "aorta": 1.0 + g(0.12) + 0.35 * old,                    # aortic knob size (unfolds with age)
         "rib_amp": (0.07 + g(0.01)) * (1.0 - 0.35 * old),     # rib brightness (bone density)
         "rib_phase": rng.uniform(0.0, 1.0, n),
-        "breast": (1.0 - male) * (0.05 + g(0.015)),             # breast shadows over the lower zones
+        "breast": (1.0 - male) * (0.035 + g(0.01)),             # breast shadows over the lower zones
         "gain": 1.0 + g(0.06), "offset": g(0.025), "gamma": np.exp(g(0.08)),
     }
     a["marks"] = rng.standard_normal((n, LOWRES, LOWRES)).astype(_F32)
@@ -73,7 +74,7 @@ def draw_finding_params(rng: np.random.Generator, n: int) -> dict[str, np.ndarra
         "cardio_factor": u(1.30, 1.62),
         "eff_side": rng.choice(np.array([-1.0, 1.0, 0.0]), size=n, p=[0.4, 0.4, 0.2]),  # 0 = bilateral
         "eff_amount": u(0.0, 1.0),
-        "nod_u": nod_u, "nod_y": nod_y, "nod_r": u(0.032, 0.055),
+        "nod_u": nod_u, "nod_y": nod_y, "nod_r": u(0.04, 0.065),
         "mass_u": mass_u, "mass_y": mass_y, "mass_r": u(0.095, 0.16), "mass_lobe": u(0.0, 2 * np.pi),
         "ptx_collapse": u(0.55, 0.84),
         "cons_zone": rng.integers(0, 3, n),                     # 0 upper, 1 middle, 2 lower
@@ -99,8 +100,14 @@ def _upsampler(size: int, low: int = LOWRES) -> np.ndarray:
     return m
 
 
-def _smooth(fields: np.ndarray, up: np.ndarray) -> np.ndarray:
-    return np.matmul(np.matmul(up, fields), up.T)
+def _sandwich(u: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``u @ x[i] @ u.T`` for every image ``i``, as two plain matrix products (a broadcast ``matmul`` over a
+    stack of images is many times slower)."""
+    n, l1, l2 = x.shape
+    size = u.shape[0]
+    y = (x.reshape(n * l1, l2) @ u.T).reshape(n, l1, size)                 # x @ u.T
+    y = y.transpose(0, 2, 1).reshape(n * size, l1) @ u.T                     # (u @ x @ u.T) transposed
+    return np.ascontiguousarray(y.reshape(n, size, size).transpose(0, 2, 1))
 
 
 def _lung_level(u: np.ndarray, y: np.ndarray, insp: np.ndarray) -> np.ndarray:
@@ -113,39 +120,53 @@ def _lung_level(u: np.ndarray, y: np.ndarray, insp: np.ndarray) -> np.ndarray:
     return ex + low * (ex * ex - ex) + ey
 
 
+def _resampler(size: int, low: int) -> np.ndarray:
+    """Bilinear matrix [size, low] from a ``low``-pixel grid to a ``size``-pixel grid (pixel centres aligned)."""
+    pos = np.clip((np.arange(size) + 0.5) * (low / size) - 0.5, 0.0, low - 1.0)
+    i0 = np.minimum(np.floor(pos).astype(int), low - 2)
+    t = pos - i0
+    m = np.zeros((size, low), dtype=_F32)
+    m[np.arange(size), i0] = 1.0 - t
+    m[np.arange(size), i0 + 1] = t
+    return m
+
+
 def _gauss_blur(imgs: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of [m, S, S] with edge padding (loops over the kernel taps only)."""
+    """Separable Gaussian blur of [m, S, S] with edge replication, as two matrix products."""
+    size = imgs.shape[-1]
     radius = max(1, int(np.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).astype(_F32)
+    taps = np.arange(-radius, radius + 1)
+    k = np.exp(-0.5 * (taps / sigma) ** 2)
     k /= k.sum()
-    for axis in (1, 2):
-        pad = [(0, 0)] * 3
-        pad[axis] = (radius, radius)
-        padded = np.pad(imgs, pad, mode="edge")
-        out = np.zeros_like(imgs)
-        size = imgs.shape[axis]
-        for j, w in enumerate(k):
-            out += w * np.take(padded, np.arange(j, j + size), axis=axis)
-        imgs = out
-    return imgs
+    b = np.zeros((size, size), dtype=_F32)
+    rows = np.repeat(np.arange(size), len(taps))
+    cols = np.clip(rows + np.tile(taps, size), 0, size - 1)
+    np.add.at(b, (rows, cols), np.tile(k, size).astype(_F32))
+    return _sandwich(b, imgs)
 
 
 # -- rendering ------------------------------------------------------------------------------------------
+def _pose(size: int, a: dict[str, np.ndarray], col: Callable) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical coordinates of every pixel of each image: shift, rotation and scale per image."""
+    grid = ((np.arange(size, dtype=_F32) + 0.5) / size) * 2.0 - 1.0
+    gx, gy = grid[None, None, :], grid[None, :, None]
+    cos, sin, sc = col(np.cos(a["theta"])), col(np.sin(a["theta"])), col(a["scale"])
+    xs, ys = gx - col(a["tx"]), gy - col(a["ty"])
+    return (cos * xs + sin * ys) / sc, (cos * ys - sin * xs) / sc
+
+
 def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray], codes: np.ndarray,
                   strength: float, contrast: np.ndarray, noise_sd: np.ndarray, blur: np.ndarray,
                   marker: np.ndarray, marker_xy: np.ndarray, rng: np.random.Generator,
                   up: np.ndarray) -> np.ndarray:
     m = len(codes)
     col = lambda v: np.asarray(v, dtype=_F32)[:, None, None]  # noqa: E731
-    grid = ((np.arange(size, dtype=_F32) + 0.5) / size) * 2.0 - 1.0
-    gx, gy = grid[None, None, :], grid[None, :, None]
-
-    # per-image pose: shift, rotate, scale the canonical frame
-    cos, sin, sc = col(np.cos(a["theta"])), col(np.sin(a["theta"])), col(a["scale"])
-    xs, ys = gx - col(a["tx"]), gy - col(a["ty"])
-    x = (cos * xs + sin * ys) / sc
-    y = (cos * ys - sin * xs) / sc
-    del xs, ys
+    # per-image pose: shift, rotate, scale the canonical frame (full and half resolution)
+    x, y = _pose(size, a, col)
+    half = size // 2
+    xh, yh = _pose(half, a, col)
+    axh = np.abs(xh)
+    to_full = _resampler(size, half)
     ax = np.abs(x)
     right = x < 0  # patient right
 
@@ -199,25 +220,28 @@ def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray],
 
     # lung markings: ridged smooth noise, denser towards the hila, plus hilar shadows
     # vessels: radial branches from the hilum, wiggled by smooth noise, tapering towards the periphery
-    noise = _smooth(a["marks"], up)
-    du, dv = ax - 0.16, y + 0.02
+    # (smooth structures: drawn at half resolution and interpolated up)
+    noise = _sandwich(_upsampler(half), a["marks"])
+    du, dv = axh - 0.16, yh + 0.02
     r = np.sqrt(du * du + dv * dv)
     ang = np.arctan2(dv, du)
     vessels = np.clip(1.0 - 2.5 * np.abs(np.sin(8.0 * ang + 0.7 * noise)), 0.0, 1.0) \
-        + 0.6 * np.clip(1.0 - 3.0 * np.abs(np.sin(19.0 * ang + 1.3 * noise)), 0.0, 1.0) * np.clip(r * 3 - 0.6, 0, 1)
-    hilum = np.exp(-((ax - 0.17) ** 2 / 0.006 + (y + 0.03) ** 2 / 0.02))
-    marks = (0.13 * np.exp(-2.5 * r)) * vessels + 0.10 * hilum
-    del du, dv, r, ang, vessels
+        + 0.6 * np.clip(1.0 - 2.5 * np.abs(np.sin(19.0 * ang + 1.3 * noise)), 0.0, 1.0) * np.clip(r * 3 - 0.6, 0, 1)
+    hilum = np.exp(-((axh - 0.17) ** 2 / 0.006 + (yh + 0.03) ** 2 / 0.02))
+    marks = (0.17 * np.exp(-2.5 * r)) * vessels + 0.10 * hilum
+    marks = _sandwich(to_full, marks)
+    del du, dv, r, ang, vessels, hilum, noise
     img = img - col(a["lung_dark"]) * lung * lung_core + marks * lung * markmask
 
     # bones: spine, ribs (posterior arcs, fainter anterior), clavicles
     img = img + 0.07 * _ramp(0.065 - np.abs(x), 0.02) * body * (0.4 + 0.6 * above)
     phase = col(a["rib_phase"])
-    yy = y + 0.95
-    v_post = (yy + 0.20 * yy * yy - (-0.90 * ax + 1.30 * ax * ax)) / 0.17 + phase
-    v_ant = (yy + 0.15 * yy * yy + 0.45 * ax) / 0.19 + phase * 0.7
+    yy = yh + 0.95
+    v_post = (yy + 0.20 * yy * yy - (-0.90 * axh + 1.30 * axh * axh)) / 0.17 + phase
+    v_ant = (yy + 0.15 * yy * yy + 0.45 * axh) / 0.19 + phase * 0.7
     ribs = np.clip(2.5 * (np.cos(2 * np.pi * v_post) - 0.25), 0.0, 1.0) \
         + 0.4 * np.clip(2.0 * (np.cos(2 * np.pi * v_ant) - 0.55), 0.0, 1.0)
+    ribs = _sandwich(to_full, ribs)
     cage = np.clip(lung_ell * 1.6, 0.0, 1.0) * _ramp(dome + 0.05 - y, 0.05) * (ax > 0.06)
     img = img + col(a["rib_amp"]) * ribs * cage * (1.0 - 0.8 * central)
     clav_y = -0.64 - 0.45 * ax + 0.30 * ax * ax
@@ -327,7 +351,7 @@ def _consolidation(idx, x, y, ax, right, f, lung, markmask, add, dome, up, s, co
     r = col(f["cons_r"][idx])
     d = np.sqrt((ax - col(u0)) ** 2 + ((y - col(y0)) * 0.8) ** 2)
     env = np.clip((r - d) / (0.5 * r), 0.0, 1.0)
-    patch = np.clip(0.55 + 0.9 * _smooth(f["cons_field"][idx], up), 0.0, 1.0)
+    patch = np.clip(0.55 + 0.9 * _sandwich(up, f["cons_field"][idx]), 0.0, 1.0)
     op = env * patch * _side_mask(f["side"][idx], right, col)
     lung[idx] *= 1.0 - min(1.0, 0.75 * s) * op
     markmask[idx] *= 1.0 - op
@@ -366,12 +390,22 @@ def render_images(size: int, anatomy: dict[str, np.ndarray], findings: dict[str,
 
     # chunks are independent (own noise stream, own output slice), so threads change nothing but speed;
     # numpy releases the GIL inside its array operations
+    # (the matrix products are small: BLAS threads on top of the chunk threads only spin)
     n_chunks = -(-n // CHUNK)
     workers = min(n_chunks, os.cpu_count() or 1, 4)
-    if workers <= 1:
-        for ci in range(n_chunks):
-            work(ci)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(n_chunks)))
+    with _one_blas_thread():
+        if workers <= 1:
+            for ci in range(n_chunks):
+                work(ci)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(work, range(n_chunks)))
     return out
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager:
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover - only slower
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
