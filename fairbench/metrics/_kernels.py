@@ -20,8 +20,9 @@ def ones_weights(plan: Plan) -> np.ndarray:
 def draw_weights(plan: Plan, b: int, seed: int, chunk: int) -> np.ndarray:
     """Bootstrap counts for ``b`` resamples: within each stratum, as many draws with replacement as rows.
 
-    Each stratum's stream is seeded by (seed, chunk, the stratum's content, its rank among strata with equal
-    content), so results do not depend on row order or group names.
+    Each stratum's stream is seeded by (seed, chunk, the content of the stratum and of its group, its rank
+    among strata with the same key), so results depend neither on row order nor on group names (only groups
+    with identical rows are told apart by name order).
     """
     w = np.empty((b, plan.n), dtype=np.int64)
     seen: dict[bytes, int] = {}

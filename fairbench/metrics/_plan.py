@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class Plan:
     n_groups: int
     n_blocks: int
     n_bins: int
-    strata: tuple[tuple[int, int, bytes], ...]  # (start, size, content key) in sorted order
+    strata: tuple[tuple[int, int, bytes], ...]  # (start, size, seed key from content) in sorted order
     cell_starts: np.ndarray
     cell_target: np.ndarray  # (C,) calibration target of each cell
     conf_map: np.ndarray  # (C, S*K*K) cell -> confusion entries of each slice
@@ -150,13 +151,21 @@ def build_plan(d: PassData) -> Plan:
 
     starts = _runs(y, blk)
     sizes = np.diff(np.append(starts, n))
-    strata = []
+    digests = []
     for a, m in zip(starts, sizes, strict=True):
         h = hashlib.blake2b(digest_size=16)
         h.update(np.int64(y[a]).tobytes())
         h.update(np.ascontiguousarray(probs[a:a + m]).tobytes())
         h.update(bad[a:a + m].tobytes())
-        strata.append((int(a), int(m), h.digest()))
+        digests.append(h.digest())
+    # a stratum's key: its own content and its group's content (names and row order play no part)
+    group_digest: dict[int, Any] = {}
+    for a, dig in sorted(zip(starts, digests, strict=True), key=lambda t: (int(blk[t[0]]), t[1])):
+        group_digest.setdefault(int(blk[a]), hashlib.blake2b(digest_size=16)).update(dig)
+    strata = tuple(
+        (int(a), int(m), hashlib.blake2b(dig + group_digest[int(blk[a])].digest(), digest_size=16).digest())
+        for a, m, dig in zip(starts, sizes, digests, strict=True)
+    )
 
     cells = _runs(y, blk, yhat, bins)
     cy, cb, chat, cbin = y[cells], blk[cells], yhat[cells], bins[cells]
@@ -173,7 +182,8 @@ def build_plan(d: PassData) -> Plan:
     auc_classes = [1] if binary else range(k_classes)
     plans = tuple(p for p in (_auc_plan(k, y, blk, probs[:, k], n_blocks) for k in auc_classes) if p is not None)
     slice_bad = np.concatenate([[bad.sum()], np.bincount(blk[bad], minlength=n_blocks)[:g_count]])
-    return Plan(n=n, order=order, n_classes=k_classes, n_groups=g_count, n_blocks=n_blocks, n_bins=m_bins, strata=tuple(strata),
+    return Plan(n=n, order=order, n_classes=k_classes, n_groups=g_count, n_blocks=n_blocks, n_bins=m_bins,
+                strata=strata,
                 cell_starts=cells, cell_target=target[cells].astype(np.float64), conf_map=conf_map,
                 cal_map=cal_map, conf_sorted=d.conf[order].astype(np.float64), auc=plans,
                 slice_bad=slice_bad.astype(np.int64))

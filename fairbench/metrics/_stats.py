@@ -87,12 +87,12 @@ def nanvar(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def nanmin(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    m = np.where(np.isnan(x), np.inf, x).min(axis=axis)
+    m = np.where(np.isnan(x), np.inf, x).min(axis=axis, initial=np.inf)
     return np.where(_count(x, axis) > 0, m, np.nan)
 
 
 def nanmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    m = np.where(np.isnan(x), -np.inf, x).max(axis=axis)
+    m = np.where(np.isnan(x), -np.inf, x).max(axis=axis, initial=-np.inf)
     return np.where(_count(x, axis) > 0, m, np.nan)
 
 
