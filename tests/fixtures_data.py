@@ -144,7 +144,7 @@ def write_chexpert(root: Path, n_patients: int = 30, *, folder: str = "CheXpert-
                 rel = f"{folder}/train/patient{p:05d}/study{study}/view1_{view}.jpg"
                 jpeg(root / rel, seed=k)
                 labels: dict[str, Any] = {f: "" for f in CHEXPERT_FINDINGS}
-                cycle = k % 6
+                cycle = (2 * p + study) % 6  # every label pattern among frontal images
                 if cycle == 0:
                     labels["No Finding"] = 1.0
                 elif cycle == 1:

@@ -119,3 +119,4 @@ DATASETS.register_lazy("synth_cxr", "fairbench.data.synth_loader:SynthCXRLoader"
 # real datasets in their upstream layouts (docs/tasks.md)
 DATASETS.register_lazy("nih", "fairbench.data.nih:NIHLoader")
 DATASETS.register_lazy("fairvlmed", "fairbench.data.fairvlmed:FairVLMedLoader")
+DATASETS.register_lazy("chexpert", "fairbench.data.chexpert:CheXpertLoader")
