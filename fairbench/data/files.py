@@ -157,13 +157,17 @@ class FileImages:
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
         if len(paths) != len(sample_ids):
             raise ValueError(f"{len(paths)} paths for {len(sample_ids)} sample ids")
-        self.paths = [Path(p) for p in paths]
+        self.files = [str(p) for p in paths]  # strings: a Path per file costs seconds for 100k+ images
         self.sample_ids = [str(s) for s in sample_ids]
         self.mode, self.npz_key, self.prefix = mode, npz_key, prefix
-        self.key = f"{prefix}:ids={_digest(self.sample_ids)}:paths={_digest(map(str, self.paths))}:{mode}"
+        self.key = f"{prefix}:ids={_digest(self.sample_ids)}:paths={_digest(self.files)}:{mode}"
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.files)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [Path(p) for p in self.files]
 
     def load(self, indices: np.ndarray, *, max_side: int | None = None) -> list[np.ndarray]:
         idx = [int(i) for i in np.asarray(indices).reshape(-1)]
@@ -173,15 +177,15 @@ class FileImages:
             return list(pool.map(lambda i: self.decode(i, max_side=max_side), idx))
 
     def decode(self, i: int, *, max_side: int | None = None) -> np.ndarray:
-        return decode_image(self.paths[i], mode=self.mode, npz_key=self.npz_key, max_side=max_side)
+        return decode_image(self.files[i], mode=self.mode, npz_key=self.npz_key, max_side=max_side)
 
     def inspect(self, i: int, *, quick: bool = False) -> str | None:
-        return inspect_image(self.paths[i], npz_key=self.npz_key, quick=quick)
+        return inspect_image(self.files[i], npz_key=self.npz_key, quick=quick)
 
     def signature(self) -> str:
         """A digest of every file's size and modification time (-1 for a missing file)."""
         h = hashlib.sha256()
-        for p in self.paths:
+        for p in self.files:
             try:
                 st = os.stat(p)
                 h.update(f"{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -191,7 +195,7 @@ class FileImages:
 
     def subset(self, indices: np.ndarray) -> FileImages:
         idx = [int(i) for i in np.asarray(indices).reshape(-1)]
-        return FileImages([self.paths[i] for i in idx], prefix=self.prefix,
+        return FileImages([self.files[i] for i in idx], prefix=self.prefix,
                           sample_ids=[self.sample_ids[i] for i in idx], mode=self.mode, npz_key=self.npz_key)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def read_split_file(path: Path) -> pd.DataFrame:
     return df
 
 
-def resolve_image_paths(data_root: Path, names: list[str]) -> list[Path]:
+def resolve_image_paths(data_root: Path, names: list[str]) -> list[str]:
     """Where each image is under ``data_root`` (flat ``images/`` or ``images_NNN/images/``). Images not
     found get the path where they were expected, so checks can name them."""
     data_root = Path(data_root)
@@ -112,18 +113,16 @@ def resolve_image_paths(data_root: Path, names: list[str]) -> list[Path]:
         raise DataError(f"--data-root {data_root}: no NIH image folder (expected images/ or images_001/images/ "
                         f"... images_012/images/; download from {OBTAIN})")
     if len(dirs) == 1:
-        return [dirs[0] / n for n in names]
-    where: dict[str, Path] = {}
+        return [f"{dirs[0]}{os.sep}{n}" for n in names]
+    where: dict[str, str] = {}
     for d in dirs:
         for name in _listdir(d):
-            where.setdefault(name, d)
-    fallback = data_root / "images_???" / "images"
-    return [where.get(n, fallback) / n for n in names]
+            where.setdefault(name, str(d))
+    fallback = str(data_root / "images_???" / "images")
+    return [f"{where.get(n, fallback)}{os.sep}{n}" for n in names]
 
 
 def _listdir(d: Path) -> list[str]:
-    import os
-
     with os.scandir(d) as it:
         return [e.name for e in it]
 

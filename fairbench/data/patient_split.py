@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from fairbench.cards import Fields
 
@@ -49,17 +50,14 @@ class PatientSplit:
 
     def assign(self, patient_ids: Iterable[Any]) -> np.ndarray:
         """The split name of each patient id (object array)."""
-        ids = list(patient_ids)
-        cache: dict[Any, str] = {}
-        names = [s for s, _ in self.fractions]
+        ids = pd.Series(list(patient_ids) if not isinstance(patient_ids, pd.Series) else patient_ids.to_numpy())
+        names = np.asarray([s for s, _ in self.fractions], dtype=object)
         edges = np.cumsum([x for _, x in self.fractions])
-        out = np.empty(len(ids), dtype=object)
-        for i, pid in enumerate(ids):
-            if pid not in cache:
-                j = int(np.searchsorted(edges, unit_hash(self.salt, pid), side="right"))
-                cache[pid] = names[min(j, len(names) - 1)]
-            out[i] = cache[pid]
-        return out
+        uniq = ids.drop_duplicates()
+        u = np.fromiter((unit_hash(self.salt, pid) for pid in uniq), dtype=np.float64, count=len(uniq))
+        j = np.minimum(np.searchsorted(edges, u, side="right"), len(names) - 1)
+        lookup = pd.Series(names[j], index=uniq.to_numpy())
+        return lookup.reindex(ids.to_numpy()).to_numpy(dtype=object)
 
     def as_dict(self) -> dict[str, Any]:
         return {**dict(self.fractions), "salt": self.salt}
