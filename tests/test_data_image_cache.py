@@ -1,0 +1,112 @@
+"""The preprocessed-image cache: miss then hit, keys, aspect, integrity and rebuilds."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from fixtures_data import png, truncate
+
+from fairbench.data.files import FileImages, ImageReadError, decode_image
+from fairbench.data.image_cache import CachedImages, auto_cache_size
+from fairbench.data.prepare import parse_image_cache
+from fairbench.errors import FairbenchError
+
+
+def make_source(tmp_path, n=6, split="train", sizes=None, mode="L"):
+    sizes = sizes or [(40 + 3 * i, 30 + 2 * i) for i in range(n)]
+    paths = [png(tmp_path / "img" / f"{i}.png", size=sizes[i], seed=i, mode=mode) for i in range(n)]
+    return FileImages(paths, prefix=f"test:abc:{split}", sample_ids=[f"s{i}" for i in range(n)], mode=mode)
+
+
+def test_miss_then_hit_same_pixels_as_direct_decoding(tmp_path):
+    src = make_source(tmp_path)
+    first = CachedImages(src, 32, root=tmp_path / "cache")
+    assert not first.hit and first.path.is_dir()
+    manifest = first.path / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    second = CachedImages(src, 32, root=tmp_path / "cache")
+    assert second.hit and second.path == first.path and manifest.stat().st_mtime_ns == stamp
+    got = second.load(np.arange(6))
+    for i, img in enumerate(got):
+        assert np.array_equal(img, decode_image(src.files[i], max_side=32))
+    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_aspect_kept_padding_cropped_never_upsampled(tmp_path):
+    src = make_source(tmp_path, n=3, sizes=[(100, 50), (50, 100), (20, 10)])
+    imgs = CachedImages(src, 64, root=tmp_path / "cache").load(np.arange(3))
+    assert [i.shape for i in imgs] == [(32, 64), (64, 32), (10, 20)]  # (H, W); the small one stays small
+
+
+def test_rgb_sources(tmp_path):
+    src = make_source(tmp_path, n=2, mode="RGB")
+    imgs = CachedImages(src, 32, root=tmp_path / "cache").load(np.arange(2))
+    assert imgs[0].ndim == 3 and imgs[0].shape[2] == 3
+
+
+def test_key_covers_size_split_ids_and_file_changes(tmp_path):
+    src = make_source(tmp_path)
+    root = tmp_path / "cache"
+    base = CachedImages(src, 32, root=root).path
+    assert CachedImages(src, 48, root=root).path != base
+    other_split = FileImages(src.files, prefix="test:abc:val", sample_ids=src.sample_ids)
+    assert CachedImages(other_split, 32, root=root).path != base
+    fewer = src.subset(np.arange(5))
+    assert CachedImages(fewer, 32, root=root).path != base
+    png(src.paths[0], size=(41, 31), seed=99)  # replaced file: new size and mtime
+    os.utime(src.paths[0], ns=(1, 1))
+    changed = CachedImages(src, 32, root=root)
+    assert changed.path != base and not changed.hit
+
+
+def test_corrupt_rows_and_manifests_are_rebuilt_with_a_message(tmp_path, capsys):
+    src = make_source(tmp_path)
+    root = tmp_path / "cache"
+    path = CachedImages(src, 32, root=root).path
+    pixels = np.load(path / "pixels.npy", mmap_mode="r+")
+    pixels[2, 0, 0] ^= 0xFF
+    pixels.flush()
+    del pixels
+    c = CachedImages(src, 32, root=root)
+    assert c.hit  # the header is intact: the damage is found when the row is read
+    img = c.load(np.array([2]))[0]
+    assert np.array_equal(img, decode_image(src.files[2], max_side=32))
+    assert "corrupt (row 2 fails its checksum); rebuilding" in capsys.readouterr().err.replace("\n", " ")
+
+    (path / "manifest.json").write_text("{not json")
+    c = CachedImages(src, 32, root=root)
+    assert not c.hit and json.loads((path / "manifest.json").read_text())["fields"]["n"] == 6
+    assert "corrupt" in capsys.readouterr().err
+
+    truncate(path / "pixels.npy", keep=0.5)
+    c = CachedImages(src, 32, root=root)
+    assert not c.hit and len(c.load(np.arange(6))) == 6
+
+
+def test_unreadable_images_are_recorded_not_hidden(tmp_path):
+    src = make_source(tmp_path)
+    truncate(src.paths[1])
+    src.paths[4].unlink()
+    c = CachedImages(src, 32, root=tmp_path / "cache")
+    assert c.unreadable == {1: "truncated", 4: "missing"}
+    with pytest.raises(ImageReadError, match="image truncated: .*1.png"):
+        c.load(np.array([1]))
+    assert CachedImages(src, 32, root=tmp_path / "cache").unreadable == {1: "truncated", 4: "missing"}
+
+
+@pytest.mark.parametrize("model_input, size", [(64, 256), (224, 320), (256, 320), (384, 512), (448, 640),
+                                               (512, 640), (1024, 1280)])
+def test_auto_cache_size(model_input, size):
+    assert auto_cache_size(model_input) == size
+
+
+def test_parse_image_cache():
+    assert parse_image_cache("auto", 224) == 320 and parse_image_cache("off", 224) is None
+    assert parse_image_cache("512", 224) == 512
+    with pytest.raises(FairbenchError, match="smaller than the model input"):
+        parse_image_cache("128", 224)
+    with pytest.raises(FairbenchError, match="expected auto, off or a size"):
+        parse_image_cache("big", 224)
