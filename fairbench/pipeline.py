@@ -42,6 +42,10 @@ class RunConfig:
     tasks_dirs: tuple[Path, ...] = ()
     n_boot: int | None = None
     adapt_args: dict[str, Any] = field(default_factory=dict)
+    # [data] leave out unreadable samples (listed in metrics.json data.skipped) instead of stopping
+    allow_skip_unreadable: bool = False
+    # [data] preprocessed-image cache for file-backed datasets: "auto", "off" or a size in pixels
+    image_cache: str = "auto"
 
 
 @dataclass
@@ -65,6 +69,7 @@ def run_cell(cfg: RunConfig) -> CellResult:
     adapter_cls = ADAPTERS.get(cfg.adapt)
     adapter = adapter_cls(cfg.adapt_args)
     device = resolve_device(cfg.device)
+    data = _prepared_loader(cfg, task, card)
     cell = cell_dir(cfg.out, task.name, card.name, adapter.name, cfg.seed)
     if is_complete(cell) and not cfg.overwrite:
         return CellResult(cell, read_metrics(cell / METRICS), skipped=True, task=task)
@@ -75,7 +80,7 @@ def run_cell(cfg: RunConfig) -> CellResult:
     seed_everything(cfg.seed)
     model = build_model(card, cfg.weights, device)
     seed_everything(cfg.seed)
-    ctx = AdaptContext(task=task, model=model, seed=cfg.seed, data_root=cfg.data_root)
+    ctx = AdaptContext(task=task, model=model, seed=cfg.seed, data_root=cfg.data_root, _loader=data)
     probs = adapter.run(ctx)
     frame = predictions_frame(task, [ctx.split(s) for s in adapter.predict_splits], probs)
     atomic_write(cell / PREDICTIONS, lambda p: frame.to_parquet(p, index=False))
@@ -89,9 +94,20 @@ def run_cell(cfg: RunConfig) -> CellResult:
         config={"task_card": task.sha256, "model_card": card.sha256, "adapt": adapter.params, "seed": cfg.seed,
                 "weights": model.weights_info.get("sha256"), "n_boot": n_boot},
     )
+    metrics["data"] = data.report()
     metrics["provenance"] = provenance(device=str(device), started_at=started, duration_s=time.time() - t0)
     write_json(cell / METRICS, metrics)
     return CellResult(cell, metrics, skipped=False, task=task)
+
+
+def _prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
+    """[data] The task's loader as a run uses it: image cache, unreadable-sample screen (fairbench.data.prepare)."""
+    from fairbench.data.prepare import PreparedLoader, parse_image_cache
+
+    pre = card.preprocessing
+    size = parse_image_cache(cfg.image_cache, max(pre.image_size, getattr(pre, "load_size", None) or 0))
+    return PreparedLoader(task.loader(), split_names=task.splits, cache_size=size,
+                          allow_skip=cfg.allow_skip_unreadable)
 
 
 def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray]) -> pd.DataFrame:
