@@ -77,6 +77,15 @@ def run(
         "--adapt-arg", help="Adapter parameter KEY=VALUE; repeatable (see `fairbench ls adapters`).")] = None,
     n_boot: NBootOpt = None,
     tasks_dir: TasksDirOpt = None,
+    allow_download: Annotated[bool, typer.Option(
+        "--allow-download", help="Let an hf-hub: weights source missing from the local Hugging Face cache be "
+        "downloaded (never while HF_HUB_OFFLINE is set).", rich_help_panel="Data and weights")] = False,
+    allow_skip_unreadable: Annotated[bool, typer.Option(
+        "--allow-skip-unreadable", help="Leave out samples whose image is missing or unreadable (each is listed "
+        "in metrics.json under data.skipped) instead of stopping.", rich_help_panel="Data and weights")] = False,
+    image_cache: Annotated[str, typer.Option(
+        help="Preprocessed-image cache for real datasets: auto (size from the model input), off, or a size in "
+             "pixels.", rich_help_panel="Data and weights")] = "auto",
 ) -> None:
     """Run one cell (task x model x adapter x seed) and print its fairness summary.
 
@@ -87,8 +96,12 @@ def run(
 
     cfg = RunConfig(task=task, model=model, adapt=adapt, seed=seed, out=out, data_root=data_root,
                     weights=weights, device=device, overwrite=overwrite, tasks_dirs=tuple(tasks_dir or ()),
-                    n_boot=n_boot, adapt_args=_parse_kv(adapt_arg or [], "--adapt-arg"))
-    result = run_cell(cfg)
+                    n_boot=n_boot, adapt_args=_parse_kv(adapt_arg or [], "--adapt-arg"),
+                    allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache)
+    from fairbench.models.weights import allow_downloads
+
+    with allow_downloads(allow_download):
+        result = run_cell(cfg)
     if result.skipped:
         err_console.print(f"cell already complete, skipped (use --overwrite to recompute): {result.path}",
                           markup=False)
