@@ -1,0 +1,162 @@
+"""`fairbench data check`, the run-time screen and `--allow-skip-unreadable` (never a silent drop)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_data import nih_rows, not_an_image, truncate, write_fairvlmed, write_nih_images, write_nih_metadata
+from typer.testing import CliRunner
+
+from fairbench.cli import app
+from fairbench.data.check import check_task
+from fairbench.data.prepare import PreparedLoader
+from fairbench.data.task import get_task
+from fairbench.errors import DataError
+
+CARD = """\
+name: {name}
+version: 1
+dataset:
+  loader: nih
+  options:
+    metadata: meta.csv
+    patient_split: {{train: 0.5, val: 0.25, test: 0.25, salt: check}}
+classes: [no_finding, finding]
+label: {{column: finding, map: {{"No Finding": no_finding, "*": finding}}}}
+prompts:
+  templates: ["a chest x-ray showing {{}}"]
+  classnames: {{no_finding: [no finding], finding: [disease]}}
+attributes:
+  sex: {{map: {{M: M, F: F}}}}
+  age: {{bins: [0, 60, .inf], labels: ["<60", ">=60"]}}
+evaluation: {{n_boot: 0, min_group_size: 2}}
+"""
+
+
+def make_nih(tmp_path: Path, name: str, *, rows=None) -> tuple[Path, Path, list[dict]]:
+    rows = rows or nih_rows(n_patients=16)
+    root = tmp_path / "nih"
+    write_nih_metadata(root / "meta.csv", rows)
+    write_nih_images(root, [r["Image Index"] for r in rows])
+    tasks = tmp_path / "tasks"
+    (tasks / name).mkdir(parents=True)
+    (tasks / name / f"{name}.yaml").write_text(CARD.format(name=name))
+    return root, tasks, rows
+
+
+def break_files(root: Path, rows: list[dict]) -> dict[str, str]:
+    """One image of each kind of damage; returns {image index: expected reason}."""
+    names = [r["Image Index"] for r in rows]
+    img = root / "images"
+    (img / names[0]).unlink()
+    truncate(img / names[4])
+    not_an_image(img / names[8])
+    (img / names[12]).write_bytes(b"")
+    return {names[0]: "missing", names[4]: "truncated", names[8]: "not an image", names[12]: "empty"}
+
+
+def run_check(*args: str):
+    return CliRunner().invoke(app, ["data", "check", *args])
+
+
+def test_clean_data_passes_with_counts(tmp_path):
+    root, tasks, rows = make_nih(tmp_path, "chk_clean")
+    result = run_check("--task", "chk_clean", "--data-root", str(root), "--tasks-dir", str(tasks),
+                       "--json", str(tmp_path / "report.json"))
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output and "no_finding" in result.output and ">=60" in result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sum(s["n"] for s in report["splits"]) == len(rows)
+    for s in report["splits"]:
+        assert sum(sum(c.values()) for c in s["groups"]["sex"].values()) == s["n"]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_missing_truncated_and_non_images_are_errors(tmp_path, quick):
+    name = f"chk_broken_{int(quick)}"
+    root, tasks, rows = make_nih(tmp_path, name)
+    expected = break_files(root, rows)
+    args = ["--task", name, "--data-root", str(root), "--tasks-dir", str(tasks)] + (["--quick"] if quick else [])
+    result = run_check(*args)
+    assert result.exit_code == 1
+    out = result.output.replace("\n", " ")
+    for image, reason in expected.items():
+        assert f"{reason}: " in out and image in out, (image, reason)
+    report = check_task(get_task(name, [tasks]), root, quick=quick)
+    found = {Path(p).name: r for s in report.splits for _, p, r in s.bad_images}
+    assert found == expected
+
+
+def test_values_outside_the_encoding_are_errors(tmp_path):
+    rows = nih_rows(n_patients=16)
+    rows[3]["Patient Gender"] = "O"
+    root, tasks, _ = make_nih(tmp_path, "chk_values", rows=rows)
+    result = run_check("--task", "chk_values", "--data-root", str(root), "--tasks-dir", str(tasks))
+    assert result.exit_code == 1
+    assert "attribute 'sex'" in result.output and "outside the card's encoding: 'O'" in result.output.replace("\n", " ")
+    assert "(outside encoding)" in result.output
+
+
+def test_unreadable_npz_is_reported_by_check(tmp_path):
+    write_fairvlmed(tmp_path)
+    bad = tmp_path / "Validation" / "data_00014.npz"
+    bad.write_bytes(b"PK\x03\x04 broken")
+    report = check_task(get_task("fairvlmed"), tmp_path, splits=["val"])
+    assert not report.ok
+    assert [sid for sid, _, _ in report.splits[0].bad_images] == ["data_00014"]
+
+
+def test_check_without_data_root_is_an_error():
+    report = check_task(get_task("nih6x200"), None, splits=["test"])
+    assert not report.ok and "--data-root" in report.splits[0].errors[0]
+
+
+@pytest.mark.parametrize("cache", [None, 64])
+def test_run_stops_on_unreadable_unless_allowed(tmp_path, cache):
+    name = f"chk_prep_{cache}"
+    root, tasks, rows = make_nih(tmp_path, name)
+    expected = break_files(root, rows)
+    task = get_task(name, [tasks])
+    strict = PreparedLoader(task.loader(), split_names=task.splits, cache_size=cache,
+                            cache_root=tmp_path / "cache")
+    with pytest.raises(DataError, match=r"cannot be read .*--allow-skip-unreadable"):
+        for s in ("train", "val", "test"):
+            task.load_split(s, root, loader=strict)
+    lenient = PreparedLoader(task.loader(), split_names=task.splits, cache_size=cache, allow_skip=True,
+                             cache_root=tmp_path / "cache")
+    kept = {s: task.load_split(s, root, loader=lenient) for s in ("train", "val", "test")}
+    skipped = {d["sample_id"]: d["reason"] for d in lenient.report()["skipped"]}
+    if cache is None:  # without the cache, the screen checks headers and checksums (no full decode)
+        assert set(skipped) == set(expected)
+    else:
+        assert skipped == expected
+    assert sum(len(v) for v in kept.values()) == len(rows) - len(expected)
+    for v in kept.values():
+        assert not set(v.sample_ids) & set(expected)
+        assert len(v.images.load(np.arange(len(v)))) == len(v)  # every kept image loads
+
+
+def test_pipeline_records_skipped_ids_in_metrics_json(tmp_path):
+    root, tasks, rows = make_nih(tmp_path, "chk_run")
+    expected = break_files(root, rows)
+    common = ["run", "--task", "chk_run", "--model", "tinyclip", "--weights", "random", "--device", "cpu",
+              "--data-root", str(root), "--tasks-dir", str(tasks), "--out", str(tmp_path / "results"),
+              "--n-boot", "0"]
+    stopped = CliRunner().invoke(app, common)
+    assert stopped.exit_code != 0 and isinstance(stopped.exception, DataError)
+    assert "--allow-skip-unreadable" in str(stopped.exception)
+    result = CliRunner().invoke(app, [*common, "--allow-skip-unreadable"])
+    assert result.exit_code == 0, result.output
+    cell = tmp_path / "results" / "chk_run" / "tinyclip" / "zeroshot" / "seed0"
+    doc = json.loads((cell / "metrics.json").read_text())
+    skipped = {d["sample_id"]: d["reason"] for d in doc["data"]["skipped"]}
+    evaluated = {d["sample_id"] for d in doc["data"]["skipped"] if d["split"] in ("val", "test")}
+    assert set(skipped) <= set(expected) and evaluated  # only the splits the adapter loaded
+    assert doc["data"]["image_cache"]["size"] == 256 and doc["data"]["image_cache"]["splits"]
+    import pandas as pd
+
+    frame = pd.read_parquet(cell / "predictions.parquet")
+    assert not set(frame["sample_id"]) & set(expected)
