@@ -29,11 +29,18 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Batched tensor preprocessing for uint8 grayscale/RGB arrays.
+    """Batched preprocessing for uint8 grayscale/RGB arrays.
 
-    ``resize``: ``shortest`` (resize shortest side, then center crop) or ``square`` (resize to size x size).
-    Families whose official pipeline differs (padding to square, 299 px upsampling...) override
-    :meth:`VLModel.preprocess`.
+    ``resize``:
+
+    - ``shortest``: resize the shortest side, then center crop (CLIP-style; torch, batched).
+    - ``square``: resize to size x size, no crop (BLIP-2; torch, batched).
+    - ``pad_square``: MedCLIP's pipeline: grayscale, zero-pad to a square of side max(h, w, image_size),
+      resize to size x size (PIL, per image; see :mod:`fairbench.models.preprocess`).
+    - ``longest_pad``: GLoRIA's pipeline: grayscale, resize the longest side to ``load_size`` with zero
+      padding to a square, then center crop ``image_size`` (PIL, per image).
+
+    Whatever the family does inside its image encoder (GLoRIA's 299 px upsampling) is not preprocessing.
     """
 
     image_size: int
@@ -42,11 +49,16 @@ class Preprocessing:
     resize: str = "shortest"
     interpolation: str = "bicubic"
     channels: int = 3
+    load_size: int | None = None
 
     def key(self) -> str:
         return card_sha256(self.__dict__)[:16]
 
     def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
+        if self.resize in PIL_PIPELINES:
+            from fairbench.models.preprocess import pil_pipeline
+
+            return pil_pipeline(self, images)
         out = torch.empty(len(images), self.channels, self.image_size, self.image_size)
         # group equal shapes so a batch of same-size images is resized in one call
         by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -80,6 +92,9 @@ class Preprocessing:
         return x[..., top:top + s, left:left + s]
 
 
+PIL_PIPELINES = ("pad_square", "longest_pad")
+
+
 @dataclass(frozen=True)
 class ModelCard:
     name: str
@@ -96,6 +111,12 @@ class ModelCard:
     tiny: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: files expected when the weights source is a directory (``local-dir:``/``hf-hub:``); each entry is one
+    #: file name or alternatives separated by ``|`` (the first present is used)
+    weights_files: tuple[str, ...] = ()
+    #: where the tokenizer comes from when it is not inside the weights directory (a weights source, or
+    #: ``tiny`` for the tiny vocabulary written by :mod:`fairbench.models.tiny`)
+    tokenizer_source: str = ""
 
     @property
     def sha256(self) -> str:
@@ -119,16 +140,23 @@ def load_model_card(path: Path) -> ModelCard:
     w = f.sub("weights")
     source = w.get("source", str)
     obtain = w.get("obtain", str, "")
+    files = tuple(w.str_list("files", []))
+    tokenizer = w.get("tokenizer", str, "")
     w.no_unknown()
     p = f.sub("preprocessing")
     pre = Preprocessing(
         image_size=p.get("image_size", int),
         mean=tuple(p.get("mean", list, list(OPENAI_MEAN))),
         std=tuple(p.get("std", list, list(OPENAI_STD))),
-        resize=p.get("resize", str, "shortest", choices=("shortest", "square")),
-        interpolation=p.get("interpolation", str, "bicubic", choices=("bicubic", "bilinear", "nearest")),
+        resize=p.get("resize", str, "shortest", choices=("shortest", "square", *PIL_PIPELINES)),
+        interpolation=p.get("interpolation", str, "bicubic", choices=("bicubic", "bilinear", "nearest", "box")),
         channels=p.get("channels", int, 3, choices=(1, 3)),
+        load_size=p.get("load_size", int, None),
     )
+    if pre.resize == "longest_pad" and pre.load_size is None:
+        p.fail("load_size", "is required with resize: longest_pad (the longest side before the center crop)")
+    if pre.resize not in PIL_PIPELINES and pre.interpolation == "box":
+        p.fail("interpolation", "box is only available with the PIL pipelines (pad_square, longest_pad)")
     p.no_unknown()
     card = ModelCard(
         name=name, family=family, description=f.get("description", str, ""), path=path.resolve(),
@@ -136,7 +164,7 @@ def load_model_card(path: Path) -> ModelCard:
         preprocessing=pre, prompt_style=f.get("prompt_style", str, "templates"),
         probe_feature=f.get("probe_feature", str, "embedding"),
         lora_targets=tuple(f.str_list("lora_targets", [])), tiny=f.get("tiny", bool, False),
-        options=f.get("options", dict, {}), raw=data)
+        options=f.get("options", dict, {}), raw=data, weights_files=files, tokenizer_source=tokenizer)
     f.no_unknown()
     return card
 
@@ -193,10 +221,40 @@ class VLModel(abc.ABC):
     def zeroshot_logits(self, image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
         return self.similarity(image_emb, class_emb)
 
+    # -- zero-shot rules and LoRA targets ----------------------------------------------------------
+    #: how the prompts of one class are combined under the family's own rule (``ensemble: family``):
+    #: ``mean_embedding`` (CLIP prompt ensembling), ``mean_logit`` (MedCLIP) or ``max_logit`` (GLoRIA)
+    default_ensemble: str = "mean_embedding"
+
+    def zeroshot_head(self, task: Any, ensemble: str = "family") -> Any:
+        """The family's zero-shot classifier for ``task``: prompts per class (the card's ``prompt_style``),
+        the ensembling rule and any split-level normalisation (see :mod:`fairbench.models.zeroshot`)."""
+        from fairbench.models.zeroshot import build_head
+
+        return build_head(self, task, ensemble)
+
+    def lora_target_modules(self) -> str:
+        """The card's ``lora_targets`` as one regular expression for peft's ``target_modules`` (peft fully
+        matches a string against each module name). A plain entry ``name`` matches a module called ``name`` or
+        ending in ``.name`` (peft's list semantics); ``re:<pattern>`` is matched against the whole name."""
+        import re
+
+        parts = []
+        for t in self.card.lora_targets:
+            parts.append(t[3:] if t.startswith("re:") else rf"(?:.*\.)?{re.escape(t)}")
+        if not parts:
+            from fairbench.errors import CardError
+
+            raise CardError(f"{self.card.path}: field 'lora_targets' is empty; LoRA needs target modules")
+        return "|".join(f"(?:{p})" for p in parts)
+
 
 FAMILIES: Registry[Any] = Registry("model family")
 FAMILIES.register_lazy("open_clip", "fairbench.models.openclip:build_open_clip")
 FAMILIES.register_lazy("tinyclip", "fairbench.models.openclip:build_tinyclip")
+FAMILIES.register_lazy("medclip", "fairbench.models.medclip:build_medclip")
+FAMILIES.register_lazy("gloria", "fairbench.models.gloria:build_gloria")
+FAMILIES.register_lazy("blip2", "fairbench.models.blip2:build_blip2")
 
 MODELS: Registry[ModelCard] = Registry("model")
 

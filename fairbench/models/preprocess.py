@@ -1,0 +1,89 @@
+"""The PIL-based preprocessing pipelines of MedCLIP and GLoRIA, step for step as their official code does it.
+
+Both official pipelines work on single grayscale PIL images; so do these (per image, then stacked). The
+batched torch pipelines (``shortest``, ``square``) live in :class:`fairbench.models.base.Preprocessing`.
+
+- ``pad_square`` (MedCLIP, ``medclip/dataset.py``): the image is pasted, centred, on a black ``L`` canvas of
+  side ``max(h, w, image_size)`` (pasting an RGB image into an ``L`` canvas converts it with PIL's ITU-R 601-2
+  luma), resized to ``image_size`` x ``image_size`` (torchvision ``Resize`` on a PIL image = PIL bilinear),
+  ``ToTensor``, normalised with MedCLIP's one-channel mean/std, and repeated to three channels (MedCLIP's
+  collator and vision model repeat a one-channel batch).
+- ``longest_pad`` (GLoRIA, ``gloria/models/gloria_model.py: process_img/_resize_img``): grayscale, the longest
+  side resized to ``load_size`` (the other side ``int(side * scale)``), zero padding to a square (floor
+  before, ceil after), RGB, ``CenterCrop(image_size)``, ``ToTensor``, ``Normalize(0.5, 0.5)``. Upstream
+  resizes with OpenCV ``INTER_AREA``; fairbench has no OpenCV dependency and uses PIL's ``BOX`` filter
+  (``interpolation: box``), the same area averaging when shrinking (equal up to rounding of a grey level);
+  when enlarging, both are close to pixel replication but not identical.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+if TYPE_CHECKING:
+    from fairbench.models.base import Preprocessing
+
+__all__ = ["pil_pipeline", "to_gray_pil", "pad_square_pil", "longest_pad_pil"]
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX}
+
+
+def to_gray_pil(img: np.ndarray) -> Image.Image:
+    """A uint8 HxW or HxWx3 array as a PIL ``L`` image (RGB via PIL's ITU-R 601-2 luma)."""
+    arr = np.ascontiguousarray(img)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 arrays, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    pil = Image.fromarray(arr)
+    return pil if pil.mode == "L" else pil.convert("L")
+
+
+def pad_square_pil(img: np.ndarray, size: int, resample: str = "bilinear") -> Image.Image:
+    """MedCLIP: centre on a black square canvas of side max(h, w, size), then resize to size x size."""
+    src = Image.fromarray(np.ascontiguousarray(img if img.ndim == 2 or img.shape[2] != 1 else img[:, :, 0]))
+    x, y = src.size
+    side = max(size, x, y)
+    canvas = Image.new("L", (side, side), 0)
+    canvas.paste(src, (int((side - x) / 2), int((side - y) / 2)))  # converts RGB to L like upstream
+    return canvas.resize((size, size), resample=_RESAMPLE[resample])
+
+
+def longest_pad_pil(img: np.ndarray, load_size: int, crop: int, resample: str = "box") -> Image.Image:
+    """GLoRIA: longest side to ``load_size``, zero padding to a square, center crop ``crop``; grayscale."""
+    gray = to_gray_pil(img)
+    h, w = gray.height, gray.width
+    if h >= w:  # upstream: max_ind == 0 (taller, or square)
+        nh, nw = load_size, int(float(w) * (load_size / float(h)))
+    else:
+        nh, nw = int(float(h) * (load_size / float(w))), load_size
+    resized = np.asarray(gray.resize((nw, nh), resample=_RESAMPLE[resample]))
+    pad_h, pad_w = load_size - nh, load_size - nw
+    padded = np.pad(resized, [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)],
+                    mode="constant", constant_values=0)
+    top = int(round((load_size - crop) / 2.0))  # torchvision center_crop
+    return Image.fromarray(padded[top:top + crop, top:top + crop])
+
+
+def pil_pipeline(pre: Preprocessing, images: list[np.ndarray]) -> torch.Tensor:
+    """``[n, channels, size, size]`` float32 for the PIL pipelines (``pad_square``, ``longest_pad``)."""
+    s = pre.image_size
+    out = np.empty((len(images), s, s), dtype=np.float32)
+    for i, img in enumerate(images):
+        if pre.resize == "pad_square":
+            pil = pad_square_pil(img, s, pre.interpolation)
+        elif pre.resize == "longest_pad":
+            pil = longest_pad_pil(img, int(pre.load_size or s), s, pre.interpolation)
+        else:  # pragma: no cover - guarded by the card schema
+            raise ValueError(f"not a PIL pipeline: {pre.resize}")
+        out[i] = np.asarray(pil, dtype=np.float32) / 255.0
+    x = torch.from_numpy(out).unsqueeze(1)
+    mean = torch.tensor(pre.mean[: pre.channels]).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std[: pre.channels]).view(1, -1, 1, 1)
+    x = x.expand(-1, pre.channels, -1, -1)  # grayscale repeated (GLoRIA: convert("RGB"); MedCLIP: repeat)
+    return ((x - mean) / std).contiguous()

@@ -1,0 +1,135 @@
+"""Zero-shot classification as each family's official code does it: prompts, ensembling, normalisation.
+
+A :class:`ZeroShotHead` is built once per task. It holds the prompts of every class and turns image outputs
+(a batch of :meth:`VLModel.image_outputs`) into class logits; ``finalize`` then sees the logits of a whole
+split (GLoRIA z-scores each class column across the images there). The zero-shot adapter only feeds it.
+
+Prompts (the card's ``prompt_style``):
+
+- ``templates``: the task card's templates x class-name synonyms.
+- ``chexpert``: the CheXpert generator (:mod:`fairbench.models.chexpert_prompts`) for every task class that
+  is a CheXpert class by its id (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion), with the card's
+  ``options.prompts`` ``{n, seed}``; other classes fall back to the task templates. Which source each class
+  used, the seed and the prompts are recorded in metrics.json (``adapt.fitted``).
+
+Ensembling (``ensemble``; ``family`` = the family's :attr:`VLModel.default_ensemble`):
+
+- ``mean_embedding``: CLIP's prompt ensembling (mean of normalised prompt embeddings, re-normalised).
+- ``mean_logit``: mean over prompts of the family's logits (MedCLIP's ``PromptClassifier(ensemble=True)``).
+- ``max_logit``: max over prompts (GLoRIA's ``zero_shot_classification``; MedCLIP with ``ensemble=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fairbench.errors import CardError
+from fairbench.models.chexpert_prompts import chexpert_class_for, generate_chexpert_prompts
+
+if TYPE_CHECKING:
+    from fairbench.data.task import TaskCard
+    from fairbench.models.base import VLModel
+
+__all__ = ["ENSEMBLES", "PROMPT_STYLES", "ZeroShotHead", "task_prompts", "family_prompts", "build_head",
+           "reduce_prompts"]
+
+ENSEMBLES = ("mean_embedding", "mean_logit", "max_logit")
+PROMPT_STYLES = ("templates", "chexpert")
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class ZeroShotHead:
+    classes: tuple[str, ...]
+    prompts: list[list[str]]
+    rule: str
+    #: image outputs of one batch (the keys in ``needs``) -> class logits ``[n, n_classes]``
+    score: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    needs: tuple[str, ...] = ("embedding",)
+    #: logits of a whole split -> logits (identity unless the family normalises across images)
+    finalize: Callable[[torch.Tensor], torch.Tensor] = _identity
+    #: images per forward pass when ``needs`` goes beyond the cached embedding and feature
+    batch_size: int = 64
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def task_prompts(task: TaskCard) -> list[list[str]]:
+    """The task card's prompts: every template x every class-name synonym, per class."""
+    prompts = task.prompts
+    if prompts is None:
+        raise CardError(f"{task.path}: zero-shot needs a 'prompts' section (templates and classnames)")
+    return [[t.format(name) for t in prompts.templates for name in prompts.classnames[c]] for c in task.classes]
+
+
+def family_prompts(model: VLModel, task: TaskCard) -> tuple[list[list[str]], dict[str, Any]]:
+    """Prompts per class under the card's ``prompt_style``, and what to record about them."""
+    style = model.card.prompt_style
+    if style == "templates":
+        return task_prompts(task), {"style": "templates"}
+    if style != "chexpert":
+        raise CardError(f"{model.card.path}: field 'prompt_style' must be one of {', '.join(PROMPT_STYLES)}; "
+                        f"got {style!r}")
+    opts = dict(model.card.options.get("prompts", {}))
+    n, seed = opts.get("n"), int(opts.get("seed", 0))
+    generated = generate_chexpert_prompts(None if n is None else int(n), seed)
+    out, sources, fallback = [], {}, None
+    for c in task.classes:
+        key = chexpert_class_for(c)
+        if key is not None:
+            out.append(list(generated[key]))
+            sources[c] = f"chexpert:{key}"
+            continue
+        if fallback is None:
+            if task.prompts is None:
+                raise CardError(f"{task.path}: class '{c}' has no CheXpert prompts and the task card has no "
+                                f"'prompts' section to fall back on (model '{model.card.name}')")
+            fallback = task_prompts(task)
+        out.append(fallback[task.classes.index(c)])
+        sources[c] = "templates"
+    return out, {"style": "chexpert", "n": n, "seed": seed, "sources": sources}
+
+
+def reduce_prompts(rule: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``[n_images, n_prompts]`` -> ``[n_images]`` for ``mean_logit`` / ``max_logit``."""
+    if rule == "mean_logit":
+        return lambda s: s.mean(dim=1)
+    if rule == "max_logit":
+        return lambda s: s.max(dim=1).values
+    raise CardError(f"zero-shot ensemble must be one of {', '.join(ENSEMBLES)}; got {rule!r}")
+
+
+def resolve_rule(model: VLModel, ensemble: str) -> str:
+    rule = model.default_ensemble if ensemble == "family" else ensemble
+    if rule not in ENSEMBLES:
+        raise CardError(f"adapter 'zeroshot': ensemble must be family, {', '.join(ENSEMBLES)}; got {ensemble!r}")
+    return rule
+
+
+@torch.no_grad()
+def build_head(model: VLModel, task: TaskCard, ensemble: str = "family") -> ZeroShotHead:
+    """The generic head: the family's ``tokenize``/``encode_text``/``similarity`` and one ensembling rule."""
+    rule = resolve_rule(model, ensemble)
+    prompts, record = family_prompts(model, task)
+    device = model.device
+    if rule == "mean_embedding":
+        class_emb = model.class_embeddings(prompts)
+
+        def score(out: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model.zeroshot_logits(out["embedding"].to(device), class_emb)
+    else:
+        per_class = [model.encode_text(model.tokenize(p)) for p in prompts]
+        reduce = reduce_prompts(rule)
+
+        def score(out: dict[str, torch.Tensor]) -> torch.Tensor:
+            emb = out["embedding"].to(device)
+            return torch.stack([reduce(model.similarity(emb, e)) for e in per_class], dim=1)
+
+    record = {**record, "rule": rule}
+    return ZeroShotHead(classes=tuple(task.classes), prompts=prompts, rule=rule, score=score, record=record)
