@@ -1,19 +1,40 @@
-"""The open_clip family: OpenAI CLIP, BiomedCLIP and the tiny ``tinyclip`` used by tests and the default run."""
+"""The open_clip family: OpenAI CLIP, BiomedCLIP and the tiny ``tinyclip`` used by tests and the default run.
+
+Architectures come from the card: ``architecture.model_name`` names one of open_clip's built-in configs (with
+keyword overrides), or ``architecture.model_cfg`` is a full open_clip model config (BiomedCLIP's
+``open_clip_config.json`` ``model_cfg``). A Hugging Face text tower (``text_cfg.hf_model_name``) is built from
+``architecture.hf_text_config`` written to a local ``config.json`` (open_clip calls
+``AutoConfig.from_pretrained`` on that name), never from the hub.
+
+Weights, by source:
+
+- a file: OpenAI's TorchScript ``.pt`` (read with ``torch.jit.load``: no Python unpickling; only its
+  parameters are taken, its code never runs), ``.safetensors``, or a ``torch.save`` state dict read with
+  ``weights_only=True``;
+- ``local-dir:`` / ``hf-hub:``: the card's ``weights.files`` in an open_clip hub layout
+  (``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``; BiomedCLIP also
+  ``open_clip_config.json``, checked against the card, and its tokenizer files).
+
+Every load is strict: zero missing and zero unexpected keys.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fairbench.errors import WeightsError
+from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.weights import WeightsSource, require_file, sha256_file
+from fairbench.models.weights import WeightsSource, files_info, locate, parse_weights, sha256_file
 
-__all__ = ["OpenCLIPModel", "build_open_clip", "build_tinyclip", "create_architecture", "load_state_file"]
+__all__ = ["OpenCLIPModel", "build_open_clip", "build_tinyclip", "create_architecture", "load_state_file",
+           "load_strict", "load_openai_torchscript", "is_torchscript", "open_clip_model_cfg"]
 
 
 class OpenCLIPModel(VLModel):
@@ -24,7 +45,7 @@ class OpenCLIPModel(VLModel):
         self.tokenizer = tokenizer
         self.device = device
         self.weights_info = weights_info
-        self.context_length = int(card.architecture.get("text_cfg", {}).get("context_length", 77))
+        self.context_length = int(_text_cfg(card).get("context_length", 77))
 
     @property
     def module(self) -> torch.nn.Module:
@@ -75,19 +96,77 @@ def _without_projection(visual: torch.nn.Module):  # type: ignore[no-untyped-def
         raise WeightsError(f"{type(visual).__name__}: cannot separate the projection for probe features")
 
 
+def _text_cfg(card: ModelCard) -> dict[str, Any]:
+    arch = card.architecture
+    return dict(arch["model_cfg"].get("text_cfg", {}) if "model_cfg" in arch else arch.get("text_cfg", {}))
+
+
+def open_clip_model_cfg(card: ModelCard) -> dict[str, Any]:
+    """The card's custom open_clip ``model_cfg`` with the Hugging Face text tower pointed at a local config
+    directory (and never at pretrained hub weights)."""
+    from fairbench.models.tiny import local_config_dir, register_tiny_timm
+
+    arch = card.architecture
+    cfg = json.loads(json.dumps(arch["model_cfg"]))
+    vision = cfg.get("vision_cfg", {})
+    if str(vision.get("timm_model_name", "")).startswith("fairbench_"):
+        register_tiny_timm()
+    vision["timm_model_pretrained"] = False
+    text = cfg.get("text_cfg", {})
+    if text.get("hf_model_name"):
+        hf_config = arch.get("hf_text_config")
+        if not isinstance(hf_config, dict):
+            raise CardError(f"{card.path}: field 'architecture.hf_text_config' is required with a Hugging Face text "
+                            f"tower (the {text['hf_model_name']} config, so nothing is fetched by name)")
+        text["hf_model_name"] = str(local_config_dir(hf_config))
+        text["hf_model_pretrained"] = False
+        text.pop("hf_tokenizer_name", None)
+    return cfg
+
+
 def create_architecture(card: ModelCard) -> Any:
     import open_clip
 
     arch = dict(card.architecture)
-    model_name = arch.pop("model_name")
     # open_clip warns that no pretrained weights were loaded: fairbench loads them itself
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
+        if "model_cfg" in arch:
+            cfg = open_clip_model_cfg(card)
+            cls = open_clip.CustomTextCLIP if cfg.get("text_cfg", {}).get("hf_model_name") else open_clip.CLIP
+            return cls(**cfg)
+        model_name = arch.pop("model_name")
         return open_clip.create_model(model_name, pretrained=None, **arch)
     finally:
         logger.setLevel(level)
+
+
+def is_torchscript(path: Path) -> bool:
+    """OpenAI's original ``.pt`` files are TorchScript archives (a zip with ``constants.pkl``/``code/``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def load_openai_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    """The parameters of an OpenAI CLIP TorchScript archive in open_clip's key layout (float32).
+
+    ``torch.jit.load`` reads the archive without Python unpickling; fairbench takes ``state_dict()`` and never
+    calls the archive's code. OpenAI stores fp16 weights; open_clip's ``load_openai_model`` builds in fp16 and
+    calls ``.float()`` on CPU, which is what the cast below does. The three metadata entries
+    (``input_resolution``, ``context_length``, ``vocab_size``) are dropped as open_clip does.
+    """
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"{path}: not a readable TorchScript archive ({type(exc).__name__}: {exc})") from None
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    for key in ("input_resolution", "context_length", "vocab_size"):
+        state.pop(key, None)
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
@@ -115,24 +194,87 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, where
                            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})")
 
 
-def _tokenizer(card: ModelCard) -> Any:
+def _tokenizer(card: ModelCard, weights_dir: Path | None = None) -> Any:
     import open_clip
 
-    return open_clip.get_tokenizer(card.architecture["model_name"])
+    if "model_cfg" not in card.architecture:
+        return open_clip.get_tokenizer(card.architecture["model_name"])
+    from open_clip.tokenizer import HFTokenizer
+
+    from fairbench.models.tiny import tiny_vocab_dir
+
+    ctx = int(_text_cfg(card).get("context_length", 77))
+    tok_files = ("tokenizer.json|vocab.txt",)
+    if weights_dir is not None and all((weights_dir / f).is_file() for f in ("tokenizer_config.json",)) \
+            and any((weights_dir / f).is_file() for f in tok_files[0].split("|")):
+        directory = weights_dir
+    elif card.tokenizer_source == "tiny":
+        directory = tiny_vocab_dir()
+    elif card.tokenizer_source:
+        directory = locate(parse_weights(card.tokenizer_source), card=card, files=tok_files, what="tokenizer")
+    else:
+        raise CardError(f"{card.path}: field 'weights.tokenizer' is required for a Hugging Face text tower")
+    return HFTokenizer(str(directory), context_length=ctx, local_files_only=True)
+
+
+def _check_dir_config(card: ModelCard, directory: Path) -> None:
+    """An ``open_clip_config.json`` beside the weights must describe the card's architecture."""
+    path = directory / "open_clip_config.json"
+    if "model_cfg" not in card.architecture or not path.is_file():
+        return
+    try:
+        theirs = json.loads(path.read_text())["model_cfg"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise WeightsError(f"{path}: not an open_clip config ({exc})") from None
+    ours = card.architecture["model_cfg"]
+    ignore = {"hf_model_name", "hf_tokenizer_name", "hf_model_pretrained", "timm_model_pretrained"}
+    diffs = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(key)
+    if diffs:
+        raise WeightsError(f"{path} describes another architecture than model card '{card.name}' "
+                           f"({card.path}): {', '.join(diffs)} differ")
+
+
+def _weights_file(card: ModelCard, location: Path) -> Path:
+    if location.is_file():
+        return location
+    for entry in card.weights_files:
+        for alt in entry.split("|"):
+            p = location / alt
+            if p.is_file() and p.suffix in (".bin", ".safetensors", ".pt", ".pth"):
+                return p
+    raise CardError(f"{card.path}: field 'weights.files' names no weights file (.bin/.safetensors/.pt) "
+                    f"for a directory source")
+
+
+def read_open_clip_weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_openai_torchscript(path) if is_torchscript(path) else load_state_file(path)
 
 
 def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
     model = create_architecture(card)
+    weights_dir = None
     if source.scheme == "random":
         info = {"source": "random", "sha256": "random"}
-    elif source.scheme == "file":
-        path = require_file(Path(source.value), card=card.name, obtain=card.weights_obtain)
-        load_strict(model, load_state_file(path), where=str(path))
-        info = {"source": str(path), "sha256": sha256_file(path)}
+    elif source.scheme in ("file", "local-dir", "hf-hub"):
+        location = locate(source, card=card, files=card.weights_files)
+        if location.is_dir():
+            weights_dir = location
+            _check_dir_config(card, location)
+        path = _weights_file(card, location)
+        load_strict(model, read_open_clip_weights(path), where=str(path))
+        info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
+        if is_torchscript(path):
+            info["format"] = "openai-torchscript"
     else:
         raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by the "
-                           f"open_clip family yet (use a checkpoint file or 'random')")
-    return OpenCLIPModel(card, model, _tokenizer(card), device, info)
+                           f"open_clip family (use a checkpoint file, local-dir:, hf-hub: or 'random')")
+    return OpenCLIPModel(card, model, _tokenizer(card, weights_dir), device, info)
 
 
 def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
