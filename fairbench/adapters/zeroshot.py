@@ -1,17 +1,24 @@
-"""Zero-shot classification from the task card's prompt templates.
+"""Zero-shot classification with each family's own rule.
 
-Each class gets the prompts ``template.format(name)`` for every template and every class name synonym of the
-card. How prompts are combined per class is the ``ensemble`` parameter:
+The model builds a zero-shot head for the task (:meth:`VLModel.zeroshot_head`, see
+:mod:`fairbench.models.zeroshot`): the prompts per class (task-card templates x class-name synonyms, or the
+family's generator, e.g. CheXpert prompts for GLoRIA and MedCLIP), the ensembling rule, and any normalisation
+across the images of a split (GLoRIA z-scores each class). The ``ensemble`` parameter picks the rule:
 
-- ``mean_embedding`` (default; CLIP's prompt ensembling): mean of the normalised prompt embeddings,
-  re-normalised, then the family's similarity.
+- ``family`` (default): the family's own rule (CLIP-like: ``mean_embedding``; MedCLIP: ``mean_logit``;
+  GLoRIA: ``max_logit``).
+- ``mean_embedding`` (CLIP's prompt ensembling): mean of the normalised prompt embeddings, re-normalised, then
+  the family's similarity.
 - ``mean_logit``: mean over prompts of the family's similarity.
-- ``max_logit``: max over prompts (GLoRIA's and MedCLIP's non-ensembled rule).
+- ``max_logit``: max over prompts.
 
-Probabilities are the softmax over classes of the family's logits (scaled cosine for CLIP-like families).
+Probabilities are the softmax over classes of the family's logits (scaled cosine for CLIP-like families). The
+prompts used and the rule are recorded (``adapt.fitted``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -21,42 +28,51 @@ from fairbench.errors import CardError
 
 __all__ = ["ZeroShot", "class_prompts"]
 
+_ENSEMBLES = ("family", "mean_embedding", "mean_logit", "max_logit")
+
 
 def class_prompts(ctx: AdaptContext) -> list[list[str]]:
-    prompts = ctx.task.prompts
-    if prompts is None:
-        raise CardError(f"{ctx.task.path}: zero-shot needs a 'prompts' section (templates and classnames)")
-    return [[t.format(name) for t in prompts.templates for name in prompts.classnames[c]]
-            for c in ctx.task.classes]
+    """The task card's prompts per class (templates x class-name synonyms)."""
+    from fairbench.models.zeroshot import task_prompts
+
+    return task_prompts(ctx.task)
+
+
+def _image_outputs(ctx: AdaptContext, split: str, needs: tuple[str, ...], batch_size: int
+                   ) -> Iterator[dict[str, torch.Tensor]]:
+    """The image outputs a head needs: the cached split encoding when it suffices, else a forward pass per
+    batch (GLoRIA's local features are too large to cache)."""
+    model = ctx.model
+    if set(needs) <= {"embedding", "feature"}:
+        enc = ctx.encode(split)
+        yield {k: torch.from_numpy(enc[k]).to(model.device) for k in needs}
+        return
+    samples = ctx.split(split)
+    n = len(samples)
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(n, start + batch_size))
+        yield model.image_outputs(model.preprocess(samples.images.load(idx)))
 
 
 class ZeroShot(Adapter):
     name = "zeroshot"
-    description = "Zero-shot: task-card prompt templates per class, prompt ensembling, softmax over classes"
-    defaults = {"ensemble": "mean_embedding"}
+    description = ("Zero-shot: the family's prompts and ensembling rule (or task-card templates), softmax over "
+                   "classes")
+    defaults = {"ensemble": "family"}
 
     @torch.no_grad()
     def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
         rule = self.params["ensemble"]
-        if rule not in ("mean_embedding", "mean_logit", "max_logit"):
-            raise CardError(f"adapter 'zeroshot': ensemble must be mean_embedding, mean_logit or max_logit, "
-                            f"got {rule!r}")
+        if rule not in _ENSEMBLES:
+            raise CardError(f"adapter 'zeroshot': ensemble must be one of {', '.join(_ENSEMBLES)}, got {rule!r}")
         model = ctx.model
         model.module.eval()
-        texts = class_prompts(ctx)
-        self.fitted["prompts"] = {c: t for c, t in zip(ctx.task.classes, texts)}
-        if rule == "mean_embedding":
-            class_emb = model.class_embeddings(texts)
-        else:
-            per_class = [model.encode_text(model.tokenize(t)) for t in texts]
+        head = model.zeroshot_head(ctx.task, ensemble=rule)
+        self.fitted["prompts"] = {c: list(t) for c, t in zip(ctx.task.classes, head.prompts)}
+        self.fitted["zeroshot"] = dict(head.record)
         out = {}
         for split in self.predict_splits:
-            emb = torch.from_numpy(ctx.encode(split)["embedding"]).to(model.device)
-            if rule == "mean_embedding":
-                logits = model.zeroshot_logits(emb, class_emb)
-            else:
-                sims = [model.similarity(emb, e) for e in per_class]
-                reduce = (lambda s: s.mean(dim=1)) if rule == "mean_logit" else (lambda s: s.max(dim=1).values)
-                logits = torch.stack([reduce(s) for s in sims], dim=1)
+            scores = [head.score(o) for o in _image_outputs(ctx, split, head.needs, head.batch_size)]
+            logits = head.finalize(torch.cat(scores))
             out[split] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         return out
