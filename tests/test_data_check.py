@@ -120,12 +120,12 @@ def test_run_stops_on_unreadable_unless_allowed(tmp_path, cache):
     root, tasks, rows = make_nih(tmp_path, name)
     expected = break_files(root, rows)
     task = get_task(name, [tasks])
-    strict = PreparedLoader(task.loader(), split_names=task.splits, cache_size=cache,
+    strict = PreparedLoader(task.loader(), split_names=task.splits, image_cache=cache,
                             cache_root=tmp_path / "cache")
     with pytest.raises(DataError, match=r"cannot be read .*--allow-skip-unreadable"):
         for s in ("train", "val", "test"):
             task.load_split(s, root, loader=strict)
-    lenient = PreparedLoader(task.loader(), split_names=task.splits, cache_size=cache, allow_skip=True,
+    lenient = PreparedLoader(task.loader(), split_names=task.splits, image_cache=cache, allow_skip=True,
                              cache_root=tmp_path / "cache")
     kept = {s: task.load_split(s, root, loader=lenient) for s in ("train", "val", "test")}
     skipped = {d["sample_id"]: d["reason"] for d in lenient.report()["skipped"]}
@@ -155,7 +155,9 @@ def test_pipeline_records_skipped_ids_in_metrics_json(tmp_path):
     skipped = {d["sample_id"]: d["reason"] for d in doc["data"]["skipped"]}
     evaluated = {d["sample_id"] for d in doc["data"]["skipped"] if d["split"] in ("val", "test")}
     assert set(skipped) <= set(expected) and evaluated  # only the splits the adapter loaded
-    assert doc["data"]["image_cache"]["size"] == 256 and doc["data"]["image_cache"]["splits"]
+    caches = doc["data"]["image_cache"]
+    assert caches["setting"] == "auto" and caches["model_input"] == 64
+    assert {c["size"] for c in caches["splits"].values()} == {64}  # NIH images are square: cached at the input
     import pandas as pd
 
     frame = pd.read_parquet(cell / "predictions.parquet")

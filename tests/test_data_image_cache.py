@@ -103,8 +103,12 @@ def test_auto_cache_size(model_input, size):
     assert auto_cache_size(model_input) == size
 
 
+def test_auto_cache_size_for_square_sources():
+    assert auto_cache_size(224, square=True) == 224
+
+
 def test_parse_image_cache():
-    assert parse_image_cache("auto", 224) == 320 and parse_image_cache("off", 224) is None
+    assert parse_image_cache("auto", 224) == "auto" and parse_image_cache("off", 224) is None
     assert parse_image_cache("512", 224) == 512
     with pytest.raises(FairbenchError, match="smaller than the model input"):
         parse_image_cache("128", 224)

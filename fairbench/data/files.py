@@ -152,7 +152,7 @@ class FileImages:
     """
 
     def __init__(self, paths: Sequence[Path | str], *, prefix: str, sample_ids: Sequence[str],
-                 mode: str = "L", npz_key: str | None = None) -> None:
+                 mode: str = "L", npz_key: str | None = None, square: bool = False) -> None:
         if mode not in ("L", "RGB"):
             raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
         if len(paths) != len(sample_ids):
@@ -160,6 +160,9 @@ class FileImages:
         self.files = [str(p) for p in paths]  # strings: a Path per file costs seconds for 100k+ images
         self.sample_ids = [str(s) for s in sample_ids]
         self.mode, self.npz_key, self.prefix = mode, npz_key, prefix
+        #: the dataset's images are square by definition (NIH: 1024 x 1024); lets the cache store them at
+        #: exactly the model input
+        self.square = square
         self.key = f"{prefix}:ids={_digest(self.sample_ids)}:paths={_digest(self.files)}:{mode}"
 
     def __len__(self) -> int:
@@ -196,7 +199,8 @@ class FileImages:
     def subset(self, indices: np.ndarray) -> FileImages:
         idx = [int(i) for i in np.asarray(indices).reshape(-1)]
         return FileImages([self.files[i] for i in idx], prefix=self.prefix,
-                          sample_ids=[self.sample_ids[i] for i in idx], mode=self.mode, npz_key=self.npz_key)
+                          sample_ids=[self.sample_ids[i] for i in idx], mode=self.mode, npz_key=self.npz_key,
+                          square=self.square)
 
 
 class _Subset:

@@ -49,9 +49,12 @@ CACHE_SIZES = (256, 320, 384, 448, 512, 640, 768, 1024)
 _CHUNK = 256
 
 
-def auto_cache_size(model_input: int) -> int:
-    """The smallest of :data:`CACHE_SIZES` at least 1.25 x the model input, so images with an aspect ratio down
-    to 4:5 keep their shorter side at or above the input (no upsampling by the model)."""
+def auto_cache_size(model_input: int, *, square: bool = False) -> int:
+    """The cache size for a model input: the input itself for sources whose images are square (the model's
+    resize is then a no-op), else the smallest of :data:`CACHE_SIZES` at least 1.25 x the input, so images
+    with an aspect ratio down to 4:5 keep their shorter side at or above the input (no upsampling)."""
+    if square:
+        return int(model_input)
     need = math.ceil(1.25 * model_input)
     for s in CACHE_SIZES:
         if s >= need:

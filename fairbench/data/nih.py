@@ -209,7 +209,8 @@ class NIHLoader:
             raise DataError(f"{self.source}: no samples in split {split!r} (splits present: {', '.join(known)})")
         names = part["image_index"].tolist()
         paths = resolve_image_paths(Path(data_root), names)
-        images = FileImages(paths, prefix=f"nih:{self.fingerprint()[:16]}:{split}", sample_ids=names, mode="L")
+        images = FileImages(paths, prefix=f"nih:{self.fingerprint()[:16]}:{split}", sample_ids=names, mode="L",
+                            square=True)  # NIH distributes every image at 1024 x 1024
         columns = {c: part[c].to_numpy(dtype=object) for c in ("finding", "sex", "age", "view", "patient_id")}
         extra = {"patient_id": part["patient_id"].to_numpy(dtype=np.int64),
                  "view": part["view"].to_numpy(dtype=object)}

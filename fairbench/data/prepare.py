@@ -29,11 +29,11 @@ from fairbench.errors import DataError, FairbenchError
 __all__ = ["PreparedLoader", "parse_image_cache", "subset_raw"]
 
 
-def parse_image_cache(spec: str | int | None, model_input: int) -> int | None:
-    """``auto`` (default) -> :func:`auto_cache_size` of the model input; ``off`` -> None; a number of pixels
-    (at least the model input)."""
+def parse_image_cache(spec: str | int | None, model_input: int) -> str | int | None:
+    """Validate ``--image-cache``: ``auto`` (default; the size is chosen per image source by
+    :func:`auto_cache_size`), ``off`` -> None, or a number of pixels (at least the model input)."""
     if spec is None or spec == "auto":
-        return auto_cache_size(model_input)
+        return "auto"
     if spec in ("off", "none", "0", 0):
         return None
     try:
@@ -58,10 +58,12 @@ def subset_raw(raw: RawSplit, keep: np.ndarray, images: Any = None) -> RawSplit:
 class PreparedLoader:
     """A dataset loader as a run uses it (same interface as the wrapped loader)."""
 
-    def __init__(self, inner: Any, *, split_names: dict[str, str] | None = None, cache_size: int | None = None,
-                 allow_skip: bool = False, cache_root: Path | None = None) -> None:
+    def __init__(self, inner: Any, *, split_names: dict[str, str] | None = None,
+                 image_cache: str | int | None = "auto", model_input: int = 224, allow_skip: bool = False,
+                 cache_root: Path | None = None) -> None:
         self.inner = inner
-        self.cache_size, self.allow_skip, self.cache_root = cache_size, allow_skip, cache_root
+        self.image_cache, self.model_input = image_cache, int(model_input)
+        self.allow_skip, self.cache_root = allow_skip, cache_root
         self.canonical = {v: k for k, v in (split_names or {}).items()}  # loader split name -> train/val/test
         self.skipped: list[dict[str, str]] = []
         self.caches: dict[str, dict[str, Any]] = {}
@@ -82,10 +84,11 @@ class PreparedLoader:
                     for sid, reason in getattr(self.inner, "unreadable_samples", {}).get(split, [])]
         images, bad = raw.images, {}
         if isinstance(images, FileImages) and len(images):
-            if self.cache_size:
-                images = CachedImages(images, self.cache_size, root=self.cache_root)
+            size = self.cache_size(images)
+            if size:
+                images = CachedImages(images, size, root=self.cache_root)
                 bad = dict(images.unreadable)
-                self.caches[name] = {"path": str(images.path), "hit": images.hit}
+                self.caches[name] = {"size": size, "path": str(images.path), "hit": images.hit}
             else:
                 bad = _screen(images, verify=self.allow_skip)
         problems += [(str(raw.sample_ids[i]), reason) for i, reason in sorted(bad.items())]
@@ -104,10 +107,16 @@ class PreparedLoader:
         return RawSplit(sample_ids=raw.sample_ids, columns=raw.columns, images=images, texts=raw.texts,
                         extra=raw.extra)
 
+    def cache_size(self, images: FileImages) -> int | None:
+        if self.image_cache == "auto":
+            return auto_cache_size(self.model_input, square=images.square)
+        return int(self.image_cache) if self.image_cache else None
+
     def report(self) -> dict[str, Any]:
         """For metrics.json: every skipped sample and how images were served."""
         return {"allow_skip_unreadable": self.allow_skip, "n_skipped": len(self.skipped), "skipped": self.skipped,
-                "image_cache": {"size": self.cache_size, "splits": self.caches}}
+                "image_cache": {"setting": self.image_cache or "off", "model_input": self.model_input,
+                                "splits": self.caches}}
 
 
 def _screen(images: FileImages, *, verify: bool) -> dict[int, str]:
