@@ -105,8 +105,9 @@ def _prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
     from fairbench.data.prepare import PreparedLoader, parse_image_cache
 
     pre = card.preprocessing
-    size = parse_image_cache(cfg.image_cache, max(pre.image_size, getattr(pre, "load_size", None) or 0))
-    return PreparedLoader(task.loader(), split_names=task.splits, cache_size=size,
+    model_input = max(pre.image_size, getattr(pre, "load_size", None) or 0)
+    return PreparedLoader(task.loader(), split_names=task.splits, model_input=model_input,
+                          image_cache=parse_image_cache(cfg.image_cache, model_input),
                           allow_skip=cfg.allow_skip_unreadable)
 
 
