@@ -32,7 +32,7 @@ STUB_PREFIXES = ("omegaconf.", "pytorch_lightning.", "lightning.", "lightning_fa
                  "typing.", "numpy.", "_codecs.")
 _BUILTINS = {"dict": dict, "list": list, "tuple": tuple, "set": set, "frozenset": frozenset, "int": int,
              "float": float, "str": str, "bool": bool, "bytes": bytes, "bytearray": bytearray,
-             "complex": complex, "slice": slice, "NoneType": type(None)}
+             "complex": complex, "slice": slice, "object": object, "NoneType": type(None)}
 
 
 class Inert(dict):
