@@ -11,6 +11,7 @@ across the images of a split (GLoRIA z-scores each class). The ``ensemble`` para
   the family's similarity.
 - ``mean_logit``: mean over prompts of the family's similarity.
 - ``max_logit``: max over prompts.
+- ``name_sum``: each task-card class name a sub-class, probabilities summed per class (composite classes).
 
 Probabilities are the softmax over classes of the family's logits (scaled cosine for CLIP-like families). The
 prompts used and the rule are recorded (``adapt.fitted``).
@@ -28,7 +29,7 @@ from fairbench.errors import CardError
 
 __all__ = ["ZeroShot", "class_prompts"]
 
-_ENSEMBLES = ("family", "mean_embedding", "mean_logit", "max_logit")
+_ENSEMBLES = ("family", "mean_embedding", "mean_logit", "max_logit", "name_sum")
 
 
 def class_prompts(ctx: AdaptContext) -> list[list[str]]:

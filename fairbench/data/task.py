@@ -91,6 +91,9 @@ class AttributeSpec:
 class PromptSpec:
     templates: tuple[str, ...]
     classnames: dict[str, tuple[str, ...]]
+    #: how to combine the class names of a class for families that use the card's templates; None = the
+    #: family's own rule. ``name_sum`` suits composite classes ("abnormal" = any of several findings).
+    ensemble: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,8 +291,9 @@ def load_task_card(path: Path) -> TaskCard:
                 cn.fail(c, "must list at least one name")
             classnames[c] = tuple(syns)
         cn.no_unknown()
+        ensemble = pr.get("ensemble", str, None, choices=("mean_embedding", "name_sum", "mean_logit", "max_logit"))
         pr.no_unknown()
-        prompts = PromptSpec(tuple(templates), classnames)
+        prompts = PromptSpec(tuple(templates), classnames, ensemble)
 
     f.no_unknown()
     return TaskCard(name=name, version=str(version), description=description, path=path.resolve(),

@@ -17,6 +17,13 @@ Ensembling (``ensemble``; ``family`` = the family's :attr:`VLModel.default_ensem
 - ``mean_embedding``: CLIP's prompt ensembling (mean of normalised prompt embeddings, re-normalised).
 - ``mean_logit``: mean over prompts of the family's logits (MedCLIP's ``PromptClassifier(ensemble=True)``).
 - ``max_logit``: max over prompts (GLoRIA's ``zero_shot_classification``; MedCLIP with ``ensemble=False``).
+- ``name_sum``: every class name of the task card is a sub-class (its templates ensembled as in
+  ``mean_embedding``); softmax over all sub-classes; a class's probability is the sum over its names. Right for
+  composite classes ("abnormal" = any of several findings), where one averaged embedding blurs unrelated
+  findings. The head returns log class probabilities, so the adapter's softmax gives back those sums.
+
+With ``family``, a task card's ``prompts.ensemble`` wins for families that use the card's templates (it
+describes how the task's class names combine); otherwise the family's rule applies.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["ENSEMBLES", "PROMPT_STYLES", "ZeroShotHead", "task_prompts", "family_prompts", "build_head",
            "reduce_prompts"]
 
-ENSEMBLES = ("mean_embedding", "mean_logit", "max_logit")
+ENSEMBLES = ("mean_embedding", "mean_logit", "max_logit", "name_sum")
 PROMPT_STYLES = ("templates", "chexpert")
 
 
@@ -105,8 +112,11 @@ def reduce_prompts(rule: str) -> Callable[[torch.Tensor], torch.Tensor]:
     raise CardError(f"zero-shot ensemble must be one of {', '.join(ENSEMBLES)}; got {rule!r}")
 
 
-def resolve_rule(model: VLModel, ensemble: str) -> str:
-    rule = model.default_ensemble if ensemble == "family" else ensemble
+def resolve_rule(model: VLModel, ensemble: str, task: TaskCard | None = None) -> str:
+    rule = ensemble
+    if ensemble == "family":
+        task_rule = task.prompts.ensemble if task is not None and task.prompts is not None else None
+        rule = task_rule if task_rule and model.card.prompt_style == "templates" else model.default_ensemble
     if rule not in ENSEMBLES:
         raise CardError(f"adapter 'zeroshot': ensemble must be family, {', '.join(ENSEMBLES)}; got {ensemble!r}")
     return rule
@@ -115,10 +125,23 @@ def resolve_rule(model: VLModel, ensemble: str) -> str:
 @torch.no_grad()
 def build_head(model: VLModel, task: TaskCard, ensemble: str = "family") -> ZeroShotHead:
     """The generic head: the family's ``tokenize``/``encode_text``/``similarity`` and one ensembling rule."""
-    rule = resolve_rule(model, ensemble)
+    rule = resolve_rule(model, ensemble, task)
     prompts, record = family_prompts(model, task)
     device = model.device
-    if rule == "mean_embedding":
+    if rule == "name_sum":
+        if model.card.prompt_style != "templates" or task.prompts is None:
+            raise CardError(f"zero-shot ensemble 'name_sum' needs the task card's templates and class names "
+                            f"(model '{model.card.name}' uses prompt_style {model.card.prompt_style!r})")
+        names = [(ci, [t.format(name) for t in task.prompts.templates])
+                 for ci, c in enumerate(task.classes) for name in task.prompts.classnames[c]]
+        sub_emb = model.class_embeddings([texts for _, texts in names])
+        owner = [ci for ci, _ in names]
+
+        def score(out: dict[str, torch.Tensor]) -> torch.Tensor:
+            logp = torch.log_softmax(model.zeroshot_logits(out["embedding"].to(device), sub_emb).float(), dim=1)
+            return torch.stack([torch.logsumexp(logp[:, [j for j, o in enumerate(owner) if o == ci]], dim=1)
+                                for ci in range(len(task.classes))], dim=1)
+    elif rule == "mean_embedding":
         class_emb = model.class_embeddings(prompts)
 
         def score(out: dict[str, torch.Tensor]) -> torch.Tensor:
