@@ -64,7 +64,7 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
                      fmt100(_first(a, "dpd", "dpd_mean_ovr"), lookup(ci, "attributes", attr, "dpd")),
                      fmt100(_first(a, "deodds", "deodds_mean_ovr"), lookup(ci, "attributes", attr, "deodds")))
     console.print(fair)
-    console.print(f"results: {cell}")
+    console.print(f"results: {cell}", soft_wrap=True)
 
 
 def _first(d: dict[str, Any], *keys: str) -> Any:

@@ -1,0 +1,125 @@
+"""The command line as a user meets it: help, listings, the summary, and one-line errors for mistakes."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+
+def fairbench(*args: str, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "CI": "true", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fairbench", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=600)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr  # no traceback
+    assert lines[0].startswith("error: ")
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+
+
+def test_help_documents_every_run_option():
+    proc = fairbench("run", "--help")
+    assert proc.returncode == 0
+    for opt in ("--task", "--model", "--adapt", "--seed", "--out", "--data-root", "--weights", "--device",
+                "--overwrite", "--adapt-arg", "--n-boot", "--tasks-dir"):
+        assert opt in proc.stdout, opt
+
+
+@pytest.mark.parametrize("what, expected", [("tasks", ["synth_cxr", "synth_cxr_fair", "SYNTHETIC"]),
+                                            ("models", ["tinyclip"]),
+                                            ("adapters", ["zeroshot", "linear_probe"]),
+                                            ("metrics", ["es_auc", "dpd", "deodds"])])
+def test_ls(what, expected):
+    proc = fairbench("ls", what, env={"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    for e in expected:
+        assert e in proc.stdout, (e, proc.stdout)
+
+
+def test_validate_passes_on_shipped_cards():
+    proc = fairbench("validate")
+    assert proc.returncode == 0, proc.stderr
+    assert "0 with problems" in proc.stderr
+
+
+def test_validate_reports_a_bad_user_card(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "broken.yaml").write_text("name: broken\nversion: 1\nclasses: [a]\n")
+    proc = fairbench("validate", "--tasks-dir", str(tmp_path))
+    assert proc.returncode == 1
+    assert "broken.yaml" in proc.stderr and "field 'dataset' is required" in proc.stderr
+
+
+@pytest.mark.parametrize("flag, value, fragments", [
+    ("--model", "tinyclp", ["unknown model 'tinyclp'", "Did you mean 'tinyclip'", "Known models:"]),
+    ("--task", "synth_cx", ["unknown task 'synth_cx'", "Did you mean 'synth_cxr'"]),
+    ("--adapt", "zero_shot", ["unknown adapter 'zero_shot'", "Did you mean 'zeroshot'"]),
+    ("--device", "tpu", ["--device 'tpu'"]),
+])
+def test_unknown_names_are_one_line_errors(tmp_path, flag, value, fragments):
+    proc = fairbench("run", flag, value, "--out", str(tmp_path))
+    assert_one_line_error(proc, *fragments)
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_invalid_card_is_a_one_line_error(tmp_path):
+    tasks = tmp_path / "tasks"
+    (tasks / "mine").mkdir(parents=True)
+    (tasks / "mine" / "mine.yaml").write_text(
+        "name: mine\nversion: 1\ndataset: {loader: synth_cxr}\nclasses: [a, b]\nattributes: {sex: {bins: oops}}\n")
+    proc = fairbench("run", "--task", "mine", "--tasks-dir", str(tasks), "--out", str(tmp_path / "out"))
+    assert_one_line_error(proc, "mine.yaml", "field 'attributes.sex.bins' must be a list")
+
+
+def test_bad_adapter_argument(tmp_path):
+    proc = fairbench("run", "--adapt-arg", "temperature=3", "--out", str(tmp_path))
+    assert_one_line_error(proc, "adapter 'zeroshot' has no parameter 'temperature'")
+    proc = fairbench("run", "--adapt-arg", "novalue", "--out", str(tmp_path))
+    assert_one_line_error(proc, "expected KEY=VALUE")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform != "win32",
+                    reason="root ignores directory permissions; covered by the file-in-the-way case")
+def test_unwritable_output_directory_permissions(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    proc = fairbench("run", "--out", str(locked))
+    assert_one_line_error(proc, "is not writable")
+
+
+def test_output_path_blocked_by_a_file(tmp_path, tiny_tasks_dir):
+    blocker = tmp_path / "out"
+    blocker.write_text("I am a file")
+    proc = fairbench("run", "--task", "synth_tiny", "--tasks-dir", str(tiny_tasks_dir),
+                     "--weights", "random", "--out", str(blocker))
+    assert_one_line_error(proc, "is not writable", str(blocker))
+
+
+def test_missing_weights_file(tmp_path):
+    proc = fairbench("run", "--weights", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc, "weights file not found", "nope.safetensors")
+
+
+def test_run_prints_summary_and_resumes(tmp_path, tiny_tasks_dir):
+    args = ("run", "--task", "synth_tiny", "--tasks-dir", str(tiny_tasks_dir), "--weights", "pretrain:synth_tiny",
+            "--out", str(tmp_path), "--n-boot", "20")
+    proc = fairbench(*args, env={"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "SYNTHETIC" in out
+    for word in ("AUC", "ES-AUC", "DPD", "DEOdds", "sex", "age", "race", "<60", ">=60"):
+        assert word in out, word
+    cell = tmp_path / "synth_tiny" / "tinyclip" / "zeroshot" / "seed0"
+    assert f"results: {cell}" in out.replace("\n", "")
+    again = fairbench(*args, env={"COLUMNS": "200"})
+    assert again.returncode == 0
+    assert "already complete, skipped" in again.stderr
