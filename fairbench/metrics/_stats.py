@@ -70,14 +70,18 @@ def _count(x: np.ndarray, axis: int) -> np.ndarray:
     return np.sum(~np.isnan(x), axis=axis)
 
 
+def _sum_defined(x: np.ndarray, axis: int) -> np.ndarray:
+    # sorted first: the rounding of the sum does not depend on the order of groups or classes
+    return np.sort(np.where(np.isnan(x), 0.0, x), axis=axis).sum(axis=axis)
+
+
 def nansum(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Sum of the defined entries; NaN when none is defined."""
-    s = np.where(np.isnan(x), 0.0, x).sum(axis=axis)
-    return np.where(_count(x, axis) > 0, s, np.nan)
+    return np.where(_count(x, axis) > 0, _sum_defined(x, axis), np.nan)
 
 
 def nanmean(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return safe_div(np.where(np.isnan(x), 0.0, x).sum(axis=axis), _count(x, axis))
+    return safe_div(_sum_defined(x, axis), _count(x, axis))
 
 
 def nanvar(x: np.ndarray, axis: int = -1) -> np.ndarray:
