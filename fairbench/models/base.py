@@ -149,14 +149,14 @@ def load_model_card(path: Path) -> ModelCard:
         mean=tuple(p.get("mean", list, list(OPENAI_MEAN))),
         std=tuple(p.get("std", list, list(OPENAI_STD))),
         resize=p.get("resize", str, "shortest", choices=("shortest", "square", *PIL_PIPELINES)),
-        interpolation=p.get("interpolation", str, "bicubic", choices=("bicubic", "bilinear", "nearest", "box")),
+        interpolation=p.get("interpolation", str, "bicubic", choices=("bicubic", "bilinear", "nearest", "area")),
         channels=p.get("channels", int, 3, choices=(1, 3)),
         load_size=p.get("load_size", int, None),
     )
     if pre.resize == "longest_pad" and pre.load_size is None:
         p.fail("load_size", "is required with resize: longest_pad (the longest side before the center crop)")
-    if pre.resize not in PIL_PIPELINES and pre.interpolation == "box":
-        p.fail("interpolation", "box is only available with the PIL pipelines (pad_square, longest_pad)")
+    if pre.interpolation == "area" and pre.resize != "longest_pad":
+        p.fail("interpolation", "area (OpenCV INTER_AREA) is only available with resize: longest_pad")
     p.no_unknown()
     card = ModelCard(
         name=name, family=family, description=f.get("description", str, ""), path=path.resolve(),

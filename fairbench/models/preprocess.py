@@ -11,9 +11,12 @@ batched torch pipelines (``shortest``, ``square``) live in :class:`fairbench.mod
 - ``longest_pad`` (GLoRIA, ``gloria/models/gloria_model.py: process_img/_resize_img``): grayscale, the longest
   side resized to ``load_size`` (the other side ``int(side * scale)``), zero padding to a square (floor
   before, ceil after), RGB, ``CenterCrop(image_size)``, ``ToTensor``, ``Normalize(0.5, 0.5)``. Upstream
-  resizes with OpenCV ``INTER_AREA``; fairbench has no OpenCV dependency and uses PIL's ``BOX`` filter
-  (``interpolation: box``), the same area averaging when shrinking (equal up to rounding of a grey level);
-  when enlarging, both are close to pixel replication but not identical.
+  resizes with OpenCV ``INTER_AREA``; fairbench has no OpenCV dependency and re-implements it
+  (``interpolation: area``, :func:`area_resize`): exact area averaging when shrinking both sides, OpenCV's
+  INTER_AREA enlarging rule otherwise (pixel replication at integer factors). It equals OpenCV up to the
+  rounding of a grey level (OpenCV's integer-factor SIMD paths round halves up; fixed-point arithmetic).
+  Grayscale conversion of RGB input uses PIL's ITU-R 601-2 luma (OpenCV's ``imread(path, 0)`` uses the same
+  weights in fixed point).
 """
 
 from __future__ import annotations
@@ -27,10 +30,50 @@ from PIL import Image
 if TYPE_CHECKING:
     from fairbench.models.base import Preprocessing
 
-__all__ = ["pil_pipeline", "to_gray_pil", "pad_square_pil", "longest_pad_pil"]
+__all__ = ["pil_pipeline", "to_gray_pil", "pad_square_pil", "longest_pad_pil", "area_resize"]
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-             "nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX}
+             "nearest": Image.Resampling.NEAREST}
+
+
+def _area_axis0(x: np.ndarray, m: int) -> np.ndarray:
+    """OpenCV's INTER_AREA shrinking along axis 0 (n -> m rows, n >= m): each output row is the average of
+    the input area it covers, computed exactly from the running sum (pixels are constant over their area)."""
+    n = x.shape[0]
+    s = n / m
+    t = np.arange(m + 1) * s
+    k = np.minimum(np.floor(t).astype(np.int64), n - 1)
+    starts = np.unique(k)  # starts[0] == 0; running sums at these rows only (x[:k].sum(0) for each k)
+    seg = np.add.reduceat(x, starts, axis=0)
+    run = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(seg[:-1], axis=0)])
+    integral = run[np.searchsorted(starts, k)] + (t - k)[:, None] * x[k]
+    return (integral[1:] - integral[:-1]) / s
+
+
+def _area_linear_axis0(x: np.ndarray, m: int) -> np.ndarray:
+    """OpenCV's INTER_AREA along axis 0 when it does not shrink both sides (``resize.cpp``: ``sx =
+    floor(dx * scale)``, ``fx = (dx + 1) - (sx + 1) / scale`` kept in [0, 1), then linear interpolation)."""
+    n = x.shape[0]
+    scale, inv = n / m, m / n
+    d = np.arange(m)
+    sx = np.floor(d * scale).astype(np.int64)
+    fx = (d + 1) - (sx + 1) * inv
+    fx = np.where(fx <= 0, 0.0, fx - np.floor(fx))
+    a, b = np.clip(sx, 0, n - 1), np.clip(sx + 1, 0, n - 1)
+    return (1.0 - fx)[:, None] * x[a] + fx[:, None] * x[b]
+
+
+def area_resize(gray: np.ndarray, height: int, width: int) -> np.ndarray:
+    """OpenCV ``cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)`` for a uint8 HxW array."""
+    h, w = gray.shape
+    if (h, w) == (height, width):
+        return gray.copy()
+    x = gray.astype(np.float64)
+    if h >= height and w >= width:
+        out = _area_axis0(_area_axis0(x, height).T, width).T
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out = _area_linear_axis0(_area_linear_axis0(x, height).T, width).T
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
 
 
 def to_gray_pil(img: np.ndarray) -> Image.Image:
@@ -54,7 +97,7 @@ def pad_square_pil(img: np.ndarray, size: int, resample: str = "bilinear") -> Im
     return canvas.resize((size, size), resample=_RESAMPLE[resample])
 
 
-def longest_pad_pil(img: np.ndarray, load_size: int, crop: int, resample: str = "box") -> Image.Image:
+def longest_pad_pil(img: np.ndarray, load_size: int, crop: int, resample: str = "area") -> Image.Image:
     """GLoRIA: longest side to ``load_size``, zero padding to a square, center crop ``crop``; grayscale."""
     gray = to_gray_pil(img)
     h, w = gray.height, gray.width
@@ -62,7 +105,10 @@ def longest_pad_pil(img: np.ndarray, load_size: int, crop: int, resample: str = 
         nh, nw = load_size, int(float(w) * (load_size / float(h)))
     else:
         nh, nw = int(float(h) * (load_size / float(w))), load_size
-    resized = np.asarray(gray.resize((nw, nh), resample=_RESAMPLE[resample]))
+    if resample == "area":
+        resized = area_resize(np.asarray(gray), nh, nw)
+    else:
+        resized = np.asarray(gray.resize((nw, nh), resample=_RESAMPLE[resample]))
     pad_h, pad_w = load_size - nh, load_size - nw
     padded = np.pad(resized, [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)],
                     mode="constant", constant_values=0)

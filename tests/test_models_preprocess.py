@@ -1,0 +1,170 @@
+"""Preprocessing of every family against its documented (official) pipeline, for 1- and 3-channel input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fairbench.models.base import get_model_card
+
+REAL = ["clip_vit_b16", "clip_vit_b32", "biomedclip", "medclip_vit", "medclip_resnet", "gloria", "blip2"]
+TINY = ["tiny_openai_clip", "tiny_biomedclip", "tiny_medclip_vit", "tiny_medclip_resnet", "tiny_gloria", "tiny_blip2"]
+
+
+def _smooth(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 127 + 60 * np.sin(xx / 13.0) + 50 * np.cos(yy / 17.0) + rng.normal(0, 5, (h, w))
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def _rgb(h: int, w: int, seed: int = 1) -> np.ndarray:
+    return np.stack([_smooth(h, w, seed), _smooth(h, w, seed + 1)[::-1], _smooth(h, w, seed + 2)[:, ::-1]], -1)
+
+
+@pytest.mark.parametrize("name", REAL + TINY)
+def test_gray_and_gray_as_rgb_are_the_same_input(name: str) -> None:
+    pre = get_model_card(name).preprocessing
+    gray = _smooth(300, 260)
+    a = pre([gray, _smooth(200, 320, 3)])
+    b = pre([np.repeat(gray[:, :, None], 3, axis=2), np.repeat(_smooth(200, 320, 3)[:, :, None], 3, axis=2)])
+    assert a.shape == (2, 3, pre.image_size, pre.image_size) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+
+
+# -- MedCLIP: pad to square (L, fill 0, min side 224) -> Resize(224) -> ToTensor -> Normalize -> repeat 3 ----
+def _medclip_upstream(img: np.ndarray, size: int, mean: float, std: float) -> torch.Tensor:
+    from torchvision import transforms
+
+    pil = Image.fromarray(img)
+    x, y = pil.size
+    side = max(size, x, y)
+    canvas = Image.new("L", (side, side), 0)
+    canvas.paste(pil, (int((side - x) / 2), int((side - y) / 2)))
+    t = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                            transforms.Normalize(mean=[mean], std=[std])])
+    return t(canvas).repeat((3, 1, 1))
+
+
+@pytest.mark.parametrize("shape", [(300, 260), (260, 300), (120, 90), (224, 224), (300, 260, 3), (90, 300, 3)])
+def test_medclip_matches_upstream_pipeline(shape: tuple[int, ...]) -> None:
+    pre = get_model_card("medclip_vit").preprocessing
+    img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
+    ours = pre([img])[0]
+    ref = _medclip_upstream(img, 224, pre.mean[0], pre.std[0])
+    assert torch.equal(ours, ref)
+
+
+def test_medclip_pads_small_images_instead_of_upscaling() -> None:
+    pre = get_model_card("medclip_vit").preprocessing
+    img = np.full((100, 50), 255, np.uint8)
+    x = pre([img])[0, 0] * pre.std[0] + pre.mean[0]
+    assert torch.allclose(x[62:162, 87:137], torch.ones(100, 50), atol=1e-6)  # pasted at (87, 62), unscaled
+    assert float(x[:60].abs().max()) < 1e-6 and float(x[:, :85].abs().max()) < 1e-6
+
+
+# -- GLoRIA: gray -> longest side 256 (INTER_AREA) + zero pad -> RGB -> CenterCrop 224 -> Normalize(0.5) ------
+def _gloria_upstream(img: np.ndarray, scale: int, crop: int) -> torch.Tensor:
+    """process_img/_resize_img, with fairbench's INTER_AREA (tested below) standing in for cv2.resize."""
+    from torchvision import transforms
+
+    from fairbench.models.preprocess import area_resize
+
+    gray = np.asarray(Image.fromarray(img).convert("L")) if img.ndim == 3 else img
+    size = gray.shape
+    max_ind = size.index(max(size))
+    if max_ind == 0:
+        desired = (scale, int(float(size[1]) * (scale / float(size[0]))))
+    else:
+        desired = (int(float(size[0]) * (scale / float(size[1]))), scale)
+    resized = area_resize(gray, *desired)
+    if max_ind == 0:
+        pad = scale - resized.shape[1]
+        pads = [(0, 0), (int(np.floor(pad / 2)), int(np.ceil(pad / 2)))]
+    else:
+        pad = scale - resized.shape[0]
+        pads = [(int(np.floor(pad / 2)), int(np.ceil(pad / 2))), (0, 0)]
+    padded = np.pad(resized, pads, "constant", constant_values=0)
+    t = transforms.Compose([transforms.CenterCrop(crop), transforms.ToTensor(),
+                            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    return t(Image.fromarray(padded).convert("RGB"))
+
+
+@pytest.mark.parametrize("shape", [(512, 384), (384, 512), (300, 300), (120, 90), (600, 500, 3)])
+def test_gloria_matches_upstream_pipeline(shape: tuple[int, ...]) -> None:
+    pre = get_model_card("gloria").preprocessing
+    img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
+    assert torch.equal(pre([img])[0], _gloria_upstream(img, 256, 224))
+
+
+def test_area_resize_shrinking_is_area_averaging() -> None:
+    """cv2.INTER_AREA when shrinking: each output pixel is the mean of the input area it covers."""
+    from fairbench.models.preprocess import area_resize
+
+    img = _smooth(512, 512)
+    assert np.array_equal(area_resize(img, 256, 256), np.rint(img.reshape(256, 2, 256, 2).mean(axis=(1, 3))))
+    odd = np.random.default_rng(0).integers(0, 256, (39, 32), dtype=np.uint8)
+    fine = np.repeat(np.repeat(odd.astype(np.float64), 16, 0), 13, 1)  # exact area means by supersampling
+    exact = fine.reshape(16, 39, 13, 32).mean(axis=(1, 3))
+    assert np.abs(area_resize(odd, 16, 13) - exact).max() <= 0.5 + 1e-9
+
+
+def test_area_resize_enlarging_follows_opencv_rule() -> None:
+    """cv2.INTER_AREA when enlarging by an integer factor replicates pixels (OpenCV's area fx rule)."""
+    from fairbench.models.preprocess import area_resize
+
+    small = np.random.default_rng(1).integers(0, 256, (64, 48), dtype=np.uint8)
+    assert np.array_equal(area_resize(small, 128, 96), np.repeat(np.repeat(small, 2, 0), 2, 1))
+    assert area_resize(small, 100, 75).shape == (100, 75)
+
+
+def test_gloria_tall_image_is_padded_left_and_right() -> None:
+    from fairbench.models.preprocess import longest_pad_pil
+
+    out = np.asarray(longest_pad_pil(np.full((400, 200), 200, np.uint8), 256, 256))
+    assert (out[:, :64] == 0).all() and (out[:, 192:] == 0).all() and (out[:, 64:192] == 200).all()
+
+
+def test_gloria_upsamples_to_299_inside_the_image_encoder() -> None:
+    from fairbench.models.build import build_model
+
+    assert get_model_card("gloria").architecture["upsample"] == 299
+    model = build_model(get_model_card("tiny_gloria"), "random", torch.device("cpu"))
+    seen = []
+    model.module.img_encoder.model.conv1.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    with torch.no_grad():
+        model.image_outputs(model.preprocess([_smooth(50, 40)]))
+    assert seen == [(1, 3, 64, 64)]  # the tiny card's upsample; the real card's is 299
+
+
+# -- open_clip (CLIP, BiomedCLIP) and BLIP-2: batched torch resizing vs the libraries' PIL pipelines ------------
+def _grey_levels(a: torch.Tensor, b: torch.Tensor, std: tuple[float, ...]) -> float:
+    """The largest difference in 0..255 grey levels."""
+    s = torch.tensor(std).view(3, 1, 1)
+    return float(((a - b).abs() * s).max()) * 255
+
+
+@pytest.mark.parametrize("name", ["clip_vit_b16", "biomedclip"])
+@pytest.mark.parametrize("shape", [(300, 260), (260, 300, 3)])
+def test_open_clip_preprocessing_matches_open_clip_transform(name: str, shape: tuple[int, ...]) -> None:
+    import open_clip
+
+    pre = get_model_card(name).preprocessing
+    img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
+    t = open_clip.image_transform(pre.image_size, is_train=False, mean=pre.mean, std=pre.std,
+                                  interpolation="bicubic", resize_mode="shortest")
+    assert _grey_levels(pre([img])[0], t(Image.fromarray(img)), pre.std) <= 1.5
+
+
+@pytest.mark.parametrize("shape", [(300, 260), (260, 300, 3)])
+def test_blip2_preprocessing_matches_blip_image_processor(shape: tuple[int, ...]) -> None:
+    from transformers import BlipImageProcessor
+
+    pre = get_model_card("blip2").preprocessing
+    img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
+    proc = BlipImageProcessor(size={"height": 224, "width": 224}, resample=Image.Resampling.BICUBIC,
+                              image_mean=list(pre.mean), image_std=list(pre.std), do_convert_rgb=True)
+    ref = proc(Image.fromarray(img).convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    assert _grey_levels(pre([img])[0], ref, pre.std) <= 1.5
