@@ -192,6 +192,16 @@ def test_marker_is_burned_into_the_corner():
     assert (bright[s.marker] >= 10).all() and (bright[~s.marker] == 0).all()
 
 
+def test_haze_adds_smooth_blotches_over_the_body_only():
+    opts = {"n": {"test": 50}, "image_size": 64}
+    plain = _gen(opts).images.astype(float)
+    hazy = _gen({**opts, "bias": [{"attribute": "age", "min": 0, "haze": 0.1}]}).images.astype(float)
+    diff = hazy - plain
+    assert np.abs(diff[:, 20:50, 16:48]).mean() > 8                    # inside the body
+    assert np.abs(diff[:, :6, :4]).mean() < 1                          # background beside the neck untouched
+    assert np.abs(np.diff(diff, axis=2)).mean() < 0.2 * np.abs(diff).mean()   # smooth, not pixel noise
+
+
 def test_degradation_lowers_contrast_and_adds_noise():
     opts = {"n": {"test": 200}, "image_size": 64}
     plain = _gen(opts).images.astype(float)
@@ -254,6 +264,7 @@ def test_report_details_follow_the_drawn_finding():
     ({"image_size": "big"}, ["image_size", "integer"]),
     ({"image_size": 8}, ["image_size", "[32, 1024]"]),
     ({"image_size": True}, ["image_size", "integer"]),
+    ({"image_size": 65}, ["image_size", "even"]),
     ({"prevalence": 1.5}, ["prevalence", "<= 1"]),
     ({"prevalence": "half"}, ["prevalence", "number"]),
     ({"n": [100]}, ["'n'", "mapping"]),
@@ -275,6 +286,7 @@ def test_report_details_follow_the_drawn_finding():
     ({"bias": [{"attribute": "race", "groups": ["Asian"], "min": 3}]}, ["bias[0].min"]),
     ({"bias": [{"attribute": "race", "groups": ["Asian"], "label_noise": 2}]}, ["bias[0].label_noise", "<= 1"]),
     ({"bias": [{"attribute": "race", "groups": ["Asian"], "contrast": 0}]}, ["bias[0].contrast", "> 0"]),
+    ({"bias": [{"attribute": "race", "groups": ["Asian"], "haze": -0.1}]}, ["bias[0].haze", ">= 0"]),
     ({"bias": [{"attribute": "race", "groups": ["Asian"], "noize": 0.1}]}, ["bias[0]", "'noize'"]),
     ({"bias": [{}, {"attribute": "sex", "groups": "F", "blur": "x"}]}, ["bias[0]", "attribute"]),
 ])
@@ -337,10 +349,10 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * (len(y) - pos)))
 
 
-def _age_gap(preset: dict) -> tuple[float, float]:
+def _age_aucs(preset: dict, seed: int = 11) -> tuple[float, float]:
     """AUC (abnormal vs normal, true finding) of a ridge classifier on 32x32 pixels, for <60 and >=60."""
-    opts = {**preset, "n": {"train": 1200, "test": 1500}}
-    train, test = _gen(opts, "train", 11), _gen(opts, "test", 11)
+    opts = {**preset, "n": {"train": 1200, "test": 2500}}
+    train, test = _gen(opts, "train", seed), _gen(opts, "test", seed)
     x, y = _features(train.images), (train.label_finding != "normal")
     w = np.linalg.solve(x.T @ x + 100.0 * np.eye(x.shape[1]), x.T @ (2.0 * y - 1.0))
     score = _features(test.images) @ w
@@ -349,8 +361,11 @@ def _age_gap(preset: dict) -> tuple[float, float]:
 
 
 def test_biased_preset_has_a_clear_age_auc_gap_and_the_fair_one_has_none():
-    young, old = _age_gap(BIASED_DEFAULT)
-    assert young - old > 0.08, (young, old)
-    young_f, old_f = _age_gap(FAIR_DEFAULT)
-    assert abs(young_f - old_f) < 0.04, (young_f, old_f)
-    assert young_f > 0.75                                      # the task is learnable from pixels
+    # measured once (seed 11): biased about 0.79 (<60) vs 0.66 (>=60); fair about 0.86 vs 0.85. With ~1300
+    # test samples per group the gap's standard error is about 0.02.
+    young, old = _age_aucs(BIASED_DEFAULT)
+    young_fair, old_fair = _age_aucs(FAIR_DEFAULT)
+    assert young_fair > 0.8                                     # the task is learnable from pixels
+    assert abs(young_fair - old_fair) < 0.05, (young_fair, old_fair)
+    assert young - old > 0.07, (young, old)
+    assert old < old_fair - 0.1, (old, old_fair)                # the same patients, degraded

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: Bumped whenever the same (options, split, seed) would give different bytes; caches key on it.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 
 _N = {"train": 2000, "val": 500, "test": 1500}
 
@@ -42,7 +42,7 @@ BIASED_DEFAULT: dict = {
     "n": dict(_N),
     "bias": [
         # strong acquisition degradation for older patients: AUC drops for age >= 60
-        {"attribute": "age", "min": 60, "contrast": 0.35, "noise": 0.10, "blur": 1.5},
+        {"attribute": "age", "min": 60, "contrast": 0.25, "noise": 0.10, "blur": 1.5},
         # noisier labels (and so reports) for women: milder AUC drop measured against recorded labels
         {"attribute": "sex", "groups": ["F"], "label_noise": 0.08},
         # fewer abnormal studies among White patients: selection-rate / demographic-parity gaps
@@ -97,13 +97,15 @@ def _ages(rng: np.random.Generator, n: int, cfg: SynthConfig) -> np.ndarray:
 def _combine(rules: tuple[BiasRule, ...], attributes: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
     """Per-sample effect of all bias rules (see BiasRule for how overlapping rules combine)."""
     e = {
-        "contrast": np.ones(n), "noise2": np.zeros(n), "blur": np.zeros(n), "keep_label": np.ones(n),
+        "contrast": np.ones(n), "noise2": np.zeros(n), "haze2": np.zeros(n), "blur": np.zeros(n),
+        "keep_label": np.ones(n),
         "prevalence": np.ones(n), "no_pos": np.ones(n), "no_neg": np.ones(n), "no_eval": np.ones(n),
     }
     for rule in rules:
         m = rule.matches(attributes)
         e["contrast"][m] *= rule.contrast
         e["noise2"][m] += rule.noise ** 2
+        e["haze2"][m] += rule.haze ** 2
         e["blur"][m] = np.maximum(e["blur"][m], rule.blur)
         e["keep_label"][m] *= 1.0 - rule.label_noise
         e["prevalence"][m] *= rule.prevalence
@@ -195,7 +197,8 @@ def generate_split(config: SynthConfig, split: str, seed: int) -> SynthSplit:
     findings = draw_finding_params(_stream(seed, split, "findings"), n)
     images = render_images(
         config.image_size, anatomy, findings, code, config.finding_strength,
-        contrast=effect["contrast"], noise_sd=np.sqrt(config.noise ** 2 + effect["noise2"]), blur=effect["blur"],
+        degrade={"contrast": effect["contrast"], "haze": np.sqrt(effect["haze2"]), "blur": effect["blur"],
+                 "noise": np.sqrt(config.noise ** 2 + effect["noise2"])},
         marker=marker, marker_xy=marker_xy, chunk_rng=lambda i: _stream(seed, split, f"pixels{i}"),
     )
 

@@ -28,7 +28,7 @@ RACES: tuple[str, ...] = ("Asian", "Black", "White")
 _CATEGORIES = {"sex": SEXES, "race": RACES}
 
 _BIAS_EFFECT_KEYS = (
-    "contrast", "noise", "blur", "label_noise", "prevalence", "marker_pos", "marker_neg", "marker_eval",
+    "contrast", "noise", "haze", "blur", "label_noise", "prevalence", "marker_pos", "marker_neg", "marker_eval",
 )
 _BIAS_KEYS = ("attribute", "groups", "min", "max", *_BIAS_EFFECT_KEYS)
 
@@ -101,7 +101,7 @@ class BiasRule:
 
     Selection: ``attribute`` is ``"sex"`` or ``"race"`` with ``groups`` (a list of group labels), or
     ``"age"`` with ``min`` (inclusive) and/or ``max`` (exclusive) in years. A sample matched by several rules
-    gets all of them: contrast factors multiply, noise sigmas add in quadrature, the largest blur wins,
+    gets all of them: contrast factors multiply, noise and haze SDs add in quadrature, the largest blur wins,
     prevalence multipliers multiply (the result is clipped to [0, 1]), and probabilities (label noise,
     markers) combine as independent events.
     """
@@ -112,6 +112,7 @@ class BiasRule:
     max: float | None = None
     contrast: float = 1.0        # multiplies image contrast about the image mean (1 = unchanged)
     noise: float = 0.0           # extra Gaussian noise sigma, on the [0, 1] intensity scale
+    haze: float = 0.0            # SD of smooth blotches (uneven exposure / scatter) over the body, [0, 1] scale
     blur: float = 0.0            # Gaussian blur sigma in pixels at 128 px (scaled with image_size)
     label_noise: float = 0.0     # probability the recorded label flips normal <-> abnormal
     prevalence: float = 1.0      # multiplier on the probability of being abnormal
@@ -179,6 +180,7 @@ class BiasRule:
             max=hi,
             contrast=_number(f"{where}.contrast", given.get("contrast", 1.0), lo=0.0, hi=4.0, lo_open=True),
             noise=_number(f"{where}.noise", given.get("noise", 0.0), lo=0.0, hi=1.0),
+            haze=_number(f"{where}.haze", given.get("haze", 0.0), lo=0.0, hi=1.0),
             blur=_number(f"{where}.blur", given.get("blur", 0.0), lo=0.0, hi=10.0),
             label_noise=_probability(f"{where}.label_noise", given.get("label_noise", 0.0)),
             prevalence=_number(f"{where}.prevalence", given.get("prevalence", 1.0), lo=0.0),
@@ -271,6 +273,8 @@ class SynthConfig:
             kw["n"] = {split: _integer(f"n.{split}", count, lo=0, hi=10_000_000) for split, count in n.items()}
         if "image_size" in given:
             kw["image_size"] = _integer("image_size", given["image_size"], lo=32, hi=1024)
+            if kw["image_size"] % 2:
+                raise DataError(f"synthetic option 'image_size': expected an even integer, got {kw['image_size']}")
         if "prevalence" in given:
             kw["prevalence"] = _probability("prevalence", given["prevalence"])
         if "finding_mix" in given:

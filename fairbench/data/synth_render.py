@@ -8,7 +8,7 @@ types, each applied to the images that have it.
 
 Intensities are built additively on a [0, 1] scale (bright = dense): body soft tissue, darker lungs with
 vessel markings, bright mediastinum, heart, spine, ribs and clavicles, then findings, exposure, the
-per-group degradation (contrast, blur, noise) and finally the burned-in marker.
+per-group degradation (contrast, haze, blur, noise) and finally the burned-in marker.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 __all__ = ["LOWRES", "CHUNK", "draw_anatomy", "draw_finding_params", "render_images"]
 
+HAZE_RES = 6  # side of the low-resolution field of the haze degradation
 LOWRES = 20   # side of the low-resolution noise fields upsampled into lung markings / patchy opacities
 CHUNK = 64   # images rendered at once; fixed, so the noise stream of each chunk does not depend on n
 _F32 = np.float32
@@ -53,6 +54,7 @@ def draw_anatomy(rng: np.random.Generator, sex: np.ndarray, age: np.ndarray,
         "gain": 1.0 + g(0.06), "offset": g(0.025), "gamma": np.exp(g(0.08)),
     }
     a["marks"] = rng.standard_normal((n, LOWRES, LOWRES)).astype(_F32)
+    a["haze_field"] = rng.standard_normal((n, HAZE_RES, HAZE_RES)).astype(_F32)  # used only under a haze rule
     return a
 
 
@@ -120,29 +122,36 @@ def _lung_level(u: np.ndarray, y: np.ndarray, insp: np.ndarray) -> np.ndarray:
     return ex + low * (ex * ex - ex) + ey
 
 
-def _resampler(size: int, low: int) -> np.ndarray:
-    """Bilinear matrix [size, low] from a ``low``-pixel grid to a ``size``-pixel grid (pixel centres aligned)."""
-    pos = np.clip((np.arange(size) + 0.5) * (low / size) - 0.5, 0.0, low - 1.0)
-    i0 = np.minimum(np.floor(pos).astype(int), low - 2)
-    t = pos - i0
-    m = np.zeros((size, low), dtype=_F32)
-    m[np.arange(size), i0] = 1.0 - t
-    m[np.arange(size), i0 + 1] = t
-    return m
+def _upsample2(x: np.ndarray) -> np.ndarray:
+    """Bilinear 2x upsampling of [m, h, h] to [m, 2h, 2h] (pixel centres aligned, edges replicated)."""
+    for axis in (1, 2):
+        lo = np.concatenate([np.take(x, [0], axis=axis), np.take(x, np.arange(x.shape[axis] - 1), axis=axis)],
+                            axis=axis)
+        hi = np.concatenate([np.take(x, np.arange(1, x.shape[axis]), axis=axis), np.take(x, [-1], axis=axis)],
+                            axis=axis)
+        even, odd = 0.75 * x + 0.25 * lo, 0.75 * x + 0.25 * hi
+        x = np.stack([even, odd], axis=axis + 1).reshape(
+            x.shape[:axis] + (2 * x.shape[axis],) + x.shape[axis + 1:])
+    return x
 
 
 def _gauss_blur(imgs: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of [m, S, S] with edge replication, as two matrix products."""
-    size = imgs.shape[-1]
+    """Separable Gaussian blur of [m, S, S] with edge replication (loops over the kernel taps only)."""
     radius = max(1, int(np.ceil(3 * sigma)))
-    taps = np.arange(-radius, radius + 1)
-    k = np.exp(-0.5 * (taps / sigma) ** 2)
-    k /= k.sum()
-    b = np.zeros((size, size), dtype=_F32)
-    rows = np.repeat(np.arange(size), len(taps))
-    cols = np.clip(rows + np.tile(taps, size), 0, size - 1)
-    np.add.at(b, (rows, cols), np.tile(k, size).astype(_F32))
-    return _sandwich(b, imgs)
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k = (k / k.sum()).astype(_F32)
+    size = imgs.shape[-1]
+    for axis in (1, 2):
+        pad = [(0, 0)] * 3
+        pad[axis] = (radius, radius)
+        padded = np.pad(imgs, pad, mode="edge")
+        out = np.zeros_like(imgs)
+        for j, w in enumerate(k):
+            sl = [slice(None)] * 3
+            sl[axis] = slice(j, j + size)
+            out += w * padded[tuple(sl)]
+        imgs = out
+    return imgs
 
 
 # -- rendering ------------------------------------------------------------------------------------------
@@ -156,17 +165,16 @@ def _pose(size: int, a: dict[str, np.ndarray], col: Callable) -> tuple[np.ndarra
 
 
 def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray], codes: np.ndarray,
-                  strength: float, contrast: np.ndarray, noise_sd: np.ndarray, blur: np.ndarray,
+                  strength: float, degrade: dict[str, np.ndarray],
                   marker: np.ndarray, marker_xy: np.ndarray, rng: np.random.Generator,
                   up: np.ndarray) -> np.ndarray:
     m = len(codes)
     col = lambda v: np.asarray(v, dtype=_F32)[:, None, None]  # noqa: E731
     # per-image pose: shift, rotate, scale the canonical frame (full and half resolution)
     x, y = _pose(size, a, col)
-    half = size // 2
+    half = size // 2  # image_size is even (checked by the config)
     xh, yh = _pose(half, a, col)
     axh = np.abs(xh)
-    to_full = _resampler(size, half)
     ax = np.abs(x)
     right = x < 0  # patient right
 
@@ -229,7 +237,7 @@ def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray],
         + 0.6 * np.clip(1.0 - 2.5 * np.abs(np.sin(19.0 * ang + 1.3 * noise)), 0.0, 1.0) * np.clip(r * 3 - 0.6, 0, 1)
     hilum = np.exp(-((axh - 0.17) ** 2 / 0.006 + (yh + 0.03) ** 2 / 0.02))
     marks = (0.17 * np.exp(-2.5 * r)) * vessels + 0.10 * hilum
-    marks = _sandwich(to_full, marks)
+    marks = _upsample2(marks)
     del du, dv, r, ang, vessels, hilum, noise
     img = img - col(a["lung_dark"]) * lung * lung_core + marks * lung * markmask
 
@@ -241,7 +249,7 @@ def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray],
     v_ant = (yy + 0.15 * yy * yy + 0.45 * axh) / 0.19 + phase * 0.7
     ribs = np.clip(2.5 * (np.cos(2 * np.pi * v_post) - 0.25), 0.0, 1.0) \
         + 0.4 * np.clip(2.0 * (np.cos(2 * np.pi * v_ant) - 0.55), 0.0, 1.0)
-    ribs = _sandwich(to_full, ribs)
+    ribs = _upsample2(ribs)
     cage = np.clip(lung_ell * 1.6, 0.0, 1.0) * _ramp(dome + 0.05 - y, 0.05) * (ax > 0.06)
     img = img + col(a["rib_amp"]) * ribs * cage * (1.0 - 0.8 * central)
     clav_y = -0.64 - 0.45 * ax + 0.30 * ax * ax
@@ -262,13 +270,18 @@ def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray],
     img = np.clip(img * col(a["gain"]) + col(a["offset"]), 0.0, 1.0)
     img = img ** col(a["gamma"])
 
-    # per-group degradation: contrast about the image mean, blur, noise
+    # per-group degradation: contrast about the image mean, haze, blur, noise
     mean = img.mean(axis=(1, 2), keepdims=True)
-    img = mean + col(contrast) * (img - mean)
+    img = mean + col(degrade["contrast"]) * (img - mean)
+    hazy = np.flatnonzero(degrade["haze"] > 0)
+    if len(hazy):  # uneven exposure / scatter: smooth blotches over the body, on the scale of findings
+        field = _sandwich(_upsampler(size, HAZE_RES), a["haze_field"][hazy]) * 1.5  # about unit SD
+        img[hazy] += col(degrade["haze"][hazy]) * field * body[hazy]
+    blur = degrade["blur"]
     for sigma in np.unique(blur[blur > 0]):
         idx = np.flatnonzero(blur == sigma)
         img[idx] = _gauss_blur(img[idx], float(sigma) * size / 128.0)
-    img = img + rng.standard_normal(img.shape, dtype=_F32) * col(noise_sd)
+    img = img + rng.standard_normal(img.shape, dtype=_F32) * col(degrade["noise"])
 
     # burned-in "L" marker, top right corner, on the images that carry it
     if marker.any():
@@ -309,14 +322,10 @@ def _effusion(idx, x, y, ax, right, f, lung, markmask, add, dome, up, s, col) ->
     add[idx] += 0.05 * s * fluid * (ax < 0.80)
 
 
-def _blob(u0, y0, r, ax, y, side, right, col) -> np.ndarray:
-    d = np.sqrt((ax - col(u0)) ** 2 + (y - col(y0)) ** 2)
-    return d, _side_mask(side, right, col)
-
-
 def _nodule(idx, x, y, ax, right, f, lung, markmask, add, dome, up, s, col) -> None:
-    d, side = _blob(f["nod_u"][idx], f["nod_y"][idx], f["nod_r"][idx], ax, y, f["side"][idx], right, col)
+    d = np.sqrt((ax - col(f["nod_u"][idx])) ** 2 + (y - col(f["nod_y"][idx])) ** 2)
     r = col(f["nod_r"][idx])
+    side = _side_mask(f["side"][idx], right, col)
     add[idx] += 0.24 * s * np.clip((r - d) / (0.5 * r), 0.0, 1.0) ** 0.7 * side
 
 
@@ -364,12 +373,13 @@ _FINDING_FNS = {
 
 
 def render_images(size: int, anatomy: dict[str, np.ndarray], findings: dict[str, np.ndarray],
-                  codes: np.ndarray, strength: float, contrast: np.ndarray, noise_sd: np.ndarray,
-                  blur: np.ndarray, marker: np.ndarray, marker_xy: np.ndarray,
-                  chunk_rng: Callable[[int], np.random.Generator]) -> np.ndarray:
+                  codes: np.ndarray, strength: float, degrade: dict[str, np.ndarray], marker: np.ndarray,
+                  marker_xy: np.ndarray, chunk_rng: Callable[[int], np.random.Generator]) -> np.ndarray:
     """Render all images, ``CHUNK`` at a time. ``codes``: 0 = normal, k = k-th finding of FINDINGS.
 
-    ``chunk_rng(i)`` gives the pixel-noise generator of chunk ``i``.
+    ``degrade`` holds per-image ``contrast``, ``haze``, ``blur`` and ``noise`` (total pixel-noise SD);
+    ``marker_xy`` the marker's top-left corner as fractions of the image; ``chunk_rng(i)`` gives the
+    pixel-noise generator of chunk ``i``.
     """
     n = len(codes)
     a = dict(anatomy)
@@ -385,7 +395,7 @@ def render_images(size: int, anatomy: dict[str, np.ndarray], findings: dict[str,
         sl = slice(ci * CHUNK, min(n, (ci + 1) * CHUNK))
         out[sl] = _render_chunk(
             size, {k: v[sl] for k, v in a.items()}, {k: v[sl] for k, v in findings.items()}, codes[sl],
-            strength, contrast[sl], noise_sd[sl], blur[sl], marker[sl], marker_xy[sl], chunk_rng(ci), up,
+            strength, {k: v[sl] for k, v in degrade.items()}, marker[sl], marker_xy[sl], chunk_rng(ci), up,
         )
 
     # chunks are independent (own noise stream, own output slice), so threads change nothing but speed;
