@@ -187,6 +187,10 @@ def render_report(report: CheckReport, console: Console, *, max_listed: int = 20
     if report.ok:
         console.print("[green]ok[/green]: every split loads, every image decodes, every value is in the card's "
                       "encoding", highlight=False)
+    elif any(s.bad_images for s in report.splits) and not any(s.errors for s in report.splits):
+        console.print("[red]problems found[/red]: a run stops on unusable images unless they are restored, or "
+                      "left out with `fairbench run --allow-skip-unreadable` (which records each one)",
+                      highlight=False)
     else:
-        console.print("[red]problems found[/red]: a run stops on them (unusable images can be left out with "
-                      "`fairbench run --allow-skip-unreadable`, which records each one)", highlight=False)
+        console.print("[red]problems found[/red]: a run cannot proceed until the errors above are fixed",
+                      highlight=False)
