@@ -104,7 +104,7 @@ def run(
         result = run_cell(cfg)
     if result.skipped:
         err_console.print(f"cell already complete, skipped (use --overwrite to recompute): {result.path}",
-                          markup=False)
+                          markup=False, soft_wrap=True)
     print_summary(result.metrics, result.path)
 
 
@@ -132,7 +132,7 @@ def validate(tasks_dir: TasksDirOpt = None) -> None:
     problems = validate_all(tasks_dirs=tuple(tasks_dir or ()))
     if problems:
         for p in problems:
-            err_console.print(f"error: {p}", markup=False)
+            err_console.print(f"error: {p}", markup=False, soft_wrap=True)
         raise typer.Exit(code=1)
 
 
@@ -172,7 +172,7 @@ def main() -> None:
     try:
         app()
     except FairbenchError as exc:
-        err_console.print(f"error: {exc}", style="bold red", markup=False, highlight=False)
+        err_console.print(f"error: {exc}", style="bold red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted; completed cells are kept, rerun to finish the rest", markup=False)

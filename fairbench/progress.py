@@ -66,8 +66,8 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 def info(message: str) -> None:
-    console.print(message, style="dim", markup=False)
+    console.print(message, style="dim", markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"warning: {message}", style="yellow", markup=False)
+    console.print(f"warning: {message}", style="yellow", markup=False, soft_wrap=True)

@@ -52,8 +52,11 @@ def test_metrics_json_contract(zeroshot_cell):
     assert len(doc["task"]["samples_sha256"]) == 64
     assert doc["model"]["name"] == "tinyclip"
     assert doc["model"]["weights"]["source"] == TINY_WEIGHTS and len(doc["model"]["weights"]["sha256"]) == 64
-    assert doc["adapt"]["name"] == "zeroshot" and doc["adapt"]["params"] == {"ensemble": None}
-    assert doc["adapt"]["fitted"]["ensemble"] == "name_sum"
+    assert doc["adapt"]["name"] == "zeroshot" and doc["adapt"]["params"] == {"ensemble": "family"}
+    from fairbench.data.task import get_task
+
+    declared = get_task("synth_cxr").prompts.ensemble or "mean_embedding"
+    assert doc["adapt"]["fitted"]["zeroshot"]["rule"] == declared
     assert doc["seed"] == 0 and len(doc["config_sha256"]) == 64
     prov = doc["provenance"]
     for key in ("fairbench_version", "git_commit", "git_dirty", "packages", "device", "started_at", "duration_s"):

@@ -1,0 +1,46 @@
+"""The built wheel carries the task cards and model cards, and an installed copy finds them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "--wheel-dir", str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wheels = list(out.glob("fairbench-*.whl"))
+    assert len(wheels) == 1
+    return wheels[0]
+
+
+def test_wheel_contains_task_and_model_cards(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = [p.relative_to(ROOT / "tasks").as_posix() for p in (ROOT / "tasks").rglob("*") if p.is_file()]
+    assert shipped, "the repository has no task files?"
+    for rel in shipped:
+        assert f"fairbench/_tasks/{rel}" in names, rel
+    assert "fairbench/models/cards/tinyclip.yaml" in names
+    assert "fairbench/cli.py" in names
+
+
+def test_unpacked_wheel_finds_its_bundled_tasks(wheel, tmp_path):
+    zipfile.ZipFile(wheel).extractall(tmp_path)
+    code = ("import fairbench.data.task as t; d = t.builtin_tasks_dir(); print(d); "
+            "print(sorted(t.discover_tasks()))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first, tasks = proc.stdout.splitlines()[:2]
+    assert Path(first) == tmp_path / "fairbench" / "_tasks"
+    assert "'synth_cxr'" in tasks and "'synth_cxr_fair'" in tasks
