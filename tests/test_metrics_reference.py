@@ -33,7 +33,7 @@ TOL = 1e-9
 
 def random_case(seed: int) -> tuple[pd.DataFrame, list[str], float]:
     rng = np.random.default_rng(seed)
-    k = int(rng.choice([2, 2, 3, 4]))
+    k = int(rng.choice([2, 2, 2, 3, 4]))
     n = int(rng.integers(8, 400))
     classes = [f"c{j}" for j in range(k)]
     y = rng.integers(0, k, n)
@@ -88,7 +88,7 @@ def es_reference(overall: float, per_group: list[float]) -> float:
     return overall / (1 + sum(abs(overall - v) for v in per_group))  # FairCLIP, alpha = 1
 
 
-CASES = list(range(40))
+CASES = list(range(30))
 
 
 @pytest.mark.parametrize("seed", CASES)
@@ -139,23 +139,22 @@ def test_against_sklearn_and_fairlearn(seed: int) -> None:
         names = sorted(set(g))
         assert list(a["groups"]) == names
         assert a["n_unknown"] == int((~known).sum())
-        check_groups(a, names, g, yk, yhk, pk, classes)
-        check_summaries(a, names, g, yk, yhk, pk, classes, o)
+        by_group = None
+        if binary:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                by_group = MetricFrame(
+                    metrics={"acc": accuracy_score, "tpr": true_positive_rate, "fpr": false_positive_rate,
+                             "tnr": true_negative_rate, "selection_rate": selection_rate},
+                    y_true=yk, y_pred=yhk, sensitive_features=g).by_group
+        check_groups(a, names, g, yk, yhk, pk, classes, by_group)
+        check_summaries(a, names, g, yk, yhk, classes, o, by_group)
         small = {n: int((g == n).sum()) for n in names if (g == n).sum() < 30}
         assert res["flags"]["small_groups"].get(attr, {}) == small
 
 
-def check_groups(a, names, g, y, yhat, probs, classes) -> None:  # type: ignore[no-untyped-def]
-    k = len(classes)
-    binary = k == 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if binary:
-            frame = MetricFrame(
-                metrics={"acc": accuracy_score, "tpr": true_positive_rate, "fpr": false_positive_rate,
-                         "tnr": true_negative_rate, "selection_rate": selection_rate},
-                y_true=y, y_pred=yhat, sensitive_features=g)
-            by_group = frame.by_group
+def check_groups(a, names, g, y, yhat, probs, classes, by_group) -> None:  # type: ignore[no-untyped-def]
+    binary = len(classes) == 2
     for name in names:
         m = g == name
         ours = a["groups"][name]
@@ -194,7 +193,7 @@ def _range(values: list[float | None], min_count: int = 2) -> float | None:
     return max(v) - min(v) if len(v) >= min_count else None
 
 
-def check_summaries(a, names, g, y, yhat, probs, classes, overall) -> None:  # type: ignore[no-untyped-def]
+def check_summaries(a, names, g, y, yhat, classes, overall, by_group) -> None:  # type: ignore[no-untyped-def]
     groups = a["groups"]
     aucs = [groups[n]["auc"] for n in names]
     defined_aucs = [v for v in aucs if v is not None]
@@ -210,12 +209,12 @@ def check_summaries(a, names, g, y, yhat, probs, classes, overall) -> None:  # t
     assert close(a["ece_delta"], _range([groups[n]["ece"] for n in names]))
     assert close(a["underdiagnosis_gap"], _range([groups[n]["underdiagnosis_rate"] for n in names]))
     if len(classes) == 2:
-        check_binary_fairness(a, names, g, y, yhat)
+        check_binary_fairness(a, names, g, y, yhat, by_group)
     else:
         check_multiclass_fairness(a, names, g, y, yhat, classes)
 
 
-def check_binary_fairness(a, names, g, y, yhat) -> None:  # type: ignore[no-untyped-def]
+def check_binary_fairness(a, names, g, y, yhat, by_group) -> None:  # type: ignore[no-untyped-def]
     n_pos = {n: int(y[g == n].sum()) for n in names}
     n_neg = {n: int((y[g == n] == 0).sum()) for n in names}
     if len(names) >= 2:
@@ -227,9 +226,7 @@ def check_binary_fairness(a, names, g, y, yhat) -> None:  # type: ignore[no-unty
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert close(a["deodds"], equalized_odds_difference(y, yhat, sensitive_features=g))
-            frame = MetricFrame(metrics={"tpr": true_positive_rate, "fpr": false_positive_rate,
-                                         "tnr": true_negative_rate}, y_true=y, y_pred=yhat, sensitive_features=g)
-        diff = frame.difference()
+        diff = by_group.max() - by_group.min()
         assert close(a["eqodds"], 1 - 0.5 * (diff["tpr"] + diff["fpr"]))
         assert close(a["eqodds_fairmedfm"], 1 - 0.5 * (diff["tpr"] + diff["tnr"]))
     tpr_range = _range([a["groups"][n]["tpr"] for n in names])

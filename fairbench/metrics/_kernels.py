@@ -98,9 +98,9 @@ def pass_stats(w: np.ndarray, plan: Plan, no_finding: int | None) -> SliceStats:
     k, m, s = plan.n_classes, plan.n_bins, plan.n_groups + 1
     cell_w = np.add.reduceat(w, plan.cell_starts, axis=1).astype(np.float64)
     cell_wc = np.add.reduceat(w * plan.conf_sorted, plan.cell_starts, axis=1)
-    conf = (cell_w @ plan.conf_map).reshape(b, s, k, k)
-    cal_n = (cell_w @ plan.cal_map).reshape(b, s, m)
-    cal_d = ((cell_w * plan.cell_target - cell_wc) @ plan.cal_map).reshape(b, s, m)
+    conf = plan.conf_sum(cell_w).reshape(b, s, k, k)
+    cal_n = plan.cal_sum(cell_w).reshape(b, s, m)
+    cal_d = plan.cal_sum(cell_w * plan.cell_target - cell_wc).reshape(b, s, m)
     auc = np.full((b, s, k), np.nan)
     for ap in plan.auc:
         auc_all, auc_blk = _auc(w, ap, plan.n_blocks)

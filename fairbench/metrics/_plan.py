@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PassData", "Plan", "AucPlan", "build_plan"]
+__all__ = ["PassData", "Plan", "AucPlan", "SegmentSum", "build_plan"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,33 @@ class AucPlan:
 
 
 @dataclass(frozen=True)
+class SegmentSum:
+    """Sums cells into targets in a fixed order: ``out[:, targets] = reduceat(x[:, src], starts)``.
+
+    Within a target, cells are added in cell order, which for a group's own slice does not depend on group
+    names, so results are bit-identical whatever the groups are called.
+    """
+
+    src: np.ndarray
+    starts: np.ndarray
+    targets: np.ndarray
+    size: int
+
+    @classmethod
+    def build(cls, cell: np.ndarray, target: np.ndarray, size: int) -> SegmentSum:
+        order = np.lexsort((cell, target))
+        src, tgt = cell[order], target[order]
+        starts = _runs(tgt)
+        return cls(src=src, starts=starts, targets=tgt[starts], size=size)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros((x.shape[0], self.size))
+        if len(self.src):
+            out[:, self.targets] = np.add.reduceat(x[:, self.src], self.starts, axis=1)
+        return out
+
+
+@dataclass(frozen=True)
 class Plan:
     n: int
     order: np.ndarray  # (n,) input row of each sorted position
@@ -71,8 +98,8 @@ class Plan:
     strata: tuple[tuple[int, int, bytes], ...]  # (start, size, seed key from content) in sorted order
     cell_starts: np.ndarray
     cell_target: np.ndarray  # (C,) calibration target of each cell
-    conf_map: np.ndarray  # (C, S*K*K) cell -> confusion entries of each slice
-    cal_map: np.ndarray  # (C, S*M) cell -> calibration bin of each slice
+    conf_sum: SegmentSum  # cells -> confusion entries of each slice, (S*K*K)
+    cal_sum: SegmentSum  # cells -> calibration bin of each slice, (S*M)
     conf_sorted: np.ndarray  # (n,) calibration confidence in sorted order
     auc: tuple[AucPlan, ...]
     slice_bad: np.ndarray  # (S,) number of rows with NaN probabilities per slice
@@ -171,19 +198,19 @@ def build_plan(d: PassData) -> Plan:
     cy, cb, chat, cbin = y[cells], blk[cells], yhat[cells], bins[cells]
     n_slices = g_count + 1
     kk, m_bins = k_classes * k_classes, d.n_bins
-    conf_map = np.zeros((len(cells), n_slices * kk))
-    cal_map = np.zeros((len(cells), n_slices * m_bins))
     rows = np.arange(len(cells))
     known = cb < g_count
-    for slice_of_cell, mask in ((np.zeros_like(cb), np.ones_like(known)), (cb + 1, known)):
-        conf_map[rows[mask], (slice_of_cell * kk + cy * k_classes + chat)[mask]] = 1.0
-        cal_map[rows[mask], (slice_of_cell * m_bins + cbin)[mask]] = 1.0
+    cell_ids = np.concatenate([rows, rows[known]])  # every cell counts for slice 0 and, if known, its group
+    slice_ids = np.concatenate([np.zeros(len(cells), dtype=np.int64), cb[known] + 1])
+    conf_sum = SegmentSum.build(cell_ids, slice_ids * kk + np.concatenate([cy * k_classes + chat,
+                                (cy * k_classes + chat)[known]]), n_slices * kk)
+    cal_sum = SegmentSum.build(cell_ids, slice_ids * m_bins + np.concatenate([cbin, cbin[known]]), n_slices * m_bins)
 
     auc_classes = [1] if binary else range(k_classes)
     plans = tuple(p for p in (_auc_plan(k, y, blk, probs[:, k], n_blocks) for k in auc_classes) if p is not None)
     slice_bad = np.concatenate([[bad.sum()], np.bincount(blk[bad], minlength=n_blocks)[:g_count]])
     return Plan(n=n, order=order, n_classes=k_classes, n_groups=g_count, n_blocks=n_blocks, n_bins=m_bins,
                 strata=strata,
-                cell_starts=cells, cell_target=target[cells].astype(np.float64), conf_map=conf_map,
-                cal_map=cal_map, conf_sorted=d.conf[order].astype(np.float64), auc=plans,
+                cell_starts=cells, cell_target=target[cells].astype(np.float64), conf_sum=conf_sum,
+                cal_sum=cal_sum, conf_sorted=d.conf[order].astype(np.float64), auc=plans,
                 slice_bad=slice_bad.astype(np.int64))
