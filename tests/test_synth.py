@@ -8,8 +8,9 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fairbench.data import synth_render
 from fairbench.data.synth import (
     BIASED_DEFAULT,
     FAIR_DEFAULT,
@@ -315,6 +316,37 @@ def test_options_round_trip_and_defaults():
         assert hash(SynthConfig.from_options(cfg.to_options())) == hash(cfg)
     single = SynthConfig.from_options({"bias": [{"attribute": "sex", "groups": "F", "noise": 0.1}]})
     assert single.bias[0].groups == ("F",)
+
+
+_probability = st.floats(0.0, 1.0)
+_rules = st.one_of(
+    st.fixed_dictionaries({"attribute": st.just("age"), "min": st.integers(18, 70)},
+                          optional={"noise": st.floats(0.0, 0.3), "label_noise": _probability,
+                                    "marker_pos": _probability}),
+    st.fixed_dictionaries({"attribute": st.sampled_from(["sex", "race"]),
+                           "groups": st.lists(st.sampled_from(["F", "M"]), min_size=1)},
+                          optional={"contrast": st.floats(0.1, 2.0), "blur": st.floats(0.0, 2.0),
+                                    "haze": st.floats(0.0, 0.2), "prevalence": st.floats(0.0, 3.0),
+                                    "marker_neg": _probability, "marker_eval": _probability}),
+).map(lambda r: {**r, "groups": ["Asian"]} if r["attribute"] == "race" else r)
+
+
+@settings(max_examples=30, deadline=None)
+@given(options=st.fixed_dictionaries({}, optional={
+    "prevalence": _probability,
+    "finding_mix": st.dictionaries(st.sampled_from(FINDINGS), st.floats(0.1, 5.0), min_size=1),
+    "sex_mix": st.fixed_dictionaries({"F": st.floats(0.1, 1.0), "M": st.floats(0.1, 1.0)}),
+    "noise": st.floats(0.0, 0.2), "finding_strength": st.floats(0.2, 3.0),
+    "incidental_rate": _probability, "anatomy_by_attribute": st.booleans(),
+    "bias": st.lists(_rules, max_size=3),
+}), seed=st.integers(0, 2**32))
+def test_any_valid_options_round_trip_and_generate(options, seed):
+    cfg = SynthConfig.from_options({**options, "n": {"train": 5}, "image_size": 32})
+    assert SynthConfig.from_options(cfg.to_options()) == cfg
+    s = generate_split(cfg, "train", seed)
+    assert s.images.shape == (5, 32, 32) and len(s.reports) == 5
+    changed = s.finding != s.label_finding
+    assert ((s.finding[changed] == "normal") ^ (s.label_finding[changed] == "normal")).all()
 
 
 # -- the presets: a known bias, and none ------------------------------------------------------------------

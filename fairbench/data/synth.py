@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fairbench.data.synth_config import ATTRIBUTES, FINDINGS, RACES, SEXES, BiasRule, SynthConfig
-from fairbench.data.synth_render import MM_PER_UNIT, draw_anatomy, draw_finding_params, render_images
+from fairbench.data.synth_findings import FINDING_NAMES, MM_PER_UNIT, draw_finding_params
+from fairbench.data.synth_render import draw_anatomy, render_images
 from fairbench.data.synth_reports import write_reports
 from fairbench.errors import DataError
 
@@ -33,6 +34,8 @@ __all__ = [
 
 #: Bumped whenever the same (options, split, seed) would give different bytes; caches key on it.
 GENERATOR_VERSION = "3"
+
+assert FINDING_NAMES == FINDINGS  # the renderer's finding codes follow FINDINGS
 
 _N = {"train": 2000, "val": 500, "test": 1500}
 
