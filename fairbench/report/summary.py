@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich import box
 from rich.table import Table
 
 __all__ = ["print_summary", "fmt100", "lookup"]
@@ -19,13 +20,15 @@ def lookup(tree: Any, *path: str) -> Any:
     return tree
 
 
-def fmt100(value: Any, ci: Any = None) -> str:
-    """A fraction shown x100 with one decimal, and its CI when there is one; ``n/a`` when undefined."""
+def fmt100(value: Any, ci: Any = None, *, stacked: bool = False) -> str:
+    """A fraction shown x100 with one decimal, and its CI when there is one; ``n/a`` when undefined.
+    ``stacked`` puts the interval on a second line (``lo–hi``), which keeps terminal tables narrow."""
     if value is None:
         return "n/a"
     text = f"{100 * float(value):.1f}"
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
-        text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+        lo, hi = 100 * ci[0], 100 * ci[1]
+        text += f"\n{lo:.1f}–{hi:.1f}" if stacked else f" [{lo:.1f}, {hi:.1f}]"
     return text
 
 
@@ -41,28 +44,28 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
                   f"[bold]{lookup(doc, 'adapt', 'name')}[/bold] · seed {doc.get('seed')} · "
                   f"evaluated on '{task.get('eval_split', 'test')}' · values x100, "
                   f"[95% bootstrap CI, B={m.get('n_boot', 0)}]")
-    overall = Table(title="Overall", title_justify="left")
+    overall = Table(title="Overall", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("n", "AUC", "ACC", "macro F1", "ECE"):
-        overall.add_column(col, justify="right")
+        overall.add_column(col, justify="right", min_width=9, no_wrap=True)
     o = m.get("overall", {})
-    overall.add_row(str(o.get("n", "")), fmt100(o.get("auc"), lookup(ci, "overall", "auc")),
-                    fmt100(o.get("acc"), lookup(ci, "overall", "acc")),
-                    fmt100(o.get("macro_f1"), lookup(ci, "overall", "macro_f1")),
-                    fmt100(o.get("ece"), lookup(ci, "overall", "ece")))
+    overall.add_row(str(o.get("n", "")),
+                    *(fmt100(o.get(k), lookup(ci, "overall", k), stacked=True)
+                      for k in ("auc", "acc", "macro_f1", "ece")))
     console.print(overall)
-    fair = Table(title="Fairness per protected attribute", title_justify="left")
-    fair.add_column("attribute")
-    fair.add_column("group AUC (n)")
-    for col in ("ES-AUC", "AUC gap", "DPD", "DEOdds"):
-        fair.add_column(col, justify="right")
+    fair = Table(title="Fairness per protected attribute (summaries on each attribute's first row)",
+                 title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    fair.add_column("attr", no_wrap=True)
+    fair.add_column("group (n)", no_wrap=True)
+    for col in ("AUC", "ES-AUC", "AUC gap", "DPD", "DEOdds"):
+        fair.add_column(col, justify="right", min_width=9, no_wrap=True)
     for attr, a in (m.get("attributes") or {}).items():
-        groups = a.get("groups", {})
-        parts = [f"{g} {fmt100(gm.get('auc'))} ({gm.get('n')})" for g, gm in groups.items()]
-        fair.add_row(attr, "  ".join(parts),
-                     fmt100(a.get("es_auc"), lookup(ci, "attributes", attr, "es_auc")),
-                     fmt100(a.get("auc_gap"), lookup(ci, "attributes", attr, "auc_gap")),
-                     fmt100(_first(a, "dpd", "dpd_mean_ovr"), lookup(ci, "attributes", attr, "dpd")),
-                     fmt100(_first(a, "deodds", "deodds_mean_ovr"), lookup(ci, "attributes", attr, "deodds")))
+        groups = list((a.get("groups") or {}).items())
+        summary = [fmt100(_first(a, key, f"{key}_mean_ovr"), lookup(ci, "attributes", attr, key), stacked=True)
+                   for key in ("es_auc", "auc_gap", "dpd", "deodds")]
+        for i, (g, gm) in enumerate(groups):
+            fair.add_row(attr if i == 0 else "", f"{g}\nn={gm.get('n', '?')}",
+                         fmt100(gm.get("auc"), lookup(ci, "attributes", attr, "groups", g, "auc"), stacked=True),
+                         *(summary if i == 0 else [""] * 4), end_section=i == len(groups) - 1)
     console.print(fair)
     console.print(f"results: {cell}", soft_wrap=True)
 
