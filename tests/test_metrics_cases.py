@@ -99,3 +99,32 @@ def test_registry_guards_names() -> None:
         METRICS.register("auc", METRICS.get("auc"))
     with pytest.raises(UnknownNameError, match="es_auc"):
         METRICS.get("es-auc")
+
+
+def test_a_registered_metric_flows_everywhere() -> None:
+    """The docs' extension example: one registration, and the metric is in overall, groups and the CIs."""
+    from fairbench.metrics._spec import BINARY, register_metric
+    from fairbench.metrics._stats import safe_div
+
+    @register_metric("ppv_test_only", kind="slice", higher_is_better=True, needs_scores=False, tasks=BINARY,
+                     source="confusion counts", description="precision", undefined="no positive predictions")
+    def ppv(s):  # type: ignore[no-untyped-def]
+        tp, fp, _, _ = s.ovr()
+        return safe_div(tp, tp + fp)[..., 1]
+
+    try:
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 2, 300)
+        p = np.clip(0.3 * y + 0.7 * rng.random(300), 0, 1)
+        df = pd.DataFrame({"sample_id": range(300), "split": "test", "label": y, "prob_n": 1 - p, "prob_p": p,
+                           "attr_g": rng.choice(["u", "v"], 300)})
+        res = compute_metrics(df, classes=["n", "p"], n_boot=50)
+        yhat = p >= 0.5
+        assert res["overall"]["ppv_test_only"] == pytest.approx(y[yhat].mean())
+        u = df["attr_g"].to_numpy() == "u"
+        assert res["attributes"]["g"]["groups"]["u"]["ppv_test_only"] == pytest.approx(y[yhat & u].mean())
+        lo, hi = res["ci"]["attributes"]["g"]["groups"]["u"]["ppv_test_only"]
+        assert lo < hi
+    finally:
+        METRICS.unregister("ppv_test_only")
+    assert "ppv_test_only" not in METRICS
