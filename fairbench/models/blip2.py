@@ -111,8 +111,6 @@ def _config_from_card(card: ModelCard) -> Any:
 
 
 def build_blip2(card: ModelCard, source: WeightsSource, device: torch.device) -> BLIP2Model:
-    from transformers import AutoTokenizer, Blip2Config, Blip2ForImageTextRetrieval
-
     from fairbench.models.tiny import tiny_vocab_dir
 
     files = card.weights_files or ("config.json", "model.safetensors|model.safetensors.index.json")
@@ -125,6 +123,7 @@ def build_blip2(card: ModelCard, source: WeightsSource, device: torch.device) ->
                                f"--weights local-dir:{directory.parent}")
     elif source.scheme != "random":
         raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by BLIP-2")
+    from transformers import AutoTokenizer, Blip2Config, Blip2ForImageTextRetrieval  # heavy: after locating
 
     if source.scheme == "random":
         if card.architecture.get("config") == "weights":

@@ -334,8 +334,11 @@ def _checkpoint_config(card: ModelCard, hparams: Any) -> dict[str, Any]:
 
 
 def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -> GLoRIAModel:
-    module = GLoRIAModule(card.architecture)
+    if source.scheme in ("file", "local-dir", "hf-hub"):  # fail on missing weights before the tokenizer
+        locate(source, card=card, files=card.weights_files or ("chexpert_resnet50.ckpt",))
+    tokenizer = bert_tokenizer(card, None)
     if source.scheme == "random":
+        module = GLoRIAModule(card.architecture)
         info: dict[str, Any] = {"source": "random", "sha256": "random"}
     elif source.scheme in ("file", "local-dir", "hf-hub"):
         location = locate(source, card=card, files=card.weights_files or ("chexpert_resnet50.ckpt",))
@@ -351,6 +354,7 @@ def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -
             raise WeightsError(f"{path}: not a Lightning checkpoint (no 'state_dict'); expected GLoRIA's "
                                f"chexpert_resnet50.ckpt")
         config = _checkpoint_config(card, ckpt.get("hyper_parameters"))
+        module = GLoRIAModule(card.architecture)
         load_strict(module, convert_gloria_state_dict(state, set(module.state_dict())), where=str(path))
         info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
         if config:
@@ -358,4 +362,4 @@ def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -
     else:
         raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by GLoRIA "
                            f"(use the .ckpt file, local-dir:, hf-hub: or random)")
-    return GLoRIAModel(card, module, bert_tokenizer(card, None), device, info)
+    return GLoRIAModel(card, module, tokenizer, device, info)

@@ -175,9 +175,10 @@ class MedCLIPModel(VLModel):
 
 
 def build_medclip(card: ModelCard, source: WeightsSource, device: torch.device) -> MedCLIPModel:
-    module = MedCLIPModule(card.architecture)
     weights_dir: Path | None = None
     if source.scheme == "random":
+        tokenizer = bert_tokenizer(card, None)
+        module = MedCLIPModule(card.architecture)
         info: dict[str, Any] = {"source": "random", "sha256": "random"}
     elif source.scheme in ("file", "local-dir", "hf-hub"):
         location = locate(source, card=card, files=card.weights_files or ("pytorch_model.bin",))
@@ -186,7 +187,9 @@ def build_medclip(card: ModelCard, source: WeightsSource, device: torch.device) 
             path = location / "pytorch_model.bin"
         else:
             path = location
+        tokenizer = bert_tokenizer(card, weights_dir)  # fail on a missing tokenizer before the heavy load
         state = _read_state(path)
+        module = MedCLIPModule(card.architecture)
         target = set(module.state_dict())
         state = convert_medclip_state_dict(state, target)
         from fairbench.models.openclip import load_strict
@@ -196,7 +199,6 @@ def build_medclip(card: ModelCard, source: WeightsSource, device: torch.device) 
     else:
         raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by MedCLIP "
                            f"(use pytorch_model.bin, local-dir:, hf-hub: or random)")
-    tokenizer = bert_tokenizer(card, weights_dir)
     return MedCLIPModel(card, module, tokenizer, device, info)
 
 

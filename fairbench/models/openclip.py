@@ -257,16 +257,17 @@ def read_open_clip_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
-    model = create_architecture(card)
     weights_dir = None
     if source.scheme == "random":
+        model = create_architecture(card)
         info = {"source": "random", "sha256": "random"}
     elif source.scheme in ("file", "local-dir", "hf-hub"):
-        location = locate(source, card=card, files=card.weights_files)
+        location = locate(source, card=card, files=card.weights_files)  # before any heavy work
         if location.is_dir():
             weights_dir = location
             _check_dir_config(card, location)
         path = _weights_file(card, location)
+        model = create_architecture(card)
         load_strict(model, read_open_clip_weights(path), where=str(path))
         info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
         if is_torchscript(path):

@@ -241,5 +241,5 @@ def locate(source: WeightsSource, *, card: ModelCard | None, files: Sequence[str
         raise WeightsError(f"{who}{what} 'hf-hub:{source.value}' {state} in the local Hugging Face cache "
                            f"({constants.HF_HUB_CACHE}; needs {needed}); {why}.{hint} "
                            f"(e.g. `huggingface-cli download {_split_repo(source.value)[0]}`; or pass "
-                           f"--weights local-dir:PATH)")
+                           f"--weights local-dir:PATH{'; --weights random for an untrained model' if tail else ''})")
     raise WeightsError(f"{who}{what} source '{source.describe()}' does not name a file or directory")
