@@ -27,7 +27,8 @@ Evaluate = Callable[[SliceStats], dict[tuple[str, ...], np.ndarray]]
 
 
 def _threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus))
 
 
 def bootstrap_values(
