@@ -1,0 +1,75 @@
+"""The embedded default: the synthetic cards say what the generator does, the tiny model's cache heals, and
+the injected bias is found on synth_cxr and not on synth_cxr_fair."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from fairbench.data import synth
+from fairbench.data.task import get_task
+from fairbench.pipeline import RunConfig, run_cell
+
+
+def test_cards_spell_out_the_generator_presets():
+    biased = get_task("synth_cxr").dataset_options
+    fair = get_task("synth_cxr_fair").dataset_options
+    for key, value in synth.BIASED_DEFAULT.items():
+        assert biased[key] == value, key
+    for key, value in synth.FAIR_DEFAULT.items():
+        assert fair[key] == value, key
+    assert fair["bias"] == []
+    assert get_task("synth_cxr").synthetic and get_task("synth_cxr_fair").synthetic
+
+
+def test_corrupt_weight_cache_is_rebuilt_and_said(tiny_tasks_dir, capsys):
+    from fairbench.models.base import get_model_card
+    from fairbench.models.tinyclip import pretrained_weights
+
+    get_task("synth_tiny", [tiny_tasks_dir])
+    card = get_model_card("tinyclip")
+    path = pretrained_weights(card, "synth_tiny")
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 3])  # truncated, as after a crash or a full disk
+    capsys.readouterr()
+    again = pretrained_weights(card, "synth_tiny")
+    err = capsys.readouterr().err
+    assert again == path
+    assert "unreadable" in err and "rebuilding" in err
+    assert path.read_bytes() == good  # deterministic rebuild
+
+
+def _run(task: str, out) -> dict:
+    cfg = RunConfig(task=task, model="tinyclip", adapt="zeroshot", seed=0, out=out, device="cpu", n_boot=300)
+    return run_cell(cfg).metrics["metrics"]
+
+
+@pytest.fixture(scope="module")
+def default_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("default")
+    return _run("synth_cxr", out), _run("synth_cxr_fair", out)
+
+
+@pytest.mark.slow
+def test_biased_card_shows_the_injected_age_gap(default_runs):
+    biased, _ = default_runs
+    age = biased["attributes"]["age"]
+    young, old = age["groups"]["<60"], age["groups"][">=60"]
+    assert old["auc"] < young["auc"]
+    # the gap is real, not noise: the old group's whole interval lies below the young group's estimate
+    assert biased["ci"]["attributes"]["age"]["groups"][">=60"]["auc"][1] < young["auc"]
+    assert age["es_auc"] < biased["overall"]["auc"]
+
+
+@pytest.mark.slow
+def test_fair_card_gaps_stay_within_bootstrap_noise(default_runs):
+    _, fair = default_runs
+    assert fair["overall"]["auc"] > 0.6  # the model works, so "no gap" is not "no signal"
+    for attr, a in fair["attributes"].items():
+        if "*" in attr:
+            continue
+        cis = fair["ci"]["attributes"][attr]["groups"]
+        for g, h in itertools.combinations(a["groups"], 2):
+            (lo_g, hi_g), (lo_h, hi_h) = cis[g]["auc"], cis[h]["auc"]
+            assert lo_g <= hi_h and lo_h <= hi_g, (attr, g, h, cis[g]["auc"], cis[h]["auc"])
