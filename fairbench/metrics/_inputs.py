@@ -24,21 +24,39 @@ class Predictions:
     attributes: dict[str, np.ndarray]  # name -> (n,) object array of str, None = unknown
 
 
-def _group_labels(column: pd.Series) -> np.ndarray:
-    def label(v: object) -> str | None:
-        if v is None or (not isinstance(v, str) and pd.isna(v)):  # type: ignore[arg-type]
-            return None
-        if isinstance(v, float | np.floating) and float(v).is_integer():
-            return str(int(v))
-        return str(v)
+def _label(v: object) -> str:
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return str(int(v))
+    return str(v)
 
-    return np.array([label(v) for v in column.tolist()], dtype=object)
+
+def _group_labels(column: pd.Series) -> np.ndarray:
+    """Group label of every row as a string (object array), None where the value is missing."""
+    codes, uniques = pd.factorize(column, use_na_sentinel=True)
+    names = np.array([_label(v) for v in uniques] + [None], dtype=object)
+    return names[codes]  # code -1 (missing) picks the trailing None
 
 
 def _intersect(parts: list[np.ndarray]) -> np.ndarray:
-    out = np.empty(len(parts[0]), dtype=object)
-    for i, values in enumerate(zip(*parts, strict=True)):
-        out[i] = None if any(v is None for v in values) else INTERSECTION_SEP.join(values)
+    codes = np.zeros(len(parts[0]), dtype=np.int64)
+    unknown = np.zeros(len(parts[0]), dtype=bool)
+    names: list[list[str]] = []
+    for labels in parts:
+        c, u = pd.factorize(labels, use_na_sentinel=True)
+        unknown |= c < 0
+        codes = codes * (len(u) + 1) + c
+        names.append([str(v) for v in u])
+    out = np.full(len(codes), None, dtype=object)
+    combos, inverse = np.unique(codes[~unknown], return_inverse=True)
+    if len(combos):
+        joined = []
+        for combo in combos:
+            idx = []
+            for part in reversed(names):
+                combo, j = divmod(int(combo), len(part) + 1)
+                idx.append(part[j])
+            joined.append(INTERSECTION_SEP.join(reversed(idx)))
+        out[~unknown] = np.array(joined, dtype=object)[inverse]
     return out
 
 

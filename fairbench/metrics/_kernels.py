@@ -61,12 +61,12 @@ def _auc(w: np.ndarray, ap: AucPlan, n_blocks: int) -> tuple[np.ndarray, np.ndar
     wp = w[:, ap.pos]
     base = cn[:, ap.neg_start]  # (b, n_blocks)
     n_neg = cn[:, ap.neg_end] - base
-    row_of = {int(h): r for r, h in enumerate(ap.lookup_blocks)}
+    row_of = ap.own_row
     x_all = np.zeros(wp.shape, dtype=np.int64) if ap.cross and len(ap.lookup_blocks) > 1 else None
     u_blk = np.zeros((b, n_blocks))
     p_blk = np.zeros((b, n_blocks))
     lookups = {}
-    for r in range(len(ap.lookup_blocks)):
+    for r in range(ap.lo.shape[0]):
         x = _lookup(cn, ap, r)
         if x_all is not None:
             x_all += x

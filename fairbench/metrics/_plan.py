@@ -33,6 +33,9 @@ class PassData:
     conf: np.ndarray  # (n,) calibration confidence (binary: P(positive); multiclass: max probability)
     target: np.ndarray  # (n,) calibration target (binary: y; multiclass: yhat == y)
     bins: np.ndarray  # (n,) confidence bin index
+    row_key: np.ndarray  # (n,) orders rows by probabilities (binary: P(positive); multiclass: a rank of
+    # the probability rows, tied only between identical rows): with it the sorted order does not depend on
+    # the input order
     group: np.ndarray  # (n,) group index in [0, G), -1 = unknown
     n_groups: int
     n_bins: int
@@ -42,9 +45,9 @@ class PassData:
 class AucPlan:
     """Weighted Mann-Whitney AUC of class ``k`` one vs rest, per block and on all rows.
 
-    With ``CN`` the cumulative weight of the negatives in (block, score) order (leading zero),
-    ``CN[lo[h, i]] - CN[neg_start[h]]`` is the weight of block ``h``'s negatives scoring below positive ``i``
-    and ``hi`` (stored only where it differs, i.e. ties) the weight at or below it.
+    With ``CN`` the cumulative weight of the negatives in (block, score) order (leading zero) and ``h`` the
+    block of row ``r``, ``CN[lo[r, i]] - CN[neg_start[h]]`` is the weight of block ``h``'s negatives scoring
+    below positive ``i``; ``hi`` (kept only where it differs, i.e. for ties) gives the weight at or below it.
     """
 
     k: int  # the positive class (one vs rest)
@@ -53,8 +56,9 @@ class AucPlan:
     neg: slice | np.ndarray  # positions of the negatives in (block, score) order
     neg_start: np.ndarray  # (n_blocks,) index into CN where each block's negatives start
     neg_end: np.ndarray  # (n_blocks,)
-    lookup_blocks: np.ndarray  # blocks that have negatives; rows of ``lo``
-    lo: np.ndarray  # (len(lookup_blocks), n_pos)
+    lookup_blocks: np.ndarray  # cross mode: the block of each row of ``lo`` (the blocks with negatives)
+    lo: np.ndarray  # (rows, n_pos); without cross mode one row: each positive against its own block
+    own_row: dict[int, int]  # block -> row of ``lo`` holding its positives' own-block lookups
     ties: tuple[tuple[int, np.ndarray, np.ndarray, np.ndarray], ...]  # (row of lo, columns, lo, hi)
     cross: bool  # all-rows AUC from the per-block lookups; otherwise from ``all_rows``
     all_rows: AucPlan | None = None  # single-block plan for the all-rows AUC when there are many blocks
@@ -139,27 +143,38 @@ def _auc_plan(k: int, y: np.ndarray, block: np.ndarray, score: np.ndarray, n_blo
     neg_start = np.searchsorted(nb, np.arange(n_blocks), side="left")
     neg_end = np.searchsorted(nb, np.arange(n_blocks), side="right")
     pb, ps = block[pos], score[pos]
-    own_blocks = np.unique(pb)
-    lookup_blocks = np.flatnonzero(neg_end > neg_start)
-    cross = len(lookup_blocks) <= _MAX_CROSS_BLOCKS
-    rows = lookup_blocks if cross else np.intersect1d(lookup_blocks, own_blocks)
-    lo = np.empty((len(rows), len(ps)), dtype=np.intp)
-    ties = []
-    for r, h in enumerate(rows):
-        scores_h = ns[neg_start[h]:neg_end[h]]
-        lo[r] = neg_start[h] + np.searchsorted(scores_h, ps, side="left")
-        hi = neg_start[h] + np.searchsorted(scores_h, ps, side="right")
-        cols = np.flatnonzero(hi != lo[r])
-        if len(cols):
-            ties.append((r, cols, lo[r, cols], hi[cols]))
     seg = _runs(pb)
     stops = np.append(seg[1:], len(pb))
     own = tuple((int(pb[a]), int(a), int(b)) for a, b in zip(seg, stops, strict=True))
-    all_rows = None
+    has_neg = neg_end > neg_start
+    lookup_blocks = np.flatnonzero(has_neg)
+    cross = len(lookup_blocks) <= _MAX_CROSS_BLOCKS
+    # cross: one row per block with negatives, for every positive (their sum gives the all-rows AUC);
+    # otherwise a single row holding each positive's lookup into its own block
+    lo = np.zeros((len(lookup_blocks) if cross else 1, len(ps)), dtype=np.intp)
+    hi = lo.copy()
+    own_row: dict[int, int] = {}
+    for r, h in enumerate(lookup_blocks if cross else []):
+        scores_h = ns[neg_start[h]:neg_end[h]]
+        lo[r] = neg_start[h] + np.searchsorted(scores_h, ps, side="left")
+        hi[r] = neg_start[h] + np.searchsorted(scores_h, ps, side="right")
+        own_row[int(h)] = r
     if not cross:
-        all_rows = _auc_plan(k, y, np.zeros_like(block), score, 1)
+        for h, a, z in own:
+            if has_neg[h]:
+                scores_h = ns[neg_start[h]:neg_end[h]]
+                lo[0, a:z] = neg_start[h] + np.searchsorted(scores_h, ps[a:z], side="left")
+                hi[0, a:z] = neg_start[h] + np.searchsorted(scores_h, ps[a:z], side="right")
+                own_row[h] = 0
+    ties = []
+    for r in range(lo.shape[0]):
+        cols = np.flatnonzero(hi[r] != lo[r])
+        if len(cols):
+            ties.append((r, cols, lo[r, cols], hi[r, cols]))
+    all_rows = None if cross else _auc_plan(k, y, np.zeros_like(block), score, 1)
     return AucPlan(k=k, pos=pos, own=own, neg=_as_slice(neg_idx), neg_start=neg_start, neg_end=neg_end,
-                   lookup_blocks=rows, lo=lo, ties=tuple(ties), cross=cross, all_rows=all_rows)
+                   lookup_blocks=lookup_blocks if cross else lookup_blocks[:0], lo=lo, own_row=own_row,
+                   ties=tuple(ties), cross=cross, all_rows=all_rows)
 
 
 def build_plan(d: PassData) -> Plan:
@@ -171,7 +186,7 @@ def build_plan(d: PassData) -> Plan:
     if binary:  # yhat and bin are monotone in P(positive): sorting by it keeps cells contiguous
         keys = (d.bad, d.probs[:, 1], block, d.y)
     else:
-        keys = (*(d.probs[:, j] for j in range(k_classes - 1, -1, -1)), d.bad, d.bins, d.yhat, block, d.y)
+        keys = (d.row_key, d.bad, d.bins, d.yhat, block, d.y)
     order = np.lexsort(keys)
     y, yhat, blk, bins = d.y[order], d.yhat[order], block[order], d.bins[order]
     probs, bad, target = d.probs[order], d.bad[order], d.target[order]

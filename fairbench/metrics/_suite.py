@@ -85,10 +85,15 @@ def build_passes(
         yhat = probs.argmax(axis=1)
         conf, target = probs.max(axis=1), (yhat == y).astype(np.float64)
     bins = bin_index(conf, ece_bins)
+    if task == "binary":
+        row_key = probs[:, 1]
+    else:  # one lexicographic sort of the probability rows, shared by every pass
+        row_key = np.empty(len(y), dtype=np.int64)
+        row_key[np.lexsort(probs.T[::-1])] = np.arange(len(y))
 
     def data(group: np.ndarray, n_groups: int) -> PassData:
         return PassData(y=y, yhat=yhat, probs=probs, bad=bad, conf=conf, target=target, bins=bins,
-                        group=group, n_groups=n_groups, n_bins=ece_bins)
+                        row_key=row_key, group=group, n_groups=n_groups, n_bins=ece_bins)
 
     has_nf = no_finding is not None
     slice_specs, summary_specs = _specs("slice", task, has_nf), _specs("summary", task, has_nf)
