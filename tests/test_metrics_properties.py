@@ -20,7 +20,10 @@ def predictions(draw, min_rows: int = 2, max_rows: int = 60, max_classes: int = 
     grid = draw(st.sampled_from([4, 10, 1000]))  # coarse grids give many ties
     raw = draw(st.lists(st.lists(st.integers(0, grid), min_size=k, max_size=k), min_size=n, max_size=n))
     probs = np.asarray(raw, dtype=float) + 1e-3
-    probs /= probs.sum(axis=1, keepdims=True)
+    if draw(st.booleans()):
+        probs /= probs.sum(axis=1, keepdims=True)
+    else:  # scores that do not sum to one (e.g. independent sigmoids)
+        probs /= grid + 1e-3
     groups = draw(st.lists(st.sampled_from(["a", "b", "c", "d", None]), min_size=n, max_size=n))
     classes = [f"k{j}" for j in range(k)]
     df = pd.DataFrame({"sample_id": np.arange(n), "split": "test", "label": labels})

@@ -76,7 +76,6 @@ class PassResult:
     counts: dict[Path, int]  # n, n_pos, n_neg or n_per_class entries
     notes: dict[Path, str]
     ci: dict[Path, list[float] | None]
-    stats: SliceStats  # point statistics, batch shape (S,)
 
 
 def _counts(p: Pass, stats: SliceStats, out: dict[Path, int]) -> None:
@@ -117,4 +116,4 @@ def run_pass(p: Pass, data: PassData, no_finding: int | None, n_boot: int, seed:
             if n_undefined[j]:
                 notes[("ci",) + path] = (f"undefined on {int(n_undefined[j])} of {n_boot} resamples; "
                                          "interval from the others")
-    return PassResult(values=values, counts=counts, notes=notes, ci=ci, stats=point_stats)
+    return PassResult(values=values, counts=counts, notes=notes, ci=ci)

@@ -184,7 +184,7 @@ def build_plan(d: PassData) -> Plan:
     n_blocks = g_count + 1
     binary = k_classes == 2
     if binary:  # yhat and bin are monotone in P(positive): sorting by it keeps cells contiguous
-        keys = (d.bad, d.probs[:, 1], block, d.y)
+        keys = (d.probs[:, 0], d.bad, d.probs[:, 1], block, d.y)  # ties only between identical rows
     else:
         keys = (d.row_key, d.bad, d.bins, d.yhat, block, d.y)
     order = np.lexsort(keys)
