@@ -187,6 +187,8 @@ def test_multiclass_rejects_thresholds() -> None:
         (lambda d: d, {"eval_split": "holdout"}, "no rows with split"),
         (lambda d: d, {"no_finding_class": "healthy"}, "not one of the classes"),
         (lambda d: d, {"n_boot": -1}, "n_boot"),
+        (lambda d: d, {"seed": -3}, "seed"),
+        (lambda d: d, {"ece_bins": 0}, "ece_bins"),
         (lambda d: d, {"threshold": "best"}, "unknown threshold"),
         (lambda d: d, {"intersections": [["grp", "age"]]}, "without a column"),
         (lambda d: d, {"classes": ["only"]}, "at least two"),

@@ -60,8 +60,9 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: object) -> None:
     tree[path[-1]] = value
 
 
-def _check_args(n_boot: int, ece_bins: int, min_group_size: int) -> None:
-    for name, value, low in (("n_boot", n_boot, 0), ("ece_bins", ece_bins, 1), ("min_group_size", min_group_size, 0)):
+def _check_args(n_boot: int, seed: int, ece_bins: int, min_group_size: int) -> None:
+    checks = (("n_boot", n_boot, 0), ("seed", seed, 0), ("ece_bins", ece_bins, 1), ("min_group_size", min_group_size, 0))
+    for name, value, low in checks:
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
 
@@ -123,7 +124,7 @@ def compute_metrics(
     See docs/metrics.md for every formula and source. Values are fractions (tables show x100); an
     undefined value is ``None`` with its reason under ``notes[dotted.path]``.
     """
-    _check_args(n_boot, ece_bins, min_group_size)
+    _check_args(n_boot, seed, ece_bins, min_group_size)
     pred = read_predictions(predictions, classes, attributes, intersections)
     task = "binary" if len(pred.classes) == 2 else "multiclass"
     nf = None
