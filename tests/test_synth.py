@@ -366,11 +366,10 @@ def test_biased_preset_rates_match_its_documentation():
     assert abs((fair.finding[fair.attributes["race"] == "White"] != "normal").mean() - 0.5) < 0.03
 
 
-def _features(images: np.ndarray, k: int = 4) -> np.ndarray:
+def _features(images: np.ndarray, k: int = 2) -> np.ndarray:
     n, s, _ = images.shape
     x = images.reshape(n, s // k, k, s // k, k).astype(np.float32).mean(axis=(2, 4)).reshape(n, -1)
-    x = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
-    return np.hstack([x, np.ones((n, 1), np.float32)])
+    return (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, keepdims=True) + 1e-6)
 
 
 def _auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -382,22 +381,25 @@ def _auc(y: np.ndarray, score: np.ndarray) -> float:
 
 
 def _age_aucs(preset: dict, seed: int = 11) -> tuple[float, float]:
-    """AUC (abnormal vs normal, true finding) of a ridge classifier on 32x32 pixels, for <60 and >=60."""
+    """AUC (abnormal vs normal, true finding) of a ridge classifier on 64x64 pixels, for <60 and >=60."""
     opts = {**preset, "n": {"train": 1200, "test": 2500}}
     train, test = _gen(opts, "train", seed), _gen(opts, "test", seed)
-    x, y = _features(train.images), (train.label_finding != "normal")
-    w = np.linalg.solve(x.T @ x + 100.0 * np.eye(x.shape[1]), x.T @ (2.0 * y - 1.0))
-    score = _features(test.images) @ w
+    x = _features(train.images)
+    center = x.mean(axis=0)
+    x -= center
+    y = 2.0 * (train.label_finding != "normal") - 1.0
+    alpha = np.linalg.solve(x @ x.T + 100.0 * np.eye(len(x)), y - y.mean())   # ridge, in its dual form
+    score = (_features(test.images) - center) @ (x.T @ alpha)
     truth, old = test.finding != "normal", test.attributes["age"] >= 60
     return _auc(truth[~old], score[~old]), _auc(truth[old], score[old])
 
 
 def test_biased_preset_has_a_clear_age_auc_gap_and_the_fair_one_has_none():
-    # measured once (seed 11): biased about 0.79 (<60) vs 0.66 (>=60); fair about 0.86 vs 0.85. With ~1300
-    # test samples per group the gap's standard error is about 0.02.
+    # measured (seed 11): biased 0.82 (<60) vs 0.68 (>=60); fair 0.86 vs 0.86. With ~1300 test samples
+    # per group the gap's standard error is about 0.02.
     young, old = _age_aucs(BIASED_DEFAULT)
     young_fair, old_fair = _age_aucs(FAIR_DEFAULT)
     assert young_fair > 0.8                                     # the task is learnable from pixels
     assert abs(young_fair - old_fair) < 0.05, (young_fair, old_fair)
-    assert young - old > 0.07, (young, old)
+    assert young - old > 0.08, (young, old)
     assert old < old_fair - 0.1, (old, old_fair)                # the same patients, degraded

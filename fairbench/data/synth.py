@@ -45,7 +45,7 @@ BIASED_DEFAULT: dict = {
     "n": dict(_N),
     "bias": [
         # strong acquisition degradation for older patients: AUC drops for age >= 60
-        {"attribute": "age", "min": 60, "contrast": 0.25, "noise": 0.10, "blur": 1.5},
+        {"attribute": "age", "min": 60, "contrast": 0.3, "noise": 0.08, "blur": 2.0},
         # noisier labels (and so reports) for women: milder AUC drop measured against recorded labels
         {"attribute": "sex", "groups": ["F"], "label_noise": 0.08},
         # fewer abnormal studies among White patients: selection-rate / demographic-parity gaps
