@@ -1,0 +1,61 @@
+"""`fairbench sweep`: build the spec from a sweep file and the command line, then run or list it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fairbench.sweep.driver import SweepReport, plan, run_sweep
+from fairbench.sweep.grid import SweepSpec, load_sweep_file, parse_adapt_args, parse_names, parse_seeds
+from fairbench.sweep.worker import read_error
+
+__all__ = ["sweep_command", "build_spec"]
+
+
+def build_spec(sweep_file: Path | None, *, tasks: list[str] | None, models: list[str] | None,
+               adapts: list[str] | None, seeds: list[str] | None, executor: str | None, workers: int | None,
+               executor_args: dict[str, Any], threads: int | None, tasks_dirs: list[Path] | None,
+               adapt_args: list[str] | None, options: dict[str, Any]) -> SweepSpec:
+    base = load_sweep_file(sweep_file) if sweep_file is not None else SweepSpec()
+    executor_options = dict(executor_args)
+    if workers is not None:
+        executor_options["workers"] = workers
+    if executor is not None and executor != base.executor:
+        # options written for another executor do not carry over
+        base.executor_options = {}
+    return base.merged(
+        tasks=parse_names(tasks), models=parse_names(models), adapts=parse_names(adapts),
+        seeds=parse_seeds(seeds), executor=executor, executor_options=executor_options, threads=threads,
+        tasks_dirs=tuple(Path(d) for d in (tasks_dirs or ())) or None,
+        adapt_args=parse_adapt_args(adapt_args), options=options,
+    )
+
+
+def sweep_command(spec: SweepSpec, *, dry_run: bool = False) -> SweepReport | None:
+    if dry_run:
+        spec.validate()
+        print_plan(spec)
+        return None
+    return run_sweep(spec)
+
+
+def print_plan(spec: SweepSpec, console: Console | None = None) -> None:
+    console = console or Console(highlight=False)
+    done, todo = plan(spec)
+    complete = set(done)
+    table = Table(title=f"sweep plan ({len(done)} complete, {len(todo)} to run; results under {spec.out})",
+                  title_justify="left")
+    for col in ("task", "model", "adapter", "seed", "status"):
+        table.add_column(col)
+    for c in spec.cells():
+        if c in complete:
+            status = "complete (skipped)"
+        else:
+            err = read_error(spec.cell_path(c))
+            message = str(err.get("message", "")) if err else ""
+            status = f"failed before: {message[:60]}{'...' if len(message) > 60 else ''}" if err else "to run"
+        table.add_row(c.task, c.model, c.adapt, str(c.seed), status)
+    console.print(table)

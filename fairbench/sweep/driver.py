@@ -1,0 +1,79 @@
+"""Run a sweep: skip complete cells, hand the rest to an executor, record failures, report progress."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fairbench.results import ensure_writable, is_complete
+from fairbench.sweep.executors import Executor, make_executor
+from fairbench.sweep.executors.base import Runner
+from fairbench.sweep.grid import Cell, SweepSpec
+from fairbench.sweep.progress import SweepProgress
+from fairbench.sweep.worker import CellJob, Outcome, read_error, record_error, run_job
+
+__all__ = ["SweepReport", "run_sweep", "plan"]
+
+
+@dataclass
+class SweepReport:
+    cells: list[Cell]
+    already_complete: list[Cell] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def ran(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "done"]
+
+    @property
+    def remaining(self) -> int:
+        return len(self.cells) - len(self.already_complete) - len(self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.remaining == 0
+
+
+def plan(spec: SweepSpec) -> tuple[list[Cell], list[Cell]]:
+    """(complete cells that are skipped, cells to run). With ``overwrite`` every cell runs."""
+    cells = spec.cells()
+    if spec.options.get("overwrite"):
+        return [], cells
+    done = [c for c in cells if is_complete(spec.cell_path(c))]
+    todo = [c for c in cells if c not in set(done)]
+    return done, todo
+
+
+def run_sweep(spec: SweepSpec, *, runner: Runner = run_job, executor: Executor | None = None,
+              validate: bool = True, show: SweepProgress | None = None) -> SweepReport:
+    """Run every incomplete cell of ``spec``; failures are recorded in ``<cell>/error.json`` and counted,
+    never raised. Interrupting (Ctrl-C) keeps every complete cell; rerunning finishes the rest."""
+    if validate:
+        spec.validate()
+    executor = executor or make_executor(spec.executor, spec.executor_options)
+    out = spec.out
+    ensure_writable(out)
+    executor.attach(out)
+    done, todo = plan(spec)
+    report = SweepReport(cells=spec.cells(), already_complete=done)
+    threads = spec.threads if spec.threads is not None else executor.default_threads()
+    env = CellJob.carried_env()
+    jobs = [CellJob(key=c.key, path=spec.cell_path(c), config=spec.run_config(c), threads=threads, env=env,
+                    executor=executor.name) for c in todo]
+    show = show or SweepProgress()
+    show.start(total=len(report.cells), complete=len(done), to_run=len(todo), where=executor.describe(),
+               previously_failed=sum(1 for c in todo if read_error(spec.cell_path(c)) is not None))
+    try:
+        for outcome in executor.run(jobs, runner):
+            if outcome.status == "failed" and not outcome.recorded:
+                outcome.recorded = record_error(Path(outcome.path), key=outcome.key, message=outcome.error or "",
+                                                error_type="WorkerLost", executor=executor.name)
+            report.outcomes.append(outcome)
+            show.update(outcome)
+    finally:
+        show.finish(report)
+    return report

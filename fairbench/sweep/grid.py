@@ -1,0 +1,237 @@
+"""A sweep: the grid tasks x models x adapters x seeds, plus the run options every cell shares.
+
+A sweep comes from the command line, from a YAML sweep file, or both (command-line values replace the
+file's). Relative paths in a sweep file are relative to the file. Every name is resolved before anything
+runs, so a typo fails at once instead of in the hundredth job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fairbench.cards import Fields, read_yaml_with_includes
+from fairbench.errors import CardError, FairbenchError
+from fairbench.results import cell_dir
+
+__all__ = ["Cell", "SweepSpec", "load_sweep_file", "parse_names", "parse_seeds", "parse_adapt_args", "run_options"]
+
+#: RunConfig fields a sweep sets per cell (the grid) or through its own keys
+_GRID = ("task", "model", "adapt", "seed")
+_OWN = ("tasks_dirs", "adapt_args")
+
+
+def run_options() -> tuple[str, ...]:
+    """RunConfig fields shared by every cell, settable from a sweep file (and the CLI)."""
+    from fairbench.pipeline import RunConfig  # imported here: it pulls in torch
+
+    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _GRID + _OWN)
+_PATH_OPTIONS = ("out", "data_root")
+_OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "weights": str, "device": str, "overwrite": bool,
+                                 "n_boot": int, "allow_skip_unreadable": bool, "image_cache": (str, int)}
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One grid point."""
+
+    task: str
+    model: str
+    adapt: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.model}/{self.adapt}/seed{self.seed}"
+
+
+@dataclass
+class SweepSpec:
+    tasks: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    adapts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    #: RunConfig options shared by every cell (out, weights, device, n_boot, ...)
+    options: dict[str, Any] = field(default_factory=dict)
+    tasks_dirs: tuple[Path, ...] = ()
+    #: parameters per adapter name; "*" applies to every adapter of the grid
+    adapt_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    executor: str = "local"
+    executor_options: dict[str, Any] = field(default_factory=dict)
+    #: torch threads per cell (None: the executor decides)
+    threads: int | None = None
+    source: Path | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.options.get("out", "results"))
+
+    def cells(self) -> list[Cell]:
+        """Every grid point once, in the order given (tasks, then models, adapters, seeds)."""
+        for what, values in (("tasks", self.tasks), ("models", self.models), ("adapts", self.adapts),
+                             ("seeds", self.seeds)):
+            if not values:
+                raise FairbenchError(f"the sweep has no {what}; give --{what} or '{what}:' in a sweep file")
+        seen: dict[Cell, None] = {}
+        for t in self.tasks:
+            for m in self.models:
+                for a in self.adapts:
+                    for s in self.seeds:
+                        seen.setdefault(Cell(t, m, a, int(s)), None)
+        return list(seen)
+
+    def params_for(self, adapt: str) -> dict[str, Any]:
+        return {**self.adapt_args.get("*", {}), **self.adapt_args.get(adapt, {})}
+
+    def run_config(self, cell: Cell) -> dict[str, Any]:
+        """The keyword arguments of the cell's ``fairbench.pipeline.RunConfig`` (plain data, so a worker
+        can unpickle a job without importing torch)."""
+        return {"task": cell.task, "model": cell.model, "adapt": cell.adapt, "seed": cell.seed,
+                "tasks_dirs": self.tasks_dirs, "adapt_args": self.params_for(cell.adapt), **self.options}
+
+    def cell_path(self, cell: Cell) -> Path:
+        return cell_dir(self.out, cell.task, cell.model, cell.adapt, cell.seed)
+
+    def validate(self) -> None:
+        """Resolve every task, model, adapter (with its parameters) and the weights source; nothing runs."""
+        from fairbench.adapters.base import ADAPTERS
+        from fairbench.data.task import get_task
+        from fairbench.models.base import get_model_card
+        from fairbench.models.weights import parse_weights
+
+        for t in self.tasks:
+            get_task(t, self.tasks_dirs)
+        for m in self.models:
+            get_model_card(m)
+        scoped = set(self.adapt_args) - {"*"}
+        stray = sorted(scoped - set(self.adapts))
+        if stray:
+            raise FairbenchError(f"adapter arguments for '{stray[0]}', which is not in the sweep's adapters "
+                                 f"({', '.join(self.adapts)})")
+        for a in self.adapts:
+            cls = ADAPTERS.get(a)
+            try:
+                cls(self.params_for(a))
+            except FairbenchError as exc:
+                hint = (" (scope an argument to one adapter with ADAPTER.KEY=VALUE)"
+                        if self.adapt_args.get("*") else "")
+                raise FairbenchError(f"{exc}{hint}") from None
+        if self.options.get("weights"):
+            parse_weights(str(self.options["weights"]))
+        known = run_options()
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            raise FairbenchError(f"unknown run option '{unknown[0]}' (known: {', '.join(known)})")
+
+    def merged(self, **overrides: Any) -> SweepSpec:
+        """A copy with every override that is not None (or empty) applied; options merge key by key."""
+        new = dataclasses.replace(self, options=dict(self.options), adapt_args=dict(self.adapt_args),
+                                  executor_options=dict(self.executor_options))
+        for key, value in overrides.items():
+            if value is None or (isinstance(value, (list, tuple, dict)) and not value):
+                continue
+            if key == "options":
+                new.options.update({k: v for k, v in value.items() if v is not None})
+            elif key == "adapt_args":
+                for adapter, params in value.items():
+                    new.adapt_args[adapter] = {**new.adapt_args.get(adapter, {}), **params}
+            elif key == "executor_options":
+                new.executor_options.update(value)
+            else:
+                setattr(new, key, value)
+        return new
+
+
+# -- parsing ---------------------------------------------------------------------------------------------
+def parse_names(values: list[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]`` (repeatable options that also take comma lists)."""
+    out: list[str] = []
+    for v in values or []:
+        out.extend(p.strip() for p in str(v).split(",") if p.strip())
+    return out
+
+
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+def parse_seeds(values: list[Any] | None) -> list[int]:
+    """Seeds from ``0,1,2``, ``0-4`` (inclusive) or integers."""
+    out: list[int] = []
+    for v in values or []:
+        if isinstance(v, int) and not isinstance(v, bool):
+            parts: list[str] = [str(v)]
+        else:
+            parts = [p.strip() for p in str(v).split(",") if p.strip()]
+        for p in parts:
+            m = _RANGE.match(p)
+            if m:
+                lo, hi = int(m.group(1)), int(m.group(2))
+                if hi < lo:
+                    raise FairbenchError(f"seed range {p!r} runs backwards")
+                out.extend(range(lo, hi + 1))
+            elif p.isdigit():
+                out.append(int(p))
+            else:
+                raise FairbenchError(f"seed {p!r}: expected a non-negative integer, a list 0,1,2 or a range 0-4")
+    return list(dict.fromkeys(out))
+
+
+def parse_adapt_args(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``KEY=VALUE`` (every adapter of the sweep) or ``ADAPTER.KEY=VALUE`` (that adapter only)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FairbenchError(f"--adapt-arg {item!r}: expected KEY=VALUE or ADAPTER.KEY=VALUE")
+        adapter, dot, param = key.rpartition(".")
+        scope = adapter if dot else "*"
+        out.setdefault(scope, {})[param if dot else key] = value.strip()
+    return out
+
+
+# -- sweep files -----------------------------------------------------------------------------------------
+def load_sweep_file(path: Path) -> SweepSpec:
+    """Read a YAML sweep file (``include:`` allowed). See docs/sweeps.md for the fields."""
+    path = Path(path)
+    data = read_yaml_with_includes(path)
+    f = Fields(data, source=str(path))
+    base = path.resolve().parent
+
+    def rel(value: Any) -> Path:
+        p = Path(os.path.expanduser(str(value)))
+        return p if p.is_absolute() else (base / p).resolve()
+
+    spec = SweepSpec(source=path)
+    for key in ("tasks", "models", "adapts"):
+        value = f.get(key, (list, str), [])
+        setattr(spec, key, parse_names(value if isinstance(value, list) else [value]))
+    seeds = f.get("seeds", (list, str, int), [0])
+    spec.seeds = parse_seeds(seeds if isinstance(seeds, list) else [seeds])
+    dirs = f.get("tasks_dir", (list, str), [])
+    spec.tasks_dirs = tuple(rel(d) for d in (dirs if isinstance(dirs, list) else [dirs]))
+    args = f.get("adapt_args", dict, {})
+    for adapter, params in args.items():
+        if not isinstance(params, dict):
+            f.fail(f"adapt_args.{adapter}", "must be a mapping of parameter: value")
+        spec.adapt_args["*" if adapter == "all" else str(adapter)] = dict(params)
+    spec.executor = f.get("executor", str, "local")
+    spec.executor_options = dict(f.get("executor_options", dict, {}))
+    workers = f.get("workers", int, None)
+    if workers is not None:
+        spec.executor_options["workers"] = workers
+    spec.threads = f.get("threads", int, None)
+    known = run_options()
+    for key in known:
+        if key in data:
+            value = f.get(key, _OPTION_TYPES.get(key, (str, int, float, bool, list, dict)), None)
+            spec.options[key] = rel(value) if key in _PATH_OPTIONS and value is not None else value
+    try:
+        f.no_unknown()
+    except CardError as exc:
+        raise CardError(f"{exc}; run options: {', '.join(known)}") from None
+    return spec
