@@ -155,6 +155,75 @@ def metrics(
     recompute(predictions, task=task, n_boot=n_boot, seed=seed, out=out, tasks_dirs=tuple(tasks_dir or ()))
 
 
+@app.command()
+def sweep(
+    sweep_file: Annotated[Optional[Path], typer.Argument(
+        help="YAML sweep file (grid, run options, executor; see docs/sweeps.md). Options given here override it.")]
+        = None,
+    tasks: Annotated[Optional[list[str]], typer.Option(
+        "--tasks", help="Task names, comma-separated or repeated.", rich_help_panel="Grid")] = None,
+    models: Annotated[Optional[list[str]], typer.Option(
+        "--models", help="Model card names, comma-separated or repeated.", rich_help_panel="Grid")] = None,
+    adapts: Annotated[Optional[list[str]], typer.Option(
+        "--adapts", help="Adapters, comma-separated or repeated.", rich_help_panel="Grid")] = None,
+    seeds: Annotated[Optional[list[str]], typer.Option(
+        "--seeds", help="Seeds: 0,1,2 or a range 0-4 (default 0).", rich_help_panel="Grid")] = None,
+    executor: Annotated[Optional[str], typer.Option(
+        help="Where cells run: local (worker processes), submitit (a SLURM job array) or ray (Ray tasks).",
+        rich_help_panel="Executor")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        min=0, help="local: worker processes (default 1; 0 = in this process).", rich_help_panel="Executor")]
+        = None,
+    executor_arg: Annotated[Optional[list[str]], typer.Option(
+        "--executor-arg", help="Executor option KEY=VALUE, repeatable (submitit: cluster, timeout_min, "
+        "slurm_partition, ...; ray: address, num_cpus, num_gpus, ...).", rich_help_panel="Executor")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="Torch threads per cell (default: CPUs / workers for local, the task's CPUs otherwise).",
+        rich_help_panel="Executor")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their status; run nothing.")]
+        = False,
+    out: Annotated[Optional[Path], typer.Option(help="Results root (default results).",
+                                                rich_help_panel="Run options")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (real tasks).",
+                                                      rich_help_panel="Run options")] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Weights source for every model: a file, local-dir:PATH, hf-hub:ORG/REPO or random.",
+        rich_help_panel="Run options")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.",
+                                                  rich_help_panel="Run options")] = None,
+    n_boot: Annotated[Optional[int], typer.Option(
+        "--n-boot", min=0, help="Bootstrap resamples (default: each task card's).", rich_help_panel="Run options")]
+        = None,
+    tasks_dir: Annotated[Optional[list[Path]], typer.Option(
+        "--tasks-dir", help="Extra folder of task folders; repeatable.", rich_help_panel="Run options")] = None,
+    adapt_arg: Annotated[Optional[list[str]], typer.Option(
+        "--adapt-arg", help="Adapter parameter KEY=VALUE (every adapter) or ADAPTER.KEY=VALUE; repeatable.",
+        rich_help_panel="Run options")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option(
+        "--overwrite", help="Recompute complete cells too.", rich_help_panel="Run options")] = None,
+    allow_skip_unreadable: Annotated[Optional[bool], typer.Option(
+        "--allow-skip-unreadable", help="Leave out samples whose image is unreadable (listed in metrics.json).",
+        rich_help_panel="Run options")] = None,
+    image_cache: Annotated[Optional[str], typer.Option(
+        help="Preprocessed-image cache: auto, off or a size in pixels.", rich_help_panel="Run options")] = None,
+) -> None:
+    """Run a grid of cells (tasks x models x adapters x seeds); complete cells are skipped.
+
+    A failing cell is recorded in its error.json and does not stop the others; rerun to finish what is missing.
+    Exit code 1 if any cell failed.
+    """
+    from fairbench.sweep.command import build_spec, sweep_command
+
+    options = {"out": out, "data_root": data_root, "weights": weights, "device": device, "n_boot": n_boot,
+               "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache}
+    spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
+                      workers=workers, executor_args=_parse_kv(executor_arg or [], "--executor-arg"),
+                      threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options)
+    report = sweep_command(spec, dry_run=dry_run)
+    if report is not None and not report.ok:
+        raise typer.Exit(code=1)
+
+
 def _parse_kv(items: list[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
