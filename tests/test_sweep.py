@@ -1,0 +1,316 @@
+"""Sweeps: grid expansion, sweep files, failure isolation, resume after an interruption, and each executor.
+
+Most tests run a fake cell (it writes a small metrics.json) so they take milliseconds; the executor tests at
+the end run real tiny cells (synth_tiny, random weights, no bootstrap) in worker processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fairbench.errors import FairbenchError
+from fairbench.results import write_json
+from fairbench.sweep import (CellJob, SweepSpec, load_sweep_file, parse_adapt_args, parse_seeds, plan, read_error,
+                             run_job, run_sweep)
+from fairbench.sweep.executors import make_executor
+
+# -- a fake cell: what run_cell leaves behind, without a model ------------------------------------------
+
+
+def fake_cell(job: CellJob) -> bool:
+    """Writes a minimal complete cell. adapt 'boom' raises, 'die' kills the worker process."""
+    cfg = job.config
+    if (job.path / "metrics.json").exists():
+        return True
+    if cfg["adapt"] == "boom":
+        raise FairbenchError(f"cell {job.key} exploded on purpose")
+    if cfg["adapt"] == "die":
+        os._exit(7)
+    job.path.mkdir(parents=True, exist_ok=True)
+    write_json(job.path / "metrics.json", {"schema_version": 1, "cell": job.key, "pid": os.getpid()})
+    return False
+
+
+fake_runner = functools.partial(run_job, cell=fake_cell)
+
+
+def fake_spec(out: Path, adapts=("a", "b"), seeds=(0, 1, 2), **kw) -> SweepSpec:
+    return SweepSpec(tasks=["t"], models=["m"], adapts=list(adapts), seeds=list(seeds), options={"out": out}, **kw)
+
+
+def metrics_files(out: Path) -> list[Path]:
+    return sorted(out.rglob("metrics.json"))
+
+
+# -- grid and sweep files -------------------------------------------------------------------------------
+
+
+def test_parse_seeds_lists_ranges_and_duplicates():
+    assert parse_seeds(["0,1", "3-5", 1, "2"]) == [0, 1, 3, 4, 5, 2]
+    with pytest.raises(FairbenchError, match="seed 'x'"):
+        parse_seeds(["x"])
+    with pytest.raises(FairbenchError, match="backwards"):
+        parse_seeds(["5-3"])
+
+
+def test_adapt_args_scoped_and_global():
+    assert parse_adapt_args(["max_iter=5", "linear_probe.c_grid=1,2"]) == {
+        "*": {"max_iter": "5"}, "linear_probe": {"c_grid": "1,2"}}
+    with pytest.raises(FairbenchError, match="KEY=VALUE"):
+        parse_adapt_args(["oops"])
+
+
+def test_grid_expands_in_order_without_duplicates(tmp_path):
+    spec = SweepSpec(tasks=["t1", "t2"], models=["m"], adapts=["a", "b", "a"], seeds=[0, 1, 0],
+                     options={"out": tmp_path})
+    keys = [c.key for c in spec.cells()]
+    assert len(keys) == 8 == len(set(keys))
+    assert keys[:4] == ["t1/m/a/seed0", "t1/m/a/seed1", "t1/m/b/seed0", "t1/m/b/seed1"]
+    assert spec.cell_path(spec.cells()[0]) == tmp_path / "t1" / "m" / "a" / "seed0"
+    with pytest.raises(FairbenchError, match="no models"):
+        SweepSpec(tasks=["t"], adapts=["a"]).cells()
+
+
+def test_sweep_file_paths_are_relative_to_the_file_and_the_cli_overrides(tmp_path):
+    from fairbench.sweep.command import build_spec
+
+    (tmp_path / "conf").mkdir()
+    f = tmp_path / "conf" / "sweep.yaml"
+    f.write_text(textwrap.dedent("""\
+        tasks: [synth_tiny]
+        models: tinyclip
+        adapts: [zeroshot, linear_probe]
+        seeds: 0-2
+        out: ../results
+        tasks_dir: [tasks]
+        weights: random
+        n_boot: 0
+        adapt_args: {linear_probe: {max_iter: 50}}
+        executor: local
+        workers: 2
+        threads: 1
+        """))
+    spec = load_sweep_file(f)
+    assert spec.seeds == [0, 1, 2] and spec.models == ["tinyclip"]
+    assert spec.out == (tmp_path / "results").resolve()
+    assert spec.tasks_dirs == ((tmp_path / "conf" / "tasks").resolve(),)
+    assert spec.executor_options == {"workers": 2} and spec.threads == 1
+    cfg = spec.run_config(spec.cells()[-1])
+    assert cfg["adapt_args"] == {"max_iter": 50} and cfg["weights"] == "random" and cfg["n_boot"] == 0
+    merged = build_spec(f, tasks=None, models=None, adapts=["zeroshot"], seeds=["7"], executor=None, workers=1,
+                        executor_args={}, threads=None, tasks_dirs=None, adapt_args=None,
+                        options={"out": tmp_path / "elsewhere", "device": None})
+    assert [c.key for c in merged.cells()] == ["synth_tiny/tinyclip/zeroshot/seed7"]
+    assert merged.out == tmp_path / "elsewhere" and merged.executor_options == {"workers": 1}
+    assert merged.options["weights"] == "random"  # not given on the command line: the file's value stays
+
+
+def test_sweep_file_rejects_unknown_fields(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("tasks: [a]\nmodel: [b]\n")
+    with pytest.raises(FairbenchError, match="'model' is not a known field"):
+        load_sweep_file(f)
+
+
+def test_validation_names_typos_before_anything_runs(tmp_path, tiny_tasks_dir):
+    base = dict(tasks=["synth_tiny"], models=["tinyclip"], adapts=["zeroshot"], options={"out": tmp_path},
+                tasks_dirs=(tiny_tasks_dir,))
+    with pytest.raises(FairbenchError, match="Did you mean 'synth_tiny'"):
+        run_sweep(SweepSpec(**{**base, "tasks": ["synth_tiy"]}), runner=fake_runner)
+    with pytest.raises(FairbenchError, match="unknown adapter"):
+        run_sweep(SweepSpec(**{**base, "adapts": ["zeroshot", "linearprobe"]}), runner=fake_runner)
+    with pytest.raises(FairbenchError, match="scope an argument"):
+        SweepSpec(**{**base, "adapts": ["zeroshot", "linear_probe"]}, adapt_args={"*": {"max_iter": "5"}}).validate()
+    with pytest.raises(FairbenchError, match="no option 'worker'"):
+        make_executor("local", {"worker": 2})
+    assert not tmp_path.joinpath("synth_tiny").exists()
+
+
+# -- failures and resume (fake cells) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failing_cell_is_recorded_and_the_rest_finish(tmp_path, workers):
+    out = tmp_path / "r"
+    spec = fake_spec(out, adapts=("a", "boom", "b"), seeds=(0, 1), executor_options={"workers": workers})
+    report = run_sweep(spec, runner=fake_runner, validate=False)
+    assert len(report.ran) == 4 and len(report.failed) == 2 and report.remaining == 0 and not report.ok
+    err = read_error(out / "t" / "m" / "boom" / "seed1")
+    assert err["message"] == "cell t/m/boom/seed1 exploded on purpose" and err["error_type"] == "FairbenchError"
+    assert "Traceback" in err["traceback"] and err["cell"] == "t/m/boom/seed1"
+    assert len(metrics_files(out)) == 4
+    # rerun: only the failed cells run again (and fail again); complete cells are untouched
+    stamps = {p: p.stat().st_mtime_ns for p in metrics_files(out)}
+    again = run_sweep(spec, runner=fake_runner, validate=False)
+    assert len(again.already_complete) == 4 and len(again.failed) == 2 and not again.ran
+    assert {p: p.stat().st_mtime_ns for p in metrics_files(out)} == stamps
+
+
+def test_error_record_is_cleared_when_the_cell_succeeds(tmp_path):
+    out = tmp_path / "r"
+    spec = fake_spec(out, adapts=("a",), seeds=(0,), executor_options={"workers": 0})
+    cell = out / "t" / "m" / "a" / "seed0"
+    cell.mkdir(parents=True)
+    write_json(cell / "error.json", {"message": "old failure"})
+    (cell / ".metrics.json.abc.tmp").write_text("{half")  # left by a killed writer
+    assert plan(spec)[1] and run_sweep(spec, runner=fake_runner, validate=False).ok
+    assert sorted(p.name for p in cell.iterdir()) == ["metrics.json"]
+
+
+def test_a_worker_that_dies_fails_only_its_cell(tmp_path):
+    out = tmp_path / "r"
+    spec = fake_spec(out, adapts=("a", "die", "b"), seeds=(0,), executor_options={"workers": 2})
+    report = run_sweep(spec, runner=fake_runner, validate=False)
+    assert [o.key for o in report.failed] == ["t/m/die/seed0"]
+    assert "worker process died (exit code 7)" in report.failed[0].error
+    assert read_error(out / "t" / "m" / "die" / "seed0")["error_type"] == "WorkerLost"
+    assert len(report.ran) == 2
+
+
+INTERRUPTED = """\
+import sys, time
+from pathlib import Path
+from fairbench.results import write_json
+from fairbench.sweep import SweepSpec, run_sweep, run_job
+
+def slow_cell(job):
+    with open(Path(sys.argv[1]) / "runs.log", "a") as log:
+        log.write(job.key + "\\n")
+    time.sleep(0.4)
+    job.path.mkdir(parents=True, exist_ok=True)
+    write_json(job.path / "predictions.json", {"rows": list(range(20000))})
+    write_json(job.path / "metrics.json", {"schema_version": 1, "cell": job.key})
+    return False
+
+if __name__ == "__main__":
+    import functools
+    out = Path(sys.argv[1])
+    spec = SweepSpec(tasks=["t"], models=["m"], adapts=["a", "b"], seeds=list(range(6)), options={"out": out},
+                     executor_options={"workers": 2})
+    report = run_sweep(spec, runner=functools.partial(run_job, cell=slow_cell), validate=False)
+    print("RAN", len(report.ran), "SKIPPED", len(report.already_complete), "FAILED", len(report.failed))
+"""
+
+
+def test_an_interrupted_sweep_finishes_only_the_rest(tmp_path):
+    script = tmp_path / "sweep_script.py"
+    script.write_text(INTERRUPTED)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(metrics_files(out)) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-sweep, with no chance to clean up
+    proc.wait()
+    first = {p.parent.relative_to(out).as_posix() for p in metrics_files(out)}
+    assert 3 <= len(first) < 12, (len(first), proc.stderr.read())
+    for p in metrics_files(out):
+        json.loads(p.read_text())  # every complete cell is whole
+    runs_before = (out / "runs.log").read_text().split()
+
+    done = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"RAN {12 - len(first)} SKIPPED {len(first)} FAILED 0" in done.stdout
+    runs_after = (out / "runs.log").read_text().split()[len(runs_before):]
+    assert not set(runs_after) & first  # no complete cell ran again
+    assert sorted(runs_after) == sorted(set(runs_after))  # nor any cell twice in the rerun
+    cells = [p.parent for p in metrics_files(out)]
+    assert len(cells) == 12
+    for cell in cells:
+        assert sorted(p.name for p in cell.iterdir()) == ["metrics.json", "predictions.json"], cell
+        json.loads((cell / "predictions.json").read_text())
+
+
+# -- executors with real cells ---------------------------------------------------------------------------
+
+
+def real_spec(out: Path, tasks_dir: Path, executor: str, tasks=("synth_tiny", "fairvlmed"),
+              **executor_options) -> SweepSpec:
+    """A real tiny cell that succeeds and, by default, one that fails (fairvlmed without its dataset)."""
+    return SweepSpec(tasks=list(tasks), models=["tinyclip"], adapts=["zeroshot"], seeds=[0],
+                     options={"out": out, "weights": "random", "device": "cpu", "n_boot": 0},
+                     tasks_dirs=(tasks_dir,), executor=executor, executor_options=executor_options, threads=1)
+
+
+def check_real_cells(out: Path, failing: bool = True) -> None:
+    cell = out / "synth_tiny" / "tinyclip" / "zeroshot" / "seed0"
+    doc = json.loads((cell / "metrics.json").read_text())
+    assert doc["task"]["name"] == "synth_tiny" and doc["model"]["weights"]["source"] == "random"
+    assert doc["metrics"]["overall"]["n"] == 240
+    assert sorted(p.name for p in cell.iterdir()) == ["metrics.json", "predictions.parquet"]
+    if not failing:
+        return
+    err = read_error(out / "fairvlmed" / "tinyclip" / "zeroshot" / "seed0")
+    assert err["error_type"] == "DataError" and "--data-root" in err["message"]
+
+
+def check_one_real_cell(report, out: Path) -> None:
+    assert [o.key for o in report.ran] == ["synth_tiny/tinyclip/zeroshot/seed0"] and report.ok
+    check_real_cells(out, failing=False)
+
+
+@pytest.mark.slow
+def test_local_executor_real_cells_via_the_cli_then_resume(tmp_path, tiny_tasks_dir):
+    from typer.testing import CliRunner
+
+    from fairbench.cli import app
+
+    out = tmp_path / "results"
+    args = ["sweep", "--tasks", "synth_tiny,fairvlmed", "--models", "tinyclip", "--adapts", "zeroshot",
+            "--seeds", "0", "--workers", "2", "--threads", "1", "--out", str(out), "--weights", "random",
+            "--device", "cpu", "--n-boot", "0", "--tasks-dir", str(tiny_tasks_dir)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output  # one cell failed
+    spec = real_spec(out, tiny_tasks_dir, "local", workers=2)
+    done, todo = plan(spec)
+    assert [c.key for c in done] == ["synth_tiny/tinyclip/zeroshot/seed0"]
+    assert [c.key for c in todo] == ["fairvlmed/tinyclip/zeroshot/seed0"]
+    check_real_cells(out)
+    assert "done 1, failed 1, remaining 0" in result.output
+    # resume: the complete cell is not touched, only the failed one runs again
+    metrics = out / "synth_tiny" / "tinyclip" / "zeroshot" / "seed0" / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    again = run_sweep(real_spec(out, tiny_tasks_dir, "local", workers=0))
+    assert len(again.already_complete) == 1 and [o.key for o in again.failed] == [todo[0].key]
+    assert metrics.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_submitit_executor_local_cluster(tmp_path, tiny_tasks_dir):
+    pytest.importorskip("submitit", reason="the submitit executor needs the 'slurm' extra")
+    out = tmp_path / "results"
+    report = run_sweep(real_spec(out, tiny_tasks_dir, "submitit", tasks=["synth_tiny"], cluster="local",
+                                 poll_s=0.2))
+    check_one_real_cell(report, out)
+    assert any((out / ".submitit").rglob("*_log.out"))
+
+
+@pytest.mark.slow
+def test_ray_executor_local_cluster(tmp_path, tiny_tasks_dir):
+    pytest.importorskip("ray", reason="the ray executor needs the 'ray' extra")
+    out = tmp_path / "results"
+    report = run_sweep(real_spec(out, tiny_tasks_dir, "ray", tasks=["synth_tiny"], local_cpus=2))
+    check_one_real_cell(report, out)
+
+
+def test_missing_optional_dependency_is_a_one_line_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(FairbenchError, match=r"pip install 'fairbench\[ray\]'"):
+        make_executor("ray", {})
