@@ -120,12 +120,25 @@ def test_against_sklearn_and_fairlearn(seed: int) -> None:
     if binary:
         assert close(o["auc"], auc_or_none(y, probs[:, 1]))
         assert close(o["ece"], ece_reference(probs[:, 1], (y == 1).astype(float), 10))
+        n_pos, n_neg = int(y.sum()), int((y == 0).sum())
+        assert (o["n_pos"], o["n_neg"]) == (n_pos, n_neg)
+        assert close(o["tpr"], true_positive_rate(y, yhat) if n_pos else None)
+        assert close(o["fnr"], 1 - true_positive_rate(y, yhat) if n_pos else None)
+        assert close(o["fpr"], false_positive_rate(y, yhat) if n_neg else None)
+        assert close(o["tnr"], true_negative_rate(y, yhat) if n_neg else None)
+        assert close(o["selection_rate"], selection_rate(y, yhat))
+        assert close(o["f1"], None if np.isnan(per_class_f1[1]) else float(per_class_f1[1]))
     else:
         per_class_auc = [auc_or_none((y == j).astype(int), probs[:, j]) for j in range(k)]
         for j, c in enumerate(classes):
             assert close(o["auc_per_class"][c], per_class_auc[j])
         macro = None if None in per_class_auc else float(np.mean(per_class_auc))
         assert close(o["auc"], macro)
+        for j, c in enumerate(classes):
+            hit, pos = yhat == j, y == j
+            assert close(o["tpr_per_class"][c], float(hit[pos].mean()) if pos.any() else None)
+            assert close(o["fpr_per_class"][c], float(hit[~pos].mean()) if (~pos).any() else None)
+            assert close(o["selection_rate_per_class"][c], float(hit.mean()))
         assert close(o["ece"], ece_reference(probs.max(axis=1), (yhat == y).astype(float), 10))
     sick = y != 0
     assert close(o["underdiagnosis_rate"], float((yhat[sick] == 0).mean()) if sick.any() else None)
@@ -177,15 +190,28 @@ def check_groups(a, names, g, y, yhat, probs, classes, by_group) -> None:  # typ
         else:
             assert ours["n_per_class"] == {c: int((ym == j).sum()) for j, c in enumerate(classes)}
             assert close(ours["acc"], accuracy_score(ym, yhm))
+            per_class_auc = [auc_or_none((ym == j).astype(int), pm[:, j]) for j in range(len(classes))]
+            assert close(ours["auc"], None if None in per_class_auc else float(np.mean(per_class_auc)))
             for j, c in enumerate(classes):
-                assert close(ours["auc_per_class"][c], auc_or_none((ym == j).astype(int), pm[:, j]))
-                pos = ym == j
-                assert close(ours["tpr_per_class"][c], float((yhm[pos] == j).mean()) if pos.any() else None)
-                assert close(ours["selection_rate_per_class"][c], float((yhm == j).mean()))
+                assert close(ours["auc_per_class"][c], per_class_auc[j])
+                pos, neg = ym == j, ym != j
+                hit = yhm == j
+                assert close(ours["tpr_per_class"][c], float(hit[pos].mean()) if pos.any() else None)
+                assert close(ours["fnr_per_class"][c], float(1 - hit[pos].mean()) if pos.any() else None)
+                assert close(ours["fpr_per_class"][c], float(hit[neg].mean()) if neg.any() else None)
+                assert close(ours["tnr_per_class"][c], float(1 - hit[neg].mean()) if neg.any() else None)
+                assert close(ours["selection_rate_per_class"][c], float(hit.mean()))
             assert close(ours["ece"], ece_reference(pm.max(axis=1), (yhm == ym).astype(float), 10))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             assert close(ours["macro_f1"], f1_score(ym, yhm, average="macro"))
+            assert close(ours["balanced_accuracy"], balanced_accuracy_score(ym, yhm))
+            per_class_f1 = f1_score(ym, yhm, labels=list(range(len(classes))), average=None, zero_division=np.nan)
+        for j, c in enumerate(classes):
+            assert close(ours["f1_per_class"][c], None if np.isnan(per_class_f1[j]) else float(per_class_f1[j]))
+        sick = ym != 0  # no_finding_class is classes[0]
+        assert close(ours["underdiagnosis_rate"], float((yhm[sick] == 0).mean()) if sick.any() else None)
+        assert "var_f1" not in ours  # an overall metric
 
 
 def _range(values: list[float | None], min_count: int = 2) -> float | None:
