@@ -76,8 +76,9 @@ def read_predictions(
     label = pd.to_numeric(df["label"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad_label = np.isnan(label) | (label != np.round(label)) | (label < 0) | (label >= len(classes))
     if bad_label.any():
+        example = df["label"].iloc[np.flatnonzero(bad_label)[0]]
         raise DataError(f"'label' must be a class index in [0, {len(classes)}); "
-                        f"{int(bad_label.sum())} row(s) are not, e.g. {df['label'].iloc[np.flatnonzero(bad_label)[0]]!r}")
+                        f"{int(bad_label.sum())} row(s) are not, e.g. {example!r}")
     probs = np.column_stack([
         pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan) for c in prob_cols
     ]) if len(df) else np.zeros((0, len(classes)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fairbench.metrics._spec import BINARY, BOTH, MULTICLASS, register_metric
+from fairbench.metrics._spec import BINARY, MULTICLASS, register_metric
 from fairbench.metrics._stats import SliceStats, nanmean, nanvar, safe_div
 
 __all__: list[str] = []  # everything here is reached through the METRICS registry

@@ -61,7 +61,8 @@ def _set(tree: dict[str, Any], path: tuple[str, ...], value: object) -> None:
 
 
 def _check_args(n_boot: int, seed: int, ece_bins: int, min_group_size: int) -> None:
-    checks = (("n_boot", n_boot, 0), ("seed", seed, 0), ("ece_bins", ece_bins, 1), ("min_group_size", min_group_size, 0))
+    checks = (("n_boot", n_boot, 0), ("seed", seed, 0), ("ece_bins", ece_bins, 1),
+              ("min_group_size", min_group_size, 0))
     for name, value, low in checks:
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
