@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,7 @@ def _resolve_threshold(
         if eval_split == "val":
             notes["threshold"] = "chosen on the evaluated split itself: metrics are optimistic"
         return value, {"value": value, "chosen_on": "val", "rule": rule, "n_val": int(ok.sum())}
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold):
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
         raise DataError(f"threshold must be a finite number or one of {list(THRESHOLD_RULES)}, got {threshold!r}")
     return float(threshold), {"value": float(threshold), "chosen_on": "fixed", "rule": "fixed"}
 
