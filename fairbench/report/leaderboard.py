@@ -1,0 +1,364 @@
+"""`fairbench leaderboard`: one markdown page per task from result cells.
+
+A page has a header (which results, when, which fairbench), a utility table and one fairness table per
+protected attribute, rows model x adapter (mean over seeds with an interval), the best entry per column in
+bold (direction-aware), then numbers reported in papers (clearly marked as not reproduced) and the list of
+cells used. The output is a pure function of the inputs: the date is the newest result's start time, never
+the clock, and every ordering is explicit, so regenerating from the same results gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fairbench import __version__
+from fairbench.report.collect import Collection, ResultCell, collect
+from fairbench.report.reported import ReportedSource, load_reported, render_reported
+from fairbench.report.summary import lookup
+from fairbench.results import METRICS as METRICS_FILE
+
+__all__ = ["build_pages", "write_leaderboards", "LABELS", "direction", "Agg", "aggregate"]
+
+LABELS = {"auc": "AUC", "acc": "ACC", "macro_f1": "macro F1", "ece": "ECE", "balanced_accuracy": "bal. ACC",
+          "f1": "F1", "var_f1": "Var F1", "tpr": "TPR", "fpr": "FPR", "tnr": "TNR", "fnr": "FNR",
+          "selection_rate": "selection rate", "es_auc": "ES-AUC", "es_acc": "ES-ACC", "auc_gap": "AUC gap",
+          "worst_group_auc": "worst-group AUC", "dpd": "DPD", "deodds": "DEOdds", "eqodds": "EqOdds",
+          "eqodds_fairmedfm": "EqOdds (FairMedFM)", "f1_delta": "F1 Δ", "ece_delta": "ECE Δ",
+          "dpd_mean_ovr": "DPD (mean OvR)", "deodds_mean_ovr": "DEOdds (mean OvR)",
+          "eqodds_mean_ovr": "EqOdds (mean OvR)", "eqodds_fairmedfm_mean_ovr": "EqOdds FairMedFM (mean OvR)",
+          "underdiagnosis_rate": "underdiagnosis", "underdiagnosis_gap": "underdiagnosis gap",
+          "worst_group_underdiagnosis": "worst-group underdiagnosis"}
+UTILITY = ("auc", "acc", "macro_f1", "ece")
+FAIRNESS = ("es_auc", "auc_gap", "dpd", "deodds")
+MAX_GROUP_COLUMNS = 6
+
+
+def direction(metric: str) -> bool | None:
+    """True if higher is better, False if lower is, None if neither (from the metric registry)."""
+    from fairbench.metrics import METRICS
+
+    if metric not in METRICS:
+        return None
+    return METRICS.get(metric).higher_is_better
+
+
+def _arrow(metric: str) -> str:
+    d = direction(metric)
+    return " ↑" if d is True else " ↓" if d is False else ""
+
+
+# -- aggregation over seeds -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Agg:
+    mean: float | None
+    low: float | None = None
+    high: float | None = None
+    n: int = 0  # cells with a defined value
+    total: int = 0  # cells in the row
+    interval: str = ""  # "seeds" | "bootstrap" | ""
+
+
+def _t975(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def aggregate(cells: Sequence[ResultCell], path: tuple[str, ...]) -> Agg:
+    """Mean over seeds; 95% t interval across seeds with 2+ defined values, else the one cell's bootstrap CI."""
+    values = []
+    for c in cells:
+        v = lookup(c.metrics, *path)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            values.append((float(v), c))
+    if not values:
+        return Agg(None, total=len(cells))
+    xs = [v for v, _ in values]
+    mean = math.fsum(xs) / len(xs)
+    if len(xs) >= 2:
+        sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+        half = _t975(len(xs) - 1) * sd / math.sqrt(len(xs))
+        # every tabulated metric lies in [0, 1]: so does its interval
+        return Agg(mean, max(0.0, mean - half), min(1.0, mean + half), len(xs), len(cells), "seeds")
+    ci = lookup(values[0][1].metrics.get("ci") or {}, *path)
+    if isinstance(ci, list) and len(ci) == 2 and None not in ci:
+        return Agg(mean, float(ci[0]), float(ci[1]), 1, len(cells), "bootstrap")
+    return Agg(mean, n=1, total=len(cells))
+
+
+def _fmt(a: Agg, ci: bool = True) -> str:
+    if a.mean is None:
+        return "n/a"
+    text = f"{100 * a.mean:.1f}"
+    if ci and a.low is not None and a.high is not None:
+        text += f" [{100 * a.low:.1f}, {100 * a.high:.1f}]"
+    if a.n < a.total:
+        text += "*"
+    return text
+
+
+def _best(aggs: list[Agg], metric: str) -> set[int]:
+    d = direction(metric)
+    shown = [(i, round(100 * a.mean, 1)) for i, a in enumerate(aggs) if a.mean is not None]
+    if d is None or len(shown) < 2:
+        return set()
+    target = max(v for _, v in shown) if d else min(v for _, v in shown)
+    return {i for i, v in shown if v == target}
+
+
+# -- pages ---------------------------------------------------------------------------------------------------
+@dataclass
+class _Row:
+    model: str
+    adapt: str
+    cells: list[ResultCell]
+
+
+def _rows(cells: list[ResultCell]) -> list[_Row]:
+    groups: dict[tuple[str, str], list[ResultCell]] = {}
+    for c in cells:
+        groups.setdefault((c.model, c.adapt), []).append(c)
+    rows = [_Row(m, a, sorted(cs, key=lambda c: c.seed)) for (m, a), cs in groups.items()]
+
+    def auc(r: _Row) -> float:
+        m = aggregate(r.cells, ("overall", "auc")).mean
+        return -m if m is not None else math.inf
+
+    return sorted(rows, key=lambda r: (auc(r), r.model, r.adapt))
+
+
+def _present(cells: list[ResultCell], *path: str) -> bool:
+    return any(lookup(c.metrics, *path) is not None for c in cells)
+
+
+def _resolve(cells: list[ResultCell], scope: tuple[str, ...], metric: str) -> str | None:
+    """The key a column reads: the metric itself, or its multiclass one-vs-rest mean."""
+    for key in (metric, f"{metric}_mean_ovr"):
+        if _present(cells, *scope, key):
+            return key
+    return None
+
+
+def _card_extras(task: str, tasks_dirs: Sequence[Path]) -> tuple[list[str], list[str], bool]:
+    """(utility extras, fairness extras, card found) from the task card's ``metrics`` list."""
+    from fairbench.errors import FairbenchError
+    from fairbench.metrics import METRICS
+
+    try:
+        from fairbench.data.task import get_task
+
+        card = get_task(task, tuple(tasks_dirs))
+    except FairbenchError:
+        return [], [], False
+    util, fair = [], []
+    base = set(UTILITY) | set(FAIRNESS) | {f"{m}_mean_ovr" for m in FAIRNESS}
+    for m in card.metrics:
+        if m in base or m not in METRICS:
+            continue
+        spec = METRICS.get(m)
+        if spec.per_class:
+            continue
+        (util if spec.kind == "slice" else fair).append(m)
+    return util, fair, True
+
+
+def _table(rows: list[_Row], columns: list[tuple[str, tuple[str, ...], str | None, bool]], lead: bool) -> list[str]:
+    """columns: (header, path, metric for direction/bold or None, show interval)."""
+    aggs = [[aggregate(r.cells, path) for _, path, _, _ in columns] for r in rows]
+    best = [_best([a[j] for a in aggs], metric) if metric else set() for j, (_, _, metric, _) in
+            enumerate(columns)]
+    head = ["model", "adapter"] + (["seeds"] if lead else []) + [h for h, _, _, _ in columns]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + ("---:|" if lead else "") + "---:|" * len(columns)]
+    for i, r in enumerate(rows):
+        cells = [r.model, r.adapt] + ([str(len(r.cells))] if lead else [])
+        for j, (_, _, _, ci) in enumerate(columns):
+            text = _fmt(aggs[i][j], ci)
+            cells.append(f"**{text}**" if i in best[j] else text)
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def _newest(cells: list[ResultCell]) -> str:
+    stamps = sorted(str(lookup(c.doc, "provenance", "started_at")) for c in cells
+                    if lookup(c.doc, "provenance", "started_at"))
+    return stamps[-1] if stamps else "unknown (no provenance.started_at in the results)"
+
+
+def _digest(cells: list[ResultCell]) -> str:
+    h = hashlib.sha256()
+    for c in sorted(cells, key=lambda c: c.key):
+        h.update(c.key.encode())
+        h.update(hashlib.sha256((c.path / METRICS_FILE).read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def _distinct(cells: list[ResultCell], *path: str) -> list[str]:
+    return sorted({str(lookup(c.doc, *path)) for c in cells if lookup(c.doc, *path) is not None})
+
+
+def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: bool) -> list[str]:
+    version = _distinct(cells, "task", "version")
+    commits = sorted({f"{str(lookup(c.doc, 'provenance', 'git_commit'))[:10]}"
+                      f"{'-dirty' if lookup(c.doc, 'provenance', 'git_dirty') else ''}"
+                      for c in cells if lookup(c.doc, "provenance", "git_commit")})
+    produced = _distinct(cells, "provenance", "fairbench_version")
+    split = _distinct(cells, "task", "eval_split") or ["test"]
+    ns = sorted({int(n) for c in cells if (n := lookup(c.metrics, "overall", "n")) is not None})
+    boots = sorted({int(b) for c in cells if (b := c.metrics.get("n_boot")) is not None})
+    thresholds = _distinct(cells, "threshold", "rule")
+    title = f"# Leaderboard: {task} (task version {', '.join(version) or '?'})"
+    lines = ["<!-- Generated by `fairbench leaderboard`; do not edit by hand. Regenerate it from the results. -->",
+             "", title + (" — SYNTHETIC data" if synthetic else ""), ""]
+    if synthetic:
+        lines += ["> **Synthetic data** for testing and demonstration, with a known injected bias: these numbers "
+                  "say nothing about any real model or patient population.", ""]
+    lines += [
+        f"- **Generated by** fairbench {__version__} from {len(cells)} result cell{'s' if len(cells) != 1 else ''} "
+        f"under {', '.join(f'`{r}`' for r in roots)} (results digest `{_digest(cells)}`).",
+        f"- **As of** {_newest(cells)}: the start time of the newest result (not the time of generation).",
+        f"- **Produced by** fairbench {', '.join(produced) or '?'}"
+        + (f" at git commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}" if commits else "")
+        + ".",
+        f"- **Evaluated on** the `{', '.join(split)}` split (n = {', '.join(map(str, ns)) or '?'}); threshold rule "
+        f"{', '.join(thresholds) or '?'}; bootstrap resamples B = {', '.join(map(str, boots)) or '0'}.",
+        "- **Values are x100.** Each entry is the mean over seeds. Brackets: a 95% interval, across seeds (t "
+        "distribution, clipped to [0, 100]) when a row has 2 or more seeds, else the single cell's bootstrap "
+        "percentile interval; none when neither exists. `*` = undefined in some seeds (mean over the rest); "
+        "n/a = undefined.",
+        "- **Bold** = best in its column (↑ higher is better, ↓ lower is better); ties are all bold. Rows are "
+        "sorted by AUC. Group AUC columns show means only.",
+        "",
+    ]
+    if len(_distinct(cells, "task", "samples_sha256")) > 1:
+        lines += ["> Caution: the cells were evaluated on different sample sets (their `task.samples_sha256` "
+                  "differ), so rows are not strictly comparable.", ""]
+    return lines
+
+
+def _attribute_section(attr: str, cells: list[ResultCell], rows: list[_Row], extras: list[str]) -> list[str]:
+    scope = ("attributes", attr)
+    groups: dict[str, Any] = {}
+    for c in cells:
+        for g, gm in (lookup(c.metrics, *scope, "groups") or {}).items():
+            groups.setdefault(g, (gm or {}).get("n"))
+    kind = "intersection" if "*" in attr else "attribute"
+    lines = [f"## Fairness: {attr} ({kind})", ""]
+    if groups:
+        lines.append("Groups (n in the evaluated split): " + ", ".join(f"{g} ({n})" for g, n in groups.items()) + ".")
+    small = {}
+    for c in cells:
+        small.update((lookup(c.metrics, "flags", "small_groups", attr) or {}))
+    if small:
+        minimum = next((lookup(c.metrics, "flags", "min_group_size") for c in cells), None)
+        lines.append(f"Small groups (n < {minimum}; wide intervals): "
+                     + ", ".join(f"{g} ({n})" for g, n in sorted(small.items())) + ".")
+    lines.append("")
+    columns: list[tuple[str, tuple[str, ...], str | None, bool]] = []
+    if len(groups) <= MAX_GROUP_COLUMNS:
+        columns += [(f"AUC {g}", (*scope, "groups", g, "auc"), None, False) for g in groups]
+    for metric in [*FAIRNESS, *extras]:
+        key = _resolve(cells, scope, metric)
+        if key is not None and key not in [p[-1] for _, p, _, _ in columns]:
+            columns.append((LABELS.get(key, key) + _arrow(key), (*scope, key), key, True))
+    return lines + _table(rows, columns, lead=False) + [""]
+
+
+def _cells_section(cells: list[ResultCell]) -> list[str]:
+    lines = ["## Cells", "", "| cell | weights | fairbench | git commit | started | duration (s) | path |",
+             "|---|---|---|---|---|---:|---|"]
+    for c in sorted(cells, key=lambda c: c.key):
+        p = c.doc.get("provenance") or {}
+        commit = str(p.get("git_commit") or "")[:10] + ("-dirty" if p.get("git_dirty") else "")
+        lines.append(f"| {c.key} | {lookup(c.doc, 'model', 'weights', 'source') or '?'} | "
+                     f"{p.get('fairbench_version', '?')} | {commit or '?'} | {p.get('started_at', '?')} | "
+                     f"{p.get('duration_s', '?')} | `{c.path.as_posix()}` |")
+    return lines + [""]
+
+
+def task_page(task: str, cells: list[ResultCell], roots: list[str], reported: list[ReportedSource],
+              tasks_dirs: Sequence[Path] = ()) -> str:
+    synthetic = any(lookup(c.doc, "task", "synthetic") for c in cells)
+    util_extra, fair_extra, card_found = _card_extras(task, tasks_dirs)
+    rows = _rows(cells)
+    lines = _header(task, cells, roots, synthetic)
+    if not card_found:
+        lines += [f"> The task card '{task}' was not found (pass `--tasks-dir`), so only the standard columns "
+                  "are shown.", ""]
+    util_cols: list[tuple[str, tuple[str, ...], str | None, bool]] = []
+    for metric in [*UTILITY, *util_extra]:
+        if _present(cells, "overall", metric):
+            util_cols.append((LABELS.get(metric, metric) + _arrow(metric), ("overall", metric), metric, True))
+    lines += ["## Utility", ""] + _table(rows, util_cols, lead=True) + [""]
+    attrs: dict[str, None] = {}
+    for c in cells:
+        attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
+    for attr in attrs:
+        lines += _attribute_section(attr, cells, rows, fair_extra)
+    lines += render_reported(task, reported, synthetic)
+    lines += _cells_section(cells)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def reported_only_page(task: str, reported: list[ReportedSource]) -> str:
+    lines = ["<!-- Generated by `fairbench leaderboard`; do not edit by hand. Regenerate it from the results. -->",
+             "", f"# Leaderboard: {task}", "",
+             f"- **Generated by** fairbench {__version__}. No fairbench results for this task were given, so the "
+             "page holds only numbers reported in papers.", ""]
+    lines += render_reported(task, reported, synthetic=False)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def build_pages(col: Collection, *, reported: dict[str, list[ReportedSource]], include_reported_only: bool = False,
+                tasks_dirs: Sequence[Path] = ()) -> dict[str, str]:
+    """``{"<task>.md": markdown}`` for every task in the results (and, optionally, every task with reported
+    numbers but no results)."""
+    pages: dict[str, str] = {}
+    for task, cells in sorted(col.by_task().items()):
+        cells = _latest_version(task, cells, col)
+        pages[f"{task}.md"] = task_page(task, cells, col.roots, reported.get(task, []), tasks_dirs)
+    if include_reported_only:
+        for task, sources in sorted(reported.items()):
+            pages.setdefault(f"{task}.md", reported_only_page(task, sources))
+    return pages
+
+
+def _latest_version(task: str, cells: list[ResultCell], col: Collection) -> list[ResultCell]:
+    """A page never mixes task versions: older versions are reported and left out."""
+    def key(v: str) -> tuple[int, Any]:
+        return (0, int(v)) if v.isdigit() else (1, v)
+
+    versions = sorted({str(lookup(c.doc, "task", "version")) for c in cells}, key=key)
+    if len(versions) <= 1:
+        return cells
+    keep = versions[-1]
+    for c in cells:
+        if str(lookup(c.doc, "task", "version")) != keep:
+            col.problems.append((c.path / METRICS_FILE, f"task {task} version {lookup(c.doc, 'task', 'version')} "
+                                                        f"left out: the leaderboard shows version {keep}"))
+    return [c for c in cells if str(lookup(c.doc, "task", "version")) == keep]
+
+
+def write_leaderboards(results: Sequence[Path | str], out: Path, *, reported_dir: Path | None = None,
+                       include_reported_only: bool = False, tasks_dirs: Sequence[Path] = ()
+                       ) -> tuple[list[Path], Collection]:
+    from fairbench.errors import ResultsError
+    from fairbench.results import atomic_write
+
+    col = collect(results)
+    if not col.cells and not include_reported_only:
+        raise ResultsError(f"no readable result cells under {', '.join(col.roots)}"
+                           + (f" ({len(col.problems)} unreadable)" if col.problems else ""))
+    pages = build_pages(col, reported=load_reported(reported_dir), include_reported_only=include_reported_only,
+                        tasks_dirs=tasks_dirs)
+    out = Path(out)
+    written = []
+    for name, text in pages.items():
+        path = out / name
+        atomic_write(path, lambda p, t=text: p.write_text(t, encoding="utf-8"))
+        written.append(path)
+    return written, col
