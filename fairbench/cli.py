@@ -224,6 +224,29 @@ def sweep(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def leaderboard(
+    results: Annotated[Optional[list[Path]], typer.Argument(
+        help="Results roots, cell folders or metrics.json files (default: results).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the pages, one <task>.md per task.")] = Path("leaderboards"),
+    reported: Annotated[Optional[Path], typer.Option(
+        help="Folder of curated reported numbers (<task>.yaml; default: the ones shipped with fairbench).")] = None,
+    include_reported_only: Annotated[bool, typer.Option(
+        "--include-reported-only", help="Also write pages for tasks that have reported numbers but no results.")]
+        = False,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Write one markdown leaderboard per task from result cells (deterministic: same results, same bytes)."""
+    from fairbench.report.leaderboard import write_leaderboards
+
+    written, col = write_leaderboards(results or [Path("results")], out, reported_dir=reported,
+                                      include_reported_only=include_reported_only, tasks_dirs=tuple(tasks_dir or ()))
+    for path, why in col.problems:
+        err_console.print(f"skipped {path}: {why}", style="yellow", markup=False, soft_wrap=True)
+    for path in written:
+        err_console.print(f"wrote {path}", markup=False, soft_wrap=True)
+
+
 def _parse_kv(items: list[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
