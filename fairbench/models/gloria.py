@@ -272,10 +272,10 @@ class GLoRIAModel(VLModel):
     @torch.no_grad()
     def zeroshot_head(self, task: Any, ensemble: str = "family") -> ZeroShotHead:
         rule = resolve_rule(self, ensemble)
-        if rule == "mean_embedding":
+        if rule in ("mean_embedding", "name_sum"):
             raise CardError(f"model '{self.card.name}': GLoRIA's similarity has a local (word-region) part, so "
-                            f"prompts cannot be averaged into one embedding; use ensemble max_logit (GLoRIA's "
-                            f"rule), mean_logit or family")
+                            f"prompts cannot be averaged into one embedding (ensemble {rule}); use max_logit "
+                            f"(GLoRIA's rule), mean_logit or family")
         prompts, record = family_prompts(self, task)
         texts = []
         for p in prompts:
