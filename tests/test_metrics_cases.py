@@ -103,8 +103,7 @@ def test_registry_guards_names() -> None:
 
 def test_a_registered_metric_flows_everywhere() -> None:
     """The docs' extension example: one registration, and the metric is in overall, groups and the CIs."""
-    from fairbench.metrics._spec import BINARY, register_metric
-    from fairbench.metrics._stats import safe_div
+    from fairbench.metrics import BINARY, register_metric, safe_div
 
     @register_metric("ppv_test_only", kind="slice", higher_is_better=True, needs_scores=False, tasks=BINARY,
                      source="confusion counts", description="precision", undefined="no positive predictions")

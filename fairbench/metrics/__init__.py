@@ -9,9 +9,20 @@ from __future__ import annotations
 
 from fairbench.metrics import _slice_metrics, _summaries  # noqa: F401  (register the metrics)
 from fairbench.metrics._calibration import reliability_curve
-from fairbench.metrics._spec import METRICS, MetricSpec
-from fairbench.metrics._stats import SliceStats
+from fairbench.metrics._spec import BINARY, METRICS, MULTICLASS, MetricSpec, register_metric
+from fairbench.metrics._stats import SliceStats, safe_div
 from fairbench.metrics._suite import compute_metrics
 from fairbench.metrics._threshold import choose_threshold
 
-__all__ = ["compute_metrics", "reliability_curve", "choose_threshold", "METRICS", "MetricSpec", "SliceStats"]
+__all__ = [
+    "compute_metrics",
+    "reliability_curve",
+    "choose_threshold",
+    "METRICS",
+    "MetricSpec",
+    "register_metric",
+    "SliceStats",
+    "safe_div",
+    "BINARY",
+    "MULTICLASS",
+]
