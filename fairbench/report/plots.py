@@ -1,0 +1,369 @@
+"""`fairbench plot`: figures from result cells (PNG and SVG, Agg backend, Okabe-Ito colours).
+
+Per cell and protected attribute, one figure with three panels: group metrics with 95% bootstrap intervals
+(bars), ROC curves per group (from predictions.parquet) and reliability diagrams per group (the suite's ECE
+bins, :func:`fairbench.metrics.reliability_curve`). Across the cells of a task, a fairness-utility scatter:
+overall AUC against ES-AUC per attribute, one point per model x adapter (mean over seeds).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fairbench.report.collect import Collection, ResultCell, collect  # noqa: E402
+from fairbench.report.leaderboard import aggregate  # noqa: E402
+from fairbench.report.summary import lookup  # noqa: E402
+
+__all__ = ["plot_results", "plot_cell", "plot_tradeoff", "OKABE_ITO"]
+
+#: Okabe & Ito (2008) colour-blind-safe palette, yellow last (weak on white)
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+FORMATS = ("png", "svg")
+MIN_BIN = 5  # reliability points from fewer samples are noise
+_STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
+          "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "fairbench",
+          "svg.fonttype": "none"}
+_BINARY_BARS = (("auc", "AUC"), ("acc", "ACC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ece", "ECE"))
+_MULTI_BARS = (("auc", "AUC"), ("acc", "ACC"), ("macro_f1", "macro F1"), ("ece", "ECE"))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("*", "_x_"))
+
+
+def _save(fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        fig.savefig(path, dpi=150, metadata={"Date": None} if fmt == "svg" else None, bbox_inches="tight")
+        out.append(path)
+    plt.close(fig)
+    return out
+
+
+def _color(i: int) -> str:
+    return OKABE_ITO[i % len(OKABE_ITO)]
+
+
+def _style(i: int) -> str:
+    return LINESTYLES[i % len(LINESTYLES)]
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.2f}"
+
+
+def _title(cell: ResultCell) -> str:
+    synth = " — SYNTHETIC data" if lookup(cell.doc, "task", "synthetic") else ""
+    return f"{cell.task} · {cell.model} · {cell.adapt} · seed {cell.seed}{synth}"
+
+
+# -- per cell -----------------------------------------------------------------------------------------------
+def _eval_rows(cell: ResultCell) -> tuple[pd.DataFrame | None, str | None]:
+    try:
+        frame = pd.read_parquet(cell.predictions)
+    except FileNotFoundError:
+        return None, f"{cell.predictions}: no predictions file (ROC and reliability panels left empty)"
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        return None, f"{cell.predictions}: unreadable ({' '.join(str(exc).split())[:200]})"
+    split = lookup(cell.doc, "task", "eval_split") or "test"
+    return frame[frame["split"] == split].reset_index(drop=True), None
+
+
+def _scores(frame: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(y, score) for binary tasks; (one-hot y, probabilities) flattened one-vs-rest for multiclass."""
+    probs = frame[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+    y = frame["label"].to_numpy()
+    if len(classes) == 2:
+        return (y == 1).astype(int), probs[:, 1]
+    onehot = np.eye(len(classes), dtype=int)[y]
+    return onehot.ravel(), probs.ravel()
+
+
+def _group_masks(frame: pd.DataFrame, attr: str, groups: list[str]) -> dict[str, np.ndarray]:
+    if "*" in attr:
+        parts = attr.split("*")
+        cols = [frame.get(f"attr_{p}") for p in parts]
+        if any(c is None for c in cols):
+            return {}
+        joined = cols[0].astype("string")
+        for c in cols[1:]:
+            joined = joined + "*" + c.astype("string")
+        values = joined
+    else:
+        if f"attr_{attr}" not in frame:
+            return {}
+        values = frame[f"attr_{attr}"].astype("string")
+    return {g: (values == g).fillna(False).to_numpy(dtype=bool) for g in groups}
+
+
+def _bars(ax: Any, cell: ResultCell, attr: str, groups: dict[str, Any], binary: bool) -> None:
+    metrics = _BINARY_BARS if binary else _MULTI_BARS
+    k = max(1, len(groups))
+    width = 0.8 / k
+    x = np.arange(len(metrics))
+    any_ci = False
+    for i, (g, gm) in enumerate(groups.items()):
+        vals, lo, hi = [], [], []
+        for key, _ in metrics:
+            v = (gm or {}).get(key)
+            ci = lookup(cell.metrics.get("ci") or {}, "attributes", attr, "groups", g, key)
+            vals.append(np.nan if v is None else float(v))
+            ok = isinstance(ci, list) and None not in ci and v is not None
+            lo.append(max(0.0, float(v) - ci[0]) if ok else np.nan)  # type: ignore[index,arg-type]
+            hi.append(max(0.0, ci[1] - float(v)) if ok else np.nan)  # type: ignore[index,arg-type]
+        has_ci = not all(np.isnan(lo))
+        any_ci |= has_ci
+        small = " small" if g in (lookup(cell.metrics, "flags", "small_groups", attr) or {}) else ""
+        ax.bar(x - 0.4 + width * (i + 0.5), vals, width, color=_color(i), edgecolor="white", linewidth=0.5,
+               yerr=[lo, hi] if has_ci else None, capsize=2, error_kw={"elinewidth": 0.9, "ecolor": "#222222"},
+               label=f"{g} (n={(gm or {}).get('n', '?')}{small})")
+    ax.set_xticks(x, [label for _, label in metrics])
+    ax.set_ylim(0, 1.0 + 0.07 * math.ceil(k / 3) + 0.05)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("value (0–1)")
+    n_boot = cell.metrics.get("n_boot") or 0
+    ax.set_title(f"Group metrics, 95% bootstrap CI (B={n_boot})" if any_ci else "Group metrics (no bootstrap CI)")
+    ax.legend(loc="upper center", ncol=min(3, k), frameon=False, bbox_to_anchor=(0.5, 1.0),
+              title=f"{attr} group (n in the evaluated split)", title_fontsize=8.5)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _roc(ax: Any, frame: pd.DataFrame, classes: list[str], attr: str, groups: dict[str, Any],
+         masks: dict[str, np.ndarray]) -> None:
+    from sklearn.metrics import roc_curve
+
+    binary = len(classes) == 2
+    k = len(classes)
+    for i, g in enumerate(groups):
+        m = masks.get(g)
+        if m is None or not m.any():
+            continue
+        y, s = _scores(frame[m], classes)
+        if len(np.unique(y)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        auc = (groups[g] or {}).get("auc")
+        ax.plot(fpr, tpr, color=_color(i), linestyle=_style(i), linewidth=1.6,
+                label=f"{g} (n={int(m.sum())}, {'AUC' if binary else 'macro AUC'} {_pct(auc)})")
+    ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle=":", label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC per group" if binary else f"ROC per group (one-vs-rest, {k} classes pooled)")
+    ax.legend(loc="lower right", frameon=False)
+    ax.set_aspect("equal")
+
+
+def _reliability(ax: Any, frame: pd.DataFrame, classes: list[str], groups: dict[str, Any],
+                 masks: dict[str, np.ndarray], n_bins: int) -> None:
+    from fairbench.metrics import reliability_curve
+
+    binary = len(classes) == 2
+    ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle=":", label="perfect calibration")
+    for i, g in enumerate(groups):
+        m = masks.get(g)
+        if m is None or not m.any():
+            continue
+        sub = frame[m]
+        probs = sub[[f"prob_{c}" for c in classes]].to_numpy(dtype=float)
+        curve = reliability_curve(sub["label"].to_numpy(), probs[:, 1] if binary else probs, n_bins=n_bins)
+        pts = [(c, f) for c, f, n in zip(curve["confidence"], curve["frequency"], curve["count"], strict=True)
+               if c is not None and n >= MIN_BIN]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, color=_color(i), linestyle=_style(i), marker=MARKERS[i % len(MARKERS)], markersize=3.5,
+                linewidth=1.4, label=f"{g} (n={int(m.sum())}, ECE {_pct(curve['ece'])})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("mean predicted probability (positive class)" if binary else "mean top-label confidence")
+    ax.set_ylabel("observed fraction positive" if binary else "observed accuracy")
+    ax.set_title(f"Reliability per group ({n_bins} bins, those with < {MIN_BIN} samples hidden)")
+    ax.legend(loc="upper left", frameon=False)
+    ax.set_aspect("equal")
+
+
+def plot_cell(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
+              attributes: Sequence[str] | None = None) -> tuple[list[Path], list[str]]:
+    """One figure per protected attribute (or those in ``attributes``); returns (files written, problems)."""
+    problems: list[str] = []
+    frame, problem = _eval_rows(cell)
+    if problem:
+        problems.append(problem)
+    classes = list(cell.metrics.get("classes") or [])
+    binary = len(classes) == 2
+    n_bins = int(cell.metrics.get("ece_bins") or 15)
+    written: list[Path] = []
+    base = out / cell.task / cell.model / cell.adapt / f"seed{cell.seed}"
+    for attr, a in (cell.metrics.get("attributes") or {}).items():
+        groups = dict((a or {}).get("groups") or {})
+        if not groups or (attributes and attr not in attributes):
+            continue
+        with plt.rc_context(_STYLE):
+            fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.25, 1, 1]})
+            _bars(axes[0], cell, attr, groups, binary)
+            if frame is not None and classes:
+                masks = _group_masks(frame, attr, list(groups))
+                _roc(axes[1], frame, classes, attr, groups, masks)
+                _reliability(axes[2], frame, classes, groups, masks, n_bins)
+            else:
+                for ax in axes[1:]:
+                    ax.text(0.5, 0.5, "no predictions.parquet:\nROC and reliability need per-sample predictions",
+                            ha="center", va="center", transform=ax.transAxes)
+                    ax.set_axis_off()
+            summary = " · ".join(f"{label} {_pct(a.get(key))}" for key, label in
+                                 (("es_auc", "ES-AUC"), ("auc_gap", "AUC gap"), ("dpd", "DPD"),
+                                  ("dpd_mean_ovr", "DPD (mean OvR)"), ("deodds", "DEOdds"),
+                                  ("deodds_mean_ovr", "DEOdds (mean OvR)")) if key in a)
+            fig.suptitle(f"{_title(cell)}\nprotected attribute: {attr}" + (f"   ({summary})" if summary else ""),
+                         fontsize=12)
+            fig.tight_layout()
+            written += _save(fig, base / _slug(attr), formats)
+    return written, problems
+
+
+# -- across cells -------------------------------------------------------------------------------------------
+def _spread(cells: list[ResultCell], path: tuple[str, ...]) -> tuple[float | None, float | None, float | None]:
+    """(mean, low, high): min-max over seeds with 2+ seeds, else the cell's bootstrap interval (if any)."""
+    a = aggregate(cells, path)
+    if a.mean is None:
+        return None, None, None
+    values = [v for c in cells if isinstance(v := lookup(c.metrics, *path), (int, float))]
+    if len(values) >= 2:
+        return a.mean, min(values), max(values)
+    return a.mean, a.low, a.high
+
+
+def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequence[str] = FORMATS,
+                  attributes: Sequence[str] | None = None) -> list[Path]:
+    """Overall AUC (x) against ES-AUC (y) per attribute, one labelled point per model x adapter."""
+    from matplotlib.patches import Patch
+
+    rows: dict[tuple[str, str], list[ResultCell]] = {}
+    for c in cells:
+        rows.setdefault((c.model, c.adapt), []).append(c)
+    attrs: dict[str, None] = {}
+    for c in cells:
+        attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
+    attrs_list = [a for a in attrs if any(lookup(c.metrics, "attributes", a, "es_auc") is not None for c in cells)
+                  and (not attributes or a in attributes)]
+    if not attrs_list:
+        return []
+    models = sorted({m for m, _ in rows})
+    adapts = sorted({a for _, a in rows})
+    ncols = min(2, len(attrs_list))
+    nrows = math.ceil(len(attrs_list) / ncols)
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 5.6 * nrows + 1.2), squeeze=False)
+        for k, attr in enumerate(attrs_list):
+            ax = axes[k // ncols][k % ncols]
+            points: list[tuple[float, float, str]] = []
+            extent: list[float] = []
+            for (model, adapt), cs in sorted(rows.items()):
+                x, xlo, xhi = _spread(cs, ("overall", "auc"))
+                y, ylo, yhi = _spread(cs, ("attributes", attr, "es_auc"))
+                if x is None or y is None:
+                    continue
+                xerr = [[x - xlo], [xhi - x]] if xlo is not None and xhi is not None else None
+                yerr = [[y - ylo], [yhi - y]] if ylo is not None and yhi is not None else None
+                ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=MARKERS[adapts.index(adapt) % len(MARKERS)],
+                            color=_color(models.index(model)), markersize=8, elinewidth=1.0, capsize=2.5,
+                            markeredgecolor="white", zorder=3)
+                points.append((x, y, f"{model} / {adapt}"))
+                extent += [v for v in (x, y, xlo, xhi, ylo, yhi) if v is not None]
+            ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=0.8, linestyle=":", zorder=1)
+            ax.set_xlabel("overall AUC (0–1)")
+            ax.set_ylabel(f"ES-AUC for {attr} (0–1)")
+            ax.set_title(f"{attr}: fairness vs utility")
+            ax.grid(alpha=0.3)
+            _fit_limits(ax, extent)
+            _label_points(ax, points)
+        for k in range(len(attrs_list), nrows * ncols):
+            axes[k // ncols][k % ncols].set_axis_off()
+        handles: list[Any] = [Patch(color=_color(i), label=m) for i, m in enumerate(models)]
+        handles += [plt.Line2D([], [], color="#555555", marker=MARKERS[i % len(MARKERS)], linestyle="", label=a)
+                    for i, a in enumerate(adapts)]
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False,
+                   title="colour = model, marker = adapter")
+        synth = " — SYNTHETIC data" if any(lookup(c.doc, "task", "synthetic") for c in cells) else ""
+        fig.suptitle(f"{task}: equity-scaled AUC against AUC{synth}\n"
+                     "points: mean over seeds; bars: min–max over seeds (one seed: 95% bootstrap CI)\n"
+                     "ES-AUC = AUC / (1 + Σ|AUC − AUC_g|); on the dotted diagonal every group has the overall AUC",
+                     fontsize=10.5)
+        fig.tight_layout(rect=(0, 0.05 + 0.04 / nrows, 1, 1))
+        return _save(fig, out / task / "fairness_utility", formats)
+
+
+def _fit_limits(ax: Any, extent: list[float]) -> None:
+    """Square limits around the points and their bars (the diagonal stays meaningful), within [0, 1]."""
+    if not extent:
+        return
+    lo, hi = min(extent), max(extent)
+    pad = max(0.03, 0.1 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_aspect("equal")
+
+
+def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
+    """Label each point; a label that would overlap one already placed moves down until it does not."""
+    fig = ax.figure
+    fig.canvas.draw()
+    placed: list[Any] = []
+    for x, y, text in sorted(points, key=lambda p: (-p[1], p[0])):
+        for step in range(12):
+            ann = ax.annotate(text, (x, y), xytext=(7, 6 - 11 * step), textcoords="offset points", fontsize=8,
+                              color="#222222", zorder=4,
+                              arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.5} if step else None)
+            box = ann.get_window_extent(renderer=fig.canvas.get_renderer())
+            if not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            ann.remove()
+
+
+def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] = FORMATS,
+                 attributes: Sequence[str] | None = None) -> tuple[list[Path], Collection, list[str]]:
+    """Every figure for the cells under ``paths``; returns (files, the collection, plotting problems)."""
+    from fairbench.errors import FairbenchError
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise FairbenchError(f"unknown figure format '{bad[0]}' (known: {', '.join(FORMATS)})")
+    col = collect(paths)
+    if not col.cells:
+        raise FairbenchError(f"no readable result cells under {', '.join(col.roots)}"
+                             + (f" ({len(col.problems)} unreadable)" if col.problems else ""))
+    if attributes:
+        known = {a for c in col.cells for a in (c.metrics.get("attributes") or {})}
+        unknown = sorted(set(attributes) - known)
+        if unknown:
+            raise FairbenchError(f"no protected attribute '{unknown[0]}' in the results "
+                                 f"(they have: {', '.join(sorted(known))})")
+    written: list[Path] = []
+    problems: list[str] = []
+    for cell in col.cells:
+        files, probs = plot_cell(cell, Path(out), formats, attributes)
+        written += files
+        problems += probs
+    for task, cells in sorted(col.by_task().items()):
+        written += plot_tradeoff(task, cells, Path(out), formats, attributes)
+    return written, col, problems
