@@ -247,6 +247,29 @@ def leaderboard(
         err_console.print(f"wrote {path}", markup=False, soft_wrap=True)
 
 
+@app.command()
+def plot(
+    results: Annotated[list[Path], typer.Argument(help="Result cells, results roots or metrics.json files.")],
+    out: Annotated[Path, typer.Option(help="Folder for the figures (OUT/task/model/adapt/seedN/<attribute>.png).")]
+        = Path("plots"),
+    fmt: Annotated[Optional[list[str]], typer.Option(
+        "--format", help="png and/or svg; repeatable (default both).")] = None,
+    attribute: Annotated[Optional[list[str]], typer.Option(
+        "--attribute", help="Only these protected attributes; repeatable (default all).")] = None,
+) -> None:
+    """Figures per cell and attribute (group metrics with CIs, ROC and reliability per group) and a
+    fairness-utility scatter per task across cells."""
+    from fairbench.report.plots import plot_results
+
+    written, col, problems = plot_results(results, out, formats=tuple(fmt or ("png", "svg")),
+                                          attributes=tuple(attribute or ()) or None)
+    for path, why in col.problems:
+        err_console.print(f"skipped {path}: {why}", style="yellow", markup=False, soft_wrap=True)
+    for p in problems:
+        err_console.print(f"warning: {p}", style="yellow", markup=False, soft_wrap=True)
+    err_console.print(f"wrote {len(written)} figure files under {out}", markup=False, soft_wrap=True)
+
+
 def _parse_kv(items: list[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
