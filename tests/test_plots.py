@@ -1,0 +1,106 @@
+"""`fairbench plot` on fabricated cells: files exist with the right size and real content (pixels that vary,
+the palette's colours, SVG text with titles and group labels), and bad cells are reported and skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_results import fabricate_cell
+from PIL import Image
+from typer.testing import CliRunner
+
+from fairbench.cli import app
+from fairbench.errors import FairbenchError
+from fairbench.report.plots import OKABE_ITO, plot_results
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("plots") / "results"
+    for model, adapt, strength, bias in (("good", "linear_probe", 0.8, 0.0), ("biased", "zeroshot", 0.8, 0.8)):
+        for seed in (0, 1):
+            fabricate_cell(root, model=model, adapt=adapt, seed=seed, strength=strength, bias=bias, n_boot=20)
+    return root
+
+
+@pytest.fixture(scope="module")
+def figures(results, tmp_path_factory) -> tuple[Path, list[Path]]:
+    out = tmp_path_factory.mktemp("figs")
+    written, col, problems = plot_results([results], out, attributes=["age"])
+    assert not col.problems and not problems
+    return out, written
+
+
+def rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def has_colour(img: np.ndarray, hex_colour: str, tol: int = 6) -> bool:
+    target = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return bool((np.abs(img - target).max(axis=-1) <= tol).sum() > 200)
+
+
+def test_one_figure_per_cell_and_attribute_plus_the_tradeoff(figures):
+    out, written = figures
+    rel = sorted(p.relative_to(out).as_posix() for p in written)
+    assert len(rel) == 2 * 4 + 2
+    assert "synth_cxr/good/linear_probe/seed1/age.png" in rel and "synth_cxr/good/linear_probe/seed1/age.svg" in rel
+    assert "synth_cxr/fairness_utility.png" in rel and "synth_cxr/fairness_utility.svg" in rel
+
+
+def test_cell_figure_has_content(figures):
+    out, _ = figures
+    png = out / "synth_cxr" / "biased" / "zeroshot" / "seed0" / "age.png"
+    img = rgb(png)
+    h, w, _ = img.shape
+    assert w > 1800 and 600 < h < 1000  # three panels side by side, readable at 150 dpi
+    assert img.std() > 30  # not blank
+    assert (img.min(axis=-1) > 245).mean() > 0.5  # mostly white background: drawn content, not a fill
+    assert has_colour(img, OKABE_ITO[0]) and has_colour(img, OKABE_ITO[1])  # two groups, colour-blind-safe palette
+    svg = png.with_suffix(".svg").read_text()
+    for text in ("synth_cxr · biased · zeroshot · seed 0 — SYNTHETIC data", "protected attribute: age",
+                 "Group metrics, 95% bootstrap CI (B=20)", "ROC per group", "Reliability per group",
+                 "false positive rate", "true positive rate", "&lt;60 (n=", "&gt;=60 (n=", "value (0–1)"):
+        assert text in svg, text
+    assert "<dc:date>" not in svg  # no timestamp: the same cell gives the same SVG
+
+
+def test_tradeoff_figure_labels_every_entry(figures):
+    out, _ = figures
+    img = rgb(out / "synth_cxr" / "fairness_utility.png")
+    assert img.shape[1] > 700 and img.shape[0] > 700 and img.std() > 20
+    svg = (out / "synth_cxr" / "fairness_utility.svg").read_text()
+    for text in ("good / linear_probe", "biased / zeroshot", "overall AUC (0–1)", "ES-AUC for age (0–1)",
+                 "colour = model, marker = adapter", "SYNTHETIC"):
+        assert text in svg, text
+
+
+def test_missing_predictions_and_bad_metrics_are_reported(results, tmp_path):
+    import shutil
+
+    root = tmp_path / "r"
+    shutil.copytree(results, root)
+    (root / "synth_cxr" / "good" / "linear_probe" / "seed0" / "predictions.parquet").unlink()
+    bad = root / "synth_cxr" / "biased" / "zeroshot" / "seed1" / "metrics.json"
+    bad.write_text('{"schema_version": 1, "task": {}}')
+    res = CliRunner().invoke(app, ["plot", str(root), "--out", str(tmp_path / "f"), "--format", "png",
+                                   "--attribute", "sex"])
+    assert res.exit_code == 0, res.output
+    assert f"skipped {bad}: malformed metrics.json: no task.name" in res.output
+    assert "predictions.parquet: no predictions file" in res.output
+    figs = sorted(p.relative_to(tmp_path / "f").as_posix() for p in (tmp_path / "f").rglob("*.png"))
+    assert "synth_cxr/biased/zeroshot/seed1/sex.png" not in figs
+    assert "synth_cxr/good/linear_probe/seed0/sex.png" in figs  # bars still drawn from metrics.json
+    assert len(figs) == 3 + 1
+
+
+def test_bad_arguments_are_one_line_errors(results, tmp_path):
+    with pytest.raises(FairbenchError, match="no protected attribute 'ethnicity'.*they have: age, race, sex"):
+        plot_results([results], tmp_path, attributes=["ethnicity"])
+    with pytest.raises(FairbenchError, match="unknown figure format 'jpg'"):
+        plot_results([results], tmp_path, formats=["jpg"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FairbenchError, match="no readable result cells"):
+        plot_results([tmp_path / "empty"], tmp_path)
