@@ -86,6 +86,13 @@ def run(
     image_cache: Annotated[str, typer.Option(
         help="Preprocessed-image cache for real datasets: auto (size from the model input), off, or a size in "
              "pixels.", rich_help_panel="Data and weights")] = "auto",
+    select_on: Annotated[Optional[str], typer.Option(
+        "--select-on", help="Split that selects the epoch of a trainable adapter: val (default) or test "
+        "(FairCLIP's published protocol: warned, recorded, test metrics biased). Same as --adapt-arg select_on=.",
+        rich_help_panel="Training")] = None,
+    embedding_cache: Annotated[bool, typer.Option(
+        "--embedding-cache/--no-embedding-cache", help="Reuse frozen image embeddings across runs (zeroshot, "
+        "linear_probe, mlp).", rich_help_panel="Training")] = True,
 ) -> None:
     """Run one cell (task x model x adapter x seed) and print its fairness summary.
 
@@ -94,10 +101,14 @@ def run(
     from fairbench.pipeline import RunConfig, run_cell
     from fairbench.report.summary import print_summary
 
+    adapt_args = _parse_kv(adapt_arg or [], "--adapt-arg")
+    if select_on is not None:
+        adapt_args["select_on"] = select_on
     cfg = RunConfig(task=task, model=model, adapt=adapt, seed=seed, out=out, data_root=data_root,
                     weights=weights, device=device, overwrite=overwrite, tasks_dirs=tuple(tasks_dir or ()),
-                    n_boot=n_boot, adapt_args=_parse_kv(adapt_arg or [], "--adapt-arg"),
-                    allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache)
+                    n_boot=n_boot, adapt_args=adapt_args,
+                    allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
+                    embedding_cache=embedding_cache)
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
@@ -268,6 +279,25 @@ def plot(
     for p in problems:
         err_console.print(f"warning: {p}", style="yellow", markup=False, soft_wrap=True)
     err_console.print(f"wrote {len(written)} figure files under {out}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def check(
+    results: Annotated[list[Path], typer.Argument(help="Results roots, cell folders or metrics.json files.")],
+    baseline: Annotated[Path, typer.Option(help="Baseline JSON to compare with (written by --update).")],
+    tolerance: Annotated[Optional[list[str]], typer.Option(
+        "--tolerance", help="Absolute tolerance in metrics.json units: NUMBER (the default, 0.01) or "
+        "METRIC=NUMBER (e.g. auc=0.005, es_auc=0.02); repeatable. Overrides the baseline's tolerances.")] = None,
+    update: Annotated[bool, typer.Option("--update", help="Write the baseline from the results instead.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Also list moves within tolerance.")] = False,
+) -> None:
+    """Compare results with a baseline: exit 1 if a metric regressed beyond tolerance (direction-aware: an AUC
+    falling or a fairness gap growing) or a cell is missing or unreadable; improvements are reported and pass."""
+    from fairbench.report.check import run_check
+
+    code = run_check(results, baseline, tolerance=tolerance or (), update=update, verbose=verbose)
+    if code:
+        raise typer.Exit(code=code)
 
 
 def _parse_kv(items: list[str], flag: str) -> dict[str, Any]:
