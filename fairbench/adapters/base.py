@@ -2,7 +2,9 @@
 
 An adapter turns a model and a task into class probabilities for the evaluated splits. Frozen-encoder
 adapters read image embeddings and probe features through :meth:`AdaptContext.encode`, which encodes each
-split once per run and shares the result between adapters.
+split once per run and shares the result between adapters; with the on-disk embedding cache
+(:mod:`fairbench.cache`, on by default) each image is encoded once across runs too. Trainable adapters
+checkpoint into :attr:`AdaptContext.checkpoint_dir` and resume from it when :attr:`AdaptContext.resume`.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fairbench.cache import EmbeddingCache, embedding_key_parts, module_state_sha256
 from fairbench.data.base import SampleSet
 from fairbench.data.task import TaskCard
 from fairbench.errors import FairbenchError
 from fairbench.models.base import VLModel
-from fairbench.progress import bar
+from fairbench.progress import bar, warn
 from fairbench.registry import Registry
 
 __all__ = ["Adapter", "AdaptContext", "ADAPTERS", "parse_params"]
@@ -32,9 +35,16 @@ class AdaptContext:
     seed: int
     data_root: Path | None = None
     batch_size: int = 256
+    #: on-disk cache of frozen image outputs (None: off)
+    embedding_cache: EmbeddingCache | None = field(default_factory=EmbeddingCache)
+    #: where trainable adapters keep per-epoch checkpoints (None: no checkpoints)
+    checkpoint_dir: Path | None = None
+    #: resume training from ``checkpoint_dir`` (False after --overwrite: start afresh)
+    resume: bool = True
     _splits: dict[str, SampleSet] = field(default_factory=dict)
     _encoded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _loader: Any = None
+    _weights_sha256: str | None = None
 
     def split(self, name: str) -> SampleSet:
         if name not in self._splits:
@@ -43,25 +53,54 @@ class AdaptContext:
             self._splits[name] = self.task.load_split(name, self.data_root, loader=self._loader)
         return self._splits[name]
 
-    @torch.no_grad()
     def encode(self, split: str) -> dict[str, np.ndarray]:
-        """``{"embedding": [n, d], "feature": [n, f]}`` for every image of ``split`` (float32)."""
+        """``{"embedding": [n, d], "feature": [n, f]}`` for every image of ``split`` (float32), from the
+        embedding cache when it holds them (the model as built: never call this after changing its weights)."""
         if split not in self._encoded:
             samples = self.split(split)
-            model = self.model
-            model.module.eval()
-            n = len(samples)
-            chunks: dict[str, list[np.ndarray]] = {"embedding": [], "feature": []}
-            with bar(f"encoding {split} images", n) as b:
-                for start in range(0, n, self.batch_size):
-                    idx = np.arange(start, min(n, start + self.batch_size))
-                    pixels = model.preprocess(samples.images.load(idx))
-                    out = model.image_outputs(pixels)
-                    for key in chunks:
-                        chunks[key].append(out[key].float().cpu().numpy())
-                    b.advance(len(idx))
-            self._encoded[split] = {k: np.concatenate(v) for k, v in chunks.items()}
+            cache = self.embedding_cache
+            parts = embedding_key_parts(self.model, self.task, samples, weights_sha256=self.weights_sha256()) \
+                if cache is not None else None
+            arrays = cache.load(parts, len(samples)) if cache is not None and parts is not None else None
+            if arrays is None:
+                arrays = self._encode_images(split, samples)
+                if cache is not None and parts is not None:
+                    try:
+                        cache.store(parts, arrays)
+                    except OSError as exc:
+                        warn(f"could not write the embedding cache under {cache.root} ({exc}); continuing without")
+            self._encoded[split] = arrays
         return self._encoded[split]
+
+    def weights_sha256(self) -> str:
+        """The weights file hash, or a hash of the module's state dict when there is none (random weights)."""
+        if self._weights_sha256 is None:
+            sha = str(self.model.weights_info.get("sha256") or "")
+            self._weights_sha256 = sha if sha and sha != "random" else \
+                "state:" + module_state_sha256(self.model.module)
+        return self._weights_sha256
+
+    def embedding_report(self) -> dict[str, Any]:
+        """For metrics.json: whether each split's image outputs came from the embedding cache."""
+        if self.embedding_cache is None:
+            return {"enabled": False}
+        return {"enabled": True, **self.embedding_cache.report()}
+
+    @torch.no_grad()
+    def _encode_images(self, split: str, samples: SampleSet) -> dict[str, np.ndarray]:
+        model = self.model
+        model.module.eval()
+        n = len(samples)
+        chunks: dict[str, list[np.ndarray]] = {"embedding": [], "feature": []}
+        with bar(f"encoding {split} images", n) as b:
+            for start in range(0, n, self.batch_size):
+                idx = np.arange(start, min(n, start + self.batch_size))
+                pixels = model.preprocess(samples.images.load(idx))
+                out = model.image_outputs(pixels)
+                for key in chunks:
+                    chunks[key].append(out[key].float().cpu().numpy())
+                b.advance(len(idx))
+        return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
 class Adapter(abc.ABC):
@@ -81,6 +120,9 @@ class Adapter(abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
         """Probabilities ``[n, n_classes]`` per split in :attr:`predict_splits`."""
+
+    def finish(self, ctx: AdaptContext) -> None:
+        """Called once the cell's metrics.json is written (trainable adapters drop their checkpoints)."""
 
 
 def parse_params(adapter: str, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

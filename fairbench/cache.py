@@ -1,0 +1,161 @@
+"""Embedding cache: frozen-encoder image outputs written once, reused by every frozen-encoder adapter.
+
+Zero-shot, linear probe and MLP head read the same image outputs of a frozen model
+(:meth:`VLModel.image_outputs`: the joint-space ``embedding`` and the probe ``feature``). The cache stores
+them per split on disk, so a grid that runs the three adapters on one model encodes each image once, and a
+rerun encodes nothing.
+
+One entry per key; the key is the sha256 of
+
+- the model card name and the card's sha256 (architecture, preprocessing, probe feature, ...),
+- the weights sha256 (``weights_info["sha256"]``; weights without a file hash, such as ``random``, are
+  keyed by a hash of the module's state dict, so two random initialisations never share an entry),
+- the preprocessing key (:meth:`Preprocessing.key`),
+- the task name and version,
+- the split, the hash of its sample ids (in order) and the image source key (dataset options, image cache
+  size: whatever changes the pixels),
+- :data:`CACHE_FORMAT`.
+
+Changing any of these misses the cache. The device is not in the key: embeddings computed on a GPU are
+reused on a CPU and vice versa (they differ by floating-point rounding only).
+
+Entries live in ``<cache root>/embeddings/<key[:2]>/<key>.npz`` (``$FAIRBENCH_CACHE``; see
+:func:`fairbench.models.weights.cache_root`): the arrays plus a JSON manifest with the key's parts, the
+shapes and a CRC-32 per array. An entry is written to a temporary file and renamed into place (atomic;
+concurrent writers of one key both write the same content). An entry that cannot be read, whose manifest does
+not match its key, or whose arrays fail their checksum is rebuilt, with a message. Nothing is unpickled
+(``allow_pickle=False``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["CACHE_FORMAT", "EmbeddingCache", "embedding_key_parts", "module_state_sha256"]
+
+#: bump when the stored arrays would change for the same key (what image_outputs returns, dtype, layout)
+CACHE_FORMAT = "1"
+ARRAYS = ("embedding", "feature")
+
+
+def module_state_sha256(module: Any) -> str:
+    """sha256 over a torch module's state dict (names, dtypes, shapes, bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def embedding_key_parts(model: Any, task: Any, samples: Any, *, weights_sha256: str) -> dict[str, str]:
+    """What an entry depends on (see the module docstring)."""
+    return {
+        "format": CACHE_FORMAT,
+        "model": model.card.name,
+        "model_card_sha256": model.card.sha256,
+        "weights_sha256": weights_sha256,
+        "preprocessing": model.card.preprocessing.key(),
+        "task": task.name,
+        "task_version": str(task.version),
+        "split": samples.split,
+        "sample_ids_sha256": samples.ids_sha256,
+        "image_source": str(getattr(samples.images, "key", "")),
+    }
+
+
+@dataclass
+class EmbeddingCache:
+    """Entries under ``root`` (default ``<cache root>/embeddings``). ``events`` lists what each lookup did
+    (``hit``, ``miss``, ``rebuilt``), for metrics.json and tests."""
+
+    root: Path | None = None
+    events: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.root is None:
+            from fairbench.models.weights import cache_root
+
+            self.root = cache_root() / "embeddings"
+        self.root = Path(self.root)
+
+    @staticmethod
+    def key(parts: dict[str, str]) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        assert self.root is not None
+        return self.root / key[:2] / f"{key}.npz"
+
+    def load(self, parts: dict[str, str], n: int) -> dict[str, np.ndarray] | None:
+        """The stored arrays for ``parts`` (``n`` rows each), or None when absent; a damaged entry is
+        reported, deleted and treated as absent."""
+        from fairbench.progress import warn
+
+        key = self.key(parts)
+        path = self.path(key)
+        if not path.is_file():
+            self.events.append({"split": parts["split"], "event": "miss", "key": key})
+            return None
+        try:
+            arrays = _read_entry(path, parts, n)
+        except _Corrupt as exc:
+            warn(f"embedding cache entry {path} is unusable ({exc}); rebuilding it")
+            path.unlink(missing_ok=True)
+            self.events.append({"split": parts["split"], "event": "rebuilt", "key": key})
+            return None
+        self.events.append({"split": parts["split"], "event": "hit", "key": key})
+        return arrays
+
+    def store(self, parts: dict[str, str], arrays: dict[str, np.ndarray]) -> Path:
+        key = self.key(parts)
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in ARRAYS}
+        manifest = {"key": key, "parts": parts,
+                    "arrays": {k: {"shape": list(v.shape), "crc32": zlib.crc32(v.tobytes())} for k, v in data.items()}}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, manifest=np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8), **data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    def report(self) -> dict[str, Any]:
+        return {"root": str(self.root), "events": [dict(e) for e in self.events]}
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _read_entry(path: Path, parts: dict[str, str], n: int) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            manifest = json.loads(bytes(z["manifest"]).decode())
+            arrays = {k: np.array(z[k]) for k in ARRAYS}
+    except Exception as exc:  # noqa: BLE001 - any failure to read means the entry is damaged
+        raise _Corrupt(f"{type(exc).__name__}: {exc}") from None
+    if manifest.get("parts") != parts:
+        raise _Corrupt("its manifest describes another key")
+    for k, arr in arrays.items():
+        meta = manifest.get("arrays", {}).get(k, {})
+        if list(arr.shape) != meta.get("shape") or arr.shape[0] != n:
+            raise _Corrupt(f"array '{k}' has shape {list(arr.shape)}, expected {n} rows as recorded")
+        if zlib.crc32(np.ascontiguousarray(arr).tobytes()) != meta.get("crc32"):
+            raise _Corrupt(f"array '{k}' fails its checksum")
+    return arrays
