@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from fairbench.adapters.base import ADAPTERS, AdaptContext
+from fairbench.cache import EmbeddingCache
 from fairbench.cards import card_sha256
 from fairbench.data.base import SampleSet
 from fairbench.data.task import TaskCard, get_task
@@ -24,6 +25,8 @@ from fairbench.models.build import build_model, resolve_device
 from fairbench.progress import info
 from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, ensure_writable,
                                is_complete, now_iso, provenance, read_metrics, write_json)
+from fairbench.train.checkpoint import checkpoint_dir_for
+from fairbench.train.dist import is_main_process, local_device
 
 __all__ = ["RunConfig", "CellResult", "run_cell", "predictions_frame", "metrics_document", "seed_everything"]
 
@@ -46,6 +49,8 @@ class RunConfig:
     allow_skip_unreadable: bool = False
     # [data] preprocessed-image cache for file-backed datasets: "auto", "off" or a size in pixels
     image_cache: str = "auto"
+    # [adapters] reuse frozen image embeddings across runs (fairbench.cache)
+    embedding_cache: bool = True
 
 
 @dataclass
@@ -68,7 +73,7 @@ def run_cell(cfg: RunConfig) -> CellResult:
     card = get_model_card(cfg.model)
     adapter_cls = ADAPTERS.get(cfg.adapt)
     adapter = adapter_cls(cfg.adapt_args)
-    device = resolve_device(cfg.device)
+    device = local_device(resolve_device(cfg.device))
     data = _prepared_loader(cfg, task, card)
     cell = cell_dir(cfg.out, task.name, card.name, adapter.name, cfg.seed)
     if is_complete(cell) and not cfg.overwrite:
@@ -80,8 +85,12 @@ def run_cell(cfg: RunConfig) -> CellResult:
     seed_everything(cfg.seed)
     model = build_model(card, cfg.weights, device)
     seed_everything(cfg.seed)
-    ctx = AdaptContext(task=task, model=model, seed=cfg.seed, data_root=cfg.data_root, _loader=data)
+    ctx = AdaptContext(task=task, model=model, seed=cfg.seed, data_root=cfg.data_root, _loader=data,
+                       embedding_cache=EmbeddingCache() if cfg.embedding_cache else None,
+                       checkpoint_dir=checkpoint_dir_for(cell), resume=not cfg.overwrite)
     probs = adapter.run(ctx)
+    if not is_main_process():  # data-parallel training: only rank 0 writes results
+        return CellResult(cell, {}, skipped=False, task=task)
     frame = predictions_frame(task, [ctx.split(s) for s in adapter.predict_splits], probs)
     atomic_write(cell / PREDICTIONS, lambda p: frame.to_parquet(p, index=False))
 
@@ -95,8 +104,10 @@ def run_cell(cfg: RunConfig) -> CellResult:
                 "weights": model.weights_info.get("sha256"), "n_boot": n_boot},
     )
     metrics["data"] = data.report()
+    metrics["embedding_cache"] = ctx.embedding_report()
     metrics["provenance"] = provenance(device=str(device), started_at=started, duration_s=time.time() - t0)
     write_json(cell / METRICS, metrics)
+    adapter.finish(ctx)  # e.g. remove training checkpoints, now that the cell is complete
     return CellResult(cell, metrics, skipped=False, task=task)
 
 
