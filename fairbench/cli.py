@@ -86,6 +86,13 @@ def run(
     image_cache: Annotated[str, typer.Option(
         help="Preprocessed-image cache for real datasets: auto (size from the model input), off, or a size in "
              "pixels.", rich_help_panel="Data and weights")] = "auto",
+    select_on: Annotated[Optional[str], typer.Option(
+        "--select-on", help="Split that selects the epoch of a trainable adapter: val (default) or test "
+        "(FairCLIP's published protocol: warned, recorded, test metrics biased). Same as --adapt-arg select_on=.",
+        rich_help_panel="Training")] = None,
+    embedding_cache: Annotated[bool, typer.Option(
+        "--embedding-cache/--no-embedding-cache", help="Reuse frozen image embeddings across runs (zeroshot, "
+        "linear_probe, mlp).", rich_help_panel="Training")] = True,
 ) -> None:
     """Run one cell (task x model x adapter x seed) and print its fairness summary.
 
@@ -94,10 +101,14 @@ def run(
     from fairbench.pipeline import RunConfig, run_cell
     from fairbench.report.summary import print_summary
 
+    adapt_args = _parse_kv(adapt_arg or [], "--adapt-arg")
+    if select_on is not None:
+        adapt_args["select_on"] = select_on
     cfg = RunConfig(task=task, model=model, adapt=adapt, seed=seed, out=out, data_root=data_root,
                     weights=weights, device=device, overwrite=overwrite, tasks_dirs=tuple(tasks_dir or ()),
-                    n_boot=n_boot, adapt_args=_parse_kv(adapt_arg or [], "--adapt-arg"),
-                    allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache)
+                    n_boot=n_boot, adapt_args=adapt_args,
+                    allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
+                    embedding_cache=embedding_cache)
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
