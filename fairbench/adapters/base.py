@@ -162,3 +162,8 @@ def _coerce(adapter: str, key: str, value: Any, default: Any) -> Any:
 ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
 ADAPTERS.register_lazy("zeroshot", "fairbench.adapters.zeroshot:ZeroShot")
 ADAPTERS.register_lazy("linear_probe", "fairbench.adapters.linear_probe:LinearProbe")
+ADAPTERS.register_lazy("mlp", "fairbench.adapters.mlp:MLPHead")
+ADAPTERS.register_lazy("lora", "fairbench.adapters.lora:LoRA")
+ADAPTERS.register_lazy("full_ft", "fairbench.adapters.full_ft:FullFineTune")
+ADAPTERS.register_lazy("fairclip", "fairbench.adapters.fairclip:FairCLIP")
+ADAPTERS.register_lazy("robust_fair", "fairbench.adapters.robust_fair:RobustFair")

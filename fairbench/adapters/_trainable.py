@@ -1,0 +1,90 @@
+"""The base of every trainable adapter: loop parameters, checkpoint folder, selection record."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fairbench.adapters.base import AdaptContext, Adapter
+from fairbench.cards import card_sha256
+from fairbench.errors import DataError, FairbenchError
+from fairbench.train import dist
+from fairbench.train.checkpoint import CheckpointStore
+from fairbench.train.config import LOOP_DEFAULTS, TrainConfig
+from fairbench.train.objectives import Objective
+
+__all__ = ["TrainableAdapter", "resolve_attribute", "require_all_classes"]
+
+
+def require_all_classes(ctx: AdaptContext, adapter: str) -> None:
+    n_classes = len(ctx.task.classes)
+    present = set(np.unique(ctx.split("train").labels).tolist())
+    missing = [ctx.task.classes[i] for i in range(n_classes) if i not in present]
+    if missing:
+        raise DataError(f"task '{ctx.task.name}': the training split has no sample of class(es) {missing}; "
+                        f"adapter '{adapter}' cannot learn them")
+
+
+def resolve_attribute(ctx: AdaptContext, adapter: str, value: str) -> str:
+    """``auto``: ``race`` when the task has it (FairCLIP's default), else the task's first attribute."""
+    names = list(ctx.task.attributes)
+    if not names:
+        raise FairbenchError(f"adapter '{adapter}': task '{ctx.task.name}' declares no protected attribute")
+    if value == "auto":
+        return "race" if "race" in names else names[0]
+    if value not in names:
+        raise FairbenchError(f"adapter '{adapter}': attribute '{value}' is not an attribute of task "
+                             f"'{ctx.task.name}' (it has: {', '.join(names)})")
+    return value
+
+
+class TrainableAdapter(Adapter):
+    """Subclasses add their own parameters to :data:`LOOP_DEFAULTS` and build an :class:`Objective`."""
+
+    defaults: ClassVar[dict[str, Any]] = dict(LOOP_DEFAULTS)
+    #: parameters that only some values of ``objective`` use: {objective value: parameters it ignores}
+    unused_by_objective: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        self.given = set(params or {})
+        self._store: CheckpointStore | None = None
+        objective = self.params.get("objective")
+        stray = sorted(self.given & set(self.unused_by_objective.get(str(objective), ())))
+        if stray:
+            raise FairbenchError(f"adapter '{self.name}': parameter(s) {', '.join(stray)} do not apply to "
+                                 f"objective={objective}")
+        self.config = TrainConfig.from_params(self.name, self.params)
+
+    @abc.abstractmethod
+    def build_objective(self, ctx: AdaptContext) -> Objective:
+        """The model set up for training (LoRA injected, parameters frozen) and its objective."""
+
+    def fingerprint(self, ctx: AdaptContext) -> str:
+        return card_sha256({"adapter": self.name, "params": self.params, "model_card": ctx.model.card.sha256,
+                            "weights": ctx.weights_sha256(), "task_card": ctx.task.sha256,
+                            "train_ids": ctx.split("train").ids_sha256, "seed": ctx.seed,
+                            "world_size": dist.world_size()})
+
+    def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
+        from fairbench.train.loop import Trainer
+
+        require_all_classes(ctx, self.name)
+        fingerprint = self.fingerprint(ctx)  # before training changes any weight
+        objective = self.build_objective(ctx)
+        self._store = CheckpointStore(ctx.checkpoint_dir, fingerprint)
+        labels = {s: ctx.split(s).labels for s in ("val", "test")}
+        trainer = Trainer(self.config, objective, name=self.name, seed=ctx.seed, labels=labels, store=self._store,
+                          resume=ctx.resume, predict_splits=self.predict_splits)
+        result = trainer.run()
+        self.fitted["train"] = result.record
+        self.fitted.update(objective.record())
+        self.fitted["checkpoints"] = {"dir": str(ctx.checkpoint_dir) if ctx.checkpoint_dir else None,
+                                      "kept": bool(self.config.keep_checkpoints and ctx.checkpoint_dir)}
+        return result.probs
+
+    def finish(self, ctx: AdaptContext) -> None:
+        if self._store is not None and not self.config.keep_checkpoints:
+            self._store.discard()

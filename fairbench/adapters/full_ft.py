@@ -1,0 +1,32 @@
+"""Full fine-tuning (``full_ft``): every weight that the objective reaches trains (see
+:mod:`fairbench.adapters._finetune` for the objectives ``head`` and ``clip``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fairbench.adapters._finetune import FINETUNE_DEFAULTS, FineTuneAdapter
+from fairbench.adapters.base import AdaptContext
+
+__all__ = ["FullFineTune"]
+
+
+class FullFineTune(FineTuneAdapter):
+    name = "full_ft"
+    description = ("Full fine-tuning: linear head on the probe feature (objective=head) or CLIP loss with prompts "
+                   "(objective=clip)")
+    defaults = {**FINETUNE_DEFAULTS, "lr": 1e-5}
+
+    def prepare_model(self, ctx: AdaptContext) -> dict[str, Any]:
+        module = ctx.model.module
+        if self.params["objective"] == "head":
+            from fairbench.train.towers import probe_towers
+
+            reach = probe_towers(ctx.model).feature
+            for name, param in module.named_parameters():
+                param.requires_grad_(name in reach)
+        else:
+            for param in module.parameters():
+                param.requires_grad_(True)
+        n = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        return {"n_trainable_parameters": n, "n_parameters": sum(p.numel() for p in module.parameters())}

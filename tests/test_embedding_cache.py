@@ -1,0 +1,196 @@
+"""The embedding cache: hits and misses exactly when it should, one encoding per image across frozen-encoder
+adapters, atomic writes, damaged entries rebuilt with a message."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fairbench.adapters.base import AdaptContext
+from fairbench.cache import EmbeddingCache, embedding_key_parts
+from fairbench.pipeline import RunConfig, run_cell
+
+MICRO_TASK = """\
+include: {base}
+name: synth_micro_cache
+dataset:
+  options:
+    n: {{train: 32, val: 24, test: 24}}
+    image_size: 64
+evaluation:
+  n_boot: 0
+  min_group_size: 5
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def micro_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fairbench.data.task import builtin_tasks_dir
+
+    root = tmp_path_factory.mktemp("tasks")
+    (root / "synth_micro_cache").mkdir()
+    base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
+    (root / "synth_micro_cache" / "synth_micro_cache.yaml").write_text(MICRO_TASK.format(base=base))
+    return root
+
+
+@pytest.fixture()
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(root))
+    return root / "embeddings"
+
+
+def _count_encoded(monkeypatch: pytest.MonkeyPatch, cls: type) -> list[int]:
+    seen: list[int] = []
+    original = cls.image_outputs
+
+    def counting(self, pixels):  # type: ignore[no-untyped-def]
+        seen.append(int(pixels.shape[0]))
+        return original(self, pixels)
+
+    monkeypatch.setattr(cls, "image_outputs", counting)
+    return seen
+
+
+def _events(metrics: dict) -> dict[str, str]:
+    return {e["split"]: e["event"] for e in metrics["embedding_cache"]["events"]}
+
+
+def test_frozen_adapters_encode_each_image_once(tmp_path: Path, micro_tasks: Path, private_cache: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from fairbench.models.openclip import OpenCLIPModel
+
+    seen = _count_encoded(monkeypatch, OpenCLIPModel)
+    results = {}
+    for adapt, args in [("zeroshot", {}), ("linear_probe", {}), ("mlp", {"epochs": "2"})]:
+        cfg = RunConfig(task="synth_micro_cache", model="tiny_openai_clip", adapt=adapt, out=tmp_path / "r",
+                        weights="random", device="cpu", tasks_dirs=(micro_tasks,), n_boot=0, adapt_args=args)
+        results[adapt] = run_cell(cfg).metrics
+    assert sum(seen) == 32 + 24 + 24  # every image of every split exactly once over the three cells
+    assert _events(results["zeroshot"]) == {"val": "miss", "test": "miss"}
+    assert _events(results["linear_probe"]) == {"train": "miss", "val": "hit", "test": "hit"}
+    assert _events(results["mlp"]) == {"train": "hit", "val": "hit", "test": "hit"}
+    assert len(list(private_cache.rglob("*.npz"))) == 3 and not list(private_cache.rglob("*.tmp"))
+    # a second zero-shot run (--overwrite) encodes nothing and gives identical numbers
+    again = run_cell(RunConfig(task="synth_micro_cache", model="tiny_openai_clip", adapt="zeroshot",
+                               out=tmp_path / "r", weights="random", device="cpu", tasks_dirs=(micro_tasks,), n_boot=0,
+                               overwrite=True))
+    assert sum(seen) == 80 and again.metrics["metrics"] == results["zeroshot"]["metrics"]
+
+
+def test_cache_off(tmp_path: Path, micro_tasks: Path, private_cache: Path) -> None:
+    cfg = RunConfig(task="synth_micro_cache", model="tiny_medclip_vit", adapt="zeroshot", out=tmp_path / "r",
+                    weights="random", device="cpu", tasks_dirs=(micro_tasks,), n_boot=0, embedding_cache=False)
+    assert run_cell(cfg).metrics["embedding_cache"] == {"enabled": False}
+    assert not private_cache.exists()
+
+
+def _context(micro_tasks: Path, *, seed: int = 0, card: str = "tiny_medclip_vit", **replace_task) -> AdaptContext:
+    from fairbench.data.task import get_task
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+
+    task = get_task("synth_micro_cache", (micro_tasks,))
+    if replace_task:
+        task = dataclasses.replace(task, **replace_task)
+    torch.manual_seed(seed)
+    model = build_model(get_model_card(card), "random", torch.device("cpu"))
+    return AdaptContext(task=task, model=model, seed=seed, embedding_cache=EmbeddingCache())
+
+
+def _event(ctx: AdaptContext, split: str = "val") -> str:
+    ctx.encode(split)
+    assert ctx.embedding_cache is not None
+    return ctx.embedding_cache.events[-1]["event"]
+
+
+def test_hits_and_misses_exactly_when_a_key_part_changes(micro_tasks: Path, private_cache: Path) -> None:
+    first = _context(micro_tasks)
+    assert _event(first) == "miss"
+    same = _context(micro_tasks)
+    assert _event(same) == "hit"
+    assert np.array_equal(same.encode("val")["feature"], first.encode("val")["feature"])
+    assert _event(_context(micro_tasks), "test") == "miss"  # another split
+    assert _event(_context(micro_tasks, seed=1)) == "miss"  # other (random) weights
+    assert _event(_context(micro_tasks, version="2")) == "miss"  # task version
+    assert _event(_context(micro_tasks, card="tiny_medclip_resnet")) == "miss"  # another model card
+    edited = _context(micro_tasks)  # the same card with any field changed
+    edited.model.card = dataclasses.replace(edited.model.card, raw={**edited.model.card.raw, "description": "x"})
+    assert _event(edited) == "miss"
+    preprocessed = _context(micro_tasks)  # other preprocessing (the card hash changes with it too)
+    pre = dataclasses.replace(preprocessed.model.card.preprocessing, interpolation="bicubic")
+    preprocessed.model.card = dataclasses.replace(preprocessed.model.card, preprocessing=pre)
+    assert _event(preprocessed) == "miss"
+    assert _event(_context(micro_tasks)) == "hit"  # and the original is still there
+
+
+def test_key_covers_sample_ids_and_pixels(micro_tasks: Path) -> None:
+    ctx = _context(micro_tasks)
+    samples = ctx.split("val")
+    parts = embedding_key_parts(ctx.model, ctx.task, samples, weights_sha256="w")
+    reordered = dataclasses.replace(samples, sample_ids=samples.sample_ids[::-1])
+    assert embedding_key_parts(ctx.model, ctx.task, reordered, weights_sha256="w")["sample_ids_sha256"] != \
+        parts["sample_ids_sha256"]
+    assert parts["image_source"] == samples.images.key and parts["split"] == "val"
+    assert set(parts) == {"format", "model", "model_card_sha256", "weights_sha256", "preprocessing", "task",
+                          "task_version", "split", "sample_ids_sha256", "image_source"}
+    assert EmbeddingCache.key(parts) != EmbeddingCache.key({**parts, "weights_sha256": "v"})
+
+
+@pytest.mark.parametrize("damage", ["garbage", "checksum", "rows"])
+def test_damaged_entry_is_rebuilt_with_a_message(micro_tasks: Path, private_cache: Path,
+                                                monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    import fairbench.progress
+
+    first = _context(micro_tasks)
+    original = first.encode("val")
+    (path,) = list(private_cache.rglob("*.npz"))
+    if damage == "garbage":
+        path.write_bytes(b"not an npz")
+    else:
+        with np.load(path) as z:
+            arrays = {k: np.array(z[k]) for k in z.files}
+        if damage == "checksum":
+            arrays["feature"][0, 0] += 1.0
+        else:
+            arrays["feature"], arrays["embedding"] = arrays["feature"][:-1], arrays["embedding"][:-1]
+            manifest = json.loads(bytes(arrays["manifest"]).decode())
+            for k in ("feature", "embedding"):
+                manifest["arrays"][k]["shape"][0] -= 1
+            arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+    messages: list[str] = []
+    monkeypatch.setattr(fairbench.progress, "warn", messages.append)
+    again = _context(micro_tasks)
+    assert _event(again) == "rebuilt"
+    assert len(messages) == 1 and str(path) in messages[0] and "rebuilding" in messages[0]
+    assert np.array_equal(again.encode("val")["feature"], original["feature"])
+    assert _event(_context(micro_tasks)) == "hit"  # the rebuilt entry is sound
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = EmbeddingCache(tmp_path)
+    parts = {"split": "val", "x": "1"}
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError):
+        cache.store(parts, {"embedding": np.zeros((2, 3)), "feature": np.zeros((2, 4))})
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
