@@ -19,7 +19,7 @@ def _geomloss(x: torch.Tensor, y: torch.Tensor, blur: float, scaling: float = 0.
 def _pot_divergence(x: np.ndarray, y: np.ndarray, eps: float) -> float:
     """S = OT(x, y) - OT(x, x)/2 - OT(y, y)/2 with OT the entropic cost <C, P> + eps KL(P | a b^T), cost
     |x - y|^2 / 2, converged in the log domain."""
-    import ot
+    ot = pytest.importorskip("ot")
 
     def ot_eps(p: np.ndarray, q: np.ndarray) -> float:
         a, b = np.full(len(p), 1 / len(p)), np.full(len(q), 1 / len(q))
