@@ -4,7 +4,8 @@ Every option other than ``cluster``, ``folder`` and ``poll_s`` goes to submitit'
 ``AutoExecutor.update_parameters``: generic ones (``timeout_min``, ``cpus_per_task``, ``gpus_per_node``,
 ``mem_gb``) and SLURM ones prefixed ``slurm_`` (``slurm_partition``, ``slurm_array_parallelism``,
 ``slurm_account``, ...). ``cluster: local`` runs the array as local processes through submitit's own local
-executor (what the tests use); the default picks SLURM when ``sbatch`` is available.
+executor (what the tests use); the default picks SLURM when ``sbatch`` is available. Each cell gets
+``timeout_min`` minutes (default 240, not submitit's 5).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from fairbench.progress import warn
 from fairbench.sweep.executors.base import Executor, Runner, lost
 from fairbench.sweep.worker import CellJob, Outcome, one_line
 
-__all__ = ["SubmititExecutor"]
+__all__ = ["SubmititExecutor", "DEFAULT_TIMEOUT_MIN"]
+
+#: time limit per cell unless timeout_min (or slurm_time) is given
+DEFAULT_TIMEOUT_MIN = 240
 
 
 @dataclass
@@ -49,9 +53,12 @@ class SubmititExecutor(Executor):
         import submitit
 
         folder = Path(self.folder or ".submitit") / "%j"
+        params = dict(self.extra)
+        if "timeout_min" not in params and "slurm_time" not in params:
+            params["timeout_min"] = DEFAULT_TIMEOUT_MIN  # submitit's own defaults: 5 min (SLURM), 2 min (local)
         try:
             ex = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
-            ex.update_parameters(name="fairbench", **self.extra)
+            ex.update_parameters(name="fairbench", **params)
         except (NameError, AssertionError, ValueError, RuntimeError) as exc:
             raise FairbenchError(f"submitit executor: {' '.join(str(exc).split())}") from None
         return ex
