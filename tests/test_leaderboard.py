@@ -153,3 +153,16 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exc:
         main()
     return int(exc.value.code or 0), capsys.readouterr().err
+
+
+def test_a_malformed_reported_file_names_the_file_and_field(tmp_path):
+    from fairbench.errors import CardError
+    from fairbench.report.reported import load_reported
+
+    (tmp_path / "t.yaml").write_text("task: t\nsources:\n  - {id: x, citation: y, columns: [overall.auc], "
+                                     "rows: [{method: m, values: [0.5, 0.6]}]}\n")
+    with pytest.raises(CardError, match=r"t.yaml: field 'sources\[0\].rows\[0\]' needs a method and 1 values"):
+        load_reported(tmp_path)
+    (tmp_path / "t.yaml").write_text("task: t\nsources:\n  - {id: x, citation: y, scale: percentage}\n")
+    with pytest.raises(CardError, match="must be fraction or percent"):
+        load_reported(tmp_path)
