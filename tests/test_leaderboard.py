@@ -166,3 +166,16 @@ def test_a_malformed_reported_file_names_the_file_and_field(tmp_path):
     (tmp_path / "t.yaml").write_text("task: t\nsources:\n  - {id: x, citation: y, scale: percentage}\n")
     with pytest.raises(CardError, match="must be fraction or percent"):
         load_reported(tmp_path)
+
+
+def test_seeds_with_identical_values_show_the_bootstrap_interval(tmp_path):
+    first = fabricate_cell(tmp_path / "r", model="det", adapt="zeroshot", seed=0, n_boot=30)
+    doc = json.loads((first / "metrics.json").read_text())
+    twin = first.parent / "seed1"
+    twin.mkdir()
+    doc["seed"] = 1
+    (twin / "metrics.json").write_text(json.dumps(doc))  # same numbers: the seed changed nothing
+    written, _ = write_leaderboards([tmp_path / "r"], tmp_path / "lb")
+    auc = column(table(written[0].read_text(), "Utility"), "AUC")["det/zeroshot"]
+    lo, hi = doc["metrics"]["ci"]["overall"]["auc"]
+    assert auc == f"{100 * doc['metrics']['overall']['auc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"  # one row: no bold

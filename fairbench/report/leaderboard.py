@@ -70,7 +70,9 @@ def _t975(df: int) -> float:
 
 
 def aggregate(cells: Sequence[ResultCell], path: tuple[str, ...]) -> Agg:
-    """Mean over seeds; 95% t interval across seeds with 2+ defined values, else the one cell's bootstrap CI."""
+    """Mean over seeds; a 95% t interval across seeds with 2+ defined values that differ, else the (first) cell's
+    bootstrap CI: seeds that all give the same value (a deterministic adapter on fixed weights) carry no
+    spread of their own, and the sampling uncertainty is the bootstrap's."""
     values = []
     for c in cells:
         v = lookup(c.metrics, *path)
@@ -80,15 +82,15 @@ def aggregate(cells: Sequence[ResultCell], path: tuple[str, ...]) -> Agg:
         return Agg(None, total=len(cells))
     xs = [v for v, _ in values]
     mean = math.fsum(xs) / len(xs)
-    if len(xs) >= 2:
+    if len(xs) >= 2 and max(xs) - min(xs) > 1e-12:
         sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
         half = _t975(len(xs) - 1) * sd / math.sqrt(len(xs))
         # every tabulated metric lies in [0, 1]: so does its interval
         return Agg(mean, max(0.0, mean - half), min(1.0, mean + half), len(xs), len(cells), "seeds")
     ci = lookup(values[0][1].metrics.get("ci") or {}, *path)
     if isinstance(ci, list) and len(ci) == 2 and None not in ci:
-        return Agg(mean, float(ci[0]), float(ci[1]), 1, len(cells), "bootstrap")
-    return Agg(mean, n=1, total=len(cells))
+        return Agg(mean, float(ci[0]), float(ci[1]), len(xs), len(cells), "bootstrap")
+    return Agg(mean, n=len(xs), total=len(cells))
 
 
 def _fmt(a: Agg, ci: bool = True) -> str:
@@ -227,8 +229,8 @@ def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: boo
         f"- **Evaluated on** the `{', '.join(split)}` split (n = {', '.join(map(str, ns)) or '?'}); threshold rule "
         f"{', '.join(thresholds) or '?'}; bootstrap resamples B = {', '.join(map(str, boots)) or '0'}.",
         "- **Values are x100.** Each entry is the mean over seeds. Brackets: a 95% interval, across seeds (t "
-        "distribution, clipped to [0, 100]) when a row has 2 or more seeds, else the single cell's bootstrap "
-        "percentile interval; none when neither exists. `*` = undefined in some seeds (mean over the rest); "
+        "distribution, clipped to [0, 100]) when a row's seeds give different values, else the (first) cell's "
+        "bootstrap percentile interval; none when neither exists. `*` = undefined in some seeds (mean over the rest); "
         "n/a = undefined.",
         "- **Bold** = best in its column (↑ higher is better, ↓ lower is better); ties are all bold. Rows are "
         "sorted by AUC. Group AUC columns show means only.",
