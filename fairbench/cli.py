@@ -268,8 +268,11 @@ def plot(
     attribute: Annotated[Optional[list[str]], typer.Option(
         "--attribute", help="Only these protected attributes; repeatable (default all).")] = None,
 ) -> None:
-    """Figures per cell and attribute (group metrics with CIs, ROC and reliability per group) and a
-    fairness-utility scatter per task across cells."""
+    """Draw figures (PNG and SVG) from result cells.
+
+    Per cell and protected attribute: group metrics with CIs, ROC and reliability curves per group. Per task:
+    a fairness-utility scatter across cells.
+    """
     from fairbench.report.plots import plot_results
 
     written, col, problems = plot_results(results, out, formats=tuple(fmt or ("png", "svg")),
@@ -291,8 +294,11 @@ def check(
     update: Annotated[bool, typer.Option("--update", help="Write the baseline from the results instead.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Also list moves within tolerance.")] = False,
 ) -> None:
-    """Compare results with a baseline: exit 1 if a metric regressed beyond tolerance (direction-aware: an AUC
-    falling or a fairness gap growing) or a cell is missing or unreadable; improvements are reported and pass."""
+    """Compare results with a baseline; exit 1 on a regression.
+
+    Direction-aware: an AUC falling or a fairness gap growing beyond tolerance fails, and so does a missing or
+    unreadable cell; improvements are reported and pass. --update writes the baseline.
+    """
     from fairbench.report.check import run_check
 
     code = run_check(results, baseline, tolerance=tolerance or (), update=update, verbose=verbose)
