@@ -17,7 +17,7 @@ import yaml
 
 from fairbench.errors import CardError
 
-__all__ = ["read_yaml_with_includes", "Fields", "card_sha256"]
+__all__ = ["read_yaml_with_includes", "Fields", "card_sha256", "open_card"]
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -67,6 +67,16 @@ def card_sha256(data: Any) -> str:
     """A stable hash of a resolved card (or any JSON-able config)."""
     blob = json.dumps(data, sort_keys=True, default=str, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def open_card(path: Path) -> tuple[dict, Fields, str]:
+    """Read a card (includes resolved) and check that its ``name`` is its file stem: ``(data, fields, name)``."""
+    data = read_yaml_with_includes(path)
+    f = Fields(data, source=str(path))
+    name = f.get("name", str, path.stem)
+    if name != path.stem:
+        f.fail("name", f"must equal the file name stem {path.stem!r}, got {name!r}")
+    return data, f, name
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list",

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fairbench.cards import Fields, card_sha256, read_yaml_with_includes
+from fairbench.cards import Fields, card_sha256, open_card
 from fairbench.data.base import DATASETS, RawSplit, SampleSet
 from fairbench.errors import CardError, DataError
 from fairbench.registry import Registry
@@ -201,11 +201,7 @@ def _key(value: Any) -> str:
 
 def load_task_card(path: Path) -> TaskCard:
     path = Path(path)
-    data = read_yaml_with_includes(path)
-    f = Fields(data, source=str(path))
-    name = f.get("name", str, path.stem)
-    if name != path.stem:
-        f.fail("name", f"must equal the file name stem {path.stem!r}, got {name!r}")
+    data, f, name = open_card(path)
     version = f.get("version", (str, int))
     description = f.get("description", str, "")
     synthetic = f.get("synthetic", bool, False)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fairbench.cards import Fields, card_sha256, read_yaml_with_includes
+from fairbench.cards import Fields, card_sha256, open_card
 from fairbench.registry import Registry
 
 __all__ = ["ModelCard", "Preprocessing", "VLModel", "FAMILIES", "MODELS", "load_model_card", "get_model_card",
@@ -129,11 +129,7 @@ def cards_dir() -> Path:
 
 def load_model_card(path: Path) -> ModelCard:
     path = Path(path)
-    data = read_yaml_with_includes(path)
-    f = Fields(data, source=str(path))
-    name = f.get("name", str, path.stem)
-    if name != path.stem:
-        f.fail("name", f"must equal the file name stem {path.stem!r}, got {name!r}")
+    data, f, name = open_card(path)
     family = f.get("family", str)
     if family not in FAMILIES:
         f.fail("family", f"names an unknown family: {FAMILIES.unknown_message(family)}")
