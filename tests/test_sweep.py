@@ -314,3 +314,28 @@ def test_missing_optional_dependency_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     with pytest.raises(FairbenchError, match=r"pip install 'fairbench\[ray\]'"):
         make_executor("ray", {})
+
+
+def test_a_cells_thread_count_does_not_leak_into_the_caller(tmp_path, monkeypatch):
+    import torch
+
+    import fairbench.pipeline
+    from fairbench.sweep.worker import run_cell_job
+
+    seen = []
+
+    class _Result:
+        skipped = False
+
+    def fake_run_cell(cfg):
+        seen.append(torch.get_num_threads())
+        return _Result()
+
+    monkeypatch.setattr(fairbench.pipeline, "run_cell", fake_run_cell)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    job = CellJob(key="k", path=tmp_path, config={"task": "synth_cxr", "model": "tinyclip", "adapt": "zeroshot"},
+                  threads=other)
+    assert run_cell_job(job) is False
+    assert seen == [other]
+    assert torch.get_num_threads() == before

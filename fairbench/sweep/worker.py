@@ -54,13 +54,20 @@ class Outcome:
 
 def run_cell_job(job: CellJob) -> bool:
     """Run the cell with the pipeline; True if it was already complete."""
-    if job.threads:
-        import torch
-
-        torch.set_num_threads(job.threads)
     from fairbench.pipeline import RunConfig, run_cell
 
-    return run_cell(RunConfig(**job.config)).skipped
+    if not job.threads:
+        return run_cell(RunConfig(**job.config)).skipped
+    import torch
+
+    # restored afterwards: an in-process executor must not change the caller's thread count (floating-point
+    # results, e.g. tinyclip's pretrained weights, depend on it)
+    before = torch.get_num_threads()
+    torch.set_num_threads(job.threads)
+    try:
+        return run_cell(RunConfig(**job.config)).skipped
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_job(job: CellJob, cell: Callable[[CellJob], bool] = run_cell_job) -> Outcome:
