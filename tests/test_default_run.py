@@ -61,14 +61,7 @@ def default_runs(tmp_path_factory):
     return _run("synth_cxr", out), _run("synth_cxr_fair", out)
 
 
-# tinyclip's pretraining recipe does not yet learn the synthetic findings well enough for zero-shot (AUC ~0.53);
-# until it does, these acceptance checks of issue 2 are expected to fail and are reported as xfail/xpass.
-TINYCLIP_WEAK = pytest.mark.xfail(strict=False, reason="tinyclip zero-shot is near chance with the current "
-                                  "pretraining recipe (open work on the foundation issue)")
-
-
 @pytest.mark.slow
-@TINYCLIP_WEAK
 def test_biased_card_shows_the_injected_age_gap(default_runs):
     biased, _ = default_runs
     age = biased["attributes"]["age"]
@@ -80,10 +73,9 @@ def test_biased_card_shows_the_injected_age_gap(default_runs):
 
 
 @pytest.mark.slow
-@TINYCLIP_WEAK
 def test_fair_card_gaps_stay_within_bootstrap_noise(default_runs):
     _, fair = default_runs
-    assert fair["overall"]["auc"] > 0.6  # the model works, so "no gap" is not "no signal"
+    assert fair["overall"]["auc"] > 0.75  # the model works, so "no gap" is not "no signal"
     for attr, a in fair["attributes"].items():
         if "*" in attr:
             continue

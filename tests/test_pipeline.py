@@ -106,8 +106,8 @@ def test_linear_probe_selects_on_validation(tmp_path, tiny_tasks_dir):
     assert fitted["selected_on"] == "val"
     assert fitted["C"] in [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
     assert set(fitted["val_auc_by_C"]) == {"0.001", "0.01", "0.1", "1.0", "10.0", "100.0"}
-    # a probe on features of the (tiny, briefly) pretrained model beats chance on 240 test samples
-    assert result.metrics["metrics"]["overall"]["auc"] > 0.55
+    # a probe on the pretrained tinyclip's features finds the findings (about 0.84 on these 240 test samples)
+    assert result.metrics["metrics"]["overall"]["auc"] > 0.7
 
 
 def test_metrics_command_round_trips(zeroshot_cell, tmp_path, tiny_tasks_dir):

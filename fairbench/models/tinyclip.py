@@ -27,10 +27,10 @@ from fairbench.progress import bar, info, warn
 __all__ = ["PRETRAIN_VERSION", "PRETRAIN_DEFAULTS", "pretrained_weights", "pretrain_cache_path"]
 
 #: bump when the pretraining procedure changes in a way that changes the weights
-PRETRAIN_VERSION = "1"
+PRETRAIN_VERSION = "2"
 PRETRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 8,
-    "batch_size": 128,
+    "epochs": 12,
+    "batch_size": 64,
     "lr": 1e-3,
     "weight_decay": 0.1,
     "warmup_steps": 20,
