@@ -83,3 +83,36 @@ def test_fair_card_gaps_stay_within_bootstrap_noise(default_runs):
         for g, h in itertools.combinations(a["groups"], 2):
             (lo_g, hi_g), (lo_h, hi_h) = cis[g]["auc"], cis[h]["auc"]
             assert lo_g <= hi_h and lo_h <= hi_g, (attr, g, h, cis[g]["auc"], cis[h]["auc"])
+
+
+_BUILD = """
+import sys
+from fairbench.data.task import get_task
+from fairbench.models.base import get_model_card
+from fairbench.models.tinyclip import pretrained_weights
+get_task("synth_tiny", [sys.argv[1]])
+print(pretrained_weights(get_model_card("tinyclip"), "synth_tiny"))
+"""
+
+
+def test_concurrent_first_uses_pretrain_once(tiny_tasks_dir, tmp_path):
+    """Two processes (say, a sweep's two workers) that need the weights at once: one builds, the other waits
+    for the lock and then loads the same file."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "cache"), "FAIRBENCH_PROGRESS": "0"}
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD, str(tiny_tasks_dir)], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    paths = {out.strip() for out, _ in outs}
+    assert len(paths) == 1
+    errs = [err for _, err in outs]
+    built = [e for e in errs if "pretraining 'tinyclip' contrastively" in e]
+    assert len(built) == 1, errs
+    # the other process waited on the lock (or started after the file was complete) and built nothing
+    other = errs[1 - errs.index(built[0])]
+    assert "contrastively" not in other and (other.strip() == "" or "waiting for another process" in other), errs
+    assert list((tmp_path / "cache" / "tinyclip").glob("*.tmp")) == []

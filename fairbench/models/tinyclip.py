@@ -8,10 +8,12 @@ rebuilds. A cache file that cannot be read is rebuilt, and the user is told.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +68,52 @@ def pretrain_cache_path(card: ModelCard, task_name: str) -> Path:
 
 
 def pretrained_weights(card: ModelCard, task_name: str) -> Path:
-    """The cached weights file, pretraining first when it is missing or unreadable."""
+    """The cached weights file, pretraining first when it is missing or unreadable. Processes that need the
+    same file at once (a sweep's workers) build it once: the others wait on a lock file beside it."""
+    path = pretrain_cache_path(card, task_name)
+    if _readable(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.with_name(path.name + ".lock"), card.name):
+        if not _readable(path):  # another process may have built it while this one waited
+            _pretrain(card, task_name, path)
+    return path
+
+
+def _readable(path: Path) -> bool:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = pretrain_cache_path(card, task_name)
-    if path.exists():
+    if not path.exists():
+        return False
+    try:
+        load_file(str(path))
+        return True
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        warn(f"cached weights {path} are unreadable ({exc}); rebuilding them")
+        path.unlink(missing_ok=True)
+        return False
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, name: str) -> Iterator[None]:
+    """An advisory lock (``fcntl.flock``; released by the OS if the holder dies). Where ``fcntl`` does not
+    exist (Windows) there is no lock: concurrent builds then both write the same file atomically."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock, "a+") as fh:
         try:
-            load_file(str(path))
-            return path
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            warn(f"cached weights {path} are unreadable ({exc}); rebuilding them")
-            path.unlink(missing_ok=True)
-    _pretrain(card, task_name, path)
-    return path
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info(f"waiting for another process that is pretraining '{name}' ({lock})")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _pretrain(card: ModelCard, task_name: str, path: Path) -> None:
