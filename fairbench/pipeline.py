@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -18,7 +19,7 @@ from fairbench.cache import EmbeddingCache
 from fairbench.cards import card_sha256
 from fairbench.data.base import SampleSet
 from fairbench.data.task import TaskCard, get_task
-from fairbench.errors import ResultsError
+from fairbench.errors import FairbenchError, ResultsError
 from fairbench.metrics import compute_metrics
 from fairbench.models.base import get_model_card
 from fairbench.models.build import build_model, resolve_device
@@ -77,7 +78,12 @@ def run_cell(cfg: RunConfig) -> CellResult:
     data = _prepared_loader(cfg, task, card)
     cell = cell_dir(cfg.out, task.name, card.name, adapter.name, cfg.seed)
     if is_complete(cell) and not cfg.overwrite:
-        return CellResult(cell, read_metrics(cell / METRICS), skipped=True, task=task)
+        doc = read_metrics(cell / METRICS)
+        reason = _stale(cfg, doc, task, card, adapter)
+        if reason:
+            raise ResultsError(f"{cell / METRICS} is complete but was computed with {reason}; rerun with "
+                               f"--overwrite to replace it, or write to another --out")
+        return CellResult(cell, doc, skipped=True, task=task)
     ensure_writable(cell)
     (cell / METRICS).unlink(missing_ok=True)  # an overwritten cell is incomplete until its new metrics land
 
@@ -109,6 +115,63 @@ def run_cell(cfg: RunConfig) -> CellResult:
     write_json(cell / METRICS, metrics)
     adapter.finish(ctx)  # e.g. remove training checkpoints, now that the cell is complete
     return CellResult(cell, metrics, skipped=False, task=task)
+
+
+def _stale(cfg: RunConfig, doc: dict[str, Any], task: TaskCard, card: Any, adapter: Any) -> str | None:
+    return stale_reason(doc, task=task, card=card, adapt=adapter.name, params=adapter.params,
+                        n_boot=task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot,
+                        random_weights=cfg.weights == "random" if cfg.weights else None)
+
+
+def stale_cell(cfg: RunConfig) -> str | None:
+    """For a complete cell, :func:`stale_reason` against ``cfg`` (what makes ``run_cell`` refuse to skip it);
+    None for an incomplete cell, or when the check itself cannot be made (an unknown name or unreadable metrics:
+    running the cell reports those)."""
+    cell = cell_dir(cfg.out, cfg.task, cfg.model, cfg.adapt, cfg.seed)
+    if not is_complete(cell):
+        return None
+    try:
+        task = get_task(cfg.task, cfg.tasks_dirs)
+        adapter = ADAPTERS.get(cfg.adapt)(cfg.adapt_args)
+        return _stale(cfg, read_metrics(cell / METRICS), task, get_model_card(cfg.model), adapter)
+    except FairbenchError:
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def stale_reason(doc: dict[str, Any], *, task: TaskCard, card: Any, adapt: str, params: dict[str, Any],
+                 n_boot: int, random_weights: bool | None = None) -> str | None:
+    """Why a complete cell's ``metrics.json`` does not answer the run asked for now, or None when it does: a
+    cell is only skipped when its task card, model card, adapter settings and bootstrap count are the current
+    ones (an edited card must not leave old numbers standing under the new name). ``random_weights`` (None:
+    not asked) compares whether the weights were random. Weight files are not re-hashed here."""
+    recorded_task = doc.get("task", {}).get("card_sha256")
+    if recorded_task and recorded_task != task.sha256:
+        return (f"another version of the task card '{task.name}' (sha256 {recorded_task[:12]}, now "
+                f"{task.sha256[:12]})")
+    recorded_model = doc.get("model", {}).get("card_sha256")
+    if recorded_model and recorded_model != card.sha256:
+        return (f"another version of the model card '{card.name}' (sha256 {recorded_model[:12]}, now "
+                f"{card.sha256[:12]})")
+    recorded_adapt = doc.get("adapt", {})
+    if recorded_adapt.get("name", adapt) != adapt:
+        return f"adapter '{recorded_adapt.get('name')}', not '{adapt}'"
+    if "params" in recorded_adapt and _plain(recorded_adapt["params"]) != _plain(params):
+        old, new = _plain(recorded_adapt["params"]), _plain(params)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return "other adapter settings (" + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff) + ")"
+    recorded_boot = doc.get("metrics", {}).get("n_boot")
+    if recorded_boot is not None and recorded_boot != n_boot:
+        return f"{recorded_boot} bootstrap resamples, not {n_boot}"
+    if random_weights is not None:
+        was_random = doc.get("model", {}).get("weights", {}).get("source") == "random"
+        if was_random != random_weights:
+            return "random weights" if was_random else "trained weights, not random ones"
+    return None
 
 
 def _prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:

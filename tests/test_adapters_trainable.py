@@ -64,6 +64,8 @@ def micro_config(tmp_path: Path, tasks: Path, model: str, adapt: str, **args: st
 @pytest.mark.parametrize("model", CARDS)
 def test_every_adapter_runs_on_every_family(tmp_path: Path, micro_tasks: Path, model: str, adapt: str) -> None:
     result = run_cell(micro_config(tmp_path, micro_tasks, model, adapt))
+    # the settings recorded are the settings asked for, so the same run again skips the complete cell
+    assert run_cell(micro_config(tmp_path, micro_tasks, model, adapt)).skipped
     frame = pd.read_parquet(result.path / "predictions.parquet")
     assert (frame["split"] == "val").sum() == 24 and (frame["split"] == "test").sum() == 24
     probs = frame[["prob_normal", "prob_abnormal"]].to_numpy()

@@ -287,6 +287,18 @@ def test_local_executor_real_cells_via_the_cli_then_resume(tmp_path, tiny_tasks_
     again = run_sweep(real_spec(out, tiny_tasks_dir, "local", workers=0))
     assert len(again.already_complete) == 1 and [o.key for o in again.failed] == [todo[0].key]
     assert metrics.stat().st_mtime_ns == stamp
+    # asked for other settings, the complete cell is not passed off as the answer: it fails with the reason
+    # and its results stay
+    changed = real_spec(out, tiny_tasks_dir, "local", tasks=("synth_tiny",), workers=0)
+    changed.options["n_boot"] = 5
+    assert plan(changed)[0] == []
+    report = run_sweep(changed)
+    assert not report.ok and [o.key for o in report.failed] == ["synth_tiny/tinyclip/zeroshot/seed0"]
+    assert "0 bootstrap resamples, not 5" in read_error(metrics.parent)["message"]
+    assert metrics.stat().st_mtime_ns == stamp
+    # asked again as it was computed, the cell is complete and current, and the refusal is forgotten
+    again = run_sweep(real_spec(out, tiny_tasks_dir, "local", tasks=("synth_tiny",), workers=0))
+    assert again.ok and len(again.already_complete) == 1 and read_error(metrics.parent) is None
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from fairbench.sweep.executors import Executor, make_executor
 from fairbench.sweep.executors.base import Runner
 from fairbench.sweep.grid import Cell, SweepSpec
 from fairbench.sweep.progress import SweepProgress
-from fairbench.sweep.worker import CellJob, Outcome, read_error, record_error, run_job
+from fairbench.sweep.worker import ERROR, CellJob, Outcome, read_error, record_error, run_job
 
 __all__ = ["SweepReport", "run_sweep", "plan"]
 
@@ -39,11 +39,17 @@ class SweepReport:
 
 
 def plan(spec: SweepSpec) -> tuple[list[Cell], list[Cell]]:
-    """(complete cells that are skipped, cells to run). With ``overwrite`` every cell runs."""
+    """(complete cells that are skipped, cells to run). With ``overwrite`` every cell runs. A complete cell
+    computed under other cards or settings (``pipeline.stale_reason``) is not skipped: its run fails with
+    the reason, recorded in its ``error.json``, and its results stay as they were."""
     cells = spec.cells()
     if spec.options.get("overwrite"):
         return [], cells
     done = [c for c in cells if is_complete(spec.cell_path(c))]
+    if done:
+        from fairbench.pipeline import RunConfig, stale_cell
+
+        done = [c for c in done if stale_cell(RunConfig(**spec.run_config(c))) is None]
     todo = [c for c in cells if c not in set(done)]
     return done, todo
 
@@ -59,6 +65,8 @@ def run_sweep(spec: SweepSpec, *, runner: Runner = run_job, executor: Executor |
     ensure_writable(out)
     executor.attach(out)
     done, todo = plan(spec)
+    for c in done:  # complete and current: an error recorded by an earlier, refused run no longer applies
+        (spec.cell_path(c) / ERROR).unlink(missing_ok=True)
     report = SweepReport(cells=spec.cells(), already_complete=done)
     threads = spec.threads if spec.threads is not None else executor.default_threads()
     env = CellJob.carried_env()
