@@ -43,3 +43,48 @@ def tiny_tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
     (root / "synth_tiny" / "synth_tiny.yaml").write_text(TINY_TASK.format(base=base))
     return root
+
+
+MICRO_TASK = """\
+# A very small synth_cxr for adapter and training tests: 32 training, 24 validation and 24 test images of 64 px.
+include: {base}
+name: {name}
+dataset:
+  options:
+    n: {{train: 32, val: 24, test: 24}}
+    image_size: 64
+evaluation:
+  n_boot: 0
+  min_group_size: 5
+"""
+
+
+@pytest.fixture(scope="session")
+def micro_task_dir(tmp_path_factory: pytest.TempPathFactory):
+    """``micro_task_dir(name)``: a --tasks-dir holding the micro task ``name`` (each test module takes its own
+    name, so their runs and caches never meet)."""
+    from fairbench.data.task import builtin_tasks_dir
+
+    made: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in made:
+            root = tmp_path_factory.mktemp("tasks")
+            (root / name).mkdir()
+            base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
+            (root / name / f"{name}.yaml").write_text(MICRO_TASK.format(base=base, name=name))
+            made[name] = root
+        return made[name]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and the test machine is shared); restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

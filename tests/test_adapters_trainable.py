@@ -8,23 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from fairbench.errors import FairbenchError
 from fairbench.pipeline import RunConfig, run_cell
-
-MICRO_TASK = """\
-# A very small synth_cxr for adapter tests: 32 training, 24 validation and 24 test images of 64 px.
-include: {base}
-name: synth_micro
-dataset:
-  options:
-    n: {{train: 32, val: 24, test: 24}}
-    image_size: 64
-evaluation:
-  n_boot: 0
-  min_group_size: 5
-"""
 
 CARDS = ["tinyclip", "tiny_openai_clip", "tiny_biomedclip", "tiny_medclip_vit", "tiny_medclip_resnet", "tiny_gloria",
          "tiny_blip2"]
@@ -33,24 +19,12 @@ FAST = {"epochs": "1", "batch_size": "16", "eval_batch_size": "64"}
 FAIR = {"fair_batch_size": "8"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and the test machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def micro_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fairbench.data.task import builtin_tasks_dir
-
-    root = tmp_path_factory.mktemp("tasks")
-    (root / "synth_micro").mkdir()
-    base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
-    (root / "synth_micro" / "synth_micro.yaml").write_text(MICRO_TASK.format(base=base))
-    return root
+def micro_tasks(micro_task_dir) -> Path:
+    return micro_task_dir("synth_micro")
 
 
 def micro_config(tmp_path: Path, tasks: Path, model: str, adapt: str, **args: str) -> RunConfig:

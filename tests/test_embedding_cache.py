@@ -15,36 +15,12 @@ from fairbench.adapters.base import AdaptContext
 from fairbench.cache import EmbeddingCache, embedding_key_parts
 from fairbench.pipeline import RunConfig, run_cell
 
-MICRO_TASK = """\
-include: {base}
-name: synth_micro_cache
-dataset:
-  options:
-    n: {{train: 32, val: 24, test: 24}}
-    image_size: 64
-evaluation:
-  n_boot: 0
-  min_group_size: 5
-"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def micro_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fairbench.data.task import builtin_tasks_dir
-
-    root = tmp_path_factory.mktemp("tasks")
-    (root / "synth_micro_cache").mkdir()
-    base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
-    (root / "synth_micro_cache" / "synth_micro_cache.yaml").write_text(MICRO_TASK.format(base=base))
-    return root
+def micro_tasks(micro_task_dir) -> Path:
+    return micro_task_dir("synth_micro_cache")
 
 
 @pytest.fixture()

@@ -12,36 +12,12 @@ import torch
 from fairbench.pipeline import RunConfig, run_cell
 from fairbench.train import loop
 
-MICRO_TASK = """\
-include: {base}
-name: synth_micro_loop
-dataset:
-  options:
-    n: {{train: 32, val: 24, test: 24}}
-    image_size: 64
-evaluation:
-  n_boot: 0
-  min_group_size: 5
-"""
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def micro_tasks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fairbench.data.task import builtin_tasks_dir
-
-    root = tmp_path_factory.mktemp("tasks")
-    (root / "synth_micro_loop").mkdir()
-    base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
-    (root / "synth_micro_loop" / "synth_micro_loop.yaml").write_text(MICRO_TASK.format(base=base))
-    return root
+def micro_tasks(micro_task_dir) -> Path:
+    return micro_task_dir("synth_micro_loop")
 
 
 def _config(out: Path, tasks: Path, model: str, adapt: str, **args: str) -> RunConfig:
