@@ -351,3 +351,12 @@ def test_a_cells_thread_count_does_not_leak_into_the_caller(tmp_path, monkeypatc
     assert run_cell_job(job) is False
     assert seen == [other]
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "leaderboards").rglob("*.sweep.yaml")),
+                         ids=lambda p: p.name)
+def test_committed_sweep_files_validate(path):
+    """The sweeps behind the committed leaderboards and the CI baseline parse and resolve every name."""
+    spec = load_sweep_file(path)
+    spec.validate()
+    assert spec.cells()
