@@ -46,12 +46,12 @@ def tiny_tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 MICRO_TASK = """\
-# A very small synth_cxr for adapter and training tests: 32 training, 24 validation and 24 test images of 64 px.
+# A very small synth_cxr for adapter, training and model tests: a few dozen images of 64 px.
 include: {base}
 name: {name}
 dataset:
   options:
-    n: {{train: 32, val: 24, test: 24}}
+    n: {{train: {train}, val: {val}, test: {test}}}
     image_size: 64
 evaluation:
   n_boot: 0
@@ -61,18 +61,19 @@ evaluation:
 
 @pytest.fixture(scope="session")
 def micro_task_dir(tmp_path_factory: pytest.TempPathFactory):
-    """``micro_task_dir(name)``: a --tasks-dir holding the micro task ``name`` (each test module takes its own
-    name, so their runs and caches never meet)."""
+    """``micro_task_dir(name, n=(train, val, test))``: a --tasks-dir holding the micro task ``name`` (each test
+    module takes its own name, so their runs and caches never meet); 32/24/24 images unless ``n`` says."""
     from fairbench.data.task import builtin_tasks_dir
 
     made: dict[str, Path] = {}
 
-    def make(name: str) -> Path:
+    def make(name: str, n: tuple[int, int, int] = (32, 24, 24)) -> Path:
         if name not in made:
             root = tmp_path_factory.mktemp("tasks")
             (root / name).mkdir()
             base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
-            (root / name / f"{name}.yaml").write_text(MICRO_TASK.format(base=base, name=name))
+            (root / name / f"{name}.yaml").write_text(MICRO_TASK.format(base=base, name=name, train=n[0], val=n[1],
+                                                                        test=n[2]))
             made[name] = root
         return made[name]
 

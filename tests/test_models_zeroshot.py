@@ -18,26 +18,10 @@ from fairbench.models.chexpert_prompts import CHEXPERT_CLASS_PROMPTS, generate_c
 CPU = torch.device("cpu")
 TINY = ["tiny_openai_clip", "tiny_biomedclip", "tiny_medclip_vit", "tiny_medclip_resnet", "tiny_gloria", "tiny_blip2"]
 
-SMALL_SYNTH = """\
-include: {base}
-name: synth_models_small
-dataset:
-  options:
-    n: {{train: 20, val: 30, test: 40}}
-    image_size: 64
-evaluation:
-  n_boot: 0
-  min_group_size: 5
-"""
 
 @pytest.fixture(scope="module")
-def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from fairbench.data.task import builtin_tasks_dir
-
-    root = tmp_path_factory.mktemp("model-tasks")
-    base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
-    (root / "synth_models_small").mkdir()
-    (root / "synth_models_small" / "synth_models_small.yaml").write_text(SMALL_SYNTH.format(base=base))
+def tasks_dir(micro_task_dir) -> Path:
+    root = micro_task_dir("synth_models_small", n=(20, 30, 40))
     # the same data with CheXpert class names (normal -> Atelectasis, abnormal -> Pleural Effusion)
     from fairbench.cards import read_yaml_with_includes
 
