@@ -160,8 +160,8 @@ def stale_reason(doc: dict[str, Any], *, task: TaskCard, card: Any, adapt: str, 
     recorded_adapt = doc.get("adapt", {})
     if recorded_adapt.get("name", adapt) != adapt:
         return f"adapter '{recorded_adapt.get('name')}', not '{adapt}'"
-    if "params" in recorded_adapt and _plain(recorded_adapt["params"]) != _plain(params):
-        old, new = _plain(recorded_adapt["params"]), _plain(params)
+    old, new = _plain(recorded_adapt.get("params", params)), _plain(params)
+    if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         return "other adapter settings (" + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff) + ")"
     recorded_boot = doc.get("metrics", {}).get("n_boot")
