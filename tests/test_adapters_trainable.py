@@ -27,6 +27,21 @@ def micro_tasks(micro_task_dir) -> Path:
     return micro_task_dir("synth_micro")
 
 
+def released_counts(card: str) -> dict[str, int]:
+    """{top-level prefix: tensors} of the released parameter set, from the model as built."""
+    import torch
+
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+    from fairbench.train.towers import released_names
+
+    names, _ = released_names(build_model(get_model_card(card), "random", torch.device("cpu")))
+    out: dict[str, int] = {}
+    for n in names:
+        out[n.split(".")[0]] = out.get(n.split(".")[0], 0) + 1
+    return dict(sorted(out.items()))
+
+
 def micro_config(tmp_path: Path, tasks: Path, model: str, adapt: str, **args: str) -> RunConfig:
     extra = {**FAST, **(FAIR if adapt in ("fairclip", "robust_fair") else {})}
     extra.update(args)
@@ -48,16 +63,31 @@ def test_every_adapter_runs_on_every_family(tmp_path: Path, micro_tasks: Path, m
     assert adapt_doc["params"]["epochs"] == 1 and adapt_doc["params"]["select_on"] == "val"
     train = adapt_doc["fitted"]["train"]
     assert train["selected_on"] == "val" and train["epochs_run"] == 1 and train["deterministic"] is True
-    assert len(train["history"]) == 1 and np.isfinite(train["history"][0]["train_loss"])
+    epochs = adapt_doc["fitted"]["epochs"]
+    assert len(epochs) == 1 and np.isfinite(epochs[0]["train_loss"]) and "history" not in train
     assert not (result.path.parent / "seed0.ckpt").exists()  # removed once the cell is complete
     assert sorted(p.name for p in result.path.iterdir()) == ["metrics.json", "predictions.parquet"]
     fitted = adapt_doc["fitted"]
+    trained = fitted["trained_parameters"]
+    assert trained and all(isinstance(v, int) and v > 0 for v in trained.values())
+    if adapt == "mlp":
+        assert trained == {"head": 4}  # Linear(256) + Linear(classes): weight and bias each
     if adapt == "lora":
         assert fitted["lora"]["n_adapted_modules"] > 0 and fitted["lora"]["n_text_modules"] == 0
+        assert trained["head"] == 2 and sum(trained.values()) - 2 >= 2 * fitted["lora"]["n_adapted_modules"]
     if adapt == "full_ft":
         assert 0 < fitted["full_ft"]["n_trainable_parameters"] < fitted["full_ft"]["n_parameters"]  # vision only
+        assert trained["head"] == 2 and "logit_scale" not in trained
     if adapt in ("fairclip", "robust_fair"):
         assert fitted["attribute"] == "race" and fitted["texts"] == "reports"
+        assert fitted["parameters"]["trainable"] == "released"
+        assert trained == released_counts(model)
+        entry = epochs[0]
+        for key in ("clip_loss", "fair_term", "lambda_x_fair", "grad_norm_clip", "grad_norm_fair", "grad_ratio"):
+            assert entry[key] is not None and np.isfinite(entry[key]), key
+        assert entry["lambda_x_fair"] == pytest.approx(entry["lambda_fair"] * entry["fair_term"])
+        assert entry["grad_ratio"] == pytest.approx(entry["grad_norm_fair"] / entry["grad_norm_clip"])
+        assert entry["grad_norm_clip"] > 0 and entry["grad_norm_fair"] > 0
 
 
 @pytest.mark.parametrize("adapt", ["lora", "full_ft"])
@@ -80,7 +110,7 @@ def test_clip_objective_family_training_temperature(tmp_path: Path, micro_tasks:
 @pytest.mark.parametrize("mode", ["paper", "code"])
 def test_robust_fair_logs_bad_pairs_every_epoch(tmp_path: Path, micro_tasks: Path, mode: str) -> None:
     result = run_cell(micro_config(tmp_path, micro_tasks, "tiny_medclip_vit", "robust_fair", epochs="3",
-                                   mode=mode, beta_np="1", beta_fp="1"))
+                                   mode=mode, beta_np="1", beta_fp="1", warm_epochs="1"))
     fitted = result.metrics["adapt"]["fitted"]
     dbpm = fitted["dbpm"]
     assert dbpm["variant"] == ("pair" if mode == "paper" else "slot")
@@ -95,8 +125,14 @@ def test_robust_fair_logs_bad_pairs_every_epoch(tmp_path: Path, micro_tasks: Pat
             assert all(i.startswith("synth-train-") and i not in ids for i in entry["noisy"] + entry["faulty"])
         else:
             assert entry["n_bad_slots"] == len(entry["bad_slots"])
-    history = fitted["train"]["history"]
-    assert history[0]["n_reweighted"] == 0 and "n_noisy" not in history[0]
+    epochs = fitted["epochs"]
+    assert epochs[0]["n_reweighted"] == 0 and epochs[0]["n_flagged"] == 0 and "n_noisy" not in epochs[0]
+    for entry, decision in zip(epochs[1:], dbpm["epochs"], strict=True):
+        flagged = decision["n_bad_slots"] if mode == "code" else decision["n_noisy"] + decision["n_faulty"]
+        assert entry["n_flagged"] == flagged
+        # per pair: every flagged pair of the epoch is reweighted once; per slot: once per bad slot
+        assert entry["n_reweighted"] == flagged
+        assert (entry["mean_weight"] is None) == (flagged == 0)
     assert result.metrics["adapt"]["params"]["beta_np"] == "1"
 
 
@@ -117,3 +153,106 @@ def test_parameter_mistakes_are_errors(tmp_path: Path, micro_tasks: Path) -> Non
         ADAPTERS.get("fairclip")({"lambda": "1"})
     with pytest.raises(FairbenchError, match="attribute 'ethnicity' is not an attribute"):
         run_cell(micro_config(tmp_path, micro_tasks, "tiny_medclip_vit", "fairclip", attribute="ethnicity"))
+
+
+RELEASED_RECIPE = {"optimizer": "adam", "betas": "0.1,0.1", "eps": "1e-6", "weight_decay": "6e-5",
+                   "schedule": "constant", "patience": "0", "lr": "1e-3", "epochs": "2"}
+
+
+def _probs(result) -> np.ndarray:  # type: ignore[no-untyped-def]
+    frame = pd.read_parquet(result.path / "predictions.parquet")
+    return frame[["prob_normal", "prob_abnormal"]].to_numpy()
+
+
+def test_lambda_zero_turns_the_term_off_exactly(tmp_path: Path, micro_tasks: Path) -> None:
+    def run(name: str, adapt: str, **args: str):  # type: ignore[no-untyped-def]
+        return run_cell(micro_config(tmp_path / name, micro_tasks, "tinyclip", adapt, **RELEASED_RECIPE, **args))
+
+    # the released CLIP fine-tuning baseline: the CLIP loss alone on the released parameter set
+    baseline = run("ft", "full_ft", objective="clip", texts="reports", trainable="released")
+    runs = {
+        "fairclip code": run("fc", "fairclip", lambda_fair="0"),
+        "fairclip paper": run("fp", "fairclip", lambda_fair="0", mode="paper"),
+        # DBPM never reweights before warm_epochs, so with lambda 0 these are the CLIP loss alone too
+        "robust_fair loss term": run("rl", "robust_fair", lambda_fair="0", warm_epochs="2"),
+        "robust_fair similarity term": run("rs", "robust_fair", lambda_fair="0", warm_epochs="2", mode="code"),
+    }
+    for name, result in runs.items():
+        assert np.array_equal(_probs(result), _probs(baseline)), name
+        epochs = result.metrics["adapt"]["fitted"]["epochs"]
+        assert all(e["fair_term"] is None and e["lambda_x_fair"] == 0.0 and e["grad_norm_fair"] == 0.0
+                   for e in epochs), name
+        assert result.metrics["adapt"]["fitted"]["trained_parameters"] == \
+            baseline.metrics["adapt"]["fitted"]["trained_parameters"]
+    # with the term on, the same recipe gives other predictions (the comparison above can fail)
+    acting = run("fc1", "fairclip", lambda_fair="1e-3")
+    assert not np.array_equal(_probs(acting), _probs(baseline))
+    assert acting.metrics["adapt"]["fitted"]["epochs"][0]["grad_ratio"] > 0
+
+
+def test_released_parameter_set_leaves_logit_scale_and_embeddings_frozen(tmp_path: Path, micro_tasks: Path) -> None:
+    result = run_cell(micro_config(tmp_path, micro_tasks, "tiny_openai_clip", "fairclip"))
+    trained = result.metrics["adapt"]["fitted"]["trained_parameters"]
+    assert set(trained) == {"visual", "transformer"}  # optim.Adam([model.transformer, model.visual])
+    everything = run_cell(micro_config(tmp_path / "all", micro_tasks, "tiny_openai_clip", "fairclip", trainable="all"))
+    trained_all = everything.metrics["adapt"]["fitted"]["trained_parameters"]
+    assert {"logit_scale", "token_embedding", "positional_embedding", "ln_final", "text_projection"} <= set(trained_all)
+    ft = run_cell(micro_config(tmp_path / "ft", micro_tasks, "tiny_openai_clip", "full_ft", objective="clip"))
+    assert ft.metrics["adapt"]["fitted"]["trained_parameters"] == trained_all  # full_ft clip: trainable=all
+
+
+def test_robust_fair_auto_values() -> None:
+    from fairbench.adapters.base import ADAPTERS
+
+    def resolved(**params: str) -> dict:
+        return ADAPTERS.get("robust_fair")(params).resolved
+
+    assert resolved()["lambda_fair"] == 1.0 and resolved(mode="code")["lambda_fair"] == 1e-7
+    assert resolved(fair_term="similarity")["lambda_fair"] == 1e-7 and resolved(lambda_fair="0")["lambda_fair"] == 0
+    # DBPM's warm-up is 50 of its 80 epochs; the released batch-slot variant reweights from the second epoch
+    assert resolved()["warm_epochs"] == 6 and resolved(epochs="3")["warm_epochs"] == 2
+    assert resolved(epochs="80")["warm_epochs"] == 50 and resolved(epochs="1")["warm_epochs"] == 1
+    assert resolved(mode="code")["warm_epochs"] == 1 and resolved(warm_epochs="4")["warm_epochs"] == 4
+    for bad in ("-1", "nan", "inf", "lots"):
+        with pytest.raises(FairbenchError, match="lambda_fair"):
+            resolved(lambda_fair=bad)
+    with pytest.raises(FairbenchError, match="lambda_fair"):
+        ADAPTERS.get("fairclip")({"lambda_fair": "-1e-7"})
+    with pytest.raises(FairbenchError, match="trainable must be one of"):
+        ADAPTERS.get("fairclip")({"trainable": "towers"})
+    with pytest.raises(FairbenchError, match="warm_epochs"):
+        resolved(warm_epochs="soon")
+    with pytest.raises(FairbenchError, match="do not apply to objective=head"):
+        ADAPTERS.get("full_ft")({"trainable": "released"})
+
+
+def test_group_batches_leave_batch_norm_statistics_alone(tmp_path: Path, micro_tasks: Path) -> None:
+    def run(name: str, adapt: str, **args: str):  # type: ignore[no-untyped-def]
+        return run_cell(micro_config(tmp_path / name, micro_tasks, "tinyclip", adapt, **RELEASED_RECIPE, **args))
+
+    baseline = run("ft", "full_ft", objective="clip", texts="reports", trainable="released")
+    # a term far below float32 resolution: the extra group forwards are all that could change the run
+    keep = run("keep", "fairclip", lambda_fair="1e-30")
+    update = run("update", "fairclip", lambda_fair="1e-30", group_bn="update")
+    assert keep.metrics["adapt"]["fitted"]["group_bn"] == "keep"
+    assert np.array_equal(_probs(keep), _probs(baseline))
+    # tinyclip is a ResNet: letting single-group batches move the running statistics changes evaluation
+    assert not np.array_equal(_probs(update), _probs(baseline))
+
+
+def test_keep_norm_statistics_restores_running_buffers() -> None:
+    import torch
+    from torch import nn
+
+    from fairbench.train.towers import keep_norm_statistics
+
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.ReLU()).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(4, 1, 3, 3) * 5 + 2
+    with keep_norm_statistics(net) as n:
+        y = net(x)
+    assert n == 1 and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    y.sum().backward()  # the forward's graph is intact
+    assert net[0].weight.grad is not None
+    net(x)  # outside, the statistics move as usual
+    assert not torch.equal(before["1.running_mean"], net.state_dict()["1.running_mean"])

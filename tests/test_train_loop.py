@@ -65,7 +65,7 @@ def test_resume_after_an_interrupted_epoch_matches_an_uninterrupted_run(
     assert whole.metrics["adapt"]["fitted"]["train"]["resumed_from_epoch"] is None
     assert resumed.metrics["metrics"] == whole.metrics["metrics"]
     a, b = whole.metrics["adapt"]["fitted"], resumed.metrics["adapt"]["fitted"]
-    assert _without_timing(a["train"]["history"]) == _without_timing(b["train"]["history"])
+    assert _without_timing(a["epochs"]) == _without_timing(b["epochs"])
     assert a.get("dbpm") == b.get("dbpm")
     assert not ckpt.exists()
 
@@ -113,7 +113,7 @@ def test_selection_and_early_stopping_use_validation_only(tmp_path: Path, micro_
     train = result.metrics["adapt"]["fitted"]["train"]
     assert train["selected_on"] == "val" and "warning" not in train
     assert train["best_epoch"] == 0 and train["epochs_run"] == 3 and train["early_stopped"] is True
-    assert [h["val_auc"] for h in train["history"]] == [train["best_score"]] * 3
+    assert [h["val_auc"] for h in result.metrics["adapt"]["fitted"]["epochs"]] == [train["best_score"]] * 3
     # the test split is predicted once, after training, never during it
     assert calls == ["val", "val", "val", "val", "test"]
 
@@ -137,7 +137,8 @@ def test_select_on_test_is_explicit_warned_and_recorded(tmp_path: Path, micro_ta
     train = doc["adapt"]["fitted"]["train"]
     assert doc["adapt"]["params"]["select_on"] == "test" and train["selected_on"] == "test"
     assert "optimistically biased" in train["warning"] and any("TEST AUC" in m for m in messages)
-    assert "test_auc" in train["history"][0] and "val_auc" not in train["history"][0]
+    epochs = doc["adapt"]["fitted"]["epochs"]
+    assert "test_auc" in epochs[0] and "val_auc" not in epochs[0]
     assert calls == ["test", "test", "val", "test"]
     # an adapter without epochs to select rejects the option instead of ignoring it
     res = CliRunner().invoke(app, ["run", "--task", "synth_micro_loop", "--model", "tiny_medclip_vit", "--adapt",

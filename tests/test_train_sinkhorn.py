@@ -99,3 +99,56 @@ def test_loss_distribution_term_compares_each_group_with_the_batch() -> None:
     assert float(term.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     term.backward()
     assert per.grad is not None and per.grad.abs().sum() > 0
+
+
+def _matched(seed: int, n: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and text embeddings whose matched pairs agree more (small ``noise``) or less."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(n, 16, generator=g)
+    return img, img + noise * torch.randn(n, 16, generator=g)
+
+
+def test_released_term_is_group_blind_and_paper_term_is_not() -> None:
+    from fairbench.train.fair import fairclip_code_closed_form
+
+    logits, cosine = _logits(*_matched(0, 32, 0.5))
+    group_sets = {
+        "like the batch": [_matched(1, 32, 0.5), _matched(2, 32, 0.5)],
+        "far worse pairs": [_matched(3, 32, 3.0), _matched(4, 32, 5.0)],
+        "a different size": [_matched(5, 8, 0.1), _matched(6, 20, 1.0)],
+    }
+    values: dict[str, dict[str, float]] = {"code": {}, "paper": {}}
+    for mode in values:
+        batch = pair_scores(logits, cosine, mode)
+        for name, groups in group_sets.items():
+            scores = [pair_scores(*_logits(i, t), mode) for i, t in groups]
+            values[mode][name] = float(fairclip_term(mode, batch, scores, blur=1e-4))
+        # scores that are no similarity at all: a constant per group
+        values[mode]["constant"] = float(fairclip_term(mode, batch, [torch.full((32,), 7.0)] * 2, blur=1e-4))
+    code = values["code"]
+    closed = fairclip_code_closed_form(pair_scores(logits, cosine, "code"), n_groups=2)
+    assert closed > 1e8
+    for name, v in code.items():  # whatever the group batches hold, the released term is n_groups * mean(s^2) / 2
+        assert v == pytest.approx(closed, rel=1e-4), name
+    paper = values["paper"]
+    assert paper["far worse pairs"] > 100 * paper["like the batch"]
+    assert paper["constant"] > 10 * paper["far worse pairs"]
+
+
+def test_gradient_share_is_the_ratio_of_the_two_parameter_gradient_norms() -> None:
+    from fairbench.train.fair import gradient_share
+
+    w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)
+    v = torch.tensor([3.0], requires_grad=True)
+    frozen = torch.tensor([4.0])  # not among the parameters: its gradient must not count
+    base = (w ** 2).sum() + 2 * v.sum()  # grad: (2w, 2)
+    extra = 0.1 * (w.sum() * frozen).sum()  # grad: (0.4, 0.4, 0.4, 0)
+    share = gradient_share(base, extra, [w, v])
+    assert share.base == pytest.approx(float(torch.sqrt((2 * w.detach()).pow(2).sum() + 4)))
+    assert share.extra == pytest.approx(float(np.sqrt(3 * 0.4 ** 2)))
+    assert share.ratio == pytest.approx(share.extra / share.base)
+    (base + extra).backward()  # the graph is kept for the training step's own backward
+    assert w.grad is not None and w.grad.tolist() == pytest.approx([2.4, -3.6, 1.4])
+    # no term (lambda 0) or a term without gradient: zero share
+    assert gradient_share((w ** 2).sum(), None, [w]).extra == 0.0
+    assert gradient_share((w ** 2).sum(), torch.tensor(5.0), [w]).ratio == 0.0

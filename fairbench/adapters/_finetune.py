@@ -9,7 +9,9 @@ Objectives (``objective``):
 - ``clip``: the CLIP loss on (image, text) pairs, text = a class prompt of the sample's class drawn per epoch
   (``texts=prompts``, the default; FLYP-style) or the task's paired reports (``texts=reports``/``auto``);
   predictions are the family's zero-shot head with the fine-tuned weights. ``full_ft`` trains the whole model
-  (both towers, and a learnable logit scale where the family has one).
+  (``trainable=all``: both towers, and a learnable logit scale where the family has one) or the parameter set
+  of FairCLIP's released scripts (``trainable=released``; :data:`fairbench.train.towers.RELEASED_SETS`), which
+  makes it the released CLIP fine-tuning baseline of ``fairclip`` and ``robust_fair``.
 
 LoRA (``r``, ``alpha``, ``lora_dropout``) targets the model card's ``lora_targets`` (the vision tower);
 ``lora_text=true`` also adapts every ``nn.Linear`` used only by the text path (useful with ``objective=clip``).
@@ -32,7 +34,7 @@ __all__ = ["FineTuneAdapter", "FINETUNE_DEFAULTS", "OBJECTIVES"]
 OBJECTIVES = ("head", "clip")
 FINETUNE_DEFAULTS = {**LOOP_DEFAULTS, "epochs": 10, "batch_size": 32, "schedule": "cosine", "patience": 3,
                      "objective": "head", "head_lr": 1e-3, "texts": "prompts", "train_logit_scale": "family"}
-_UNUSED = {"head": ("texts", "train_logit_scale"), "clip": ("head_lr",)}
+_UNUSED = {"head": ("texts", "train_logit_scale", "trainable"), "clip": ("head_lr",)}
 
 
 class FineTuneAdapter(TrainableAdapter):

@@ -15,7 +15,7 @@ from fairbench.train.checkpoint import CheckpointStore
 from fairbench.train.config import LOOP_DEFAULTS, TrainConfig
 from fairbench.train.objectives import Objective
 
-__all__ = ["TrainableAdapter", "resolve_attribute", "require_all_classes"]
+__all__ = ["TrainableAdapter", "resolve_attribute", "require_all_classes", "check_trainable"]
 
 
 def require_all_classes(ctx: AdaptContext, adapter: str) -> None:
@@ -25,6 +25,16 @@ def require_all_classes(ctx: AdaptContext, adapter: str) -> None:
     if missing:
         raise DataError(f"task '{ctx.task.name}': the training split has no sample of class(es) {missing}; "
                         f"adapter '{adapter}' cannot learn them")
+
+
+def check_trainable(adapter: str, value: Any) -> str:
+    """``trainable`` of the CLIP-loss adapters: ``released`` or ``all`` (:mod:`fairbench.train.towers`)."""
+    from fairbench.train.towers import TRAINABLE_SETS
+
+    if value not in TRAINABLE_SETS:
+        raise FairbenchError(f"adapter '{adapter}': trainable must be one of {', '.join(TRAINABLE_SETS)}, "
+                             f"got {value!r}")
+    return str(value)
 
 
 def resolve_attribute(ctx: AdaptContext, adapter: str, value: str) -> str:
@@ -79,7 +89,10 @@ class TrainableAdapter(Adapter):
         trainer = Trainer(self.config, objective, name=self.name, seed=ctx.seed, labels=labels, store=self._store,
                           resume=ctx.resume, predict_splits=self.predict_splits)
         result = trainer.run()
-        self.fitted["train"] = result.record
+        record = dict(result.record)
+        self.fitted["epochs"] = record.pop("history")
+        self.fitted["trained_parameters"] = record.pop("trained_parameters")
+        self.fitted["train"] = record
         self.fitted.update(objective.record())
         self.fitted["checkpoints"] = {"dir": str(ctx.checkpoint_dir) if ctx.checkpoint_dir else None,
                                       "kept": bool(self.config.keep_checkpoints and ctx.checkpoint_dir)}

@@ -1,11 +1,13 @@
 """Full fine-tuning (``full_ft``): every weight that the objective reaches trains (see
-:mod:`fairbench.adapters._finetune` for the objectives ``head`` and ``clip``)."""
+:mod:`fairbench.adapters._finetune` for the objectives ``head`` and ``clip``); with ``objective=clip``,
+``trainable=released`` restricts it to the parameter set of FairCLIP's released scripts."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fairbench.adapters._finetune import FINETUNE_DEFAULTS, FineTuneAdapter
+from fairbench.adapters._trainable import check_trainable
 from fairbench.adapters.base import AdaptContext
 
 __all__ = ["FullFineTune"]
@@ -15,7 +17,11 @@ class FullFineTune(FineTuneAdapter):
     name = "full_ft"
     description = ("Full fine-tuning: linear head on the probe feature (objective=head) or CLIP loss with prompts "
                    "(objective=clip)")
-    defaults = {**FINETUNE_DEFAULTS, "lr": 1e-5}
+    defaults = {**FINETUNE_DEFAULTS, "lr": 1e-5, "trainable": "all"}
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        check_trainable(self.name, self.params["trainable"])
 
     def prepare_model(self, ctx: AdaptContext) -> dict[str, Any]:
         module = ctx.model.module
@@ -26,7 +32,8 @@ class FullFineTune(FineTuneAdapter):
             for name, param in module.named_parameters():
                 param.requires_grad_(name in reach)
         else:
-            for param in module.parameters():
-                param.requires_grad_(True)
+            from fairbench.train.towers import select_trainable
+
+            return select_trainable(ctx.model, str(self.params["trainable"]))
         n = sum(p.numel() for p in module.parameters() if p.requires_grad)
         return {"n_trainable_parameters": n, "n_parameters": sum(p.numel() for p in module.parameters())}

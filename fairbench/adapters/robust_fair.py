@@ -20,10 +20,17 @@ Loss per step: ``L_DBPM + lambda_fair * sum_g S_g``.
 - ``similarity`` (default with ``mode=code``): FairCLIP's released term unchanged (extra per-group batches,
   ``diag(L @ L)``, group side normalised and without gradient).
 
-``beta_np``/``beta_fp`` ``auto``: 2 and 3 (DBPM paper) for ``pair``; 3 and 3 for ``slot`` (released). The
-optimiser and schedule are the released script's (as ``fairclip``). Every epoch's DBPM decision (mu, sigma,
-thresholds and the sample ids of the noisy and faulty pairs, or the bad slots and the pairs in them) is
-logged and recorded in metrics.json (``adapt.fitted.dbpm``).
+``lambda_fair`` ``auto``: 1 for the ``loss`` term (the paper gives no value; 1 is the term's natural unit, see
+:mod:`fairbench.train.fair`), 1e-7 for the ``similarity`` term (the released script's value, tuned for that
+term's 1e5-1e9 magnitude). ``beta_np``/``beta_fp`` ``auto``: 2 and 3 (DBPM paper) for ``pair``; 3 and 3 for
+``slot`` (released). ``warm_epochs`` ``auto``: for ``pair`` DBPM's own share of the schedule, 50 of 80 epochs
+(``config/config_ecg.yaml``), i.e. ``max(1, round(0.625 * epochs))``; for ``slot`` 1 (the released script
+reweights from ``epoch > 0``). The optimiser, schedule and trained parameters are the released script's (as
+``fairclip``). Every epoch's DBPM decision (mu, sigma, thresholds and the sample ids of the noisy and faulty
+pairs, or the bad slots and the pairs in them) is logged and recorded in metrics.json
+(``adapt.fitted.dbpm``); the per-epoch record (``adapt.fitted.epochs``) has the unweighted and reweighted CLIP
+loss, the term, ``lambda * term``, the gradient ratio, the number of flagged pairs (or slots) and the mean
+weight DBPM gave the losses it reweighted.
 """
 
 from __future__ import annotations
@@ -33,25 +40,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from fairbench.adapters._trainable import TrainableAdapter, resolve_attribute
+from fairbench.adapters._trainable import TrainableAdapter, check_trainable, resolve_attribute
 from fairbench.adapters.base import AdaptContext
-from fairbench.adapters.fairclip import FAIRCLIP_DEFAULTS, GroupScores
+from fairbench.adapters.fairclip import (FAIRCLIP_DEFAULTS, FairTermObjective, GroupScores, check_group_bn,
+                                        check_lambda)
 from fairbench.errors import FairbenchError
 from fairbench.progress import info
 from fairbench.train import dist
 from fairbench.train.dbpm import DBPM_VARIANTS, EpochFlags, PairMemory, SlotMemory, gaussian_pdf, reweight
 from fairbench.train.fair import FAIR_MODES, fairclip_term, loss_distribution_term, pair_scores
-from fairbench.train.objectives import ClipObjective
+from fairbench.train.towers import select_trainable
 
 __all__ = ["RobustFair", "RobustFairObjective", "FAIR_TERMS", "resolve_robust_params"]
 
 FAIR_TERMS = ("loss", "similarity")
+#: lambda_fair=auto per fairness term (see the module docstring)
+AUTO_LAMBDA = {"loss": 1.0, "similarity": 1e-7}
+#: DBPM's warm-up as a share of its schedule: warm_epochs 50 of max_epochs 80 (config/config_ecg.yaml)
+DBPM_WARM_SHARE = 50 / 80
 #: sample ids recorded per epoch and kind at most (counts are always complete)
 MAX_IDS = 10_000
 
 
 def _auto_float(adapter: str, key: str, value: Any, auto: float) -> float:
-    if isinstance(value, str) and value.strip().lower() == "auto":
+    if _is_auto(value):
         return auto
     try:
         out = float(value)
@@ -64,7 +76,8 @@ def _auto_float(adapter: str, key: str, value: Any, auto: float) -> float:
 
 
 def resolve_robust_params(params: dict[str, Any]) -> dict[str, Any]:
-    """``mode`` presets and ``auto`` values resolved: dbpm, fair_term, beta_np, beta_fp."""
+    """``mode`` presets and ``auto`` values resolved: dbpm, fair_term, warm_epochs, lambda_fair, beta_np,
+    beta_fp."""
     mode = params["mode"]
     if mode not in FAIR_MODES:
         raise FairbenchError(f"adapter 'robust_fair': mode must be one of {', '.join(FAIR_MODES)}, got {mode!r}")
@@ -76,43 +89,54 @@ def resolve_robust_params(params: dict[str, Any]) -> dict[str, Any]:
     if term not in FAIR_TERMS:
         raise FairbenchError(f"adapter 'robust_fair': fair_term must be auto or one of {', '.join(FAIR_TERMS)}, "
                              f"got {term!r}")
-    warm = int(params["warm_epochs"])
+    if _is_auto(params["warm_epochs"]):
+        warm = max(1, round(DBPM_WARM_SHARE * int(params["epochs"]))) if dbpm == "pair" else 1
+    else:
+        try:
+            warm = int(params["warm_epochs"])
+        except (TypeError, ValueError):
+            raise FairbenchError(f"adapter 'robust_fair': warm_epochs must be 'auto' or a whole number, "
+                                 f"got {params['warm_epochs']!r}") from None
     if warm < 1:
         raise FairbenchError(f"adapter 'robust_fair': warm_epochs must be at least 1 (DBPM needs a loss history), "
                              f"got {warm}")
-    return {"dbpm": dbpm, "fair_term": term, "warm_epochs": warm,
+    lam = AUTO_LAMBDA[term] if _is_auto(params["lambda_fair"]) else check_lambda("robust_fair", params["lambda_fair"])
+    return {"dbpm": dbpm, "fair_term": term, "warm_epochs": warm, "lambda_fair": lam,
             "beta_np": _auto_float("robust_fair", "beta_np", params["beta_np"], 2.0 if dbpm == "pair" else 3.0),
             "beta_fp": _auto_float("robust_fair", "beta_fp", params["beta_fp"], 3.0)}
 
 
-class RobustFairObjective(ClipObjective):
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+class RobustFairObjective(FairTermObjective):
+    label = "robust_fair"
+
     def __init__(self, ctx: AdaptContext, model: Any, params: dict[str, Any], resolved: dict[str, Any],
                  attribute: str, *, adapter: str) -> None:
-        super().__init__(ctx, model, texts=str(params["texts"]), logit_scale=params["train_logit_scale"],
-                         eval_batch_size=int(params["eval_batch_size"]), seed=ctx.seed, adapter=adapter)
+        super().__init__(ctx, model, params, attribute, float(resolved["lambda_fair"]), adapter=adapter)
         self.r = resolved
         self.epochs = int(params["epochs"])
-        self.lam, self.blur = float(params["lambda_fair"]), float(params["blur"])
-        self.scaling = float(params["sinkhorn_scaling"])
-        self.attribute = attribute
         train = self.samples["train"]
         self.groups_of = np.asarray(train.attributes[attribute], dtype=object)
         self.ids = np.asarray(train.sample_ids).astype(str)
-        self.group_scores = GroupScores(self, attribute, int(params["fair_batch_size"]), ctx.seed) \
-            if resolved["fair_term"] == "similarity" else None
+        self.group_scores = GroupScores(self, attribute, int(params["fair_batch_size"]), ctx.seed,
+                                        str(params["group_bn"])) if resolved["fair_term"] == "similarity" else None
         self.pairs = PairMemory(self.n_train, self.epochs) if resolved["dbpm"] == "pair" else None
         self.slots: SlotMemory | None = None
         self.flags: EpochFlags | None = None
         self.batches: list[np.ndarray] = []
         self.log: list[dict[str, Any]] = []
-        self._epoch_stats: dict[str, list[float]] = {}
+        self._weights: list[float] = []
 
     # -- DBPM decisions per epoch ------------------------------------------------------------------
     def begin_epoch(self, epoch: int, batches: list[np.ndarray]) -> None:
         if self.group_scores is not None:
             self.group_scores.draws.begin_epoch(epoch)
         self.batches = batches
-        self._epoch_stats = {"clip": [], "fair": [], "weights": []}
+        self.reset_stats()
+        self._weights = []
         if self.pairs is None and self.slots is None:
             self.slots = SlotMemory(len(batches), self.epochs)
         self.flags = None
@@ -152,11 +176,11 @@ class RobustFairObjective(ClipObjective):
         if self.pairs is not None:
             for ids, losses in dist.all_gather_objects((idx.tolist(), per.detach().cpu().tolist())):
                 self.pairs.record(torch.tensor(ids), torch.tensor(losses), epoch)
-            weighted, weights = per, torch.ones_like(per)
+            weighted = per
             if flags is not None:
                 bad = flags.bad[torch.from_numpy(idx)]
                 weighted, weights = reweight(per, bad, flags.mu, flags.sigma)
-                self._epoch_stats["weights"] += weights[bad.to(per.device)].tolist()
+                self._weights += weights[bad.to(per.device)].tolist()
             clip = weighted.mean()
         else:
             assert self.slots is not None
@@ -164,28 +188,32 @@ class RobustFairObjective(ClipObjective):
             w = torch.ones((), device=per.device)
             if flags is not None and bool(flags.bad[step]):
                 w = gaussian_pdf(clip.detach(), flags.mu, flags.sigma).to(per.dtype)
-                self._epoch_stats["weights"].append(float(w))
+                self._weights.append(float(w))
             clip = clip * w
             weighted = per * w
             value = float(np.mean(dist.all_gather_objects(float(clip.detach()))))
             self.slots.record(step, value, epoch)
+        return self.combine(clip, lambda: self._term(weighted, logits, cosine, idx, epoch), step,
+                            unweighted=per.mean())
+
+    def _term(self, weighted: torch.Tensor, logits: torch.Tensor, cosine: torch.Tensor, idx: np.ndarray,
+              epoch: int) -> torch.Tensor:
         if self.r["fair_term"] == "loss":
             fair, _ = loss_distribution_term(weighted, list(self.groups_of[idx]), blur=self.blur, scaling=self.scaling)
-        else:
-            assert self.group_scores is not None
-            fair = fairclip_term("code", pair_scores(logits, cosine, "code"), self.group_scores.scores("code", epoch),
-                                 blur=self.blur, scaling=self.scaling)
-        self._epoch_stats["clip"].append(float(clip.detach()))
-        self._epoch_stats["fair"].append(float(fair.detach()))
-        return clip + self.lam * fair
+            return fair
+        assert self.group_scores is not None
+        return fairclip_term("code", pair_scores(logits, cosine, "code"), self.group_scores.scores("code", epoch),
+                             blur=self.blur, scaling=self.scaling)
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
-        s = self._epoch_stats
-        out: dict[str, Any] = {"clip_loss": float(np.mean(s["clip"])), "fair_term": float(np.mean(s["fair"])),
-                               "n_reweighted": len(s["weights"]),
-                               "mean_weight": float(np.mean(s["weights"])) if s["weights"] else None}
-        if self.log and self.log[-1]["epoch"] == epoch:
-            out.update({k: v for k, v in self.log[-1].items() if k.startswith("n_")})
+        out = super().end_epoch(epoch)
+        out["dbpm_loss"] = float(np.mean(self._stats["base"]))
+        entry = self.log[-1] if self.log and self.log[-1]["epoch"] == epoch else {}
+        counts = {k: v for k, v in entry.items() if k.startswith("n_")}
+        out.update(counts)
+        out["n_flagged"] = counts.get("n_bad_slots", counts.get("n_noisy", 0) + counts.get("n_faulty", 0))
+        out["n_reweighted"] = len(self._weights)
+        out["mean_weight"] = float(np.mean(self._weights)) if self._weights else None
         return out
 
     # -- checkpointed state -----------------------------------------------------------------------
@@ -205,7 +233,7 @@ class RobustFairObjective(ClipObjective):
             self.slots.load_state_dict(state["memory"])
 
     def record(self) -> dict[str, Any]:
-        return {**super().record(), "attribute": self.attribute,
+        return {**super().record(),
                 "dbpm": {"variant": self.r["dbpm"], "beta_np": self.r["beta_np"], "beta_fp": self.r["beta_fp"],
                          "warm_epochs": self.r["warm_epochs"], "max_epochs": self.epochs, "epochs": self.log},
                 "fair_term": self.r["fair_term"]}
@@ -216,18 +244,19 @@ class RobustFair(TrainableAdapter):
     description = ("robust-fair: DBPM-reweighted CLIP loss (per pair, or the released batch-slot variant) + "
                    "Sinkhorn term on group loss distributions (or FairCLIP's similarity term)")
     defaults = {**FAIRCLIP_DEFAULTS, "mode": "paper", "dbpm": "auto", "fair_term": "auto", "beta_np": "auto",
-                "beta_fp": "auto", "warm_epochs": 1}
+                "beta_fp": "auto", "warm_epochs": "auto", "lambda_fair": "auto"}
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self.resolved = resolve_robust_params(self.params)
+        check_trainable(self.name, self.params["trainable"])
+        check_group_bn(self.name, self.params["group_bn"])
 
     def build_objective(self, ctx: AdaptContext) -> RobustFairObjective:
         attribute = resolve_attribute(ctx, self.name, str(self.params["attribute"]))
         if self.resolved["warm_epochs"] >= int(self.params["epochs"]):
             info(f"robust_fair: warm_epochs {self.resolved['warm_epochs']} >= epochs {self.params['epochs']}: DBPM "
                  f"never reweights in this run")
-        for p in ctx.model.module.parameters():
-            p.requires_grad_(True)
+        self.fitted["parameters"] = select_trainable(ctx.model, str(self.params["trainable"]))
         self.fitted["resolved"] = dict(self.resolved)
         return RobustFairObjective(ctx, ctx.model, self.params, self.resolved, attribute, adapter=self.name)

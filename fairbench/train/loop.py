@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from fairbench.errors import FairbenchError
-from fairbench.progress import bar, warn
+from fairbench.progress import bar, info, warn
 from fairbench.train import dist
 from fairbench.train.checkpoint import CheckpointStore
 from fairbench.train.config import TrainConfig
@@ -103,6 +103,19 @@ def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     keep = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
     keep |= {n for n, _ in module.named_buffers(remove_duplicate=False)}
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k in keep}
+
+
+def trained_parameters(module: nn.Module, groups: list[dict[str, Any]]) -> dict[str, int]:
+    """{top-level parameter-name prefix: number of tensors the optimiser steps}; the objective's own wrapper
+    name ``model`` is dropped (``model.visual.conv1.weight`` counts under ``visual``)."""
+    stepped = {id(p) for g in groups for p in g["params"] if p.requires_grad}
+    out: dict[str, int] = {}
+    for name, p in module.named_parameters():
+        if id(p) in stepped:
+            parts = name.split(".")
+            key = parts[1] if parts[0] == "model" and len(parts) > 1 else parts[0]
+            out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def load_trainable_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -263,6 +276,10 @@ class Trainer:
                                 "lr": [float(g["lr"]) for g in opt.param_groups],
                                 f"{select}_auc": None if math.isnan(score) else score,
                                 "seconds": round(time.time() - t0, 3), **log})
+                line = obj.epoch_line(history[-1])
+                if line and dist.is_main_process():
+                    info(f"{self.name} epoch {epoch + 1}/{cfg.epochs}: {line}, {select} AUC "
+                         + ("n/a" if math.isnan(score) else f"{score:.4f}"))
                 self.store.save(CheckpointStore.LAST, {
                     "epoch": epoch + 1, "weights": trainable_state(obj.module), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "objective": obj.state_dict(),
@@ -283,6 +300,7 @@ class Trainer:
             "selection": "best epoch" if best_epoch is not None else "last epoch (selection score undefined)",
             "epochs_run": len(history), "early_stopped": bool(stopped and len(history) < cfg.epochs),
             "resumed_from_epoch": resumed_from, "history": history,
+            "trained_parameters": trained_parameters(obj.module, groups),
             "optimizer": {"name": cfg.optimizer, "betas": list(cfg.betas), "eps": cfg.eps,
                           "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
                           "warmup_steps": cfg.warmup_steps, "grad_accum": cfg.grad_accum,

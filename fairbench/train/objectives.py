@@ -69,8 +69,12 @@ class Objective(abc.ABC):
         """The scalar loss of this process's share ``idx`` (training-split row indices) of step ``step``."""
 
     def end_epoch(self, epoch: int) -> dict[str, Any]:
-        """What to log for the epoch (plain numbers, lists, strings)."""
+        """What to record for the epoch (plain numbers, lists, strings)."""
         return {}
+
+    def epoch_line(self, entry: dict[str, Any]) -> str | None:
+        """The objective's part of the log line printed after each epoch (None: no line)."""
+        return None
 
     @abc.abstractmethod
     def predict(self, split: str) -> np.ndarray:
@@ -104,18 +108,19 @@ class FeatureHead(Objective):
             layers += [nn.Linear(width, int(h)), nn.ReLU(), nn.Dropout(dropout)]
             width = int(h)
         layers.append(nn.Linear(width, n_classes))
-        self.module = nn.Sequential(*layers).to(device)
+        self.head = nn.Sequential(*layers).to(device)
+        self.module = nn.ModuleDict({"head": self.head})
         self.n_train = len(self.y)
         self.device = device
 
     def batch_loss(self, idx: np.ndarray, epoch: int, step: int) -> torch.Tensor:
         i = torch.from_numpy(idx).to(self.device)
-        return F.cross_entropy(self.module(self.x["train"][i]), self.y[i])
+        return F.cross_entropy(self.head(self.x["train"][i]), self.y[i])
 
     @torch.no_grad()
     def predict(self, split: str) -> np.ndarray:
         self.eval_mode()
-        return torch.softmax(self.module(self.x[split]).float(), dim=1).cpu().numpy()
+        return torch.softmax(self.head(self.x[split]).float(), dim=1).cpu().numpy()
 
 
 class _ModelObjective(Objective):
