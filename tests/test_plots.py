@@ -104,3 +104,51 @@ def test_bad_arguments_are_one_line_errors(results, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FairbenchError, match="no readable result cells"):
         plot_results([tmp_path / "empty"], tmp_path)
+
+
+def _with_epochs(cell: Path, epochs: list[dict], adapt: str) -> None:
+    import json
+
+    doc = json.loads((cell / "metrics.json").read_text())
+    doc["adapt"] = {"name": adapt, "params": {}, "fitted": {"epochs": epochs}}
+    (cell / "metrics.json").write_text(json.dumps(doc))
+
+
+def test_training_curves_for_cells_that_recorded_epochs(tmp_path):
+    from fixtures_results import fabricate_cell
+
+    from fairbench.report.collect import collect
+    from fairbench.report.plots import plot_training
+
+    root = tmp_path / "results"
+    robust = fabricate_cell(root, model="tinyclip", adapt="robust_fair")
+    _with_epochs(robust, [
+        {"epoch": e, "train_loss": 2.0 - 0.3 * e, "clip_loss": 2.1 - 0.3 * e, "dbpm_loss": 2.0 - 0.3 * e,
+         "val_auc": 0.7 + 0.02 * e, "fair_term": 0.3 - 0.05 * e, "lambda_fair": 1.0, "lambda_x_fair": 0.3 - 0.05 * e,
+         "grad_norm_clip": 1.0, "grad_norm_fair": 0.2, "grad_ratio": 0.2 + 0.1 * e, "n_flagged": [0, 0, 12][e],
+         "n_reweighted": [0, 0, 12][e], "mean_weight": [None, None, 1e-3][e]} for e in range(3)], "robust_fair")
+    off = fabricate_cell(root, model="tinyclip", adapt="fairclip")
+    _with_epochs(off, [{"epoch": e, "train_loss": 1.0, "clip_loss": 1.0, "val_auc": 0.7, "fair_term": None,
+                        "lambda_fair": 0.0, "lambda_x_fair": 0.0, "grad_norm_clip": 1.0, "grad_norm_fair": 0.0,
+                        "grad_ratio": 0.0} for e in range(2)], "fairclip")
+    fabricate_cell(root, model="tinyclip", adapt="zeroshot")  # no epochs: no training figure
+    out = tmp_path / "figs"
+    cells = {c.adapt: c for c in collect([root]).cells}
+    assert plot_training(cells["zeroshot"], out) == []
+    written = plot_training(cells["robust_fair"], out)
+    assert sorted(p.name for p in written) == ["training.png", "training.svg"]
+    img = rgb(written[0])
+    assert img.shape[1] > 4 * 400 and img.std() > 20  # five panels side by side, not blank
+    svg = written[1].read_text()
+    for text in ("training curves (3 epochs)", "Loss (epoch mean)", "Selection AUC (val split)",
+                 "Fairness term (epoch mean, lambda 1)", "Gradient share of the term (first batch)",
+                 "DBPM: flagged pairs and their weight", "CLIP loss after DBPM", "equal gradients"):
+        assert text in svg, text
+    svg_off = [p for p in plot_training(cells["fairclip"], out) if p.suffix == ".svg"][0].read_text()
+    assert "term off (lambda_fair = 0)" in svg_off and "no gradient from the term" in svg_off
+    assert "DBPM" not in svg_off
+    # `fairbench plot` writes them beside the per-attribute figures
+    res = CliRunner().invoke(app, ["plot", str(root), "--out", str(tmp_path / "cli"), "--format", "png"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cli" / "synth_cxr" / "tinyclip" / "robust_fair" / "seed0" / "training.png").is_file()
+    assert not (tmp_path / "cli" / "synth_cxr" / "tinyclip" / "zeroshot" / "seed0" / "training.png").exists()

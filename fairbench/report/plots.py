@@ -3,7 +3,10 @@
 Per cell and protected attribute, one figure with three panels: group metrics with 95% bootstrap intervals
 (bars), ROC curves per group (from predictions.parquet) and reliability diagrams per group (the suite's ECE
 bins, :func:`fairbench.metrics.reliability_curve`). Across the cells of a task, a fairness-utility scatter:
-overall AUC against ES-AUC per attribute, one point per model x adapter (mean over seeds).
+overall AUC against ES-AUC per attribute, one point per model x adapter (mean over seeds). Per trained cell
+(``adapt.fitted.epochs`` in metrics.json), training curves: the losses, the fairness term and ``lambda x
+term``, the gradient ratio ``||grad(lambda x term)|| / ||grad(CLIP loss)||``, the selection AUC and DBPM's
+flagged pairs with their mean weight, each panel where the cell recorded it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from fairbench.report.collect import Collection, ResultCell, collect  # noqa: E4
 from fairbench.report.leaderboard import aggregate  # noqa: E402
 from fairbench.report.summary import lookup  # noqa: E402
 
-__all__ = ["plot_results", "plot_cell", "plot_tradeoff", "OKABE_ITO"]
+__all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "OKABE_ITO"]
 
 #: Okabe & Ito (2008) colour-blind-safe palette, yellow last (weak on white)
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
@@ -239,6 +242,92 @@ def plot_cell(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
     return written, problems
 
 
+# -- training curves ----------------------------------------------------------------------------------------
+def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    pts = [(int(e.get("epoch", i)) + 1, float(e[key])) for i, e in enumerate(epochs)
+           if isinstance(e.get(key), (int, float)) and math.isfinite(float(e[key]))]
+    return [x for x, _ in pts], [y for _, y in pts]
+
+
+def _line(ax: Any, epochs: list[dict[str, Any]], key: str, label: str, i: int, positive: bool = False) -> bool:
+    xs, ys = _series(epochs, key)
+    if positive:
+        xs, ys = [x for x, y in zip(xs, ys, strict=True) if y > 0], [y for y in ys if y > 0]
+    if not xs:
+        return False
+    ax.plot(xs, ys, color=_color(i), linestyle=_style(i), marker=MARKERS[i % len(MARKERS)], markersize=4,
+            linewidth=1.5, label=label)
+    return True
+
+
+def _epoch_axis(ax: Any, n: int) -> None:
+    ax.set_xlabel("epoch")
+    ax.set_xticks(range(1, n + 1) if n <= 12 else np.linspace(1, n, 7).round().astype(int))
+    ax.grid(alpha=0.3)
+
+
+def plot_training(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Training curves of a trained cell (``adapt.fitted.epochs``); nothing for cells without them."""
+    epochs = lookup(cell.doc, "adapt", "fitted", "epochs")
+    if not isinstance(epochs, list) or not epochs or not all(isinstance(e, dict) for e in epochs):
+        return []
+    has = {k for e in epochs for k, v in e.items() if v is not None}
+    select = next((k for k in ("val_auc", "test_auc") if k in has), None)
+    panels = ["loss"] + [name for name, keys in (("term", {"fair_term", "lambda_fair"}), ("grad", {"grad_norm_clip"}),
+                                                 ("dbpm", {"n_flagged"})) if keys & has]
+    if select:
+        panels.insert(1, "auc")
+    n = len(epochs)
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
+        for ax, panel in zip(axes[0], panels, strict=True):
+            if panel == "loss":
+                _line(ax, epochs, "train_loss", "training loss (optimised)", 0)
+                _line(ax, epochs, "clip_loss", "CLIP loss", 1)
+                _line(ax, epochs, "dbpm_loss", "CLIP loss after DBPM", 2)
+                ax.set_title("Loss (epoch mean)")
+            elif panel == "auc":
+                _line(ax, epochs, select, f"{select.split('_')[0]} AUC", 0)  # type: ignore[arg-type]
+                ax.set_title(f"Selection AUC ({select.split('_')[0]} split)")  # type: ignore[union-attr]
+            elif panel == "term":
+                drawn = _line(ax, epochs, "fair_term", "fairness term", 0, positive=True)
+                drawn |= _line(ax, epochs, "lambda_x_fair", "lambda x term", 1, positive=True)
+                lam = next((e.get("lambda_fair") for e in epochs if e.get("lambda_fair") is not None), None)
+                if drawn:
+                    ax.set_yscale("log")
+                else:
+                    ax.text(0.5, 0.5, "term off (lambda_fair = 0)" if lam == 0 else "term not recorded",
+                            ha="center", va="center", transform=ax.transAxes)
+                ax.set_title(f"Fairness term (epoch mean, lambda {lam:g})" if isinstance(lam, (int, float))
+                             else "Fairness term (epoch mean)")
+            elif panel == "grad":
+                if _line(ax, epochs, "grad_ratio", "||grad(lambda x term)|| / ||grad(CLIP)||", 3, positive=True):
+                    ax.set_yscale("log")
+                    ax.axhline(1.0, color="#999999", linewidth=0.8, linestyle=":", label="equal gradients")
+                else:
+                    ax.text(0.5, 0.5, "no gradient from the term\n(ratio 0 or not measured)", ha="center",
+                            va="center", transform=ax.transAxes)
+                ax.set_title("Gradient share of the term (first batch)")
+            else:
+                xs, ys = _series(epochs, "n_flagged")
+                ax.bar(xs, ys, color=_color(5), alpha=0.8, label="pairs (or slots) flagged")
+                ax.set_ylabel("flagged")
+                twin = ax.twinx()
+                if _line(twin, epochs, "mean_weight", "mean DBPM weight of flagged losses", 6, positive=True):
+                    twin.set_yscale("log")
+                twin.set_ylabel("mean weight (log)")
+                handles = ax.get_legend_handles_labels()
+                extra = twin.get_legend_handles_labels()
+                ax.legend(handles[0] + extra[0], handles[1] + extra[1], loc="upper left", frameon=False)
+                ax.set_title("DBPM: flagged pairs and their weight")
+            _epoch_axis(ax, n)
+            if panel != "dbpm" and ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best", frameon=False)
+        fig.suptitle(f"{_title(cell)}\ntraining curves ({n} epochs)", fontsize=12)
+        fig.tight_layout()
+        return _save(fig, out / cell.task / cell.model / cell.adapt / f"seed{cell.seed}" / "training", formats)
+
+
 # -- across cells -------------------------------------------------------------------------------------------
 def _spread(cells: list[ResultCell], path: tuple[str, ...]) -> tuple[float | None, float | None, float | None]:
     """(mean, low, high): min-max over seeds with 2+ seeds, else the cell's bootstrap interval (if any)."""
@@ -362,7 +451,7 @@ def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] 
     problems: list[str] = []
     for cell in col.cells:
         files, probs = plot_cell(cell, Path(out), formats, attributes)
-        written += files
+        written += files + plot_training(cell, Path(out), formats)
         problems += probs
     for task, cells in sorted(col.by_task().items()):
         written += plot_tradeoff(task, cells, Path(out), formats, attributes)
