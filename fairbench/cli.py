@@ -167,6 +167,32 @@ def metrics(
 
 
 @app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Cell A (the reference): a cell folder, predictions.parquet, metrics.json "
+                                      "or a folder of seed<N> cells.")],
+    b: Annotated[Path, typer.Argument(help="Cell B, of the same task and evaluated on the same samples.")],
+    task: Annotated[Optional[str], typer.Option(
+        help="Task card (default: from the cells' metrics.json).")] = None,
+    n_boot: NBootOpt = None,
+    seed: Annotated[int, typer.Option(min=0, help="Bootstrap seed.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the full comparison as JSON here.")] = None,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Paired comparison B − A on the same test samples: every metric with a paired bootstrap interval and
+    p-value, DeLong's test for the AUCs; folders of seeds are paired seed by seed."""
+    from fairbench.compare import compare as run_compare
+    from fairbench.report.comparison import print_comparison
+    from fairbench.results import write_json
+
+    result = run_compare(a, b, task=task, n_boot=n_boot, seed=seed, tasks_dirs=tuple(tasks_dir or ()))
+    if out is not None:
+        write_json(out, result)
+    print_comparison(result)
+    if out is not None:
+        err_console.print(f"wrote {out}", markup=False, soft_wrap=True)
+
+
+@app.command()
 def sweep(
     sweep_file: Annotated[Optional[Path], typer.Argument(
         help="YAML sweep file (grid, run options, executor; see docs/sweeps.md). Options given here override it.")]

@@ -21,16 +21,19 @@ STARTED = "2026-01-0{day}T12:00:00+00:00"
 
 
 def predictions(task: str, *, strength: float, bias: float, seed: int, n_test: int = 400, n_val: int = 200,
-                salt: str = "") -> pd.DataFrame:
+                salt: str = "", same_samples: bool = False) -> pd.DataFrame:
+    """``same_samples``: labels and groups depend on (task, seed) only, so cells of different models are
+    evaluated on the same samples (what a paired comparison needs); only the scores differ."""
     card = get_task(task)
     rng = np.random.default_rng(zlib.crc32(f"{task}/{salt}/{seed}".encode()))
+    sample_rng = np.random.default_rng(zlib.crc32(f"{task}/samples/{seed}".encode())) if same_samples else rng
     frames = []
     for split, n in (("val", n_val), ("test", n_test)):
         k = len(card.classes)
-        label = rng.integers(0, k, n)
-        sex = rng.choice(["F", "M"], n)
-        old = rng.random(n) < 0.45
-        race = rng.choice(["Asian", "Black", "White"], n, p=[0.3, 0.2, 0.5])
+        label = sample_rng.integers(0, k, n)
+        sex = sample_rng.choice(["F", "M"], n)
+        old = sample_rng.random(n) < 0.45
+        race = sample_rng.choice(["Asian", "Black", "White"], n, p=[0.3, 0.2, 0.5])
         signal = strength * np.where(old, 1.0 - bias, 1.0)
         logits = rng.normal(0.0, 1.0, (n, k))
         logits[np.arange(n), label] += 2.0 * signal
@@ -47,9 +50,10 @@ def predictions(task: str, *, strength: float, bias: float, seed: int, n_test: i
 
 def fabricate_cell(root: Path, *, task: str = "synth_cxr", model: str = "tinyclip", adapt: str = "zeroshot",
                    seed: int = 0, strength: float = 1.0, bias: float = 0.5, n_boot: int = 0, day: int = 1,
-                   n_test: int = 400) -> Path:
+                   n_test: int = 400, same_samples: bool = False) -> Path:
     card = get_task(task)
-    frame = predictions(task, strength=strength, bias=bias, seed=seed, n_test=n_test, salt=f"{model}/{adapt}")
+    frame = predictions(task, strength=strength, bias=bias, seed=seed, n_test=n_test, salt=f"{model}/{adapt}",
+                        same_samples=same_samples)
     doc = metrics_document(frame, card, n_boot=n_boot, seed=seed, samples_sha256=_samples_sha256(frame, "test"),
                            model={"name": model, "weights": {"source": "random", "sha256": "random"}},
                            adapt={"name": adapt, "params": {}}, config={"seed": seed})

@@ -1,0 +1,306 @@
+"""`fairbench compare A B`: is B really better (or fairer) than A, on the same test samples?
+
+A and B are result cells (folders with predictions.parquet), predictions.parquet files, metrics.json files
+beside their predictions, or folders holding ``seed<N>`` cells (one task x model x adapter). For one pair of
+cells the answer is a paired bootstrap of every metric the suite computes (:mod:`fairbench.metrics._paired`)
+plus DeLong's test for the overall and per-group AUCs (:mod:`fairbench.metrics._delong`). For folders of
+seeds the cells are paired seed by seed, and the mean delta over seeds gets a Student t interval next to each
+seed's paired bootstrap. Each cell keeps the threshold its metrics.json records.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairbench.errors import FairbenchError, ResultsError
+from fairbench.metrics._bootstrap import CI_LEVEL
+from fairbench.metrics._delong import delong_paired
+from fairbench.metrics._inputs import read_predictions as parse_predictions
+from fairbench.metrics._paired import PairedValue, paired_pass
+from fairbench.metrics._suite import _resolve_threshold, build_passes
+from fairbench.results import METRICS, PREDICTIONS, read_metrics
+
+__all__ = ["Cell", "resolve_cells", "compare_pair", "compare", "P_VALUE", "SUMMARY_METRICS"]
+
+P_VALUE = "two-sided bootstrap: min(1, 2 (min(#{d* <= 0}, #{d* >= 0}) + 1) / (B + 1))"
+#: what the printed table and the leaderboard's "versus" tables show (the JSON has every metric)
+SUMMARY_METRICS = ("auc", "es_auc", "auc_gap", "dpd", "deodds")
+_SEED_DIR = re.compile(r"^seed(\d+)$")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One side of a comparison: a predictions file and, when there is one, the metrics.json beside it."""
+
+    label: str
+    predictions: Path
+    doc: dict[str, Any] | None
+    seed: int | None
+
+    def identity(self) -> dict[str, Any]:
+        doc = self.doc or {}
+        return {"path": self.label, "predictions": str(self.predictions),
+                "model": (doc.get("model") or {}).get("name"), "adapter": (doc.get("adapt") or {}).get("name"),
+                "seed": self.seed, "params": (doc.get("adapt") or {}).get("params")}
+
+
+def _doc_beside(predictions: Path) -> dict[str, Any] | None:
+    beside = predictions.parent / METRICS
+    if not beside.is_file():
+        return None
+    try:
+        return read_metrics(beside)
+    except ResultsError:
+        return None
+
+
+def _cell(label: str, predictions: Path) -> Cell:
+    if not predictions.is_file():
+        raise FairbenchError(f"{label}: no {PREDICTIONS} (a comparison needs each cell's per-sample predictions)")
+    doc = _doc_beside(predictions)
+    seed = doc.get("seed") if doc else None
+    if seed is None:
+        m = _SEED_DIR.match(predictions.parent.name)
+        seed = int(m.group(1)) if m else None
+    return Cell(label=label, predictions=predictions, doc=doc, seed=None if seed is None else int(seed))
+
+
+def resolve_cells(path: Path | str) -> dict[int | None, Cell]:
+    """{seed: cell}: one entry for a cell, a predictions file or a metrics.json; one per ``seed<N>`` folder
+    for a folder of seeds."""
+    p = Path(path)
+    label = str(path)
+    if not p.exists():
+        raise FairbenchError(f"{label}: no such file or folder")
+    if p.is_file():
+        if p.name == METRICS:
+            p = p.parent / PREDICTIONS
+        elif p.suffix != ".parquet":
+            raise FairbenchError(f"{label}: expected a result cell, a {PREDICTIONS} or a {METRICS}")
+        cell = _cell(label, p)
+        return {cell.seed: cell}
+    if (p / PREDICTIONS).exists() or (p / METRICS).exists() or (p / "error.json").exists():
+        cell = _cell(label, p / PREDICTIONS)
+        return {cell.seed: cell}
+    seeds = sorted((int(m.group(1)), d) for d in p.iterdir() if d.is_dir() and (m := _SEED_DIR.match(d.name)))
+    if not seeds:
+        raise FairbenchError(f"{label}: neither a result cell (no {PREDICTIONS}) nor a folder of seed<N> cells")
+    return {s: _cell(f"{label.rstrip('/')}/{d.name}", d / PREDICTIONS) for s, d in seeds}
+
+
+# -- one pair ---------------------------------------------------------------------------------------------------
+def _read_frame(cell: Cell, classes: list[str], attributes: list[str]) -> pd.DataFrame:
+    from fairbench.report.recompute import read_predictions
+
+    return read_predictions(cell.predictions, classes, attributes)
+
+
+def _threshold(cell: Cell, frame: pd.DataFrame, card: Any) -> tuple[float | None, dict[str, Any]]:
+    """The threshold the cell's metrics.json records; without one, the task card's rule on this frame."""
+    recorded = (cell.doc or {}).get("threshold")
+    if isinstance(recorded, dict) and "value" in recorded:
+        value = recorded["value"]
+        return (None if value is None else float(value)), {**recorded, "from": "metrics.json"}
+    ev = card.evaluation
+    pred = parse_predictions(frame, list(card.classes), list(card.attributes), None)
+    task = "binary" if len(card.classes) == 2 else "multiclass"
+    value, record = _resolve_threshold(ev.threshold, pred, task, ev.split, {})
+    return value, {**record, "from": "task card rule"}
+
+
+def _aligned(a: Cell, b: Cell, fa: pd.DataFrame, fb: pd.DataFrame, card: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The evaluated rows of both, in the same order (by sample id), after checking they are the same samples
+    with the same labels and groups."""
+    split = card.evaluation.split
+    out = []
+    for cell, frame in ((a, fa), (b, fb)):
+        ev = frame[frame["split"].astype(str) == split].copy()
+        if ev.empty:
+            raise FairbenchError(f"{cell.label}: no rows with split == {split!r}")
+        ids = ev["sample_id"].astype(str)
+        dup = ids[ids.duplicated()].unique().tolist()
+        if dup:
+            raise FairbenchError(f"{cell.label}: duplicate sample id(s) in split {split!r}: {', '.join(dup[:5])}")
+        ev["sample_id"] = ids
+        out.append(ev.sort_values("sample_id", kind="mergesort").reset_index(drop=True))
+    ea, eb = out
+    only_a = sorted(set(ea["sample_id"]) - set(eb["sample_id"]))
+    only_b = sorted(set(eb["sample_id"]) - set(ea["sample_id"]))
+    if only_a or only_b:
+        raise FairbenchError(
+            f"{a.label} and {b.label} were evaluated on different samples ({len(only_a)} only in A"
+            + (f", e.g. {only_a[0]}" if only_a else "") + f"; {len(only_b)} only in B"
+            + (f", e.g. {only_b[0]}" if only_b else "") + "): a paired comparison needs the same test samples")
+    if not np.array_equal(ea["label"].to_numpy(), eb["label"].to_numpy()):
+        i = int(np.flatnonzero(ea["label"].to_numpy() != eb["label"].to_numpy())[0])
+        raise FairbenchError(f"{a.label} and {b.label} disagree on the label of sample {ea['sample_id'][i]}")
+    for attr in card.attributes:
+        col = f"attr_{attr}"
+        va = ea[col].astype("string").fillna("<unknown>").to_numpy()
+        vb = eb[col].astype("string").fillna("<unknown>").to_numpy()
+        if not np.array_equal(va, vb):
+            i = int(np.flatnonzero(va != vb)[0])
+            raise FairbenchError(f"{a.label} and {b.label} disagree on {attr} of sample {ea['sample_id'][i]} "
+                                 f"({va[i]} vs {vb[i]})")
+    return ea, eb
+
+
+def _nest(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _entry(v: PairedValue) -> dict[str, Any]:
+    out: dict[str, Any] = {"a": v.a, "b": v.b, "delta": v.delta, "ci": v.ci, "p": v.p}
+    if v.n_undefined:
+        out["n_undefined"] = v.n_undefined
+    return out
+
+
+def _delong_entry(y: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> dict[str, Any] | None:
+    d = delong_paired(y, sa, sb)
+    if d is None:
+        return None
+    return {"a": d.auc_a, "b": d.auc_b, "delta": d.delta, "se": d.se, "ci": d.ci, "p": d.p,
+            "n_pos": d.n_pos, "n_neg": d.n_neg}
+
+
+def _delong(pa: Any, pb: Any, classes: list[str]) -> dict[str, Any]:
+    """DeLong per AUC the suite reports: binary: P(positive); multiclass: each class one vs rest."""
+    def scores(mask: np.ndarray) -> dict[str, Any] | None:
+        if len(classes) == 2:
+            return _delong_entry(pa.y[mask] == 1, pa.probs[mask, 1], pb.probs[mask, 1])
+        return {c: _delong_entry(pa.y[mask] == k, pa.probs[mask, k], pb.probs[mask, k])
+                for k, c in enumerate(classes)}
+
+    everything = np.ones(len(pa.y), dtype=bool)
+    out: dict[str, Any] = {"overall": {"auc": scores(everything)}, "attributes": {}}
+    for attr, labels in pa.attributes.items():
+        groups = sorted({g for g in labels if g is not None})
+        out["attributes"][attr] = {g: {"auc": scores(labels == g)} for g in groups}
+    return out
+
+
+def compare_pair(a: Cell, b: Cell, card: Any, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Paired bootstrap (every metric) and DeLong (AUCs) of B - A on the same evaluated samples."""
+    classes, attributes = list(card.classes), list(card.attributes)
+    ev = card.evaluation
+    fa, fb = _read_frame(a, classes, attributes), _read_frame(b, classes, attributes)
+    ta, rec_a = _threshold(a, fa, card)
+    tb, rec_b = _threshold(b, fb, card)
+    ea, eb = _aligned(a, b, fa, fb, card)
+    intersections = [list(i) for i in ev.intersections] or None
+    pa = parse_predictions(ea, classes, attributes, intersections)
+    pb = parse_predictions(eb, classes, attributes, intersections)
+    nf = classes.index(str(ev.no_finding_class)) if ev.no_finding_class is not None else None
+    passes_a = build_passes(pa, eval_split=ev.split, threshold=ta, ece_bins=ev.ece_bins, no_finding=nf)
+    passes_b = build_passes(pb, eval_split=ev.split, threshold=tb, ece_bins=ev.ece_bins, no_finding=nf)
+    metrics: dict[str, Any] = {"overall": {}, "attributes": {}}
+    for i, ((p, da), (_, db)) in enumerate(zip(passes_a, passes_b, strict=True)):
+        for path, value in paired_pass(p, da, db, nf, n_boot, seed, i).items():
+            _nest(metrics, path, _entry(value))
+    return {"a": a.identity(), "b": b.identity(), "task": card.name, "eval_split": ev.split, "n": int(len(ea)),
+            "n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL if n_boot else None,
+            "ci_method": "percentile of the paired resampled deltas (same samples for A and B; strata true class "
+                         "x group per attribute, true class overall)" if n_boot else None,
+            "p_value": P_VALUE if n_boot else None, "thresholds": {"a": rec_a, "b": rec_b},
+            "metrics": metrics, "delong": _delong(pa, pb, classes)}
+
+
+# -- seeds ------------------------------------------------------------------------------------------------------
+def _t975(df: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def _across(values: list[float]) -> dict[str, Any]:
+    k = len(values)
+    mean = float(np.mean(values))
+    out: dict[str, Any] = {"mean_delta": mean, "deltas": values, "n_seeds": k, "ci": None, "p": None}
+    if k >= 2:
+        sd = float(np.std(values, ddof=1))
+        half = _t975(k - 1) * sd / math.sqrt(k)
+        out["ci"] = [mean - half, mean + half]
+        if sd > 0:
+            from scipy import stats
+
+            out["p"] = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(k)), k - 1))
+        else:
+            out["p"] = 1.0 if mean == 0 else 0.0
+    return out
+
+
+def _walk(tree: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and "delta" in value and "a" in value:
+            out.append((path + (key,), value))
+        elif isinstance(value, dict):
+            out += _walk(value, path + (key,))
+    return out
+
+
+def across_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean delta over seeds with a t interval and a one-sample t-test p-value, per metric path."""
+    deltas: dict[tuple[str, ...], list[float]] = {}
+    for result in per_seed.values():
+        for path, entry in _walk(result["metrics"]):
+            if entry.get("delta") is not None:
+                deltas.setdefault(path, []).append(float(entry["delta"]))
+    out: dict[str, Any] = {}
+    for path, values in sorted(deltas.items()):
+        if len(values) == len(per_seed):
+            _nest(out, path, _across(values))
+    return out
+
+
+def compare(a: Path | str, b: Path | str, *, task: str | None = None, n_boot: int | None = None,
+            seed: int | None = None, tasks_dirs: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Compare two cells, or two folders of seed cells paired seed by seed. Raises before computing anything
+    when the two sides cannot be compared."""
+    from fairbench.data.task import get_task
+
+    side_a, side_b = resolve_cells(a), resolve_cells(b)
+    cells = list(side_a.values()) + list(side_b.values())
+    names = {c.doc["task"]["name"] for c in cells if c.doc and (c.doc.get("task") or {}).get("name")}
+    if task is None:
+        if len(names) > 1:
+            raise FairbenchError(f"{a} and {b} are cells of different tasks ({', '.join(sorted(names))}): a paired "
+                                 f"comparison needs the same task and test samples")
+        if not names:
+            raise FairbenchError(f"{a}, {b}: no metrics.json names the task; pass --task")
+        task = names.pop()
+    elif names - {task}:
+        raise FairbenchError(f"--task {task}, but the cells are of task(s) {', '.join(sorted(names - {task}))}")
+    card = get_task(task, tasks_dirs)
+    if n_boot is None:
+        n_boot = int(card.evaluation.n_boot)
+    if n_boot < 0:
+        raise FairbenchError(f"--n-boot must be >= 0, got {n_boot}")
+    seed = 0 if seed is None else int(seed)
+    multi = len(side_a) > 1 or len(side_b) > 1
+    if not multi:
+        return compare_pair(next(iter(side_a.values())), next(iter(side_b.values())), card, n_boot=n_boot, seed=seed)
+    common = sorted(s for s in side_a.keys() & side_b.keys() if s is not None)
+    if not common:
+        raise FairbenchError(f"{a} (seeds {sorted(k for k in side_a if k is not None)}) and {b} (seeds "
+                             f"{sorted(k for k in side_b if k is not None)}) share no seed to pair")
+    per_seed = {s: compare_pair(side_a[s], side_b[s], card, n_boot=n_boot, seed=seed) for s in common}
+    unpaired = {"a": sorted(k for k in side_a if k not in common and k is not None),
+                "b": sorted(k for k in side_b if k not in common and k is not None)}
+    first = per_seed[common[0]]
+    return {"a": {**first["a"], "path": str(a), "seeds": common}, "b": {**first["b"], "path": str(b), "seeds": common},
+            "task": card.name, "eval_split": first["eval_split"], "n": first["n"], "n_boot": n_boot, "seed": seed,
+            "seeds": common, "unpaired_seeds": unpaired,
+            "across_seeds": {"method": "mean of the per-seed deltas, Student t interval and one-sample t-test "
+                                       "across seeds", "metrics": across_seeds(per_seed)},
+            "per_seed": {str(s): r for s, r in per_seed.items()}}

@@ -1,0 +1,110 @@
+"""The table `fairbench compare` prints: paired deltas B - A with their intervals, x100."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from fairbench.report.summary import lookup
+
+__all__ = ["print_comparison", "printed_rows", "excludes_zero"]
+
+_OVERALL = (("auc", "AUC"), ("acc", "ACC"), ("macro_f1", "macro F1"), ("ece", "ECE"))
+_SUMMARIES = (("es_auc", "ES-AUC"), ("auc_gap", "AUC gap"), ("worst_group_auc", "worst-group AUC"),
+              ("dpd", "DPD"), ("dpd_mean_ovr", "DPD (mean OvR)"), ("deodds", "DEOdds"),
+              ("deodds_mean_ovr", "DEOdds (mean OvR)"), ("eqodds", "EqOdds"), ("ece_delta", "ECE Δ"))
+
+
+def excludes_zero(ci: Any) -> bool:
+    return isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci and (ci[0] > 0 or ci[1] < 0)
+
+
+def printed_rows(metrics: dict[str, Any]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(scope, metric label, path into ``metrics``) of the rows worth printing, in order."""
+    rows = [("overall", label, ("overall", key)) for key, label in _OVERALL if key in metrics.get("overall", {})]
+    for attr, a in (metrics.get("attributes") or {}).items():
+        for g in (a.get("groups") or {}):
+            if "auc" in a["groups"][g]:
+                rows.append((f"{attr} = {g}", "AUC", ("attributes", attr, "groups", g, "auc")))
+        rows += [(attr, label, ("attributes", attr, key)) for key, label in _SUMMARIES if key in a]
+    return rows
+
+
+def _x100(v: Any, signed: bool = False) -> str:
+    if not isinstance(v, (int, float)):
+        return "n/a"
+    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+
+
+def _ci(ci: Any) -> str:
+    if not isinstance(ci, (list, tuple)) or None in ci:
+        return "n/a"
+    return f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def _p(p: Any) -> str:
+    if not isinstance(p, (int, float)):
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _side(d: dict[str, Any]) -> str:
+    who = " / ".join(str(x) for x in (d.get("model"), d.get("adapter")) if x)
+    seeds = d.get("seeds")
+    seed = f"seeds {', '.join(map(str, seeds))}" if seeds else (f"seed {d['seed']}" if d.get("seed") is not None
+                                                                else "")
+    extra = ", ".join(x for x in (who, seed) if x)
+    return f"{d.get('path')}" + (f" ({extra})" if extra else "")
+
+
+def print_comparison(result: dict[str, Any], console: Console | None = None) -> None:
+    if console is None:
+        console = Console(highlight=False)
+        if not console.is_terminal:  # a file or pipe: never cut a column to 80 characters
+            console.width = 200
+    multi = "per_seed" in result
+    console.print(f"[bold]fairbench compare[/bold] · task [bold]{result['task']}[/bold] · n={result['n']} "
+                  f"'{result['eval_split']}' samples · B={result['n_boot']} paired resamples · values x100")
+    console.print(f"A: {_side(result['a'])}", markup=False, soft_wrap=True)
+    console.print(f"B: {_side(result['b'])}", markup=False, soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("scope", "metric"):
+        table.add_column(col, no_wrap=True)
+    if multi:
+        seeds = result["seeds"]
+        per_seed = result["per_seed"]
+        first = per_seed[str(seeds[0])]["metrics"]
+        for col in ("Δ per seed", f"mean Δ (B−A), {len(seeds)} seeds", "t 95% CI", "p (t)", "",
+                    "seeds with bootstrap CI ∌ 0"):
+            table.add_column(col, justify="right", no_wrap=True)
+        across = result["across_seeds"]["metrics"]
+        for scope, label, path in printed_rows(first):
+            s = lookup(across, *path) or {}
+            per = [lookup(per_seed[str(k)]["metrics"], *path) or {} for k in seeds]
+            table.add_row(scope, label, " ".join(_x100(e.get("delta"), True) for e in per),
+                          _x100(s.get("mean_delta"), True), _ci(s.get("ci")), _p(s.get("p")),
+                          "*" if excludes_zero(s.get("ci")) else "",
+                          f"{sum(excludes_zero(e.get('ci')) for e in per)}/{len(per)}")
+        console.print(table)
+        console.print("* the t interval across seeds excludes 0. Per-seed paired bootstrap intervals are in the "
+                      "JSON (--out).", markup=False, soft_wrap=True)
+        return
+    for col in ("A", "B", "Δ (B−A)", "95% CI", "p", "", "DeLong p"):
+        table.add_column(col, justify="right", no_wrap=True)
+    m, delong = result["metrics"], result.get("delong") or {}
+    for scope, label, path in printed_rows(m):
+        e = lookup(m, *path) or {}
+        dl = None
+        if path == ("overall", "auc"):
+            dl = lookup(delong, "overall", "auc")
+        elif path[-1] == "auc" and path[2] == "groups":
+            dl = lookup(delong, "attributes", path[1], path[3], "auc")
+        table.add_row(scope, label, _x100(e.get("a")), _x100(e.get("b")), _x100(e.get("delta"), True),
+                      _ci(e.get("ci")), _p(e.get("p")), "*" if excludes_zero(e.get("ci")) else "",
+                      _p(dl.get("p")) if isinstance(dl, dict) and "p" in dl else "")
+    console.print(table)
+    console.print("* the 95% paired bootstrap interval of B − A excludes 0. For AUC gap, DPD, DEOdds and ECE lower "
+                  "is better; a negative Δ is an improvement.", markup=False, soft_wrap=True)

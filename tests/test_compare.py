@@ -1,0 +1,270 @@
+"""`fairbench compare`: paired bootstrap and DeLong on fabricated cells with known differences, checked
+against the suite's own point estimates, hand computations, and each other."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fixtures_results import fabricate_cell
+from typer.testing import CliRunner
+
+from fairbench.cli import app
+from fairbench.compare import compare
+from fairbench.errors import FairbenchError
+from fairbench.metrics._delong import delong_paired
+from fairbench.metrics._paired import bootstrap_p_value, draw_shared_weights, shared_strata
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    """'biased' loses most of its separation for age >= 60; 'fixed' does not; same samples per seed."""
+    root = tmp_path_factory.mktemp("compare") / "results"
+    for seed in (0, 1, 2):
+        fabricate_cell(root, model="m", adapt="biased", seed=seed, strength=0.8, bias=0.8, n_boot=0,
+                       same_samples=True)
+        fabricate_cell(root, model="m", adapt="fixed", seed=seed, strength=0.8, bias=0.0, n_boot=0,
+                       same_samples=True)
+    return root / "synth_cxr" / "m"
+
+
+def _walk(tree: dict, path: tuple = ()) -> list[tuple[tuple, dict]]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and "delta" in v:
+            out.append((path + (k,), v))
+        elif isinstance(v, dict):
+            out += _walk(v, path + (k,))
+    return out
+
+
+def _get(tree: dict, path: tuple):  # type: ignore[no-untyped-def]
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def test_point_values_are_each_cells_own_metrics(cells: Path) -> None:
+    result = compare(cells / "biased" / "seed0", cells / "fixed" / "seed0", n_boot=50)
+    doc_a = json.loads((cells / "biased" / "seed0" / "metrics.json").read_text())["metrics"]
+    doc_b = json.loads((cells / "fixed" / "seed0" / "metrics.json").read_text())["metrics"]
+    entries = _walk(result["metrics"])
+    assert len(entries) > 60  # every metric the suite computes, overall, per attribute, per group
+    for path, e in entries:
+        assert e["a"] == _get(doc_a, path) and e["b"] == _get(doc_b, path), path
+        if e["a"] is not None and e["b"] is not None:
+            assert e["delta"] == pytest.approx(e["b"] - e["a"], abs=1e-15)
+    assert result["n"] == 400 and result["thresholds"]["a"]["from"] == "metrics.json"
+
+
+def test_known_improvement_is_found_where_it_is_and_not_elsewhere(cells: Path) -> None:
+    r = compare(cells / "biased" / "seed0", cells / "fixed" / "seed0", n_boot=400, seed=1)
+    age = r["metrics"]["attributes"]["age"]
+    old, young = age["groups"][">=60"]["auc"], age["groups"]["<60"]["auc"]
+    assert old["ci"][0] > 0.15 and old["p"] <= 2 / 401 + 1e-12  # the repaired group
+    assert young["ci"][0] < 0 < young["ci"][1] and young["p"] > 0.2  # untouched group: no difference
+    assert age["auc_gap"]["ci"][1] < 0 and age["es_auc"]["ci"][0] > 0
+    for path, e in _walk(r["metrics"]):
+        if e["ci"] is not None:
+            assert e["ci"][0] <= e["delta"] + 1e-12 or e["ci"][1] >= e["delta"] - 1e-12, path
+
+
+def test_a_cell_against_itself_differs_by_exactly_zero(cells: Path) -> None:
+    r = compare(cells / "biased" / "seed0", cells / "biased" / "seed0" / "predictions.parquet", n_boot=100)
+    for path, e in _walk(r["metrics"]):
+        if e["delta"] is not None:
+            assert e["delta"] == 0.0 and e["ci"] == [0.0, 0.0] and e["p"] == 1.0, path
+    assert r["delong"]["overall"]["auc"]["delta"] == 0.0 and r["delong"]["overall"]["auc"]["p"] == 1.0
+
+
+def test_pairing_narrows_the_interval_of_correlated_predictions(cells: Path, tmp_path: Path) -> None:
+    """B = A plus a little noise: the marginal intervals overlap almost entirely, the paired one is narrow."""
+    src = cells / "biased" / "seed0"
+    dst = tmp_path / "synth_cxr" / "m" / "noisy" / "seed0"
+    shutil.copytree(src, dst)
+    frame = pd.read_parquet(dst / "predictions.parquet")
+    rng = np.random.default_rng(0)
+    p1 = np.clip(frame["prob_abnormal"].to_numpy() + rng.normal(0, 0.02, len(frame)), 0, 1)
+    frame["prob_abnormal"], frame["prob_normal"] = p1, 1 - p1
+    frame.to_parquet(dst / "predictions.parquet", index=False)
+    r = compare(src, dst, n_boot=400)
+    auc = r["metrics"]["overall"]["auc"]
+    paired_width = auc["ci"][1] - auc["ci"][0]
+    from fairbench.metrics import compute_metrics
+
+    marginal = compute_metrics(frame, classes=["normal", "abnormal"], attributes=["sex", "age", "race"],
+                               n_boot=400)["ci"]["overall"]["auc"]
+    assert paired_width < 0.2 * (marginal[1] - marginal[0])
+    dl = r["delong"]["overall"]["auc"]
+    assert dl["ci"][1] - dl["ci"][0] == pytest.approx(paired_width, rel=0.35)  # two methods, one answer
+
+
+def test_shared_resamples_are_stratified_like_the_suite() -> None:
+    from fairbench.metrics._plan import PassData
+
+    rng = np.random.default_rng(3)
+    n = 200
+    y = rng.integers(0, 2, n)
+    group = rng.integers(-1, 3, n)  # -1 = unknown: its own block, as in the suite
+    zeros = np.zeros(n)
+    data = PassData(y=y, yhat=y, probs=np.column_stack([1 - zeros, zeros]), bad=np.zeros(n, bool), conf=zeros,
+                    target=zeros, bins=np.zeros(n, np.int64), row_key=zeros, group=group, n_groups=3, n_bins=15)
+    strata = shared_strata(data)
+    assert sum(len(s) for s in strata) == n and len(strata) == 8
+    w = draw_shared_weights(strata, n, 50, seed=0, pass_index=1, chunk=0)
+    for rows in strata:  # every resample keeps each stratum's size: group sizes and class balance are fixed
+        assert (w[:, rows].sum(axis=1) == len(rows)).all()
+        assert len(set(y[rows])) == 1 and len(set(group[rows])) == 1
+    assert (w.sum(axis=1) == n).all() and w.std() > 0
+    again = draw_shared_weights(strata, n, 50, seed=0, pass_index=1, chunk=0)
+    assert np.array_equal(w, again)
+
+
+def test_bootstrap_p_value_by_hand() -> None:
+    assert bootstrap_p_value(np.array([0.1] * 99)) == pytest.approx(2 / 100)
+    assert bootstrap_p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(min(1, 2 * 2 / 5))
+    assert bootstrap_p_value(np.zeros(10)) == 1.0
+    assert bootstrap_p_value(np.array([np.nan, np.nan])) is None
+
+
+def _delong_by_definition(y, a, b):  # type: ignore[no-untyped-def]
+    """DeLong 1988 written out with explicit loops over positive-negative pairs."""
+    pos, neg = [i for i in range(len(y)) if y[i]], [i for i in range(len(y)) if not y[i]]
+    m, n = len(pos), len(neg)
+
+    def psi(x, z):  # type: ignore[no-untyped-def]
+        return 1.0 if x > z else 0.5 if x == z else 0.0
+
+    out = []
+    for s in (a, b):
+        v10 = [sum(psi(s[i], s[j]) for j in neg) / n for i in pos]
+        v01 = [sum(psi(s[i], s[j]) for i in pos) / m for j in neg]
+        out.append((sum(v10) / m, v10, v01))
+    (auc_a, v10a, v01a), (auc_b, v10b, v01b) = out
+
+    def cov(u, v):  # type: ignore[no-untyped-def]
+        mu, mv = sum(u) / len(u), sum(v) / len(v)
+        return sum((x - mu) * (z - mv) for x, z in zip(u, v, strict=True)) / (len(u) - 1)
+
+    var = ((cov(v10a, v10a) + cov(v10b, v10b) - 2 * cov(v10a, v10b)) / m
+           + (cov(v01a, v01a) + cov(v01b, v01b) - 2 * cov(v01a, v01b)) / n)
+    return auc_a, auc_b, var
+
+
+def test_delong_matches_the_definition_and_sklearn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([1, 1, 1, 0, 0, 0, 0, 1, 0])
+    a = np.array([0.9, 0.4, 0.7, 0.3, 0.4, 0.1, 0.6, 0.8, 0.4])  # ties across and within classes
+    b = np.array([0.8, 0.9, 0.35, 0.2, 0.5, 0.5, 0.1, 0.7, 0.3])
+    d = delong_paired(y, a, b)
+    auc_a, auc_b, var = _delong_by_definition(y, a, b)
+    assert d is not None
+    assert d.auc_a == pytest.approx(auc_a) == pytest.approx(roc_auc_score(y, a))
+    assert d.auc_b == pytest.approx(auc_b) == pytest.approx(roc_auc_score(y, b))
+    assert d.se == pytest.approx(math.sqrt(var))
+    assert d.p == pytest.approx(math.erfc(abs(auc_b - auc_a) / math.sqrt(var) / math.sqrt(2)))
+    assert d.ci == pytest.approx([d.delta - 1.959964 * d.se, d.delta + 1.959964 * d.se], rel=1e-6)
+    assert delong_paired(np.zeros(4), a[:4], b[:4]) is None
+
+
+def test_delong_and_paired_bootstrap_agree_on_group_aucs(cells: Path) -> None:
+    r = compare(cells / "biased" / "seed0", cells / "fixed" / "seed0", n_boot=1000)
+    for g in ("<60", ">=60"):
+        boot = r["metrics"]["attributes"]["age"]["groups"][g]["auc"]
+        dl = r["delong"]["attributes"]["age"][g]["auc"]
+        assert dl["delta"] == pytest.approx(boot["delta"], abs=1e-12)
+        assert (dl["ci"][1] - dl["ci"][0]) == pytest.approx(boot["ci"][1] - boot["ci"][0], rel=0.3)
+        assert (dl["p"] < 0.05) == (boot["p"] < 0.05)
+
+
+def test_seeds_are_paired_and_summarised_with_a_t_interval(cells: Path) -> None:
+    from scipy import stats
+
+    r = compare(cells / "biased", cells / "fixed", n_boot=50)
+    assert r["seeds"] == [0, 1, 2] and set(r["per_seed"]) == {"0", "1", "2"}
+    deltas = [r["per_seed"][s]["metrics"]["overall"]["auc"]["delta"] for s in ("0", "1", "2")]
+    summary = r["across_seeds"]["metrics"]["overall"]["auc"]
+    mean, sd = np.mean(deltas), np.std(deltas, ddof=1)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert summary["deltas"] == deltas and summary["mean_delta"] == pytest.approx(mean)
+    assert summary["ci"] == pytest.approx([mean - half, mean + half])
+    assert summary["p"] == pytest.approx(stats.ttest_1samp(deltas, 0.0).pvalue)
+
+
+def test_cells_that_cannot_be_compared_are_one_clear_error(cells: Path, tmp_path: Path) -> None:
+    other = tmp_path / "results"
+    fabricate_cell(other, model="m", adapt="other", seed=0)  # its own samples
+    with pytest.raises(FairbenchError, match="disagree on the label|different samples"):
+        compare(cells / "biased" / "seed0", other / "synth_cxr" / "m" / "other" / "seed0", n_boot=10)
+    fewer = tmp_path / "fewer" / "seed0"
+    shutil.copytree(cells / "fixed" / "seed0", fewer)
+    frame = pd.read_parquet(fewer / "predictions.parquet")
+    frame.iloc[:-3].to_parquet(fewer / "predictions.parquet", index=False)
+    with pytest.raises(FairbenchError, match=r"different samples \(0 only in A; 3 only in B, e.g. test-00397"):
+        compare(fewer, cells / "biased" / "seed0", n_boot=10)
+    fair = tmp_path / "fair"
+    fabricate_cell(fair, task="synth_cxr_fair", model="m", adapt="x", seed=0, same_samples=True)
+    with pytest.raises(FairbenchError, match="different tasks"):
+        compare(cells / "biased" / "seed0", fair / "synth_cxr_fair" / "m" / "x" / "seed0", n_boot=10)
+    lonely = tmp_path / "lonely" / "seed0"
+    lonely.mkdir(parents=True)
+    shutil.copy(cells / "fixed" / "seed0" / "metrics.json", lonely / "metrics.json")
+    with pytest.raises(FairbenchError, match="no predictions.parquet"):
+        compare(cells / "biased" / "seed0", lonely, n_boot=10)
+    with pytest.raises(FairbenchError, match="neither a result cell"):
+        compare(cells / "biased" / "seed0", tmp_path / "fair", n_boot=10)
+    # the CLI: one line, exit 2, nothing written
+    from test_cli import assert_one_line_error, fairbench
+
+    out = tmp_path / "cmp.json"
+    proc = fairbench("compare", str(fewer), str(cells / "biased" / "seed0"), "--out", str(out))
+    assert_one_line_error(proc, "different samples")
+    assert not out.exists()
+
+
+def test_cli_prints_the_table_and_writes_the_documented_json(cells: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp.json"
+    res = CliRunner().invoke(app, ["compare", str(cells / "biased" / "seed0"), str(cells / "fixed" / "seed0"),
+                                   "--n-boot", "200", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for text in ("Δ (B−A)", "95% CI", "DeLong p", "age = >=60", "ES-AUC", "excludes 0"):
+        assert text in res.output, text
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"a", "b", "n", "n_boot", "metrics", "delong"}
+    assert doc["a"]["adapter"] == "biased" and doc["b"]["adapter"] == "fixed" and doc["n_boot"] == 200
+    entry = doc["metrics"]["overall"]["auc"]
+    assert set(entry) == {"a", "b", "delta", "ci", "p"}
+    assert set(doc["metrics"]["attributes"]["age"]) >= {"es_auc", "auc_gap", "worst_group_auc", "dpd", "deodds",
+                                                        "eqodds", "groups"}
+    assert set(doc["delong"]["attributes"]["age"][">=60"]["auc"]) >= {"delta", "ci", "p"}
+    res = CliRunner().invoke(app, ["compare", str(cells / "biased"), str(cells / "fixed"), "--n-boot", "20"])
+    assert res.exit_code == 0 and "mean Δ (B−A), 3 seeds" in res.output and "t 95% CI" in res.output
+
+
+def test_each_cell_keeps_its_recorded_threshold(cells: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "moved" / "seed0"
+    shutil.copytree(cells / "fixed" / "seed0", moved)
+    doc = json.loads((moved / "metrics.json").read_text())
+    doc["threshold"] = {"value": 0.9, "chosen_on": "val", "rule": "youden"}
+    (moved / "metrics.json").write_text(json.dumps(doc))
+    r = compare(cells / "fixed" / "seed0", moved, n_boot=0)
+    frame = pd.read_parquet(moved / "predictions.parquet")
+    test = frame[frame["split"] == "test"]
+    acc_at_09 = float(((test["prob_abnormal"] >= 0.9).astype(int) == test["label"]).mean())
+    assert r["metrics"]["overall"]["acc"]["b"] == pytest.approx(acc_at_09)
+    assert r["metrics"]["overall"]["auc"]["delta"] == 0.0  # the scores are the same
+    assert r["thresholds"]["b"]["value"] == 0.9 and r["metrics"]["overall"]["acc"]["ci"] is None
+
+
+def test_same_seed_same_numbers(cells: Path) -> None:
+    one = compare(cells / "biased" / "seed1", cells / "fixed" / "seed1", n_boot=100, seed=5)
+    two = compare(cells / "biased" / "seed1", cells / "fixed" / "seed1", n_boot=100, seed=5)
+    assert one["metrics"] == two["metrics"]
+    three = compare(cells / "biased" / "seed1", cells / "fixed" / "seed1", n_boot=100, seed=6)
+    assert three["metrics"] != one["metrics"]
