@@ -27,7 +27,8 @@ from fairbench.metrics._paired import PairedValue, paired_pass
 from fairbench.metrics._suite import _resolve_threshold, build_passes
 from fairbench.results import METRICS, PREDICTIONS, read_metrics
 
-__all__ = ["Cell", "resolve_cells", "compare_pair", "compare", "P_VALUE", "SUMMARY_METRICS"]
+__all__ = ["Cell", "resolve_cells", "compare_pair", "paired_metrics", "compare", "across_seeds", "P_VALUE",
+           "SUMMARY_METRICS"]
 
 P_VALUE = "two-sided bootstrap: min(1, 2 (min(#{d* <= 0}, #{d* >= 0}) + 1) / (B + 1))"
 #: what the printed table and the leaderboard's "versus" tables show (the JSON has every metric)
@@ -173,20 +174,40 @@ def _delong_entry(y: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> dict[str, An
             "n_pos": d.n_pos, "n_neg": d.n_neg}
 
 
-def _delong(pa: Any, pb: Any, classes: list[str]) -> dict[str, Any]:
+def _delong(pa: Any, pb: Any, ev_a: np.ndarray, ev_b: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """DeLong per AUC the suite reports: binary: P(positive); multiclass: each class one vs rest."""
+    y, probs_a, probs_b = pa.y[ev_a], pa.probs[ev_a], pb.probs[ev_b]
+
     def scores(mask: np.ndarray) -> dict[str, Any] | None:
         if len(classes) == 2:
-            return _delong_entry(pa.y[mask] == 1, pa.probs[mask, 1], pb.probs[mask, 1])
-        return {c: _delong_entry(pa.y[mask] == k, pa.probs[mask, k], pb.probs[mask, k])
-                for k, c in enumerate(classes)}
+            return _delong_entry(y[mask] == 1, probs_a[mask, 1], probs_b[mask, 1])
+        return {c: _delong_entry(y[mask] == k, probs_a[mask, k], probs_b[mask, k]) for k, c in enumerate(classes)}
 
-    everything = np.ones(len(pa.y), dtype=bool)
-    out: dict[str, Any] = {"overall": {"auc": scores(everything)}, "attributes": {}}
+    out: dict[str, Any] = {"overall": {"auc": scores(np.ones(len(y), dtype=bool))}, "attributes": {}}
     for attr, labels in pa.attributes.items():
+        labels = labels[ev_a]
         groups = sorted({g for g in labels if g is not None})
         out["attributes"][attr] = {g: {"auc": scores(labels == g)} for g in groups}
     return out
+
+
+def paired_metrics(ea: pd.DataFrame, eb: pd.DataFrame, *, classes: list[str], attributes: list[str],
+                   intersections: list[list[str]] | None, eval_split: str, threshold_a: float | None,
+                   threshold_b: float | None, ece_bins: int, no_finding_class: str | None, n_boot: int,
+                   seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(paired bootstrap tree, DeLong tree) of two prediction tables whose evaluated rows are the same samples
+    in the same order."""
+    pa = parse_predictions(ea, classes, attributes, intersections)
+    pb = parse_predictions(eb, classes, attributes, intersections)
+    nf = classes.index(str(no_finding_class)) if no_finding_class is not None else None
+    passes_a = build_passes(pa, eval_split=eval_split, threshold=threshold_a, ece_bins=ece_bins, no_finding=nf)
+    passes_b = build_passes(pb, eval_split=eval_split, threshold=threshold_b, ece_bins=ece_bins, no_finding=nf)
+    metrics: dict[str, Any] = {"overall": {}, "attributes": {}}
+    for i, ((p, da), (_, db)) in enumerate(zip(passes_a, passes_b, strict=True)):
+        for path, value in paired_pass(p, da, db, nf, n_boot, seed, i).items():
+            _nest(metrics, path, _entry(value))
+    ev_a, ev_b = pa.split == eval_split, pb.split == eval_split
+    return metrics, _delong(pa, pb, ev_a, ev_b, classes)
 
 
 def compare_pair(a: Cell, b: Cell, card: Any, *, n_boot: int, seed: int) -> dict[str, Any]:
@@ -197,22 +218,16 @@ def compare_pair(a: Cell, b: Cell, card: Any, *, n_boot: int, seed: int) -> dict
     ta, rec_a = _threshold(a, fa, card)
     tb, rec_b = _threshold(b, fb, card)
     ea, eb = _aligned(a, b, fa, fb, card)
-    intersections = [list(i) for i in ev.intersections] or None
-    pa = parse_predictions(ea, classes, attributes, intersections)
-    pb = parse_predictions(eb, classes, attributes, intersections)
-    nf = classes.index(str(ev.no_finding_class)) if ev.no_finding_class is not None else None
-    passes_a = build_passes(pa, eval_split=ev.split, threshold=ta, ece_bins=ev.ece_bins, no_finding=nf)
-    passes_b = build_passes(pb, eval_split=ev.split, threshold=tb, ece_bins=ev.ece_bins, no_finding=nf)
-    metrics: dict[str, Any] = {"overall": {}, "attributes": {}}
-    for i, ((p, da), (_, db)) in enumerate(zip(passes_a, passes_b, strict=True)):
-        for path, value in paired_pass(p, da, db, nf, n_boot, seed, i).items():
-            _nest(metrics, path, _entry(value))
+    metrics, delong = paired_metrics(
+        ea, eb, classes=classes, attributes=attributes, intersections=[list(i) for i in ev.intersections] or None,
+        eval_split=ev.split, threshold_a=ta, threshold_b=tb, ece_bins=ev.ece_bins,
+        no_finding_class=ev.no_finding_class, n_boot=n_boot, seed=seed)
     return {"a": a.identity(), "b": b.identity(), "task": card.name, "eval_split": ev.split, "n": int(len(ea)),
             "n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL if n_boot else None,
             "ci_method": "percentile of the paired resampled deltas (same samples for A and B; strata true class "
                          "x group per attribute, true class overall)" if n_boot else None,
             "p_value": P_VALUE if n_boot else None, "thresholds": {"a": rec_a, "b": rec_b},
-            "metrics": metrics, "delong": _delong(pa, pb, classes)}
+            "metrics": metrics, "delong": delong}
 
 
 # -- seeds ------------------------------------------------------------------------------------------------------

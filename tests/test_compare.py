@@ -115,14 +115,17 @@ def test_shared_resamples_are_stratified_like_the_suite() -> None:
     data = PassData(y=y, yhat=y, probs=np.column_stack([1 - zeros, zeros]), bad=np.zeros(n, bool), conf=zeros,
                     target=zeros, bins=np.zeros(n, np.int64), row_key=zeros, group=group, n_groups=3, n_bins=15)
     strata = shared_strata(data)
-    assert sum(len(s) for s in strata) == n and len(strata) == 8
-    w = draw_shared_weights(strata, n, 50, seed=0, pass_index=1, chunk=0)
-    for rows in strata:  # every resample keeps each stratum's size: group sizes and class balance are fixed
-        assert (w[:, rows].sum(axis=1) == len(rows)).all()
+    assert sorted(strata.order.tolist()) == list(range(n)) and len(strata.bounds) == 8
+    w = draw_shared_weights(strata, 50, seed=0, pass_index=1, chunk=0)
+    counts = np.zeros_like(w)
+    counts[:, strata.order] = w  # back to one column per row
+    for start, size in strata.bounds:  # every resample keeps each stratum's size: group sizes, class balance
+        rows = strata.order[start:start + size]
+        assert (counts[:, rows].sum(axis=1) == size).all()
         assert len(set(y[rows])) == 1 and len(set(group[rows])) == 1
-    assert (w.sum(axis=1) == n).all() and w.std() > 0
-    again = draw_shared_weights(strata, n, 50, seed=0, pass_index=1, chunk=0)
-    assert np.array_equal(w, again)
+        assert list(rows) == sorted(rows)  # within a stratum, rows keep the aligned (sample id) order
+    assert (counts.sum(axis=1) == n).all() and counts.std() > 0
+    assert np.array_equal(w, draw_shared_weights(strata, 50, seed=0, pass_index=1, chunk=0))
 
 
 def test_bootstrap_p_value_by_hand() -> None:

@@ -40,17 +40,8 @@ class DeLong:
 
 def midranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    i = 0
-    while i < len(xs):
-        j = i
-        while j + 1 < len(xs) and xs[j + 1] == xs[i]:
-            j += 1
-        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return ranks
+    xs = np.sort(x, kind="mergesort")
+    return 0.5 * (np.searchsorted(xs, x, side="left") + np.searchsorted(xs, x, side="right") + 1.0)
 
 
 def _components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

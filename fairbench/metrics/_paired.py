@@ -25,7 +25,8 @@ from fairbench.metrics._kernels import ones_weights, pass_stats
 from fairbench.metrics._passes import Pass, Path
 from fairbench.metrics._plan import PassData, Plan, build_plan
 
-__all__ = ["PairedValue", "paired_pass", "bootstrap_p_value", "shared_strata", "draw_shared_weights"]
+__all__ = ["PairedValue", "paired_pass", "bootstrap_p_value", "shared_strata", "draw_shared_weights",
+           "SharedStrata"]
 
 
 @dataclass(frozen=True)
@@ -47,25 +48,41 @@ def bootstrap_p_value(deltas: np.ndarray) -> float | None:
     return float(min(1.0, 2.0 * (k + 1) / (len(d) + 1)))
 
 
-def shared_strata(data: PassData) -> list[np.ndarray]:
-    """Row indices (in the aligned row order) of each stratum true class x block, in (class, block) order;
-    rows within a stratum in row order (the aligned order, by sample id)."""
+@dataclass(frozen=True)
+class SharedStrata:
+    """The strata true class x block of a pass over the aligned rows: ``order`` lists the rows stratum by
+    stratum (in (class, block) order; rows of a stratum in aligned order, i.e. by sample id), ``bounds`` the
+    (start, size) of each stratum within ``order``."""
+
+    order: np.ndarray
+    bounds: tuple[tuple[int, int], ...]
+
+    def position(self) -> np.ndarray:
+        """For each aligned row, its position in ``order``."""
+        pos = np.empty(len(self.order), dtype=np.int64)
+        pos[self.order] = np.arange(len(self.order))
+        return pos
+
+
+def shared_strata(data: PassData) -> SharedStrata:
     block = np.where(data.group >= 0, data.group, data.n_groups)
     key = data.y.astype(np.int64) * (data.n_groups + 1) + block
     order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    return np.split(order, bounds) if len(order) else []
+    starts = np.flatnonzero(np.diff(key[order])) + 1 if len(order) else np.zeros(0, dtype=np.int64)
+    edges = np.concatenate([[0], starts, [len(order)]]).astype(np.int64)
+    return SharedStrata(order=order, bounds=tuple((int(a), int(b - a)) for a, b in zip(edges[:-1], edges[1:],
+                                                                                          strict=True) if b > a))
 
 
-def draw_shared_weights(strata: Sequence[np.ndarray], n: int, b: int, seed: int, pass_index: int,
-                        chunk: int) -> np.ndarray:
-    """Bootstrap counts (b, n) in the aligned row order: within each stratum, as many draws as rows."""
-    w = np.zeros((b, n), dtype=np.int64)
-    for s, rows in enumerate(strata):
+def draw_shared_weights(strata: SharedStrata, b: int, seed: int, pass_index: int, chunk: int) -> np.ndarray:
+    """Bootstrap counts (b, n) laid out as ``strata.order``: within each stratum, as many draws with
+    replacement as rows."""
+    w = np.empty((b, len(strata.order)), dtype=np.int64)
+    for s, (start, size) in enumerate(strata.bounds):
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, pass_index, chunk, s])))
-        draws = rng.integers(0, len(rows), size=(b, len(rows)))
-        for r in range(b):
-            w[r, rows] = np.bincount(draws[r], minlength=len(rows))
+        draws = rng.integers(0, size, size=(b, size))
+        for r in range(b):  # one row at a time: the counters stay in cache
+            w[r, start:start + size] = np.bincount(draws[r], minlength=size)
     return w
 
 
@@ -88,14 +105,16 @@ def paired_pass(p: Pass, data_a: PassData, data_b: PassData, no_finding: int | N
     if n_boot > 0 and paths:
         n = plan_a.n
         strata = shared_strata(data_a)
+        position = strata.position()
+        take_a, take_b = position[plan_a.order], position[plan_b.order]  # drawn layout -> each plan's order
         size = max(1, min(n_boot, CHUNK_ELEMENTS // max(n, 1)))
         chunks = [(c, c * size, min(n_boot, (c + 1) * size)) for c in range((n_boot + size - 1) // size)]
 
         def run(chunk: tuple[int, int, int]) -> None:
             c, lo, hi = chunk
-            w = draw_shared_weights(strata, n, hi - lo, seed, pass_index, c)
-            xa = p.evaluate(pass_stats(w[:, plan_a.order], plan_a, no_finding), bad_a)
-            xb = p.evaluate(pass_stats(w[:, plan_b.order], plan_b, no_finding), bad_b)
+            w = draw_shared_weights(strata, hi - lo, seed, pass_index, c)
+            xa = p.evaluate(pass_stats(np.take(w, take_a, axis=1), plan_a, no_finding), bad_a)
+            xb = p.evaluate(pass_stats(np.take(w, take_b, axis=1), plan_b, no_finding), bad_b)
             for j, path in enumerate(paths):
                 deltas[lo:hi, j] = xb[path] - xa[path]
 
