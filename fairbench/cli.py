@@ -272,12 +272,17 @@ def leaderboard(
         "--include-reported-only", help="Also write pages for tasks that have reported numbers but no results.")]
         = False,
     tasks_dir: TasksDirOpt = None,
+    reference: Annotated[Optional[str], typer.Option(
+        "--reference", metavar="ADAPTER", help="Also write, per task and protected attribute, a 'versus ADAPTER' "
+        "table: each (model, adapter) against the same model's ADAPTER cells, paired on the same test samples "
+        "(paired bootstrap; t interval across 2+ seeds), with Holm-adjusted p-values.")] = None,
 ) -> None:
     """Write one markdown leaderboard per task from result cells (deterministic: same results, same bytes)."""
     from fairbench.report.leaderboard import write_leaderboards
 
     written, col = write_leaderboards(results or [Path("results")], out, reported_dir=reported,
-                                      include_reported_only=include_reported_only, tasks_dirs=tuple(tasks_dir or ()))
+                                      include_reported_only=include_reported_only, tasks_dirs=tuple(tasks_dir or ()),
+                                      reference=reference)
     for path, why in col.problems:
         err_console.print(f"skipped {path}: {why}", style="yellow", markup=False, soft_wrap=True)
     for path in written:

@@ -179,3 +179,166 @@ def test_seeds_with_identical_values_show_the_bootstrap_interval(tmp_path):
     auc = column(table(written[0].read_text(), "Utility"), "AUC")["det/zeroshot"]
     lo, hi = doc["metrics"]["ci"]["overall"]["auc"]
     assert auc == f"{100 * doc['metrics']['overall']['auc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"  # one row: no bold
+
+
+# -- versus a reference adapter ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def versus_results(tmp_path_factory) -> Path:
+    """Model m: 'ref' loses most of its separation for age >= 60; 'fixed' repairs it; 'same' is 'ref' again with
+    other noise; 'oneseed' repairs it in seed 0 only. 'other' has no reference cell; d/short was evaluated on
+    fewer samples than d/ref. Same samples per seed, so the cells can be paired."""
+    root = tmp_path_factory.mktemp("versus") / "results"
+    kw = {"strength": 1.2, "n_boot": 50, "same_samples": True, "n_test": 1000}
+    for seed in (0, 1):
+        for adapt, bias in (("ref", 0.8), ("fixed", 0.0), ("same", 0.8)):
+            fabricate_cell(root, model="m", adapt=adapt, seed=seed, bias=bias, day=1 + seed, **kw)
+    fabricate_cell(root, model="m", adapt="oneseed", seed=0, bias=0.0, **kw)
+    fabricate_cell(root, model="other", adapt="fixed", seed=0, bias=0.0, **kw)
+    fabricate_cell(root, model="d", adapt="ref", seed=0, bias=0.8, **kw)
+    fabricate_cell(root, model="d", adapt="short", seed=0, bias=0.0, **{**kw, "n_test": 900})
+    return root
+
+
+def versus_table(page: str, attr: str) -> tuple[str, dict[str, list[str]], list[str]]:
+    """(caption, {model/adapter: cells}, header) of the 'Versus ref: <attr>' table."""
+    block = page.split(f"### Versus ref: {attr}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    caption = next(ln for ln in block.splitlines() if ln and not ln.startswith("|"))
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in block.splitlines() if ln.startswith("|")]
+    return caption, {f"{r[0]}/{r[1]}": r for r in rows[2:]}, rows[0]
+
+
+def holm_by_hand(ps: list[float]) -> list[float]:
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    adjusted = [0.0] * m
+    for rank, i in enumerate(order):
+        adjusted[i] = max([min(1.0, (m - r) * ps[order[r]]) for r in range(rank + 1)])
+    return adjusted
+
+
+def test_versus_tables_pair_each_adapter_with_the_reference(versus_results, tmp_path):
+    from fairbench.compare import compare
+
+    written, _ = write_leaderboards([versus_results], tmp_path / "lb", reference="ref")
+    page = written[0].read_text()
+    assert "## Versus ref (paired differences)" in page
+    for attr in ("sex", "age", "race", "sex*age"):
+        assert f"### Versus ref: {attr}\n" in page
+    caption, rows, header = versus_table(page, "age")
+    assert header == ["model", "adapter", "paired seeds", "Δ AUC ↑", "Δ ES-AUC ↑", "Δ AUC gap ↓", "Δ DPD ↓",
+                      "Δ DEOdds ↓", "p (Holm)"]
+    assert set(rows) == {"m/fixed", "m/same", "m/oneseed", "other/fixed", "d/short"}  # never the reference
+    # the repaired adapter: a smaller AUC gap, with an interval below 0; the t interval of the 2 seeds' deltas
+    fixed = rows["m/fixed"]
+    assert fixed[2] == "0, 1 (t)"
+    assert re.fullmatch(r"-\d+\.\d \[-\d+\.\d, -\d+\.\d\] \*", fixed[5]), fixed[5]
+    assert re.fullmatch(r"\+\d+\.\d \[\+\d+\.\d, \+\d+\.\d\] \*", fixed[4]), fixed[4]  # ES-AUC up
+    by_hand = compare(versus_results / "synth_cxr/m/ref", versus_results / "synth_cxr/m/fixed", n_boot=50)
+    gap = by_hand["across_seeds"]["metrics"]["attributes"]["age"]["auc_gap"]
+    assert fixed[5] == f"{100 * gap['mean_delta']:+.1f} [{100 * gap['ci'][0]:+.1f}, {100 * gap['ci'][1]:+.1f}] *"
+    # no difference: no marker anywhere in the row
+    assert rows["m/same"][2] == "0, 1 (t)" and not any("*" in c for c in rows["m/same"][3:8])
+    # one paired seed: that seed's paired bootstrap (the cells' B = 50, bootstrap seed 0)
+    one = compare(versus_results / "synth_cxr/m/ref/seed0", versus_results / "synth_cxr/m/oneseed/seed0", n_boot=50)
+    e = one["metrics"]["attributes"]["age"]["auc_gap"]
+    assert rows["m/oneseed"][2] == "0 (bootstrap)"
+    assert rows["m/oneseed"][5].startswith(f"{100 * e['delta']:+.1f} [{100 * e['ci'][0]:+.1f}, {100 * e['ci'][1]:+.1f}]")
+    # rows that could not be compared are listed, with the reason
+    assert rows["other/fixed"][2] == "no reference cell (no other / ref)" and rows["other/fixed"][3] == "–"
+    assert rows["d/short"][2].startswith("not comparable")
+    assert ("> Caution: synth_cxr/d/short/seed0 was not compared with synth_cxr/d/ref/seed0: synth_cxr/d/ref/seed0 "
+            "and synth_cxr/d/short/seed0 were evaluated on different samples") in page
+    # the caption says which intervals and how many comparisons; Holm over exactly those
+    assert "2 rows with two or more paired seeds (t)" in caption and "1 row with one paired seed (bootstrap)" in caption
+    n = int(re.search(r"(\d+) comparisons in this table \(3 rows x 5 metrics\)", caption).group(1))
+    assert n == 15
+    raw: list[float] = []
+    shown: list[float] = []
+    for key, result in (("fixed", by_hand), ("oneseed", one), ("same", None)):
+        if result is None:
+            result = compare(versus_results / "synth_cxr/m/ref", versus_results / "synth_cxr/m/same", n_boot=50)
+        for path in (("overall", "auc"), *[("attributes", "age", k) for k in ("es_auc", "auc_gap", "dpd", "deodds")]):
+            tree = result["across_seeds"]["metrics"] if "across_seeds" in result else result["metrics"]
+            for k in path:
+                tree = tree[k]
+            raw.append(tree["p"])
+        shown += [float(p) for p in rows[f"m/{key}"][8].split(" / ")]
+    assert len(shown) == n
+    expected = holm_by_hand(raw)
+    for s, h, p in zip(shown, expected, raw, strict=True):
+        assert s == pytest.approx(h, abs=5e-4) and s >= p - 5e-4
+    ordered = [s for _, s in sorted(zip(raw, shown, strict=True))]
+    assert ordered == sorted(ordered)  # step-down: adjusted p-values keep the order of the raw ones
+    assert max(shown) <= 1.0 and shown != [round(p, 3) for p in raw]
+
+
+def test_versus_pages_are_deterministic_and_only_add_a_section(versus_results, tmp_path):
+    first, _ = write_leaderboards([versus_results], tmp_path / "a", reference="ref")
+    res = CliRunner().invoke(app, ["leaderboard", str(versus_results), "--out", str(tmp_path / "b"),
+                                   "--reference", "ref"])
+    assert res.exit_code == 0, res.output
+    with_ref = first[0].read_bytes()
+    assert (tmp_path / "b" / "synth_cxr.md").read_bytes() == with_ref
+    plain, _ = write_leaderboards([versus_results], tmp_path / "c")
+    text, base = with_ref.decode(), plain[0].read_text()
+    assert "Versus" not in base
+    section = text[text.index("## Versus ref"):text.index("## Reported in papers")]
+    assert text.replace(section, "") == base  # without --reference: the page as before
+
+
+def test_versus_reads_one_vs_rest_means_for_multiclass_tasks(tmp_path):
+    for adapt, strength in (("zeroshot", 0.6), ("linear_probe", 1.2)):
+        fabricate_cell(tmp_path / "r", task="nih6x200", model="m", adapt=adapt, strength=strength, n_boot=20,
+                       same_samples=True)
+    written, _ = write_leaderboards([tmp_path / "r"], tmp_path / "lb", reference="zeroshot")
+    page = written[0].read_text()
+    block = page.split("### Versus zeroshot: sex\n", 1)[1]
+    header = next(ln for ln in block.splitlines() if ln.startswith("|"))
+    assert "Δ DPD (mean OvR) ↓" in header and "Δ DEOdds (mean OvR) ↓" in header and "Δ DPD ↓" not in header
+    row = next(ln for ln in block.splitlines() if ln.startswith("| m | linear_probe |"))
+    assert "0 (bootstrap)" in row and "n/a" not in row
+
+
+def test_unknown_reference_is_one_clear_error(versus_results, tmp_path, monkeypatch, capsys):
+    from fairbench.errors import FairbenchError
+
+    with pytest.raises(FairbenchError, match=r"--reference nope: no result cell has adapter 'nope' \(adapters "
+                                             r"present: fixed, oneseed, ref, same, short\)"):
+        write_leaderboards([versus_results], tmp_path / "lb", reference="nope")
+    assert not (tmp_path / "lb").exists()
+    code, err = run_main(monkeypatch, capsys, "leaderboard", str(versus_results), "--out", str(tmp_path / "lb"),
+                         "--reference", "nope")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --reference nope: no result cell has adapter 'nope' (adapters present: fixed,")
+
+
+def test_holm_adjustment_by_hand():
+    from fairbench.report.versus import holm
+
+    assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
+    assert holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert holm([0.4, 0.3, 0.2]) == pytest.approx([0.6, 0.6, 0.6])
+
+
+def test_versus_seeds_that_give_the_same_delta_show_the_bootstrap(tmp_path):
+    """Deterministic adapters: every seed gives the same cells, so the t interval would have zero width; the
+    first seed's paired bootstrap is shown instead, marked †."""
+    import shutil
+
+    from fairbench.compare import compare
+
+    for adapt, bias in (("ref", 0.8), ("fixed", 0.0)):
+        first = fabricate_cell(tmp_path / "r", model="det", adapt=adapt, seed=0, strength=1.2, bias=bias, n_boot=30,
+                               same_samples=True)
+        twin = first.parent / "seed1"
+        shutil.copytree(first, twin)
+        doc = json.loads((twin / "metrics.json").read_text())
+        doc["seed"] = 1
+        (twin / "metrics.json").write_text(json.dumps(doc))
+    written, _ = write_leaderboards([tmp_path / "r"], tmp_path / "lb", reference="ref")
+    _, rows, _ = versus_table(written[0].read_text(), "age")
+    row = rows["det/fixed"]
+    e = compare(tmp_path / "r/synth_cxr/det/ref/seed0", tmp_path / "r/synth_cxr/det/fixed/seed0",
+                n_boot=30)["metrics"]["attributes"]["age"]["auc_gap"]
+    assert row[2] == "0, 1 (t)"
+    assert row[5] == f"{100 * e['delta']:+.1f} [{100 * e['ci'][0]:+.1f}, {100 * e['ci'][1]:+.1f}]† *"

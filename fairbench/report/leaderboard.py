@@ -20,6 +20,7 @@ from fairbench import __version__
 from fairbench.report.collect import Collection, ResultCell, collect
 from fairbench.report.reported import ReportedSource, load_reported, render_reported
 from fairbench.report.summary import lookup
+from fairbench.report.versus import Versus, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
 
 __all__ = ["build_pages", "write_leaderboards", "LABELS", "direction", "Agg", "aggregate"]
@@ -282,8 +283,69 @@ def _cells_section(cells: list[ResultCell]) -> list[str]:
     return lines + [""]
 
 
+def _versus_section(v: Versus) -> list[str]:
+    """The "versus <reference>" tables: one per protected attribute, paired differences B - reference."""
+    ref = v.reference
+    lines = [f"## Versus {ref} (paired differences)", "",
+             f"Δ = B − {ref}, x100: each model's other adapters (B) against the same model's `{ref}` cells, paired on "
+             "the same test samples.", "",
+             f"- **Pairing**: seed by seed, over the seeds present on both sides (`paired seeds`). `(bootstrap)`: one "
+             f"paired seed, its paired bootstrap (B = {v.n_boot} shared resamples of the evaluated samples, seed 0; "
+             "95% percentile interval, two-sided bootstrap p). `(t)`: two or more paired seeds, the mean of the "
+             "per-seed Δ with a Student t 95% interval across seeds (clipped to [−100, 100]) and a one-sample t-test "
+             "p; `†` marks a Δ that every seed gave alike, shown with the first seed's paired bootstrap instead.",
+             "- **`*`** = the 95% interval excludes 0: a difference on this task, not a ranking of methods across "
+             "tasks. With many comparisons some intervals exclude 0 by chance: read `p (Holm)`, the row's p-values "
+             "in the order of its Δ columns, Holm-adjusted over the comparisons of its table.",
+             "- AUC is the overall AUC (the same in every table). ↑ higher is better, ↓ lower is better: for AUC gap, "
+             "DPD and DEOdds a negative Δ is an improvement.", ""]
+    if v.unavailable:
+        return lines + [f"> Caution: {v.unavailable}", ""]
+    for caution in v.cautions:
+        lines += [f"> Caution: {caution}", ""]
+    for attr in v.attributes:
+        t = v.table(attr)
+        compared = [r for r, _, _ in t.rows if r.ok]
+        n_t = sum(r.method == "seeds" for r in compared)
+        n_b = len(compared) - n_t
+        parts = []
+        if n_t:
+            parts.append(f"{n_t} row{'s' if n_t != 1 else ''} with two or more paired seeds (t): mean Δ, t interval "
+                         "and t-test p across seeds")
+        if n_b:
+            parts.append(f"{n_b} row{'s' if n_b != 1 else ''} with one paired seed (bootstrap): that seed's paired "
+                         "bootstrap Δ, interval and p")
+        caption = "; ".join(parts) + ". " if parts else "No row could be compared. "
+        if compared:
+            caption += (f"{t.n_comparisons} comparison{'s' if t.n_comparisons != 1 else ''} in this table "
+                        f"({len(compared)} row{'s' if len(compared) != 1 else ''} x {len(t.paths)} metrics"
+                        + (f", {t.n_cells - t.n_comparisons} without a p-value" if t.n_cells != t.n_comparisons
+                           else "")
+                        + "); `p (Holm)` adjusts over " + ("all of them." if t.n_comparisons != 1 else "it."))
+        heads = [f"Δ {LABELS.get(p[-1], p[-1])}{_arrow(p[-1])}" for p in t.paths]
+        lines += [f"### Versus {ref}: {attr}", "", caption, "",
+                  "| " + " | ".join(["model", "adapter", "paired seeds", *heads, "p (Holm)"]) + " |",
+                  "|---|---|---|" + "---:|" * len(heads) + "---|"]
+        for r, deltas, adjusted in t.rows:
+            if r.ok:
+                seeds = ", ".join(map(str, r.seeds)) + (" (t)" if r.method == "seeds" else " (bootstrap)")
+                if r.unpaired:
+                    seeds += f"; unpaired {', '.join(map(str, r.unpaired))}"
+                values = [fmt_delta(d) for d in deltas]
+                p_text = " / ".join(fmt_p(p) for p in adjusted)
+            else:
+                seeds = {"no reference cell": f"no reference cell (no {r.model} / {ref})",
+                         "no shared seed": f"no shared seed (seeds {', '.join(map(str, r.unpaired))}; {ref}: "
+                                           f"{', '.join(map(str, r.reference_seeds))})",
+                         }.get(r.status, f"{r.status} (see the caution above)")
+                values, p_text = ["–"] * len(heads), "–"
+            lines.append("| " + " | ".join([r.model, r.adapt, seeds, *values, p_text]) + " |")
+        lines.append("")
+    return lines
+
+
 def task_page(task: str, cells: list[ResultCell], roots: list[str], reported: list[ReportedSource],
-              tasks_dirs: Sequence[Path] = ()) -> str:
+              tasks_dirs: Sequence[Path] = (), versus: Versus | None = None) -> str:
     synthetic = any(lookup(c.doc, "task", "synthetic") for c in cells)
     util_extra, fair_extra, card_found = _card_extras(task, tasks_dirs)
     rows = _rows(cells)
@@ -301,6 +363,8 @@ def task_page(task: str, cells: list[ResultCell], roots: list[str], reported: li
         attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
     for attr in attrs:
         lines += _attribute_section(attr, cells, rows, fair_extra)
+    if versus is not None:
+        lines += _versus_section(versus)
     lines += render_reported(task, reported, synthetic)
     lines += _cells_section(cells)
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -316,13 +380,17 @@ def reported_only_page(task: str, reported: list[ReportedSource]) -> str:
 
 
 def build_pages(col: Collection, *, reported: dict[str, list[ReportedSource]], include_reported_only: bool = False,
-                tasks_dirs: Sequence[Path] = ()) -> dict[str, str]:
+                tasks_dirs: Sequence[Path] = (), reference: str | None = None) -> dict[str, str]:
     """``{"<task>.md": markdown}`` for every task in the results (and, optionally, every task with reported
-    numbers but no results)."""
+    numbers but no results). ``reference``: an adapter; each page gets "versus <reference>" tables of paired
+    differences (:mod:`fairbench.report.versus`)."""
+    if reference is not None:
+        check_reference(col.cells, reference)
     pages: dict[str, str] = {}
     for task, cells in sorted(col.by_task().items()):
         cells = _latest_version(task, cells, col)
-        pages[f"{task}.md"] = task_page(task, cells, col.roots, reported.get(task, []), tasks_dirs)
+        versus = compute_versus(task, cells, reference, tasks_dirs=tasks_dirs) if reference is not None else None
+        pages[f"{task}.md"] = task_page(task, cells, col.roots, reported.get(task, []), tasks_dirs, versus)
     if include_reported_only:
         for task, sources in sorted(reported.items()):
             pages.setdefault(f"{task}.md", reported_only_page(task, sources))
@@ -346,8 +414,8 @@ def _latest_version(task: str, cells: list[ResultCell], col: Collection) -> list
 
 
 def write_leaderboards(results: Sequence[Path | str], out: Path, *, reported_dir: Path | None = None,
-                       include_reported_only: bool = False, tasks_dirs: Sequence[Path] = ()
-                       ) -> tuple[list[Path], Collection]:
+                       include_reported_only: bool = False, tasks_dirs: Sequence[Path] = (),
+                       reference: str | None = None) -> tuple[list[Path], Collection]:
     from fairbench.errors import ResultsError
     from fairbench.results import atomic_write
 
@@ -356,7 +424,7 @@ def write_leaderboards(results: Sequence[Path | str], out: Path, *, reported_dir
         raise ResultsError(f"no readable result cells under {', '.join(col.roots)}"
                            + (f" ({len(col.problems)} unreadable)" if col.problems else ""))
     pages = build_pages(col, reported=load_reported(reported_dir), include_reported_only=include_reported_only,
-                        tasks_dirs=tasks_dirs)
+                        tasks_dirs=tasks_dirs, reference=reference)
     out = Path(out)
     written = []
     for name, text in pages.items():
