@@ -298,16 +298,21 @@ def plot(
         "--format", help="png and/or svg; repeatable (default both).")] = None,
     attribute: Annotated[Optional[list[str]], typer.Option(
         "--attribute", help="Only these protected attributes; repeatable (default all).")] = None,
+    reference: Annotated[Optional[str], typer.Option(
+        "--reference", metavar="ADAPTER", help="Also draw, per task, a forest plot of each (model, adapter) against "
+        "the same model's ADAPTER cells, paired on the same test samples (OUT/task/versus_ADAPTER.png).")] = None,
+    tasks_dir: TasksDirOpt = None,
 ) -> None:
     """Draw figures (PNG and SVG) from result cells.
 
     Per cell and protected attribute: group metrics with CIs, ROC and reliability curves per group. Per task:
-    a fairness-utility scatter across cells.
+    a fairness-utility scatter across cells, and with --reference a forest plot of paired differences.
     """
     from fairbench.report.plots import plot_results
 
     written, col, problems = plot_results(results, out, formats=tuple(fmt or ("png", "svg")),
-                                          attributes=tuple(attribute or ()) or None)
+                                          attributes=tuple(attribute or ()) or None, reference=reference,
+                                          tasks_dirs=tuple(tasks_dir or ()))
     for path, why in col.problems:
         err_console.print(f"skipped {path}: {why}", style="yellow", markup=False, soft_wrap=True)
     for p in problems:

@@ -152,3 +152,55 @@ def test_training_curves_for_cells_that_recorded_epochs(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "cli" / "synth_cxr" / "tinyclip" / "robust_fair" / "seed0" / "training.png").is_file()
     assert not (tmp_path / "cli" / "synth_cxr" / "tinyclip" / "zeroshot" / "seed0" / "training.png").exists()
+
+
+@pytest.fixture(scope="module")
+def versus_results(tmp_path_factory) -> Path:
+    """m/fixed repairs what m/ref loses for age >= 60 (same samples, two seeds); other/fixed has no reference."""
+    root = tmp_path_factory.mktemp("versus") / "results"
+    for seed in (0, 1):
+        for adapt, bias in (("ref", 0.8), ("fixed", 0.0)):
+            fabricate_cell(root, model="m", adapt=adapt, seed=seed, strength=1.2, bias=bias, n_boot=20,
+                           same_samples=True, n_test=1000)
+    fabricate_cell(root, model="other", adapt="fixed", seed=0, strength=1.2, bias=0.0, n_boot=20, same_samples=True)
+    return root
+
+
+def test_forest_plot_versus_a_reference(versus_results, tmp_path):
+    res = CliRunner().invoke(app, ["plot", str(versus_results), "--out", str(tmp_path / "f"), "--attribute", "age",
+                                   "--attribute", "sex", "--reference", "ref"])
+    assert res.exit_code == 0, res.output
+    png, svg = tmp_path / "f" / "synth_cxr" / "versus_ref.png", tmp_path / "f" / "synth_cxr" / "versus_ref.svg"
+    assert png.is_file() and svg.is_file()
+    img = rgb(png)
+    assert img.std() > 20 and (img.min(axis=-1) > 245).mean() > 0.5  # drawn content on white, not blank
+    assert has_colour(img, OKABE_ITO[0], tol=10) and has_colour(img, OKABE_ITO[2], tol=10)  # a colour per metric
+    text = svg.read_text()
+    for s in ("synth_cxr: B − ref, paired on the same test samples — SYNTHETIC data", "a negative Δ is better",
+              "AUC gap, DPD, DEOdds", "m / fixed · AUC ↑ (2 seeds, t)", "m / fixed · AUC gap ↓ (2 seeds, t)",
+              "m / fixed · DEOdds ↓ (2 seeds, t)", "age: Δ (x100)", "sex: Δ (x100)",
+              "not shown: other / fixed (no reference cell)"):
+        assert s in text, s
+    assert "<dc:date>" not in text
+    assert not (tmp_path / "f" / "synth_cxr" / "versus_fixed.png").exists()
+
+
+def test_forest_plot_marks_intervals_that_exclude_zero(versus_results, tmp_path):
+    from fairbench.report.collect import collect
+    from fairbench.report.plots import plot_versus
+    from fairbench.report.versus import compute_versus
+
+    v = compute_versus("synth_cxr", collect([versus_results]).cells, "ref")
+    age = v.table("age")
+    ((_, deltas, _),) = [t for t in age.rows if t[0].ok]
+    gap = deltas[2]
+    assert gap.delta < 0 and gap.excludes_zero and gap.method == "seeds"
+    svg = next(p for p in plot_versus(v, tmp_path, attributes=["age"]) if p.suffix == ".svg").read_text()
+    marks = svg.count(">*<")  # one '*' text per marked row (SVG text kept as text)
+    assert marks == sum(d is not None and d.excludes_zero for d in deltas) >= 1
+
+
+def test_forest_plot_unknown_reference_names_the_adapters(versus_results, tmp_path):
+    with pytest.raises(FairbenchError, match=r"--reference zeroshot: .*\(adapters present: fixed, ref\)"):
+        plot_results([versus_results], tmp_path, reference="zeroshot")
+    assert not list(tmp_path.rglob("*.png"))

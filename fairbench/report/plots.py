@@ -28,8 +28,9 @@ import pandas as pd  # noqa: E402
 from fairbench.report.collect import Collection, ResultCell, collect  # noqa: E402
 from fairbench.report.leaderboard import aggregate  # noqa: E402
 from fairbench.report.summary import lookup  # noqa: E402
+from fairbench.report.versus import Versus, check_reference, compute_versus  # noqa: E402
 
-__all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "OKABE_ITO"]
+__all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "plot_versus", "OKABE_ITO"]
 
 #: Okabe & Ito (2008) colour-blind-safe palette, yellow last (weak on white)
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
@@ -429,9 +430,79 @@ def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
             ann.remove()
 
 
+# -- versus a reference adapter ------------------------------------------------------------------------------
+def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
+                attributes: Sequence[str] | None = None, synthetic: bool = False) -> list[Path]:
+    """Forest plot of the paired differences B - reference (:func:`fairbench.report.versus.compute_versus`): one
+    panel per protected attribute, one row per (model, adapter) x metric, point = delta x100, bar = its 95%
+    interval, a line at 0; a filled point and ``*`` where the interval excludes 0."""
+    from fairbench.report.leaderboard import LABELS, direction
+
+    attrs = [a for a in v.attributes if not attributes or a in attributes]
+    rows = [r for r in v.rows if r.ok]
+    if v.unavailable or not rows or not attrs:
+        return []
+    tables = {a: v.table(a) for a in attrs}
+    labels: list[str] = []
+    for r in rows:
+        seeds = f"{len(r.seeds)} seeds, t" if r.method == "seeds" else f"seed {r.seeds[0]}, bootstrap"
+        for path in tables[attrs[0]].paths:
+            key = path[-1]
+            arrow = " ↓" if direction(key) is False else " ↑" if direction(key) else ""
+            labels.append(f"{r.model} / {r.adapt} · {LABELS.get(key, key)}{arrow} ({seeds})")
+    n = len(labels)
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(1, len(attrs), figsize=(3.6 * len(attrs) + 3.4, 0.27 * n + 2.6), sharey=True,
+                                 squeeze=False)
+        for ax, attr in zip(axes[0], attrs, strict=True):
+            by_row = {id(r): deltas for r, deltas, _ in tables[attr].rows}
+            y = 0
+            for i, r in enumerate(rows):
+                if i:
+                    ax.axhline(-(y - 0.5), color="#dddddd", linewidth=0.6, zorder=0)
+                for j, d in enumerate(by_row[id(r)]):
+                    colour, marker = _color(j), MARKERS[j % len(MARKERS)]
+                    if d is None or d.delta is None:
+                        ax.text(0, -y, "n/a", ha="center", va="center", fontsize=7, color="#777777")
+                    else:
+                        x = 100 * d.delta
+                        xerr = None
+                        if d.ci is not None:
+                            xerr = [[max(0.0, x - 100 * d.ci[0])], [max(0.0, 100 * d.ci[1] - x)]]
+                        ax.errorbar(x, -y, xerr=xerr, fmt=marker, color=colour, markersize=5.5, elinewidth=1.3,
+                                    capsize=2, markerfacecolor=colour if d.excludes_zero else "white", zorder=3)
+                        if d.excludes_zero:
+                            right = 100 * d.ci[1] if d.ci is not None else x
+                            ax.annotate("*", (right, -y), xytext=(3, -3), textcoords="offset points",
+                                        fontsize=10, color="#222222", va="center")
+                    y += 1
+            ax.axvline(0, color="#555555", linewidth=0.9, zorder=1)
+            ax.set_title(f"{attr}: Δ (x100)")
+            ax.set_xlabel(f"B − {v.reference}, x100")
+            ax.grid(axis="x", alpha=0.3)
+            ax.margins(x=0.12)
+        axes[0][0].set_yticks([-i for i in range(n)], labels)
+        axes[0][0].set_ylim(-(n - 0.5), 0.5)
+        skipped = [f"{r.model} / {r.adapt} ({r.status})" for r in v.rows if not r.ok]
+        if skipped:
+            fig.text(0.01, 0.005, "not shown: " + "; ".join(skipped), fontsize=8, color="#555555", ha="left",
+                     va="bottom")
+        lower = ", ".join(LABELS.get(p[-1], p[-1]) for p in tables[attrs[0]].paths if direction(p[-1]) is False)
+        fig.suptitle(f"{v.task}: B − {v.reference}, paired on the same test samples"
+                     f"{' — SYNTHETIC data' if synthetic else ''}\n"
+                     f"point: Δ; bar: 95% interval (one paired seed: paired bootstrap, B={v.n_boot}; 2+ seeds: t "
+                     "interval across seeds); filled point and * = interval excludes 0\n"
+                     f"↓ lower is better ({lower}): a negative Δ is better; ↑ higher is better: a positive Δ is "
+                     "better\na difference on this task, not a ranking of methods across tasks", fontsize=10)
+        fig.tight_layout(rect=(0, 0.03 if skipped else 0, 1, 1))
+        return _save(fig, out / v.task / f"versus_{_slug(v.reference)}", formats)
+
+
 def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] = FORMATS,
-                 attributes: Sequence[str] | None = None) -> tuple[list[Path], Collection, list[str]]:
-    """Every figure for the cells under ``paths``; returns (files, the collection, plotting problems)."""
+                 attributes: Sequence[str] | None = None, reference: str | None = None,
+                 tasks_dirs: Sequence[Path] = ()) -> tuple[list[Path], Collection, list[str]]:
+    """Every figure for the cells under ``paths``; returns (files, the collection, plotting problems).
+    ``reference``: an adapter; each task also gets a forest plot of the paired differences against it."""
     from fairbench.errors import FairbenchError
 
     bad = [f for f in formats if f not in FORMATS]
@@ -447,6 +518,8 @@ def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] 
         if unknown:
             raise FairbenchError(f"no protected attribute '{unknown[0]}' in the results "
                                  f"(they have: {', '.join(sorted(known))})")
+    if reference is not None:
+        check_reference(col.cells, reference)
     written: list[Path] = []
     problems: list[str] = []
     for cell in col.cells:
@@ -455,4 +528,14 @@ def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] 
         problems += probs
     for task, cells in sorted(col.by_task().items()):
         written += plot_tradeoff(task, cells, Path(out), formats, attributes)
+        if reference is not None:
+            v = compute_versus(task, cells, reference, tasks_dirs=tasks_dirs)
+            problems += [f"{task} versus {reference}: {c}" for c in
+                         ([v.unavailable] if v.unavailable else []) + v.cautions]
+            files = plot_versus(v, Path(out), formats, attributes,
+                                synthetic=any(lookup(c.doc, "task", "synthetic") for c in cells))
+            if not files and not v.unavailable:
+                problems.append(f"{task} versus {reference}: no (model, adapter) could be compared with the "
+                                f"{reference} cells of the same model; no forest plot")
+            written += files
     return written, col, problems
