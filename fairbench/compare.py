@@ -203,8 +203,8 @@ def paired_metrics(ea: pd.DataFrame, eb: pd.DataFrame, *, classes: list[str], at
     passes_a = build_passes(pa, eval_split=eval_split, threshold=threshold_a, ece_bins=ece_bins, no_finding=nf)
     passes_b = build_passes(pb, eval_split=eval_split, threshold=threshold_b, ece_bins=ece_bins, no_finding=nf)
     metrics: dict[str, Any] = {"overall": {}, "attributes": {}}
-    for i, ((p, da), (_, db)) in enumerate(zip(passes_a, passes_b, strict=True)):
-        for path, value in paired_pass(p, da, db, nf, n_boot, seed, i).items():
+    for (p, da), (_, db) in zip(passes_a, passes_b, strict=True):
+        for path, value in paired_pass(p, da, db, nf, n_boot, seed).items():
             _nest(metrics, path, _entry(value))
     ev_a, ev_b = pa.split == eval_split, pb.split == eval_split
     return metrics, _delong(pa, pb, ev_a, ev_b, classes)

@@ -18,7 +18,7 @@ from fairbench.cli import app
 from fairbench.compare import compare
 from fairbench.errors import FairbenchError
 from fairbench.metrics._delong import delong_paired
-from fairbench.metrics._paired import bootstrap_p_value, draw_shared_weights, shared_strata
+from fairbench.metrics._paired import bootstrap_p_value
 
 
 @pytest.fixture(scope="module")
@@ -104,28 +104,46 @@ def test_pairing_narrows_the_interval_of_correlated_predictions(cells: Path, tmp
     assert dl["ci"][1] - dl["ci"][0] == pytest.approx(paired_width, rel=0.35)  # two methods, one answer
 
 
-def test_shared_resamples_are_stratified_like_the_suite() -> None:
-    from fairbench.metrics._plan import PassData
+def test_b_gets_as_resample_on_the_same_samples_in_its_own_row_order() -> None:
+    from fairbench.metrics._kernels import draw_weights
+    from fairbench.metrics._paired import b_layout
+    from fairbench.metrics._plan import PassData, build_plan
 
     rng = np.random.default_rng(3)
-    n = 200
+    n = 300
     y = rng.integers(0, 2, n)
     group = rng.integers(-1, 3, n)  # -1 = unknown: its own block, as in the suite
-    zeros = np.zeros(n)
-    data = PassData(y=y, yhat=y, probs=np.column_stack([1 - zeros, zeros]), bad=np.zeros(n, bool), conf=zeros,
-                    target=zeros, bins=np.zeros(n, np.int64), row_key=zeros, group=group, n_groups=3, n_bins=15)
-    strata = shared_strata(data)
-    assert sorted(strata.order.tolist()) == list(range(n)) and len(strata.bounds) == 8
-    w = draw_shared_weights(strata, 50, seed=0, pass_index=1, chunk=0)
-    counts = np.zeros_like(w)
-    counts[:, strata.order] = w  # back to one column per row
-    for start, size in strata.bounds:  # every resample keeps each stratum's size: group sizes, class balance
-        rows = strata.order[start:start + size]
-        assert (counts[:, rows].sum(axis=1) == size).all()
-        assert len(set(y[rows])) == 1 and len(set(group[rows])) == 1
-        assert list(rows) == sorted(rows)  # within a stratum, rows keep the aligned (sample id) order
-    assert (counts.sum(axis=1) == n).all() and counts.std() > 0
-    assert np.array_equal(w, draw_shared_weights(strata, 50, seed=0, pass_index=1, chunk=0))
+
+    def data(score: np.ndarray) -> PassData:
+        probs = np.column_stack([1 - score, score])
+        yhat = (score >= 0.5).astype(np.int64)
+        return PassData(y=y, yhat=yhat, probs=probs, bad=np.zeros(n, bool), conf=score, target=y.astype(float),
+                        bins=np.minimum((score * 15).astype(np.int64), 14), row_key=score, group=group, n_groups=3,
+                        n_bins=15)
+
+    plan_a, plan_b = build_plan(data(rng.random(n))), build_plan(data(rng.random(n)))
+    take_b = b_layout(plan_a, plan_b)
+    assert np.array_equal(plan_a.order[take_b], plan_b.order)  # B's position q holds the same row as A's take_b[q]
+    w_a = draw_weights(plan_a, 40, seed=0, chunk=0)  # the suite's resamples of A
+    w_b = np.take(w_a, take_b, axis=1)
+    counts_a, counts_b = np.zeros_like(w_a), np.zeros_like(w_b)
+    counts_a[:, plan_a.order], counts_b[:, plan_b.order] = w_a, w_b
+    assert np.array_equal(counts_a, counts_b)  # every sample drawn as often for B as for A
+    for k in range(2):  # strata of true class x group keep their sizes in every resample
+        for g in range(-1, 3):
+            rows = (y == k) & (group == g)
+            assert (counts_b[:, rows].sum(axis=1) == rows.sum()).all()
+
+
+def test_row_order_of_the_files_does_not_matter(cells: Path, tmp_path: Path) -> None:
+    shuffled = tmp_path / "shuffled" / "seed0"
+    shutil.copytree(cells / "biased" / "seed0", shuffled)
+    frame = pd.read_parquet(shuffled / "predictions.parquet")
+    frame.sample(frac=1.0, random_state=4).to_parquet(shuffled / "predictions.parquet", index=False)
+    r = compare(cells / "biased" / "seed0", shuffled, n_boot=100)
+    for path, e in _walk(r["metrics"]):
+        if e["delta"] is not None:
+            assert e["delta"] == 0.0 and e["ci"] == [0.0, 0.0], path
 
 
 def test_bootstrap_p_value_by_hand() -> None:

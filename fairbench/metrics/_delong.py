@@ -39,9 +39,18 @@ class DeLong:
 
 
 def midranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n with ties given their average rank."""
-    xs = np.sort(x, kind="mergesort")
-    return 0.5 * (np.searchsorted(xs, x, side="left") + np.searchsorted(xs, x, side="right") + 1.0)
+    """Ranks 1..n with ties given their average rank (one sort, then one pass over runs of equal values)."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    new_run = np.empty(len(xs), dtype=bool)
+    new_run[:1] = True
+    np.not_equal(xs[1:], xs[:-1], out=new_run[1:])
+    run = np.cumsum(new_run) - 1
+    starts = np.flatnonzero(new_run)
+    sizes = np.diff(np.append(starts, len(xs)))
+    ranks = np.empty(len(xs), dtype=np.float64)
+    ranks[order] = (starts + 0.5 * (sizes + 1))[run]
+    return ranks
 
 
 def _components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

@@ -1,10 +1,11 @@
 """Paired bootstrap: the difference B - A of every metric of two prediction sets on the same samples.
 
-Both sets are evaluated on the same resamples. Each pass (overall, then one per attribute) resamples exactly
-as the suite does (:mod:`fairbench.metrics._bootstrap`): within every stratum of true class x group (true
-class alone for the overall pass), as many rows with replacement as the stratum holds. The strata are made
-of samples, not of predictions: rows are aligned by sample id, so a resample picks the same samples, with
-the same multiplicities, for A and for B. Each set keeps its own threshold.
+Both sets are evaluated on the same resamples. Rows are aligned by sample id (same samples, labels and
+groups). Each pass (overall, then one per attribute) draws A's resamples with the suite's own function
+(:func:`fairbench.metrics._kernels.draw_weights`: within every stratum of true class x group, true class alone
+for the overall pass, as many rows with replacement as the stratum holds, seeded by the stratum's content),
+so with the same seed they are exactly the resamples A's own metrics.json intervals came from; B gets the
+same counts on the same samples, moved into its own row order. Each set keeps its own threshold.
 
 For every path the suite reports (``("overall", "auc")``, ``("attributes", "age", "es_auc")``, per-group and
 per-class paths too) the result holds ``a``, ``b``, ``delta = b - a`` (point estimates on all rows), the 95%
@@ -14,19 +15,17 @@ percentile interval of the resampled deltas and a two-sided bootstrap p-value,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from fairbench.metrics._bootstrap import CHUNK_ELEMENTS, CI_LEVEL, _threads, percentile_intervals
-from fairbench.metrics._kernels import ones_weights, pass_stats
+from fairbench.metrics._kernels import draw_weights, ones_weights, pass_stats
 from fairbench.metrics._passes import Pass, Path
 from fairbench.metrics._plan import PassData, Plan, build_plan
 
-__all__ = ["PairedValue", "paired_pass", "bootstrap_p_value", "shared_strata", "draw_shared_weights",
-           "SharedStrata"]
+__all__ = ["PairedValue", "paired_pass", "bootstrap_p_value", "b_layout"]
 
 
 @dataclass(frozen=True)
@@ -48,42 +47,13 @@ def bootstrap_p_value(deltas: np.ndarray) -> float | None:
     return float(min(1.0, 2.0 * (k + 1) / (len(d) + 1)))
 
 
-@dataclass(frozen=True)
-class SharedStrata:
-    """The strata true class x block of a pass over the aligned rows: ``order`` lists the rows stratum by
-    stratum (in (class, block) order; rows of a stratum in aligned order, i.e. by sample id), ``bounds`` the
-    (start, size) of each stratum within ``order``."""
-
-    order: np.ndarray
-    bounds: tuple[tuple[int, int], ...]
-
-    def position(self) -> np.ndarray:
-        """For each aligned row, its position in ``order``."""
-        pos = np.empty(len(self.order), dtype=np.int64)
-        pos[self.order] = np.arange(len(self.order))
-        return pos
-
-
-def shared_strata(data: PassData) -> SharedStrata:
-    block = np.where(data.group >= 0, data.group, data.n_groups)
-    key = data.y.astype(np.int64) * (data.n_groups + 1) + block
-    order = np.argsort(key, kind="stable")
-    starts = np.flatnonzero(np.diff(key[order])) + 1 if len(order) else np.zeros(0, dtype=np.int64)
-    edges = np.concatenate([[0], starts, [len(order)]]).astype(np.int64)
-    return SharedStrata(order=order, bounds=tuple((int(a), int(b - a)) for a, b in zip(edges[:-1], edges[1:],
-                                                                                          strict=True) if b > a))
-
-
-def draw_shared_weights(strata: SharedStrata, b: int, seed: int, pass_index: int, chunk: int) -> np.ndarray:
-    """Bootstrap counts (b, n) laid out as ``strata.order``: within each stratum, as many draws with
-    replacement as rows."""
-    w = np.empty((b, len(strata.order)), dtype=np.int64)
-    for s, (start, size) in enumerate(strata.bounds):
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, pass_index, chunk, s])))
-        draws = rng.integers(0, size, size=(b, size))
-        for r in range(b):  # one row at a time: the counters stay in cache
-            w[r, start:start + size] = np.bincount(draws[r], minlength=size)
-    return w
+def b_layout(plan_a: Plan, plan_b: Plan) -> np.ndarray:
+    """For each position of ``plan_b``'s row order, the position of the same row in ``plan_a``'s order. Both
+    plans sort by true class, then group block, so their strata occupy the same positions and a stratum of A
+    maps into the same stratum of B."""
+    pos_a = np.empty(plan_a.n, dtype=np.int64)
+    pos_a[plan_a.order] = np.arange(plan_a.n)
+    return pos_a[plan_b.order]
 
 
 def _point(p: Pass, plan: Plan, bad: np.ndarray, nf: int | None) -> dict[Path, float | None]:
@@ -91,8 +61,8 @@ def _point(p: Pass, plan: Plan, bad: np.ndarray, nf: int | None) -> dict[Path, f
     return {path: (float(x[0]) if np.isfinite(x[0]) else None) for path, x in v.items()}
 
 
-def paired_pass(p: Pass, data_a: PassData, data_b: PassData, no_finding: int | None, n_boot: int, seed: int,
-                pass_index: int) -> dict[Path, PairedValue]:
+def paired_pass(p: Pass, data_a: PassData, data_b: PassData, no_finding: int | None, n_boot: int,
+                seed: int) -> dict[Path, PairedValue]:
     """Every path of one pass for A and B on shared resamples. ``data_a`` and ``data_b`` must hold the same
     samples in the same row order with the same labels and groups."""
     if not (np.array_equal(data_a.y, data_b.y) and np.array_equal(data_a.group, data_b.group)):
@@ -103,17 +73,14 @@ def paired_pass(p: Pass, data_a: PassData, data_b: PassData, no_finding: int | N
     paths = [path for path in va if va[path] is not None and vb.get(path) is not None]
     deltas = np.full((n_boot, len(paths)), np.nan)
     if n_boot > 0 and paths:
-        n = plan_a.n
-        strata = shared_strata(data_a)
-        position = strata.position()
-        take_a, take_b = position[plan_a.order], position[plan_b.order]  # drawn layout -> each plan's order
-        size = max(1, min(n_boot, CHUNK_ELEMENTS // max(n, 1)))
+        take_b = b_layout(plan_a, plan_b)
+        size = max(1, min(n_boot, CHUNK_ELEMENTS // max(plan_a.n, 1)))
         chunks = [(c, c * size, min(n_boot, (c + 1) * size)) for c in range((n_boot + size - 1) // size)]
 
         def run(chunk: tuple[int, int, int]) -> None:
             c, lo, hi = chunk
-            w = draw_shared_weights(strata, hi - lo, seed, pass_index, c)
-            xa = p.evaluate(pass_stats(np.take(w, take_a, axis=1), plan_a, no_finding), bad_a)
+            w = draw_weights(plan_a, hi - lo, seed, c)  # the suite's own resamples of A
+            xa = p.evaluate(pass_stats(w, plan_a, no_finding), bad_a)
             xb = p.evaluate(pass_stats(np.take(w, take_b, axis=1), plan_b, no_finding), bad_b)
             for j, path in enumerate(paths):
                 deltas[lo:hi, j] = xb[path] - xa[path]
