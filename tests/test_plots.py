@@ -140,7 +140,7 @@ def test_training_curves_for_cells_that_recorded_epochs(tmp_path):
     img = rgb(written[0])
     assert img.shape[1] > 4 * 400 and img.std() > 20  # five panels side by side, not blank
     svg = written[1].read_text()
-    for text in ("training curves (3 epochs)", "Loss (epoch mean)", "Selection AUC (val split)",
+    for text in ("training curves (3 epochs)", "Loss (epoch mean)", "Selection AUC (val)",
                  "Fairness term (epoch mean, lambda 1)", "Gradient share of the term (first batch)",
                  "DBPM: flagged pairs and their weight", "CLIP loss after DBPM", "equal gradients"):
         assert text in svg, text

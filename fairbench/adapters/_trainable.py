@@ -37,16 +37,20 @@ def check_trainable(adapter: str, value: Any) -> str:
     return str(value)
 
 
-def resolve_attribute(ctx: AdaptContext, adapter: str, value: str) -> str:
-    """``auto``: ``race`` when the task has it (FairCLIP's default), else the task's first attribute."""
+def resolve_attribute(ctx: AdaptContext, adapter: str, value: str, *, intersections: bool = False) -> str:
+    """``auto``: ``race`` when the task has it (FairCLIP's default), else the task's first attribute. With
+    ``intersections``, ``a*b`` names the intersection of attributes ``a`` and ``b``."""
     names = list(ctx.task.attributes)
     if not names:
         raise FairbenchError(f"adapter '{adapter}': task '{ctx.task.name}' declares no protected attribute")
     if value == "auto":
         return "race" if "race" in names else names[0]
-    if value not in names:
+    parts = value.split("*") if intersections else [value]
+    unknown = [p for p in parts if p not in names]
+    if unknown or len(set(parts)) != len(parts):
+        hint = " or an intersection such as a*b" if intersections else ""
         raise FairbenchError(f"adapter '{adapter}': attribute '{value}' is not an attribute of task "
-                             f"'{ctx.task.name}' (it has: {', '.join(names)})")
+                             f"'{ctx.task.name}' (it has: {', '.join(names)}{hint})")
     return value
 
 
@@ -54,19 +58,26 @@ class TrainableAdapter(Adapter):
     """Subclasses add their own parameters to :data:`LOOP_DEFAULTS` and build an :class:`Objective`."""
 
     defaults: ClassVar[dict[str, Any]] = dict(LOOP_DEFAULTS)
-    #: parameters that only some values of ``objective`` use: {objective value: parameters it ignores}
+    #: parameters that only some values of the ``switch`` parameter use: {value: parameters it ignores}
     unused_by_objective: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: the parameter whose value decides which others apply
+    switch: ClassVar[str] = "objective"
+    #: the ``attribute`` parameter (where there is one) may name an intersection ``a*b``
+    allow_intersections: ClassVar[bool] = False
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
         self.given = set(params or {})
         self._store: CheckpointStore | None = None
-        objective = self.params.get("objective")
-        stray = sorted(self.given & set(self.unused_by_objective.get(str(objective), ())))
+        value = self.params.get(self.switch)
+        stray = sorted(self.given & set(self.unused_by_objective.get(str(value), ())))
         if stray:
             raise FairbenchError(f"adapter '{self.name}': parameter(s) {', '.join(stray)} do not apply to "
-                                 f"objective={objective}")
+                                 f"{self.switch}={value}")
         self.config = TrainConfig.from_params(self.name, self.params)
+        if self.config.select_on == "val_worst_group" and "attribute" not in self.params:
+            raise FairbenchError(f"adapter '{self.name}': select_on=val_worst_group needs an adapter with an "
+                                 f"'attribute' parameter (resample, reweight, groupdro, fairclip, robust_fair)")
 
     @abc.abstractmethod
     def build_objective(self, ctx: AdaptContext) -> Objective:
@@ -86,8 +97,17 @@ class TrainableAdapter(Adapter):
         objective = self.build_objective(ctx)
         self._store = CheckpointStore(ctx.checkpoint_dir, fingerprint)
         labels = {s: ctx.split(s).labels for s in ("val", "test")}
+        groups = None
+        if self.config.select_on == "val_worst_group":
+            from fairbench.train.groups import group_labels
+
+            attribute = resolve_attribute(ctx, self.name, str(self.params["attribute"]),
+                                          intersections=self.allow_intersections)
+            groups = group_labels(ctx.split("val").attributes, attribute)
+            self.fitted["selection_groups"] = {"attribute": attribute,
+                                               "groups": sorted({str(g) for g in groups})}
         trainer = Trainer(self.config, objective, name=self.name, seed=ctx.seed, labels=labels, store=self._store,
-                          resume=ctx.resume, predict_splits=self.predict_splits)
+                          resume=ctx.resume, predict_splits=self.predict_splits, groups=groups)
         result = trainer.run()
         record = dict(result.record)
         self.fitted["epochs"] = record.pop("history")

@@ -24,16 +24,8 @@ class FullFineTune(FineTuneAdapter):
         check_trainable(self.name, self.params["trainable"])
 
     def prepare_model(self, ctx: AdaptContext) -> dict[str, Any]:
-        module = ctx.model.module
+        from fairbench.train.towers import select_trainable, train_probe_feature
+
         if self.params["objective"] == "head":
-            from fairbench.train.towers import probe_towers
-
-            reach = probe_towers(ctx.model).feature
-            for name, param in module.named_parameters():
-                param.requires_grad_(name in reach)
-        else:
-            from fairbench.train.towers import select_trainable
-
-            return select_trainable(ctx.model, str(self.params["trainable"]))
-        n = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        return {"n_trainable_parameters": n, "n_parameters": sum(p.numel() for p in module.parameters())}
+            return train_probe_feature(ctx.model)
+        return select_trainable(ctx.model, str(self.params["trainable"]))

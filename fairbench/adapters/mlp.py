@@ -15,7 +15,20 @@ from fairbench.errors import FairbenchError
 from fairbench.train.config import LOOP_DEFAULTS
 from fairbench.train.objectives import FeatureHead, Objective
 
-__all__ = ["MLPHead"]
+__all__ = ["MLPHead", "feature_head"]
+
+
+def feature_head(ctx: AdaptContext, params: dict, adapter: str) -> FeatureHead:
+    """The MLP head on frozen probe features (``hidden``, ``dropout``), features from the embedding cache."""
+    hidden = [int(h) for h in params["hidden"]]
+    if any(h < 1 for h in hidden):
+        raise FairbenchError(f"adapter '{adapter}': hidden widths must be positive, got {params['hidden']!r}")
+    dropout = float(params["dropout"])
+    if not 0.0 <= dropout < 1.0:
+        raise FairbenchError(f"adapter '{adapter}': dropout must be in [0, 1), got {dropout!r}")
+    features = {s: ctx.encode(s)["feature"] for s in ("train", "val", "test")}
+    return FeatureHead(features, ctx.split("train").labels, len(ctx.task.classes), hidden=hidden, dropout=dropout,
+                       device=ctx.model.device)
 
 
 class MLPHead(TrainableAdapter):
@@ -25,12 +38,4 @@ class MLPHead(TrainableAdapter):
                 "schedule": "constant", "patience": 10, "hidden": [256], "dropout": 0.1}
 
     def build_objective(self, ctx: AdaptContext) -> Objective:
-        hidden = [int(h) for h in self.params["hidden"]]
-        if any(h < 1 for h in hidden):
-            raise FairbenchError(f"adapter 'mlp': hidden widths must be positive, got {self.params['hidden']!r}")
-        dropout = float(self.params["dropout"])
-        if not 0.0 <= dropout < 1.0:
-            raise FairbenchError(f"adapter 'mlp': dropout must be in [0, 1), got {dropout!r}")
-        features = {s: ctx.encode(s)["feature"] for s in ("train", "val", "test")}
-        return FeatureHead(features, ctx.split("train").labels, len(ctx.task.classes), hidden=hidden,
-                           dropout=dropout, device=ctx.model.device)
+        return feature_head(ctx, self.params, self.name)

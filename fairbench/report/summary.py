@@ -44,6 +44,11 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
                   f"[bold]{lookup(doc, 'adapt', 'name')}[/bold] · seed {doc.get('seed')} · "
                   f"evaluated on '{task.get('eval_split', 'test')}' · values x100, "
                   f"[95% bootstrap CI, B={m.get('n_boot', 0)}]")
+    fitted = lookup(doc, "adapt", "fitted") or {}
+    if fitted.get("needs_attribute_at_prediction"):
+        console.print(f"[bold]note:[/bold] this adapter used the protected attribute "
+                      f"'{fitted.get('attribute')}' of every test sample to make its prediction (per-group "
+                      f"thresholds): it cannot be deployed where that attribute may not decide")
     overall = Table(title="Overall", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("n", "AUC", "ACC", "macro F1", "ECE"):
         overall.add_column(col, justify="right", min_width=9, no_wrap=True)

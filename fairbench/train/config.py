@@ -15,7 +15,7 @@ __all__ = ["TrainConfig", "LOOP_DEFAULTS", "OPTIMIZERS", "SCHEDULES", "SELECT_SP
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("constant", "cosine", "linear")
-SELECT_SPLITS = ("val", "test")
+SELECT_SPLITS = ("val", "test", "val_worst_group")
 
 #: the loop's parameters and fairbench's defaults for them (adapters override what their method prescribes)
 LOOP_DEFAULTS: dict[str, Any] = {
@@ -35,7 +35,8 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "amp": True,
     # epochs without a better selection score before stopping (0: run every epoch, keep the best)
     "patience": 3,
-    # the split that picks the epoch: val (default) or test (FairCLIP's published protocol; warned, recorded)
+    # what picks the epoch: val (validation AUC, default), val_worst_group (the worst group's validation AUC,
+    # adapters with an attribute) or test (FairCLIP's published protocol; warned, recorded)
     "select_on": "val",
     "eval_batch_size": 128,
     "keep_checkpoints": False,

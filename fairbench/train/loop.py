@@ -1,9 +1,11 @@
 """The one training loop every trainable adapter uses.
 
-Per epoch: the seeded batches of the training split (:func:`~fairbench.train.data.epoch_batches`), a step per
-``grad_accum`` batches with AdamW (or Adam) and the schedule, float16 autocast with gradient scaling on CUDA,
-then the selection score (AUC, macro one-vs-rest for more than two classes) on the selection split: validation
-unless the adapter was told ``select_on=test`` (FairCLIP's published protocol, warned and recorded). The best
+Per epoch: the objective's seeded batches of the training split (every sample once,
+:func:`~fairbench.train.data.epoch_batches`, unless a mitigation balances them), a step per ``grad_accum``
+batches with AdamW (or Adam) and the schedule, float16 autocast with gradient scaling on CUDA, then the
+selection score on the selection split: validation AUC (macro one-vs-rest for more than two classes), the
+worst group's validation AUC for ``select_on=val_worst_group``, or test AUC if the adapter was told
+``select_on=test`` (FairCLIP's published protocol, warned and recorded). The best
 epoch's weights predict at the end; ``patience`` epochs without improvement stop early. The test split is
 never scored during training unless it is the selection split.
 
@@ -36,10 +38,11 @@ from fairbench.progress import bar, info, warn
 from fairbench.train import dist
 from fairbench.train.checkpoint import CheckpointStore
 from fairbench.train.config import TrainConfig
-from fairbench.train.data import epoch_batches, shard
+from fairbench.train.data import shard
 from fairbench.train.objectives import Objective
 
-__all__ = ["Trainer", "TrainResult", "selection_score", "STEP_HOOKS", "EPOCH_HOOKS", "SELECT_TEST_WARNING"]
+__all__ = ["Trainer", "TrainResult", "selection_score", "worst_group_score", "STEP_HOOKS", "EPOCH_HOOKS",
+           "SELECT_TEST_WARNING"]
 
 #: called as ``hook(epoch, step)`` after every optimizer step, and ``hook(epoch)`` after every epoch's
 #: checkpoint (tests use them to interrupt a run)
@@ -78,6 +81,15 @@ def selection_score(labels: np.ndarray, probs: np.ndarray) -> float:
     if len(np.unique(labels)) < probs.shape[1]:
         return float("nan")
     return float(np.mean([_binary_auc(labels == c, probs[:, c].astype(np.float64)) for c in range(probs.shape[1])]))
+
+
+def worst_group_score(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> float:
+    """The lowest :func:`selection_score` over the groups (those with every class; unknown left out); NaN when
+    no group has every class."""
+    scores = [selection_score(labels[groups == g], probs[groups == g])
+              for g in sorted({str(v) for v in groups}) if g != "unknown"]
+    scores = [s for s in scores if not math.isnan(s)]
+    return min(scores) if scores else float("nan")
 
 
 @dataclass
@@ -161,16 +173,24 @@ def _deterministic(device: torch.device):  # type: ignore[no-untyped-def]
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, objective: Objective, *, name: str, seed: int, labels: dict[str, np.ndarray],
-                 store: CheckpointStore, resume: bool = True,
-                 predict_splits: tuple[str, ...] = ("val", "test")) -> None:
+                 store: CheckpointStore, resume: bool = True, predict_splits: tuple[str, ...] = ("val", "test"),
+                 groups: np.ndarray | None = None) -> None:
         self.cfg, self.objective, self.name, self.seed = cfg, objective, name, seed
         self.labels, self.store, self.resume, self.predict_splits = labels, store, resume, predict_splits
+        #: validation groups for select_on=val_worst_group
+        self.groups = groups
+        if cfg.select_on == "val_worst_group" and groups is None:
+            raise FairbenchError(f"adapter '{name}': select_on=val_worst_group needs the validation groups")
         #: every split scored during training, in order (tests check that test is never among them)
         self.scored: list[str] = []
 
-    def _score(self, split: str) -> tuple[float, np.ndarray]:
+    def _score(self, select: str) -> tuple[float, np.ndarray]:
+        split = "test" if select == "test" else "val"
         self.scored.append(split)
         probs = self.objective.predict(split)
+        if select == "val_worst_group":
+            assert self.groups is not None
+            return worst_group_score(self.labels[split], probs, self.groups), probs
         return selection_score(self.labels[split], probs), probs
 
     def run(self) -> TrainResult:
@@ -185,7 +205,7 @@ class Trainer:
         if not any(p.requires_grad for g in groups for p in g["params"]):
             raise FairbenchError(f"adapter '{self.name}': nothing to train (no parameter requires a gradient)")
         opt = _optimizer(cfg, groups)
-        n_batches = len(epoch_batches(obj.n_train, cfg.batch_size, self.seed, 0, world))
+        n_batches = len(obj.train_batches(0, cfg.batch_size, self.seed, world))
         steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, cfg.epochs * steps_per_epoch))
         use_amp = cfg.amp and device.type == "cuda"
@@ -231,7 +251,7 @@ class Trainer:
                 if stopped:
                     break
                 t0 = time.time()
-                batches = epoch_batches(obj.n_train, cfg.batch_size, self.seed, epoch, world)
+                batches = obj.train_batches(epoch, cfg.batch_size, self.seed, world)
                 obj.begin_epoch(epoch, batches)
                 obj.train_mode()
                 opt.zero_grad(set_to_none=True)
@@ -296,7 +316,9 @@ class Trainer:
             probs = {s: obj.predict(s) for s in self.predict_splits}
 
         record = {
-            "selected_on": select, "select_metric": "auc", "best_epoch": best_epoch, "best_score": best_score,
+            "selected_on": "val" if select == "val_worst_group" else select,
+            "select_metric": "worst_group_auc" if select == "val_worst_group" else "auc",
+            "best_epoch": best_epoch, "best_score": best_score,
             "selection": "best epoch" if best_epoch is not None else "last epoch (selection score undefined)",
             "epochs_run": len(history), "early_stopped": bool(stopped and len(history) < cfg.epochs),
             "resumed_from_epoch": resumed_from, "history": history,

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.errors import FairbenchError
-from fairbench.train.data import PairTexts, PixelStore
+from fairbench.train.data import PairTexts, PixelStore, epoch_batches
+from fairbench.train.groups import Mitigation
 
 __all__ = ["Objective", "FeatureHead", "ImageHead", "ClipObjective", "train_logit_scale", "FAMILY_TRAIN_SCALE"]
 
@@ -61,6 +62,10 @@ class Objective(abc.ABC):
     def eval_mode(self) -> None:
         self.module.eval()
 
+    def train_batches(self, epoch: int, batch_size: int, seed: int, world: int) -> list[np.ndarray]:
+        """The epoch's global batches of training-split row indices (default: every sample once, seeded)."""
+        return epoch_batches(self.n_train, batch_size, seed, epoch, world)
+
     def begin_epoch(self, epoch: int, batches: list[np.ndarray]) -> None:
         """Called before an epoch's first step with its global batches."""
 
@@ -92,7 +97,28 @@ class Objective(abc.ABC):
         return {}
 
 
-class FeatureHead(Objective):
+class _Mitigated:
+    """Head objectives whose per-sample cross-entropy goes through a :class:`~fairbench.train.groups.Mitigation`
+    (ERM by default; resample, reweight or GroupDRO for the mitigation adapters)."""
+
+    mitigation: Mitigation = Mitigation()
+    n_train: int
+
+    def train_batches(self, epoch: int, batch_size: int, seed: int, world: int) -> list[np.ndarray]:
+        return self.mitigation.batches(self.n_train, batch_size, seed, epoch, world)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mitigation": self.mitigation.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mitigation.load_state_dict(state.get("mitigation") or {})
+
+    def record(self) -> dict[str, Any]:
+        m = self.mitigation
+        return {} if m.name == "erm" else {"mitigation": {"name": m.name, **m.record()}}
+
+
+class FeatureHead(_Mitigated, Objective):
     """An MLP on frozen probe features, standardised with training-split statistics."""
 
     def __init__(self, features: dict[str, np.ndarray], labels: np.ndarray, n_classes: int, *, hidden: list[int],
@@ -115,7 +141,7 @@ class FeatureHead(Objective):
 
     def batch_loss(self, idx: np.ndarray, epoch: int, step: int) -> torch.Tensor:
         i = torch.from_numpy(idx).to(self.device)
-        return F.cross_entropy(self.head(self.x["train"][i]), self.y[i])
+        return self.mitigation.reduce(F.cross_entropy(self.head(self.x["train"][i]), self.y[i], reduction="none"), idx)
 
     @torch.no_grad()
     def predict(self, split: str) -> np.ndarray:
@@ -151,7 +177,7 @@ class _ModelObjective(Objective):
         return [np.arange(s, min(n, s + self.eval_batch_size)) for s in range(0, n, self.eval_batch_size)]
 
 
-class ImageHead(_ModelObjective):
+class ImageHead(_Mitigated, _ModelObjective):
     """Cross-entropy through a linear head on the probe feature; the encoder parameters that require grad
     train with it (all that reach the feature for full fine-tuning, the LoRA weights for LoRA)."""
 
@@ -174,7 +200,7 @@ class ImageHead(_ModelObjective):
 
     def batch_loss(self, idx: np.ndarray, epoch: int, step: int) -> torch.Tensor:
         y = self.labels[torch.from_numpy(idx)].to(self.device)
-        return F.cross_entropy(self.logits(self.images("train", idx)), y)
+        return self.mitigation.reduce(F.cross_entropy(self.logits(self.images("train", idx)), y, reduction="none"), idx)
 
     @torch.no_grad()
     def predict(self, split: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Towers", "probe_towers", "inject_lora", "freeze_all", "set_norm_eval", "select_trainable",
+__all__ = ["Towers", "probe_towers", "train_probe_feature", "inject_lora", "freeze_all", "set_norm_eval", "select_trainable",
            "released_names", "RELEASED_SETS", "TRAINABLE_SETS", "keep_norm_statistics"]
 
 TRAINABLE_SETS = ("released", "all")
@@ -83,6 +83,17 @@ def probe_towers(model: Any) -> Towers:
             p.requires_grad_(flags[n])
         module.train(was_training)
     return Towers(feature=feature, vision=vision, text=text)
+
+
+def train_probe_feature(model: Any) -> dict[str, Any]:
+    """``requires_grad`` on exactly the parameters that reach the probe feature (full fine-tuning with a head);
+    returns what to record."""
+    module: nn.Module = model.module
+    reach = probe_towers(model).feature
+    for name, param in module.named_parameters():
+        param.requires_grad_(name in reach)
+    return {"n_trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            "n_parameters": sum(p.numel() for p in module.parameters())}
 
 
 def freeze_all(module: nn.Module) -> None:
