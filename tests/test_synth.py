@@ -184,6 +184,19 @@ def test_marker_tracks_the_label_in_train_only():
             assert abs(rate_pos - 0.5) < 0.06 and abs(rate_neg - 0.5) < 0.06
 
 
+def test_marker_eval_train_keeps_the_association_in_every_split():
+    rule = {"attribute": "race", "groups": ["Black"], "marker_pos": 0.1, "marker_neg": 0.9, "marker_eval": "train"}
+    opts = {"n": {"train": 4000, "val": 4000, "test": 4000}, "image_size": 32, "bias": [rule]}
+    for split in ("train", "val", "test"):
+        s = _gen(opts, split)
+        group = s.attributes["race"] == "Black"
+        pos = s.label_finding != "normal"
+        assert not s.marker[~group].any()
+        assert abs(s.marker[group & pos].mean() - 0.1) < 0.04 and abs(s.marker[group & ~pos].mean() - 0.9) < 0.04
+    with pytest.raises(DataError, match=r"bias\[0\].marker_eval.: expected a probability, .train. or nothing"):
+        _gen({**opts, "bias": [{**rule, "marker_eval": "test"}]}, "train")
+
+
 def test_marker_is_burned_into_the_corner():
     s = _gen({"n": {"test": 200}, "image_size": 64,
               "bias": [{"attribute": "sex", "groups": ["F", "M"], "marker_eval": 0.5}]})

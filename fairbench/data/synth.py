@@ -102,7 +102,8 @@ def _combine(rules: tuple[BiasRule, ...], attributes: dict[str, np.ndarray], n: 
     e = {
         "contrast": np.ones(n), "noise2": np.zeros(n), "haze2": np.zeros(n), "blur": np.zeros(n),
         "keep_label": np.ones(n),
-        "prevalence": np.ones(n), "no_pos": np.ones(n), "no_neg": np.ones(n), "no_eval": np.ones(n),
+        "prevalence": np.ones(n), "no_pos": np.ones(n), "no_neg": np.ones(n), "no_eval_pos": np.ones(n),
+        "no_eval_neg": np.ones(n),
     }
     for rule in rules:
         m = rule.matches(attributes)
@@ -114,8 +115,13 @@ def _combine(rules: tuple[BiasRule, ...], attributes: dict[str, np.ndarray], n: 
         e["prevalence"][m] *= rule.prevalence
         e["no_pos"][m] *= 1.0 - rule.marker_pos
         e["no_neg"][m] *= 1.0 - rule.marker_neg
-        p_eval = (rule.marker_pos + rule.marker_neg) / 2 if rule.marker_eval is None else rule.marker_eval
-        e["no_eval"][m] *= 1.0 - p_eval
+        if rule.marker_eval == "train":
+            e["no_eval_pos"][m] *= 1.0 - rule.marker_pos
+            e["no_eval_neg"][m] *= 1.0 - rule.marker_neg
+        else:
+            p_eval = (rule.marker_pos + rule.marker_neg) / 2 if rule.marker_eval is None else float(rule.marker_eval)
+            e["no_eval_pos"][m] *= 1.0 - p_eval
+            e["no_eval_neg"][m] *= 1.0 - p_eval
     return e
 
 
@@ -193,7 +199,7 @@ def generate_split(config: SynthConfig, split: str, seed: int) -> SynthSplit:
     if split == "train":
         p_marker = 1.0 - np.where(recorded > 0, effect["no_pos"], effect["no_neg"])
     else:
-        p_marker = 1.0 - effect["no_eval"]
+        p_marker = 1.0 - np.where(recorded > 0, effect["no_eval_pos"], effect["no_eval_neg"])
     marker = u_marker < p_marker
 
     anatomy = draw_anatomy(_stream(seed, split, "anatomy"), sex, age, config.anatomy_by_attribute)

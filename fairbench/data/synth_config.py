@@ -118,7 +118,9 @@ class BiasRule:
     prevalence: float = 1.0      # multiplier on the probability of being abnormal
     marker_pos: float = 0.0      # train split: P(marker | recorded label abnormal)
     marker_neg: float = 0.0      # train split: P(marker | recorded label normal)
-    marker_eval: float | None = None  # other splits: P(marker), independent of label; None = mean of the two
+    # other splits: P(marker), independent of the label; None = mean of the two; "train" = as in the train split
+    # (P(marker | label) = marker_pos / marker_neg: the association holds in every split)
+    marker_eval: float | str | None = None
 
     @classmethod
     def from_options(cls, options: object, index: int) -> BiasRule:
@@ -173,6 +175,9 @@ class BiasRule:
                     )
             groups = tuple(dict.fromkeys(raw))
         marker_eval = given.get("marker_eval")
+        if isinstance(marker_eval, str) and marker_eval != "train":
+            raise DataError(f"synthetic option '{where}.marker_eval': expected a probability, 'train' or nothing, "
+                            f"got {marker_eval!r}")
         return cls(
             attribute=attribute,
             groups=groups,
@@ -186,7 +191,8 @@ class BiasRule:
             prevalence=_number(f"{where}.prevalence", given.get("prevalence", 1.0), lo=0.0),
             marker_pos=_probability(f"{where}.marker_pos", given.get("marker_pos", 0.0)),
             marker_neg=_probability(f"{where}.marker_neg", given.get("marker_neg", 0.0)),
-            marker_eval=None if marker_eval is None else _probability(f"{where}.marker_eval", marker_eval),
+            marker_eval=None if marker_eval is None else "train" if marker_eval == "train"
+            else _probability(f"{where}.marker_eval", marker_eval),
         )
 
     def to_options(self) -> dict[str, Any]:
