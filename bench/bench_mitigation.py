@@ -69,9 +69,9 @@ def main() -> None:
             mean = {side: {k: sum(cell(m, p)[side] for m in seeds) / len(seeds) for k, p in paths.items()}
                     for side in ("a", "b")}
             deltas = [fmt(cell(r["across_seeds"]["metrics"], p), [cell(m, p) for m in seeds]) for p in paths.values()]
-            print(f"| {task} | {other} vs {ref} | {100 * mean['a']['AUC']:.1f} / {100 * mean['a']['worst-group AUC']:.1f} | "
-                  f"{100 * mean['b']['AUC']:.1f} / {100 * mean['b']['worst-group AUC']:.1f} | " + " | ".join(deltas) + " |",
-                  flush=True)
+            a_side = f"{100 * mean['a']['AUC']:.1f} / {100 * mean['a']['worst-group AUC']:.1f}"
+            b_side = f"{100 * mean['b']['AUC']:.1f} / {100 * mean['b']['worst-group AUC']:.1f}"
+            print(f"| {task} | {other} vs {ref} | {a_side} | {b_side} | " + " | ".join(deltas) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ def test_cells_count_and_refuse_an_empty_cell() -> None:
     cells = _cells(["A", "A", "B", "B", "B", None, None], [0, 1, 0, 1, 1, 0, 1])
     assert cells.groups == ("A", "B", UNKNOWN) and cells.counts.tolist() == [1, 1, 1, 2, 1, 1]
     assert cells.cell.tolist() == [0, 1, 2, 3, 3, 4, 5]
-    with pytest.raises(DataError, match=r"no sample in \(group x label\) cell\(s\) unknown x abnormal of attribute 'a'"):
+    with pytest.raises(DataError,
+                       match=r"no sample in \(group x label\) cell\(s\) unknown x abnormal of attribute 'a'"):
         _cells(["A", "A", "B", "B", "B", None], [0, 1, 0, 1, 1, 0])
 
 

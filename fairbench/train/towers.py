@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Towers", "probe_towers", "train_probe_feature", "inject_lora", "freeze_all", "set_norm_eval", "select_trainable",
+__all__ = ["Towers", "probe_towers", "train_probe_feature", "inject_lora", "freeze_all", "set_norm_eval",
+           "select_trainable",
            "released_names", "RELEASED_SETS", "TRAINABLE_SETS", "keep_norm_statistics"]
 
 TRAINABLE_SETS = ("released", "all")
