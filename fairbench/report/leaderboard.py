@@ -20,7 +20,7 @@ from fairbench import __version__
 from fairbench.report.collect import Collection, ResultCell, collect
 from fairbench.report.reported import ReportedSource, load_reported, render_reported
 from fairbench.report.summary import lookup
-from fairbench.report.versus import Versus, check_reference, compute_versus, fmt_delta, fmt_p
+from fairbench.report.versus import Versus, VersusRow, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
 
 __all__ = ["build_pages", "write_leaderboards", "LABELS", "direction", "Agg", "aggregate"]
@@ -170,11 +170,22 @@ def _card_extras(task: str, tasks_dirs: Sequence[Path]) -> tuple[list[str], list
     return util, fair, True
 
 
-def _table(rows: list[_Row], columns: list[tuple[str, tuple[str, ...], str | None, bool]], lead: bool) -> list[str]:
-    """columns: (header, path, metric for direction/bold or None, show interval)."""
+#: a table column: (header, metrics path, metric for direction/bold or None, show interval)
+Column = tuple[str, tuple[str, ...], str | None, bool]
+
+
+def table_values(rows: list[_Row], columns: list[Column]) -> tuple[list[list[Agg]], list[set[int]]]:
+    """Per row and column the aggregate over seeds, and per column the rows that are best (bold): what the
+    markdown tables and the HTML report (:mod:`fairbench.report.html`) both show."""
     aggs = [[aggregate(r.cells, path) for _, path, _, _ in columns] for r in rows]
     best = [_best([a[j] for a in aggs], metric) if metric else set() for j, (_, _, metric, _) in
             enumerate(columns)]
+    return aggs, best
+
+
+def _table(rows: list[_Row], columns: list[Column], lead: bool) -> list[str]:
+    """columns: (header, path, metric for direction/bold or None, show interval)."""
+    aggs, best = table_values(rows, columns)
     head = ["model", "adapter"] + (["seeds"] if lead else []) + [h for h, _, _, _ in columns]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + ("---:|" if lead else "") + "---:|" * len(columns)]
     for i, r in enumerate(rows):
@@ -243,32 +254,57 @@ def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: boo
     return lines
 
 
-def _attribute_section(attr: str, cells: list[ResultCell], rows: list[_Row], extras: list[str]) -> list[str]:
-    scope = ("attributes", attr)
+def attribute_groups(attr: str, cells: list[ResultCell]) -> dict[str, Any]:
+    """The attribute's groups in the order the cells list them, with their n in the evaluated split."""
     groups: dict[str, Any] = {}
     for c in cells:
-        for g, gm in (lookup(c.metrics, *scope, "groups") or {}).items():
+        for g, gm in (lookup(c.metrics, "attributes", attr, "groups") or {}).items():
             groups.setdefault(g, (gm or {}).get("n"))
-    kind = "intersection" if "*" in attr else "attribute"
-    lines = [f"## Fairness: {attr} ({kind})", ""]
-    if groups:
-        lines.append("Groups (n in the evaluated split): " + ", ".join(f"{g} ({n})" for g, n in groups.items()) + ".")
-    small = {}
+    return groups
+
+
+def small_groups(attr: str, cells: list[ResultCell]) -> tuple[dict[str, Any], Any]:
+    """({group: n} flagged small in some cell, the minimum group size)."""
+    small: dict[str, Any] = {}
     for c in cells:
         small.update((lookup(c.metrics, "flags", "small_groups", attr) or {}))
-    if small:
-        minimum = next((lookup(c.metrics, "flags", "min_group_size") for c in cells), None)
-        lines.append(f"Small groups (n < {minimum}; wide intervals): "
-                     + ", ".join(f"{g} ({n})" for g, n in sorted(small.items())) + ".")
-    lines.append("")
-    columns: list[tuple[str, tuple[str, ...], str | None, bool]] = []
+    minimum = next((lookup(c.metrics, "flags", "min_group_size") for c in cells), None)
+    return dict(sorted(small.items())), minimum
+
+
+def attribute_columns(attr: str, cells: list[ResultCell], extras: list[str]) -> list[Column]:
+    """A fairness table's columns: group AUCs (means only, up to MAX_GROUP_COLUMNS groups), then the fairness
+    metrics (and the task card's extras) with intervals."""
+    scope = ("attributes", attr)
+    groups = attribute_groups(attr, cells)
+    columns: list[Column] = []
     if len(groups) <= MAX_GROUP_COLUMNS:
         columns += [(f"AUC {g}", (*scope, "groups", g, "auc"), None, False) for g in groups]
     for metric in [*FAIRNESS, *extras]:
         key = _resolve(cells, scope, metric)
         if key is not None and key not in [p[-1] for _, p, _, _ in columns]:
             columns.append((LABELS.get(key, key) + _arrow(key), (*scope, key), key, True))
-    return lines + _table(rows, columns, lead=False) + [""]
+    return columns
+
+
+def utility_columns(cells: list[ResultCell], extras: list[str]) -> list[Column]:
+    """The utility table's columns: the standard utility metrics and the task card's extras, where present."""
+    return [(LABELS.get(m, m) + _arrow(m), ("overall", m), m, True) for m in [*UTILITY, *extras]
+            if _present(cells, "overall", m)]
+
+
+def _attribute_section(attr: str, cells: list[ResultCell], rows: list[_Row], extras: list[str]) -> list[str]:
+    groups = attribute_groups(attr, cells)
+    kind = "intersection" if "*" in attr else "attribute"
+    lines = [f"## Fairness: {attr} ({kind})", ""]
+    if groups:
+        lines.append("Groups (n in the evaluated split): " + ", ".join(f"{g} ({n})" for g, n in groups.items()) + ".")
+    small, minimum = small_groups(attr, cells)
+    if small:
+        lines.append(f"Small groups (n < {minimum}; wide intervals): "
+                     + ", ".join(f"{g} ({n})" for g, n in small.items()) + ".")
+    lines.append("")
+    return lines + _table(rows, attribute_columns(attr, cells, extras), lead=False) + [""]
 
 
 def _cells_section(cells: list[ResultCell]) -> list[str]:
@@ -281,6 +317,19 @@ def _cells_section(cells: list[ResultCell]) -> list[str]:
                      f"{p.get('fairbench_version', '?')} | {commit or '?'} | {p.get('started_at', '?')} | "
                      f"{p.get('duration_s', '?')} | `{c.path.as_posix()}` |")
     return lines + [""]
+
+
+def versus_seeds_text(r: VersusRow, ref: str) -> str:
+    """The "paired seeds" entry of a versus row: the seeds and method, or why the row was not compared."""
+    if r.ok:
+        seeds = ", ".join(map(str, r.seeds)) + (" (t)" if r.method == "seeds" else " (bootstrap)")
+        if r.unpaired:
+            seeds += f"; unpaired {', '.join(map(str, r.unpaired))}"
+        return seeds
+    return {"no reference cell": f"no reference cell (no {r.model} / {ref})",
+            "no shared seed": f"no shared seed (seeds {', '.join(map(str, r.unpaired))}; {ref}: "
+                              f"{', '.join(map(str, r.reference_seeds))})",
+            }.get(r.status, f"{r.status} (see the caution above)")
 
 
 def _versus_section(v: Versus) -> list[str]:
@@ -327,17 +376,11 @@ def _versus_section(v: Versus) -> list[str]:
                   "| " + " | ".join(["model", "adapter", "paired seeds", *heads, "p (Holm)"]) + " |",
                   "|---|---|---|" + "---:|" * len(heads) + "---|"]
         for r, deltas, adjusted in t.rows:
+            seeds = versus_seeds_text(r, ref)
             if r.ok:
-                seeds = ", ".join(map(str, r.seeds)) + (" (t)" if r.method == "seeds" else " (bootstrap)")
-                if r.unpaired:
-                    seeds += f"; unpaired {', '.join(map(str, r.unpaired))}"
                 values = [fmt_delta(d) for d in deltas]
                 p_text = " / ".join(fmt_p(p) for p in adjusted)
             else:
-                seeds = {"no reference cell": f"no reference cell (no {r.model} / {ref})",
-                         "no shared seed": f"no shared seed (seeds {', '.join(map(str, r.unpaired))}; {ref}: "
-                                           f"{', '.join(map(str, r.reference_seeds))})",
-                         }.get(r.status, f"{r.status} (see the caution above)")
                 values, p_text = ["–"] * len(heads), "–"
             lines.append("| " + " | ".join([r.model, r.adapt, seeds, *values, p_text]) + " |")
         lines.append("")
@@ -353,11 +396,7 @@ def task_page(task: str, cells: list[ResultCell], roots: list[str], reported: li
     if not card_found:
         lines += [f"> The task card '{task}' was not found (pass `--tasks-dir`), so only the standard columns "
                   "are shown.", ""]
-    util_cols: list[tuple[str, tuple[str, ...], str | None, bool]] = []
-    for metric in [*UTILITY, *util_extra]:
-        if _present(cells, "overall", metric):
-            util_cols.append((LABELS.get(metric, metric) + _arrow(metric), ("overall", metric), metric, True))
-    lines += ["## Utility", ""] + _table(rows, util_cols, lead=True) + [""]
+    lines += ["## Utility", ""] + _table(rows, utility_columns(cells, util_extra), lead=True) + [""]
     attrs: dict[str, None] = {}
     for c in cells:
         attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
