@@ -321,6 +321,35 @@ def plot(
 
 
 @app.command()
+def report(
+    results: Annotated[Optional[list[Path]], typer.Argument(
+        help="Results roots, cell folders or metrics.json files (default: results).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the site (OUT/index.html opens from disk).")] = Path("site"),
+    figures: Annotated[Optional[Path], typer.Option(
+        help="A folder written by `fairbench plot` whose SVG figures are reused (default: only the ones an earlier "
+             "report drew into OUT/figures); missing or stale figures are drawn once into OUT/figures.")] = None,
+    reported: Annotated[Optional[Path], typer.Option(
+        help="Folder of curated reported numbers (<task>.yaml; default: the ones shipped with fairbench).")] = None,
+    tasks_dir: TasksDirOpt = None,
+    reference: Annotated[Optional[str], typer.Option(
+        "--reference", metavar="ADAPTER", help="Also show, per task, the 'versus ADAPTER' tables and forest plot "
+        "of paired differences (as `fairbench leaderboard --reference`).")] = None,
+) -> None:
+    """Write a static HTML site of result cells: an index of tasks, a sortable leaderboard page per task and a
+    page per cell with every metric, group table, figure and its provenance (no server, no network)."""
+    from fairbench.report.html import write_site
+
+    site = write_site(results or [Path("results")], out, figures=figures, reported_dir=reported,
+                      tasks_dirs=tuple(tasks_dir or ()), reference=reference)
+    for path, why in site.collection.problems:
+        err_console.print(f"skipped {path}: {why}", style="yellow", markup=False, soft_wrap=True)
+    for p in site.problems:
+        err_console.print(f"warning: {p}", style="yellow", markup=False, soft_wrap=True)
+    err_console.print(f"wrote {len(site.pages)} pages under {out} (figures: {site.figures_reused} reused, "
+                      f"{site.figures_drawn} drawn); open {Path(out) / 'index.html'}", markup=False, soft_wrap=True)
+
+
+@app.command()
 def check(
     results: Annotated[list[Path], typer.Argument(help="Results roots, cell folders or metrics.json files.")],
     baseline: Annotated[Path, typer.Option(help="Baseline JSON to compare with (written by --update).")],

@@ -1,0 +1,539 @@
+"""`fairbench report`: a static HTML site of result cells that opens from disk (file://), no server, no network.
+
+SITE/index.html lists the tasks; SITE/tasks/<task>.html holds the leaderboard tables of the markdown
+leaderboard (the same columns, aggregates, intervals and bold entries: :func:`fairbench.report.leaderboard
+.table_values`), sortable in the browser, with the fairness-utility figure and, with a reference adapter, the
+"versus" tables and forest plot; SITE/cells/<task>/<model>/<adapt>/seed<N>/index.html holds one cell: every
+metric with its interval, the per-group tables, its figures, threshold, data report, training curves and
+provenance, beside a copy of its metrics.json. Pages are rendered by Jinja2 templates (autoescaped) from
+``fairbench/report/templates``; SITE/assets holds the stylesheet and the sorting script.
+
+Figures are inline SVG. An SVG that ``fairbench plot`` already wrote (under ``figures``, or under SITE/figures
+from an earlier report) is reused when it is not older than the results it shows; a missing or stale one is
+drawn once, as SVG, into SITE/figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fairbench import __version__
+from fairbench.errors import FairbenchError, ResultsError
+from fairbench.report.collect import Collection, ResultCell, collect
+from fairbench.report.leaderboard import (LABELS, Column, _card_extras, _digest, _distinct, _fmt, _latest_version,
+                                          _newest, _rows, attribute_columns, attribute_groups, direction,
+                                          small_groups, table_values, utility_columns, versus_seeds_text)
+from fairbench.report.reported import ReportedSource, column_label, load_reported
+from fairbench.report.reported import _fmt as reported_fmt
+from fairbench.report.summary import lookup
+from fairbench.report.versus import Versus, check_reference, compute_versus, fmt_delta, fmt_p
+from fairbench.results import METRICS as METRICS_FILE
+
+__all__ = ["write_site", "TEMPLATES", "ASSETS"]
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+ASSETS = ("site.css", "sort.js")
+MAX_SKIPPED_LISTED = 200
+
+
+# -- the template data ---------------------------------------------------------------------------------------
+@dataclass
+class TCell:
+    """One table cell: its text, the value it sorts by (None: n/a, always last), bold, links."""
+
+    text: str
+    sort: float | str | None = None
+    best: bool = False
+    links: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class THead:
+    label: str
+    key: str  # names the column in a #sort=TABLE:KEY,DIR fragment
+    numeric: bool = True
+
+
+@dataclass
+class Table:
+    id: str
+    caption: str
+    heads: list[THead]
+    rows: list[list[TCell]]  # the first cell of a row is its header (<th scope="row">)
+
+
+@dataclass
+class Figure:
+    svg: str  # the SVG element, ready to inline
+    caption: str
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("*", "_x_"))
+
+
+def _col_key(path: tuple[str, ...]) -> str:
+    """``("overall", "auc")`` -> ``auc``; a group column -> ``auc:<group>``."""
+    if len(path) >= 5 and path[2] == "groups":
+        return f"{path[-1]}:{path[3]}"
+    return path[-1]
+
+
+def _num(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _pct(value: Any, ci: Any = None) -> str:
+    v = _num(value)
+    if v is None:
+        return "n/a"
+    text = f"{100 * v:.1f}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    return text
+
+
+def _is_count(key: str) -> bool:
+    return key == "n" or key.startswith("n_")
+
+
+# -- figures: reuse what exists, draw what is missing ---------------------------------------------------------
+def _plots() -> Any:
+    """fairbench.report.plots, imported only when a figure must be drawn (matplotlib takes a second to load)."""
+    from fairbench.report import plots
+
+    return plots
+
+
+class _Figures:
+    def __init__(self, site: Path, figures: Path | None):
+        self.draw_dir = site / "figures"
+        self.sources = [d for d in (figures, self.draw_dir) if d is not None]
+        self.reused = 0
+        self.drawn = 0
+
+    def _find(self, rel: str, newer_than: float) -> Path | None:
+        for d in self.sources:
+            p = d / rel
+            if p.is_file() and p.stat().st_mtime >= newer_than:
+                return p
+        return None
+
+    def _get(self, rels: list[str], cells: Sequence[ResultCell], draw: Any) -> dict[str, Path | None]:
+        stamp = max((c.path / METRICS_FILE).stat().st_mtime for c in cells)
+        found = {rel: self._find(rel, stamp) for rel in rels}
+        missing = sum(p is None for p in found.values())
+        self.reused += len(found) - missing
+        if missing:
+            self.drawn += len(draw())
+            found = {rel: p or self._find(rel, 0.0) for rel, p in found.items()}
+        return found
+
+    def cell(self, cell: ResultCell) -> tuple[dict[str, Path | None], list[str]]:
+        base = f"{cell.task}/{cell.model}/{cell.adapt}/seed{cell.seed}"
+        attrs = [a for a, v in (cell.metrics.get("attributes") or {}).items() if (v or {}).get("groups")]
+        problems: list[str] = []
+
+        def draw() -> list[Path]:
+            from fairbench.report.plots import plot_cell
+
+            files, probs = plot_cell(cell, self.draw_dir, ("svg",))
+            problems.extend(probs)
+            return files
+
+        found = self._get([f"{base}/{_slug(a)}.svg" for a in attrs], [cell], draw) if attrs else {}
+        return {a: found[f"{base}/{_slug(a)}.svg"] for a in attrs}, problems
+
+    def training(self, cell: ResultCell) -> Path | None:
+        epochs = lookup(cell.doc, "adapt", "fitted", "epochs")
+        if not isinstance(epochs, list) or not epochs:
+            return None
+        rel = f"{cell.task}/{cell.model}/{cell.adapt}/seed{cell.seed}/training.svg"
+        return self._get([rel], [cell], lambda: _plots().plot_training(cell, self.draw_dir, ("svg",)))[rel]
+
+    def tradeoff(self, task: str, cells: list[ResultCell]) -> Path | None:
+        rel = f"{task}/fairness_utility.svg"
+        if not any(lookup(c.metrics, "attributes", a, "es_auc") is not None for c in cells
+                   for a in (c.metrics.get("attributes") or {})):
+            return None
+        return self._get([rel], cells, lambda: _plots().plot_tradeoff(task, cells, self.draw_dir, ("svg",)))[rel]
+
+    def versus(self, v: Versus, cells: list[ResultCell], synthetic: bool) -> Path | None:
+        if v.unavailable or not any(r.ok for r in v.rows):
+            return None
+        rel = f"{v.task}/versus_{_slug(v.reference)}.svg"
+        return self._get([rel], cells,
+                         lambda: _plots().plot_versus(v, self.draw_dir, ("svg",), synthetic=synthetic))[rel]
+
+
+_SVG_START = re.compile(r"<svg\b")
+
+
+def _inline(path: Path | None, alt: str, caption: str) -> Figure | None:
+    """The SVG file's root element with ``role="img"`` and an ``aria-label`` (the figure's alt text)."""
+    if path is None:
+        return None
+    text = path.read_text(encoding="utf-8")
+    m = _SVG_START.search(text)
+    if m is None:
+        return None
+    from markupsafe import escape
+
+    svg = f'<svg role="img" aria-label="{escape(alt)}"' + text[m.end():]
+    return Figure(svg=svg, caption=caption)
+
+
+# -- tables --------------------------------------------------------------------------------------------------
+def _leaderboard_table(table_id: str, caption: str, rows: list[Any], columns: list[Column], lead: bool,
+                       cell_href: dict[str, str]) -> Table:
+    """The markdown leaderboard's table (:func:`fairbench.report.leaderboard.table_values`) as a Table."""
+    aggs, best = table_values(rows, columns)
+    heads = [THead("model", "model", False), THead("adapter", "adapter", False)]
+    if lead:
+        heads += [THead("seeds", "seeds"), THead("cells", "cells", False)]
+    heads += [THead(h, _col_key(path)) for h, path, _, _ in columns]
+    out = []
+    for i, r in enumerate(rows):
+        line = [TCell(r.model, r.model), TCell(r.adapt, r.adapt)]
+        if lead:
+            line += [TCell(str(len(r.cells)), len(r.cells)),
+                     TCell("", f"{r.model}/{r.adapt}", links=[(f"seed {c.seed}", cell_href[c.key]) for c in r.cells])]
+        for j, (_, _, _, ci) in enumerate(columns):
+            a = aggs[i][j]
+            line.append(TCell(_fmt(a, ci), a.mean, best=i in best[j]))
+        out.append(line)
+    return Table(table_id, caption, heads, out)
+
+
+def _versus_tables(v: Versus) -> list[tuple[str, str, Table]]:
+    out = []
+    for attr in v.attributes:
+        t = v.table(attr)
+        heads = [THead("model", "model", False), THead("adapter", "adapter", False),
+                 THead("paired seeds", "seeds", False)]
+        heads += [THead(f"Δ {LABELS.get(p[-1], p[-1])}{_arrow(p[-1])}", p[-1]) for p in t.paths]
+        heads.append(THead("p (Holm)", "p_holm", False))
+        rows = []
+        for r, deltas, adjusted in t.rows:
+            line = [TCell(r.model, r.model), TCell(r.adapt, r.adapt), TCell(versus_seeds_text(r, v.reference))]
+            if r.ok:
+                line += [TCell(fmt_delta(d), d.delta if d is not None else None) for d in deltas]
+                line.append(TCell(" / ".join(fmt_p(p) for p in adjusted)))
+            else:
+                line += [TCell("–") for _ in deltas] + [TCell("–")]
+            rows.append(line)
+        compared = [r for r, _, _ in t.rows if r.ok]
+        caption = (f"{len(compared)} row{'s' if len(compared) != 1 else ''} compared; {t.n_comparisons} "
+                   f"comparison{'s' if t.n_comparisons != 1 else ''} with a p-value, Holm-adjusted over this table.")
+        out.append((attr, caption, Table(f"versus-{_slug(attr)}", f"Versus {v.reference}: {attr} (Δ x100)",
+                                         heads, rows)))
+    return out
+
+
+def _arrow(metric: str) -> str:
+    d = direction(metric)
+    return " ↑" if d is True else " ↓" if d is False else ""
+
+
+def _reported(sources: list[ReportedSource]) -> list[dict[str, Any]]:
+    out = []
+    for n, s in enumerate(sources, start=1):
+        heads = [THead("method (reported)", "method", False)] + [THead(column_label(c), c, True) for c in s.columns]
+        rows = []
+        for method, values in s.rows:
+            rows.append([TCell(f"{method} [{n}]", method)]
+                        + [TCell(reported_fmt(v, s.scale, s.decimals),
+                                 _num(v[0] if isinstance(v, list) else v)) for v in values])
+        out.append({"n": n, "source": s,
+                    "table": Table(f"reported-{n}", f"[{n}] {s.citation}", heads, rows) if s.rows else None})
+    return out
+
+
+# -- per task ------------------------------------------------------------------------------------------------
+def _facts(task: str, cells: list[ResultCell], roots: list[str]) -> list[tuple[str, str]]:
+    """The markdown leaderboard's header lines, as (label, text)."""
+    version = _distinct(cells, "task", "version")
+    commits = sorted({f"{str(lookup(c.doc, 'provenance', 'git_commit'))[:10]}"
+                      f"{'-dirty' if lookup(c.doc, 'provenance', 'git_dirty') else ''}"
+                      for c in cells if lookup(c.doc, "provenance", "git_commit")})
+    produced = _distinct(cells, "provenance", "fairbench_version")
+    split = _distinct(cells, "task", "eval_split") or ["test"]
+    ns = sorted({int(n) for c in cells if (n := lookup(c.metrics, "overall", "n")) is not None})
+    boots = sorted({int(b) for c in cells if (b := c.metrics.get("n_boot")) is not None})
+    thresholds = _distinct(cells, "threshold", "rule")
+    return [
+        ("Task version", ", ".join(version) or "?"),
+        ("Generated by", f"fairbench {__version__} from {len(cells)} result cell{'s' if len(cells) != 1 else ''} "
+                         f"under {', '.join(roots)} (results digest {_digest(cells)})"),
+        ("As of", f"{_newest(cells)}: the start time of the newest result (not the time of generation)"),
+        ("Produced by", f"fairbench {', '.join(produced) or '?'}"
+                        + (f" at git commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}" if commits else "")),
+        ("Evaluated on", f"the {', '.join(split)} split (n = {', '.join(map(str, ns)) or '?'}); threshold rule "
+                         f"{', '.join(thresholds) or '?'}; bootstrap resamples "
+                         f"B = {', '.join(map(str, boots)) or '0'}"),
+    ]
+
+
+def _task_context(task: str, cells: list[ResultCell], col: Collection, reported: list[ReportedSource],
+                  tasks_dirs: Sequence[Path], reference: str | None, figs: _Figures,
+                  cell_href: dict[str, str]) -> dict[str, Any]:
+    synthetic = any(lookup(c.doc, "task", "synthetic") for c in cells)
+    util_extra, fair_extra, card_found = _card_extras(task, tasks_dirs)
+    rows = _rows(cells)
+    utility = _leaderboard_table("utility", f"{task}: utility (x100, mean over seeds)", rows,
+                                 utility_columns(cells, util_extra), True, cell_href)
+    attrs: dict[str, None] = {}
+    for c in cells:
+        attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
+    fairness = []
+    for attr in attrs:
+        small, minimum = small_groups(attr, cells)
+        fairness.append({
+            "attr": attr, "kind": "intersection" if "*" in attr else "attribute",
+            "groups": attribute_groups(attr, cells), "small": small, "min_group_size": minimum,
+            "table": _leaderboard_table(f"fair-{_slug(attr)}", f"{task}: fairness by {attr} (x100, mean over seeds)",
+                                        rows, attribute_columns(attr, cells, fair_extra), False, cell_href)})
+    tradeoff = _inline(figs.tradeoff(task, cells),
+                       f"{task}: overall AUC against ES-AUC per protected attribute, one point per model and "
+                       "adapter (mean over seeds)", "Fairness against utility: overall AUC (x) and ES-AUC (y) per "
+                       "attribute, one point per model x adapter (mean over seeds; bars: the spread over seeds).")
+    versus = None
+    if reference is not None:
+        v = compute_versus(task, cells, reference, tasks_dirs=tasks_dirs)
+        forest = _inline(figs.versus(v, cells, synthetic),
+                         f"{task}: forest plot of paired differences against {reference}",
+                         f"Paired differences B − {reference} (x100) with 95% intervals; filled point and * = the "
+                         "interval excludes 0.")
+        versus = {"reference": reference, "n_boot": v.n_boot, "unavailable": v.unavailable, "cautions": v.cautions,
+                  "tables": [] if v.unavailable else _versus_tables(v), "figure": forest}
+    cell_rows = []
+    for c in sorted(cells, key=lambda c: c.key):
+        p = c.doc.get("provenance") or {}
+        commit = str(p.get("git_commit") or "")[:10] + ("-dirty" if p.get("git_dirty") else "")
+        cell_rows.append([TCell("", c.key, links=[(c.key, cell_href[c.key])]),
+                          TCell(str(lookup(c.doc, "model", "weights", "source") or "?")),
+                          TCell(str(p.get("fairbench_version", "?"))), TCell(commit or "?"),
+                          TCell(str(p.get("started_at", "?"))),
+                          TCell(str(p.get("duration_s", "?")), _num(p.get("duration_s")))])
+    cells_table = Table("cells", f"{task}: the result cells", [
+        THead("cell", "cell", False), THead("weights", "weights", False), THead("fairbench", "fairbench", False),
+        THead("git commit", "commit", False), THead("started", "started", False),
+        THead("duration (s)", "duration")], cell_rows)
+    return {"task": task, "synthetic": synthetic, "facts": _facts(task, cells, col.roots), "card_found": card_found,
+            "mixed_samples": len(_distinct(cells, "task", "samples_sha256")) > 1, "utility": utility,
+            "fairness": fairness, "tradeoff": tradeoff, "versus": versus, "reported": _reported(reported),
+            "cells_table": cells_table}
+
+
+# -- per cell ------------------------------------------------------------------------------------------------
+def _metric_rows(metrics: dict[str, Any], ci: dict[str, Any]) -> list[list[TCell]]:
+    """(metric, value, interval) rows of one level of metrics.json (overall or an attribute): numbers x100
+    with their bootstrap interval, counts as they are, per-class dicts one row per class."""
+    rows = []
+    for key, value in metrics.items():
+        if key == "groups":
+            continue
+        label = LABELS.get(key, key)
+        if isinstance(value, dict):
+            for cls, v in value.items():
+                c = (ci.get(key) or {}).get(cls) if isinstance(ci.get(key), dict) else None
+                rows.append(_metric_row(f"{label} ({cls})", key, v, c))
+        else:
+            rows.append(_metric_row(label + _arrow(key), key, value, ci.get(key)))
+    return rows
+
+
+def _metric_row(label: str, key: str, value: Any, ci: Any) -> list[TCell]:
+    v = _num(value)
+    if _is_count(key):
+        return [TCell(label, key), TCell("" if value is None else str(value), v), TCell("")]
+    ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
+    interval = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ok else "–"
+    return [TCell(label, key), TCell(_pct(value), v), TCell(interval, _num(ci[0]) if ok else None)]
+
+
+def _group_table(attr: str, a: dict[str, Any], ci: dict[str, Any], cell_key: str) -> Table | None:
+    groups = a.get("groups") or {}
+    if not groups:
+        return None
+    keys: dict[str, None] = {}
+    for gm in groups.values():
+        keys.update(dict.fromkeys(k for k, v in (gm or {}).items() if not isinstance(v, dict)))
+    heads = [THead("group", "group", False)] + [THead(LABELS.get(k, k) + ("" if _is_count(k) else _arrow(k)), k)
+                                                for k in keys]
+    rows = []
+    for g, gm in groups.items():
+        gm = gm or {}
+        gci = lookup(ci, "groups", g) or {}
+        line = [TCell(g, g)]
+        for k in keys:
+            v = gm.get(k)
+            line.append(TCell("" if v is None else str(v), _num(v)) if _is_count(k)
+                        else TCell(_pct(v, gci.get(k)), _num(v)))
+        rows.append(line)
+    return Table(f"groups-{_slug(attr)}", f"{cell_key}: groups of {attr} (x100; counts as they are; brackets: 95% "
+                 "bootstrap interval)", heads, rows)
+
+
+def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
+    if isinstance(tree, dict):
+        out = []
+        for k, v in tree.items():
+            out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return out or [(prefix, "{}")]
+    if isinstance(tree, list):
+        text = json.dumps(tree, default=str)
+        return [(prefix, text if len(text) <= 300 else text[:300] + " …")]
+    return [(prefix, "null" if tree is None else str(tree))]
+
+
+def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dict[str, Any], list[str]]:
+    m = cell.metrics
+    ci = m.get("ci") or {}
+    figures, problems = figs.cell(cell)
+    attributes = []
+    for attr, a in (m.get("attributes") or {}).items():
+        a = a or {}
+        aci = lookup(ci, "attributes", attr) or {}
+        attributes.append({
+            "attr": attr,
+            "metrics": Table(f"attr-{_slug(attr)}", f"{cell.key}: fairness by {attr}",
+                             [THead("metric", "metric", False), THead("value", "value"),
+                              THead("95% interval", "interval")], _metric_rows(a, aci)),
+            "groups": _group_table(attr, a, aci, cell.key),
+            "figure": _inline(figures.get(attr), f"{cell.key}, protected attribute {attr}: group metrics with 95% "
+                              "intervals, ROC curves and reliability diagrams per group",
+                              f"{attr}: group metrics with 95% bootstrap intervals (left), ROC per group (middle), "
+                              "reliability per group (right)."),
+        })
+    overall = Table("overall", f"{cell.key}: overall metrics", [
+        THead("metric", "metric", False), THead("value", "value"), THead("95% interval", "interval")],
+        _metric_rows(m.get("overall") or {}, ci.get("overall") or {}))
+    data = cell.doc.get("data") or {}
+    skipped = data.get("skipped") or []
+    fitted = dict(lookup(cell.doc, "adapt", "fitted") or {})
+    epochs = fitted.pop("epochs", None)
+    training = _inline(figs.training(cell), f"{cell.key}: training curves per epoch",
+                       f"Training curves ({len(epochs) if isinstance(epochs, list) else 0} epochs).")
+    provenance = _flatten(cell.doc.get("provenance") or {})
+    identity = [("task.version", str(lookup(cell.doc, "task", "version"))),
+                ("task.card_sha256", str(lookup(cell.doc, "task", "card_sha256"))),
+                ("task.samples_sha256", str(lookup(cell.doc, "task", "samples_sha256"))),
+                ("model.card_sha256", str(lookup(cell.doc, "model", "card_sha256"))),
+                ("model.weights.source", str(lookup(cell.doc, "model", "weights", "source"))),
+                ("model.weights.sha256", str(lookup(cell.doc, "model", "weights", "sha256"))),
+                ("config_sha256", str(cell.doc.get("config_sha256")))]
+    counts = [(k, str(v)) for k, v in (m.get("overall") or {}).items() if _is_count(k)]
+    counts += [(f"{attr}: unknown group", str((a or {}).get("n_unknown"))) for attr, a in
+               (m.get("attributes") or {}).items() if (a or {}).get("n_unknown") is not None]
+    ctx = {
+        "cell": cell, "synthetic": bool(lookup(cell.doc, "task", "synthetic")), "task_href": task_href,
+        "summary": [("task", f"{cell.task} (version {lookup(cell.doc, 'task', 'version')})"), ("model", cell.model),
+                    ("weights", str(lookup(cell.doc, "model", "weights", "source"))), ("adapter", cell.adapt),
+                    ("adapter parameters", json.dumps(lookup(cell.doc, "adapt", "params") or {}, sort_keys=True)),
+                    ("seed", str(cell.seed)), ("evaluated on", f"{m.get('eval_split', '?')} split"),
+                    ("bootstrap", f"B = {m.get('n_boot', 0)}, {m.get('ci_method', '')}".rstrip(", "))],
+        "overall": overall, "attributes": attributes,
+        "threshold": _flatten(cell.doc.get("threshold") or {}),
+        "counts": counts, "data": [(k, v) for k, v in _flatten(data) if not k.startswith("skipped")],
+        "skipped": skipped[:MAX_SKIPPED_LISTED], "n_skipped": len(skipped),
+        "fitted": [(k, v) for k, v in _flatten(fitted)] if fitted else [], "training": training,
+        "notes": _flatten(m.get("notes")) if m.get("notes") else [],
+        "flags": _flatten(m.get("flags")) if m.get("flags") else [],
+        "provenance": provenance, "identity": identity, "folder": cell.path.resolve().as_posix(),
+    }
+    return ctx, problems
+
+
+# -- the site ------------------------------------------------------------------------------------------------
+def _environment() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.globals["version"] = __version__
+    return env
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _rel(target: str, page: str) -> str:
+    """``target`` (relative to SITE) as a link from ``page`` (relative to SITE)."""
+    return os.path.relpath(target, os.path.dirname(page) or ".").replace(os.sep, "/")
+
+
+@dataclass
+class SiteReport:
+    pages: list[Path]
+    collection: Collection
+    problems: list[str]
+    figures_reused: int
+    figures_drawn: int
+
+
+def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None = None,
+               reported_dir: Path | None = None, tasks_dirs: Sequence[Path] = (),
+               reference: str | None = None) -> SiteReport:
+    """Write the site for the cells under ``results`` into ``out``; ``figures``: a folder written by
+    ``fairbench plot`` whose SVGs are reused."""
+    if figures is not None and not Path(figures).is_dir():
+        raise FairbenchError(f"--figures {figures}: no such folder (a folder written by `fairbench plot`)")
+    col = collect(results)
+    if not col.cells:
+        raise ResultsError(f"no readable result cells under {', '.join(col.roots)}"
+                           + (f" ({len(col.problems)} unreadable)" if col.problems else ""))
+    if reference is not None:
+        check_reference(col.cells, reference)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FairbenchError(f"--out {out}: exists and is not a folder")
+    reported = load_reported(reported_dir)
+    env = _environment()
+    figs = _Figures(out, Path(figures) if figures is not None else None)
+    problems: list[str] = []
+    pages: list[Path] = []
+    by_task = {task: _latest_version(task, cells, col) for task, cells in sorted(col.by_task().items())}
+    cell_page = {c.key: f"cells/{_slug(c.task)}/{_slug(c.model)}/{_slug(c.adapt)}/seed{c.seed}/index.html"
+                 for cells in by_task.values() for c in cells}
+    task_page = {task: f"tasks/{_slug(task)}.html" for task in by_task}
+
+    def render(name: str, page: str, **ctx: Any) -> None:
+        root = _rel(".", page)
+        text = env.get_template(name).render(root="" if root == "." else root + "/", **ctx)
+        _write(out / page, text)
+        pages.append(out / page)
+
+    index = []
+    for task, cells in by_task.items():
+        href = {k: _rel(p, task_page[task]) for k, p in cell_page.items()}
+        ctx = _task_context(task, cells, col, reported.get(task, []), tasks_dirs, reference, figs, href)
+        render("task.html", task_page[task], **ctx)
+        index.append({"task": task, "href": task_page[task], "synthetic": ctx["synthetic"], "n_cells": len(cells),
+                      "version": ", ".join(_distinct(cells, "task", "version")),
+                      "models": sorted({c.model for c in cells}), "adapters": sorted({c.adapt for c in cells}),
+                      "seeds": sorted({c.seed for c in cells}), "reported": ctx["reported"]})
+        for c in cells:
+            page = cell_page[c.key]
+            cctx, probs = _cell_context(c, figs, _rel(task_page[task], page))
+            problems += probs
+            (out / page).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(c.path / METRICS_FILE, (out / page).parent / METRICS_FILE)
+            render("cell.html", page, metrics_href=METRICS_FILE, **cctx)
+    render("index.html", "index.html", tasks=index, roots=col.roots, n_cells=sum(len(c) for c in by_task.values()),
+           skipped=[f"{p}: {why}" for p, why in col.problems])
+    assets = out / "assets"
+    assets.mkdir(parents=True, exist_ok=True)
+    for name in ASSETS:
+        shutil.copyfile(TEMPLATES / name, assets / name)
+    return SiteReport(pages, col, problems, figs.reused, figs.drawn)
