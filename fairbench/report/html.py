@@ -134,7 +134,8 @@ class _Figures:
         self.reused += len(found) - missing
         if missing:
             self.drawn += len(draw())
-            found = {rel: p or self._find(rel, 0.0) for rel, p in found.items()}
+            found = {rel: p or (self.draw_dir / rel if (self.draw_dir / rel).is_file() else None)
+                     for rel, p in found.items()}
         return found
 
     def cell(self, cell: ResultCell) -> tuple[dict[str, Path | None], list[str]]:

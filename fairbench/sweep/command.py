@@ -12,7 +12,7 @@ from fairbench.sweep.driver import SweepReport, plan, run_sweep
 from fairbench.sweep.grid import SweepSpec, load_sweep_file, parse_adapt_args, parse_names, parse_seeds
 from fairbench.sweep.worker import read_error
 
-__all__ = ["sweep_command", "build_spec"]
+__all__ = ["sweep_command", "build_spec", "write_sweep_report"]
 
 
 def build_spec(sweep_file: Path | None, *, tasks: list[str] | None, models: list[str] | None,
@@ -39,7 +39,22 @@ def sweep_command(spec: SweepSpec, *, dry_run: bool = False) -> SweepReport | No
         spec.validate()
         print_plan(spec)
         return None
-    return run_sweep(spec)
+    report = run_sweep(spec)
+    if spec.report is not None:
+        write_sweep_report(spec)
+    return report
+
+
+def write_sweep_report(spec: SweepSpec, console: Console | None = None) -> None:
+    """The sweep file's ``report:``: the HTML site of the results root, written from the cells complete now."""
+    from fairbench.report.html import write_site
+
+    console = console or Console(stderr=True, highlight=False)
+    if spec.report is None or not any(spec.out.rglob("metrics.json")):
+        return
+    site = write_site([spec.out], spec.report, tasks_dirs=spec.tasks_dirs)
+    console.print(f"wrote the report: {len(site.pages)} pages, open {spec.report / 'index.html'}", markup=False,
+                  soft_wrap=True)
 
 
 def print_plan(spec: SweepSpec, console: Console | None = None) -> None:

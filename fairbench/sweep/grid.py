@@ -64,6 +64,8 @@ class SweepSpec:
     executor_options: dict[str, Any] = field(default_factory=dict)
     #: torch threads per cell (None: the executor decides)
     threads: int | None = None
+    #: a folder for the HTML report (``fairbench report``) of the results, written after the run
+    report: Path | None = None
     source: Path | None = None
 
     @property
@@ -225,6 +227,8 @@ def load_sweep_file(path: Path) -> SweepSpec:
     if workers is not None:
         spec.executor_options["workers"] = workers
     spec.threads = f.get("threads", int, None)
+    report = f.get("report", str, None)
+    spec.report = rel(report) if report else None
     known = run_options()
     for key in known:
         if key in data:
