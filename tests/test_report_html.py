@@ -62,7 +62,7 @@ class Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.urls: list[tuple[str, str]] = []
-        self.ids: set[str] = set()
+        self.ids: list[str] = []
         self.tables: dict[str, list[list[str]]] = {}
         self.svgs: list[dict[str, str]] = []
         self.scripts = 0
@@ -79,7 +79,7 @@ class Page(HTMLParser):
             for url in re.findall(r"url\(\s*['\"]?([^'\")]+)", value or ""):
                 self.urls.append((tag, url))
         if a.get("id"):
-            self.ids.add(a["id"])
+            self.ids.append(a["id"])
         if tag == "svg" and "role" in a:
             self.svgs.append(a)
         if tag == "script":
@@ -144,6 +144,7 @@ def test_every_local_link_resolves_inside_the_site_and_nothing_comes_from_outsid
             assert target.is_relative_to(out.resolve()), f"{page}: {url} leaves the site"
             checked += 1
         assert parsed.scripts == 1  # the site's own sort.js, nothing else
+        assert len(parsed.ids) == len(set(parsed.ids)), f"{page}: duplicate ids (inline figures share a page)"
     assert checked > 3 * len(pages)
     css = (out / "assets" / "site.css").read_text()
     assert "@import" not in css and "url(" not in css and "@font-face" not in css

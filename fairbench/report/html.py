@@ -176,10 +176,12 @@ class _Figures:
 
 
 _SVG_START = re.compile(r"<svg\b")
+_SVG_IDS = re.compile(r'(\bid="|href="#|url\(#)([^"\)]+)')
 
 
-def _inline(path: Path | None, alt: str, caption: str) -> Figure | None:
-    """The SVG file's root element with ``role="img"`` and an ``aria-label`` (the figure's alt text)."""
+def _inline(path: Path | None, alt: str, caption: str, prefix: str) -> Figure | None:
+    """The SVG file's root element with ``role="img"`` and an ``aria-label`` (the figure's alt text); its ids
+    (and the references to them) get ``prefix``, so several figures on one page keep their ids unique."""
     if path is None:
         return None
     text = path.read_text(encoding="utf-8")
@@ -188,8 +190,8 @@ def _inline(path: Path | None, alt: str, caption: str) -> Figure | None:
         return None
     from markupsafe import escape
 
-    svg = f'<svg role="img" aria-label="{escape(alt)}"' + text[m.end():]
-    return Figure(svg=svg, caption=caption)
+    body = _SVG_IDS.sub(lambda g: f"{g.group(1)}{prefix}-{g.group(2)}", text[m.end():])
+    return Figure(svg=f'<svg role="img" aria-label="{escape(alt)}"' + body, caption=caption)
 
 
 # -- tables --------------------------------------------------------------------------------------------------
@@ -305,14 +307,15 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
     tradeoff = _inline(figs.tradeoff(task, cells),
                        f"{task}: overall AUC against ES-AUC per protected attribute, one point per model and "
                        "adapter (mean over seeds)", "Fairness against utility: overall AUC (x) and ES-AUC (y) per "
-                       "attribute, one point per model x adapter (mean over seeds; bars: the spread over seeds).")
+                       "attribute, one point per model x adapter (mean over seeds; bars: the spread over seeds).",
+                       "tradeoff")
     versus = None
     if reference is not None:
         v = compute_versus(task, cells, reference, tasks_dirs=tasks_dirs)
         forest = _inline(figs.versus(v, cells, synthetic),
                          f"{task}: forest plot of paired differences against {reference}",
                          f"Paired differences B − {reference} (x100) with 95% intervals; filled point and * = the "
-                         "interval excludes 0.")
+                         "interval excludes 0.", "versus")
         versus = {"reference": reference, "n_boot": v.n_boot, "unavailable": v.unavailable, "cautions": v.cautions,
                   "tables": [] if v.unavailable else _versus_tables(v), "figure": forest}
     cell_rows = []
@@ -413,7 +416,7 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
             "figure": _inline(figures.get(attr), f"{cell.key}, protected attribute {attr}: group metrics with 95% "
                               "intervals, ROC curves and reliability diagrams per group",
                               f"{attr}: group metrics with 95% bootstrap intervals (left), ROC per group (middle), "
-                              "reliability per group (right)."),
+                              "reliability per group (right).", f"fig-{_slug(attr)}"),
         })
     overall = Table("overall", f"{cell.key}: overall metrics", [
         THead("metric", "metric", False), THead("value", "value"), THead("95% interval", "interval")],
@@ -423,7 +426,7 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
     fitted = dict(lookup(cell.doc, "adapt", "fitted") or {})
     epochs = fitted.pop("epochs", None)
     training = _inline(figs.training(cell), f"{cell.key}: training curves per epoch",
-                       f"Training curves ({len(epochs) if isinstance(epochs, list) else 0} epochs).")
+                       f"Training curves ({len(epochs) if isinstance(epochs, list) else 0} epochs).", "training")
     provenance = _flatten(cell.doc.get("provenance") or {})
     identity = [("task.version", str(lookup(cell.doc, "task", "version"))),
                 ("task.card_sha256", str(lookup(cell.doc, "task", "card_sha256"))),
