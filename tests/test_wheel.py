@@ -32,6 +32,10 @@ def test_wheel_contains_task_and_model_cards(wheel):
         assert f"fairbench/_tasks/{rel}" in names, rel
     assert "fairbench/models/cards/tinyclip.yaml" in names
     assert "fairbench/cli.py" in names
+    templates = ROOT / "fairbench" / "report" / "templates"
+    for name in ("base.html", "index.html", "task.html", "cell.html", "macros.html", "site.css", "sort.js"):
+        assert (templates / name).is_file(), name
+        assert f"fairbench/report/templates/{name}" in names, name  # fairbench report needs them installed
 
 
 def test_unpacked_wheel_finds_its_bundled_tasks(wheel, tmp_path):
