@@ -294,6 +294,22 @@ def test_sweep_file_report_option_writes_the_site(results, tmp_path):
     assert (tmp_path / "site" / "tasks" / "synth_cxr_fair.html").is_file()
 
 
+def test_sweep_command_writes_the_report_after_the_run_and_not_on_a_dry_run(results, tmp_path, monkeypatch):
+    import fairbench.sweep.command as command
+    from fairbench.sweep import SweepSpec
+    from fairbench.sweep.driver import SweepReport
+
+    ran = []
+    monkeypatch.setattr(command, "run_sweep", lambda spec: ran.append(spec) or SweepReport(cells=[]))
+    monkeypatch.setattr(command, "print_plan", lambda spec: None)
+    spec = SweepSpec(tasks=["synth_cxr_fair"], models=["tinyclip"], adapts=["zeroshot"],
+                     options={"out": results / "synth_cxr_fair"}, report=tmp_path / "site")
+    command.sweep_command(spec, dry_run=True)
+    assert not (tmp_path / "site").exists()
+    command.sweep_command(spec)
+    assert ran and (tmp_path / "site" / "index.html").is_file()
+
+
 # -- a real browser -----------------------------------------------------------------------------------------
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
