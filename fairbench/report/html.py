@@ -52,7 +52,7 @@ class TCell:
     text: str
     sort: float | str | None = None
     best: bool = False
-    links: list[tuple[str, str]] = field(default_factory=list)
+    links: list[tuple[str, str, str]] = field(default_factory=list)  # (text, href, aria-label or "")
 
 
 @dataclass
@@ -201,14 +201,15 @@ def _leaderboard_table(table_id: str, caption: str, rows: list[Any], columns: li
     aggs, best = table_values(rows, columns)
     heads = [THead("model", "model", False), THead("adapter", "adapter", False)]
     if lead:
-        heads += [THead("seeds", "seeds"), THead("cells", "cells", False)]
+        heads += [THead("seeds", "seeds"), THead("cell pages (seed)", "cells", False)]
     heads += [THead(h, _col_key(path)) for h, path, _, _ in columns]
     out = []
     for i, r in enumerate(rows):
         line = [TCell(r.model, r.model), TCell(r.adapt, r.adapt)]
         if lead:
             line += [TCell(str(len(r.cells)), len(r.cells)),
-                     TCell("", f"{r.model}/{r.adapt}", links=[(f"seed {c.seed}", cell_href[c.key]) for c in r.cells])]
+                     TCell("", f"{r.model}/{r.adapt}",
+                           links=[(str(c.seed), cell_href[c.key], f"cell {c.key}") for c in r.cells])]
         for j, (_, _, _, ci) in enumerate(columns):
             a = aggs[i][j]
             line.append(TCell(_fmt(a, ci), a.mean, best=i in best[j]))
@@ -322,7 +323,7 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
     for c in sorted(cells, key=lambda c: c.key):
         p = c.doc.get("provenance") or {}
         commit = str(p.get("git_commit") or "")[:10] + ("-dirty" if p.get("git_dirty") else "")
-        cell_rows.append([TCell("", c.key, links=[(c.key, cell_href[c.key])]),
+        cell_rows.append([TCell("", c.key, links=[(c.key, cell_href[c.key], "")]),
                           TCell(str(lookup(c.doc, "model", "weights", "source") or "?")),
                           TCell(str(p.get("fairbench_version", "?"))), TCell(commit or "?"),
                           TCell(str(p.get("started_at", "?"))),
