@@ -194,3 +194,40 @@ def test_piped_output_never_splits_names_or_paths(tmp_path):
                           env=env, timeout=600)
     row = next(ln for ln in proc.stdout.splitlines() if "biomedclip" in ln)
     assert "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224" in row
+
+
+# -- --help and switches (issue #14 item 15) -------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["run", "sweep", "ls", "leaderboard", "check", "plot", "data check"])
+def test_help_shows_switches_as_switches_and_types_in_words(command):
+    proc = fairbench(*command.split(), "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    for python_type in ("<bool>", "<str>", "<int", "<path>", "list["):
+        assert python_type not in proc.stdout, (command, python_type, proc.stdout)
+    switch = {"run": "--overwrite", "sweep": "--dry-run", "ls": "--help", "leaderboard": "--include-reported-only",
+              "check": "--update", "plot": "--help", "data check": "--quick"}[command]
+    line = next(ln for ln in proc.stdout.splitlines() if f"{switch} " in ln)
+    assert "BOOLEAN" not in line, line
+    if command in ("run", "sweep", "plot"):
+        assert any("--tasks-dir" in ln and "PATH" in ln for ln in proc.stdout.splitlines())
+
+
+def test_a_value_after_a_switch_is_a_one_line_error(tmp_path):
+    proc = fairbench("run", "--overwrite", "true", "--out", str(tmp_path))
+    assert_one_line_error(proc, "--overwrite is an on/off switch and takes no value (got 'true')")
+    proc = fairbench("sweep", "--dry-run", "--allow-skip-unreadable=yes", "--out", str(tmp_path))
+    assert_one_line_error(proc, "--allow-skip-unreadable is an on/off switch",
+                          "--allow-skip-unreadable or --no-allow-skip-unreadable")
+
+
+def test_sweep_switches_can_be_turned_off(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(f"tasks: [synth_cxr]\nmodels: [tinyclip]\nadapts: [zeroshot]\nout: {tmp_path / 'out'}\n"
+                          "overwrite: true\n")
+    from fairbench.sweep.command import build_spec
+
+    spec = build_spec(sweep_file, tasks=None, models=None, adapts=None, seeds=None, executor=None, workers=None,
+                      executor_args={}, threads=None, tasks_dirs=None, adapt_args=None,
+                      options={"overwrite": False})
+    assert spec.options["overwrite"] is False  # what --no-overwrite passes overrides the file
+    proc = fairbench("sweep", str(sweep_file), "--dry-run", "--no-overwrite")
+    assert proc.returncode == 0, proc.stderr
