@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, get_args, get_origin
 
 import typer
 
@@ -27,6 +27,43 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+# -- --help in words: switches bare, types as click writes them ---------------------------------------------
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "bool": "BOOLEAN", "Path": "PATH"}
+
+
+def _type_word(annotation: Any) -> str:
+    if get_origin(annotation) is list and get_args(annotation):
+        return _type_word(get_args(annotation)[0])  # a repeatable option takes one value each time
+    name = getattr(annotation, "__name__", str(annotation))
+    return _TYPE_WORDS.get(name, name.upper())
+
+
+def _help_type(self: Any, ctx: Any) -> str:
+    """What --help shows after an option: nothing for an on/off switch (typer 0.2x shows ``<bool>``, which reads
+    as if it took a value), ``TEXT``/``INTEGER``/``PATH`` for a value (not ``<str>``, ``<list[Path]>``), the
+    choices for a choice."""
+    if getattr(self, "is_flag", False):
+        return ""
+    desc = self.type_descriptor
+    if desc.is_choice and desc.choices and getattr(self, "show_choices", True):
+        return "[" + " | ".join(str(getattr(c, "value", c)) for c in desc.choices) + "]"  # wraps between choices
+    if desc.is_path:
+        return str(desc.path_type).upper()
+    return _type_word(desc.annotation)
+
+
+def _readable_help_types() -> None:
+    """Installs :func:`_help_type` where typer renders parameter types (typer >= 0.2x; older typer shows click's
+    own metavars, which already read this way)."""
+    import typer.core
+
+    param = getattr(typer.core, "_TyperParameter", None)
+    if param is not None and hasattr(param, "display_type"):
+        param.display_type = _help_type
+
+
+_readable_help_types()
 
 # -- shared option definitions ---------------------------------------------------------------------
 TasksDirOpt = Annotated[Optional[list[Path]], typer.Option(
@@ -237,10 +274,11 @@ def sweep(
         "--adapt-arg", help="Adapter parameter KEY=VALUE (every adapter) or ADAPTER.KEY=VALUE; repeatable.",
         rich_help_panel="Run options")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(
-        "--overwrite", help="Recompute complete cells too.", rich_help_panel="Run options")] = None,
-    allow_skip_unreadable: Annotated[Optional[bool], typer.Option(
-        "--allow-skip-unreadable", help="Leave out samples whose image is unreadable (listed in metrics.json).",
+        "--overwrite/--no-overwrite", help="Recompute complete cells too (default: the sweep file's, else no).",
         rich_help_panel="Run options")] = None,
+    allow_skip_unreadable: Annotated[Optional[bool], typer.Option(
+        "--allow-skip-unreadable/--no-allow-skip-unreadable", help="Leave out samples whose image is unreadable "
+        "(listed in metrics.json; default: the sweep file's, else no).", rich_help_panel="Run options")] = None,
     image_cache: Annotated[Optional[str], typer.Option(
         help="Preprocessed-image cache: auto, off or a size in pixels.", rich_help_panel="Run options")] = None,
 ) -> None:
@@ -384,8 +422,32 @@ def _parse_kv(items: list[str], flag: str) -> dict[str, Any]:
 _mount_subcommands()
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def _switch_given_a_value(argv: list[str]) -> None:
+    """``--overwrite true``: click would answer "unexpected extra argument"; say that a switch takes no value."""
+    import typer.main
+
+    node: Any = typer.main.get_command(app)
+    for word in argv:
+        node = getattr(node, "commands", {}).get(word, node)
+    switches = {o: p for p in getattr(node, "params", []) if getattr(p, "is_flag", False)
+                for o in (*p.opts, *p.secondary_opts) if o.startswith("--")}
+    for i, word in enumerate(argv):
+        flag, eq, value = word.partition("=")
+        if not eq:
+            flag, value = word, argv[i + 1] if i + 1 < len(argv) else ""
+        if flag in switches and value.lower() in _BOOL_WORDS and (eq or not Path(value).exists()):
+            p = switches[flag]
+            names = " or ".join(o for o in (*p.opts, *p.secondary_opts) if o.startswith("--"))
+            raise FairbenchError(f"{flag} is an on/off switch and takes no value (got '{value}'): write {names}, "
+                                 f"without a value")
+
+
 def main() -> None:
     try:
+        _switch_given_a_value(sys.argv[1:])
         app()
     except FairbenchError as exc:
         err_console.print(f"error: {exc}", style="bold red", markup=False, highlight=False, soft_wrap=True)

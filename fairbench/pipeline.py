@@ -23,7 +23,7 @@ from fairbench.errors import FairbenchError, ResultsError
 from fairbench.metrics import compute_metrics
 from fairbench.models.base import get_model_card
 from fairbench.models.build import build_model, resolve_device
-from fairbench.progress import info
+from fairbench.progress import bar, info
 from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, ensure_writable,
                                is_complete, now_iso, provenance, read_metrics, write_json)
 from fairbench.train.checkpoint import checkpoint_dir_for
@@ -101,14 +101,15 @@ def run_cell(cfg: RunConfig) -> CellResult:
     atomic_write(cell / PREDICTIONS, lambda p: frame.to_parquet(p, index=False))
 
     n_boot = task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot
-    metrics = metrics_document(
-        frame, task, n_boot=n_boot, seed=cfg.seed,
-        samples_sha256=_samples_sha256(frame, task.evaluation.split),
-        model={"name": card.name, "card_sha256": card.sha256, "weights": model.weights_info},
-        adapt={"name": adapter.name, "params": adapter.params, "fitted": _jsonable(adapter.fitted)},
-        config={"task_card": task.sha256, "model_card": card.sha256, "adapt": adapter.params, "seed": cfg.seed,
-                "weights": model.weights_info.get("sha256"), "n_boot": n_boot},
-    )
+    with bar(f"metrics, {n_boot} bootstrap resamples" if n_boot else "metrics", None):  # minutes at B=1000
+        metrics = metrics_document(
+            frame, task, n_boot=n_boot, seed=cfg.seed,
+            samples_sha256=_samples_sha256(frame, task.evaluation.split),
+            model={"name": card.name, "card_sha256": card.sha256, "weights": model.weights_info},
+            adapt={"name": adapter.name, "params": adapter.params, "fitted": _jsonable(adapter.fitted)},
+            config={"task_card": task.sha256, "model_card": card.sha256, "adapt": adapter.params, "seed": cfg.seed,
+                    "weights": model.weights_info.get("sha256"), "n_boot": n_boot},
+        )
     metrics["data"] = data.report()
     metrics["embedding_cache"] = ctx.embedding_report()
     metrics["provenance"] = provenance(device=str(device), started_at=started, duration_s=time.time() - t0)

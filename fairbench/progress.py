@@ -2,6 +2,9 @@
 
 Bars show only when stderr is a terminal and ``CI`` is not set to a true value; ``FAIRBENCH_PROGRESS=1``
 forces them on, ``=0`` off. Messages (``info``/``warn``) always go to stderr so stdout stays parseable.
+
+Where output is not a terminal (a pipe, a file, a CI log) the consoles are :data:`WIDE` columns wide instead of
+rich's 80, so a path, a class name or a table row is never split or cut; prose lines are simply not wrapped.
 """
 
 from __future__ import annotations
@@ -15,10 +18,28 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["progress_enabled", "track", "bar", "info", "warn", "console"]
+__all__ = ["progress_enabled", "track", "bar", "info", "warn", "console", "stdout_console", "WIDE"]
 
 T = TypeVar("T")
-console = Console(stderr=True, highlight=False)
+
+#: Width of a console that does not write to a terminal: wide enough that nothing is ever wrapped or cut.
+WIDE = 10_000
+
+
+def _unwrapped(console: Console) -> Console:
+    """``console``, made :data:`WIDE` columns wide when it does not write to a terminal (rich would use 80, or
+    $COLUMNS, and split paths mid-word or cut table cells with an ellipsis)."""
+    if not console.is_terminal:
+        console.width = WIDE
+    return console
+
+
+def stdout_console() -> Console:
+    """The console for what a command prints on stdout (tables, summaries)."""
+    return _unwrapped(Console(highlight=False))
+
+
+console = _unwrapped(Console(stderr=True, highlight=False))
 
 
 def progress_enabled() -> bool:

@@ -123,3 +123,111 @@ def test_run_prints_summary_and_resumes(tmp_path, tiny_tasks_dir):
     again = fairbench(*args, env={"COLUMNS": "200"})
     assert again.returncode == 0
     assert "already complete, skipped" in again.stderr
+
+
+# -- honest output (issue #14, items 12 and 14) ----------------------------------------------------------------------
+def _summary_text(doc: dict, cell) -> str:
+    from rich.console import Console
+
+    from fairbench.report.summary import print_summary
+
+    console = Console(record=True, width=400, highlight=False, file=open(os.devnull, "w"))
+    print_summary(doc, cell, console)
+    return console.export_text()
+
+
+def _cell_doc(tmp_path, **kw) -> tuple[dict, object]:
+    import json
+
+    from fixtures_results import fabricate_cell
+
+    cell = fabricate_cell(tmp_path, **kw)
+    return json.loads((cell / "metrics.json").read_text()), cell
+
+
+def test_summary_says_when_weights_are_random(tmp_path):
+    doc, cell = _cell_doc(tmp_path)
+    assert "RANDOM WEIGHTS" in _summary_text(doc, cell)
+    doc["model"]["weights"] = {"source": "pretrain:synth_cxr", "sha256": "ab" * 32}
+    assert "RANDOM" not in _summary_text(doc, cell)
+
+
+def test_summary_counts_skipped_samples_and_points_at_the_list(tmp_path):
+    doc, cell = _cell_doc(tmp_path)
+    assert "unreadable" not in _summary_text(doc, cell)
+    doc["data"] = {"allow_skip_unreadable": True, "n_skipped": 3,
+                   "skipped": [{"split": "test", "sample_id": f"s{i}", "reason": "missing"} for i in range(3)]}
+    text = _summary_text(doc, cell)
+    assert "3 sample(s) skipped as unreadable" in text
+    assert f"{cell / 'metrics.json'} under data.skipped" in text
+
+
+def test_summary_without_bootstrap_does_not_announce_intervals(tmp_path):
+    doc, cell = _cell_doc(tmp_path, n_boot=0)
+    text = _summary_text(doc, cell)
+    assert "B=0" not in text and "bootstrap CI" not in text
+    assert "no confidence intervals" in text
+    doc, cell = _cell_doc(tmp_path / "boot", n_boot=20)
+    assert "[95% bootstrap CI, B=20]" in _summary_text(doc, cell)
+
+
+def test_summary_shows_intervals_of_multiclass_one_vs_rest_gaps(tmp_path):
+    doc, cell = _cell_doc(tmp_path, task="chexpert5", n_boot=20)
+    sex = doc["metrics"]["attributes"]["sex"]
+    assert sex.get("dpd") is None and sex["dpd_mean_ovr"] is not None  # multiclass: only the OvR mean
+    text = _summary_text(doc, cell)
+    for key in ("dpd_mean_ovr", "deodds_mean_ovr"):
+        lo, hi = doc["metrics"]["ci"]["attributes"]["sex"][key]
+        assert f"{100 * lo:.1f}–{100 * hi:.1f}" in text, key
+
+
+def test_piped_output_never_splits_names_or_paths(tmp_path):
+    """Where stdout is not a terminal (here a pipe, without COLUMNS), nothing is wrapped at 80 columns: class
+    names and weight paths stay whole, one table row per line."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, "-m", "fairbench", "ls", "tasks"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if "chexpert5" in ln)
+    assert "Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion" in row
+    proc = subprocess.run([sys.executable, "-m", "fairbench", "ls", "models"], capture_output=True, text=True,
+                          env=env, timeout=600)
+    row = next(ln for ln in proc.stdout.splitlines() if "biomedclip" in ln)
+    assert "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224" in row
+
+
+# -- --help and switches (issue #14 item 15) -------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["run", "sweep", "ls", "leaderboard", "check", "plot", "data check"])
+def test_help_shows_switches_as_switches_and_types_in_words(command):
+    proc = fairbench(*command.split(), "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    for python_type in ("<bool>", "<str>", "<int", "<path>", "list["):
+        assert python_type not in proc.stdout, (command, python_type, proc.stdout)
+    switch = {"run": "--overwrite", "sweep": "--dry-run", "ls": "--help", "leaderboard": "--include-reported-only",
+              "check": "--update", "plot": "--help", "data check": "--quick"}[command]
+    line = next(ln for ln in proc.stdout.splitlines() if f"{switch} " in ln)
+    assert "BOOLEAN" not in line, line
+    if command in ("run", "sweep", "plot"):
+        assert any("--tasks-dir" in ln and "PATH" in ln for ln in proc.stdout.splitlines())
+
+
+def test_a_value_after_a_switch_is_a_one_line_error(tmp_path):
+    proc = fairbench("run", "--overwrite", "true", "--out", str(tmp_path))
+    assert_one_line_error(proc, "--overwrite is an on/off switch and takes no value (got 'true')")
+    proc = fairbench("sweep", "--dry-run", "--allow-skip-unreadable=yes", "--out", str(tmp_path))
+    assert_one_line_error(proc, "--allow-skip-unreadable is an on/off switch",
+                          "--allow-skip-unreadable or --no-allow-skip-unreadable")
+
+
+def test_sweep_switches_can_be_turned_off(tmp_path):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(f"tasks: [synth_cxr]\nmodels: [tinyclip]\nadapts: [zeroshot]\nout: {tmp_path / 'out'}\n"
+                          "overwrite: true\n")
+    from fairbench.sweep.command import build_spec
+
+    spec = build_spec(sweep_file, tasks=None, models=None, adapts=None, seeds=None, executor=None, workers=None,
+                      executor_args={}, threads=None, tasks_dirs=None, adapt_args=None,
+                      options={"overwrite": False})
+    assert spec.options["overwrite"] is False  # what --no-overwrite passes overrides the file
+    proc = fairbench("sweep", str(sweep_file), "--dry-run", "--no-overwrite")
+    assert proc.returncode == 0, proc.stderr

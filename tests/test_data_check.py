@@ -162,3 +162,71 @@ def test_pipeline_records_skipped_ids_in_metrics_json(tmp_path):
 
     frame = pd.read_parquet(cell / "predictions.parquet")
     assert not set(frame["sample_id"]) & set(expected)
+
+
+# -- --data-root one level too deep (issue #14 item 16) ------------------------------------------------------------
+def _check_output(*args: str) -> tuple[int, list[str]]:
+    result = run_check(*args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, [ln for ln in result.output.splitlines() if ln.strip()]
+
+
+@pytest.mark.parametrize("layout, sub", [("batches", "images_001"), ("batches", "images_002/images"),
+                                         ("flat", "images")])
+def test_nih_subfolder_as_data_root_is_one_message(tmp_path, layout, sub):
+    rows = nih_rows(n_patients=16)
+    root = tmp_path / "nih"
+    write_nih_metadata(root / "meta.csv", rows)
+    write_nih_images(root, [r["Image Index"] for r in rows], layout=layout)
+    tasks, name = tmp_path / "tasks", "chk_deep_" + sub.replace("/", "_")  # task names are process-wide
+    (tasks / name).mkdir(parents=True)
+    (tasks / name / f"{name}.yaml").write_text(CARD.format(name=name).replace(
+        "metadata: meta.csv", f"metadata: {root / 'meta.csv'}"))  # the images decide, not the metadata
+    code, lines = _check_output("--task", name, "--data-root", str(root / sub), "--tasks-dir", str(tasks))
+    assert code == 1, lines
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1, lines  # one message, not one line per missing file, nor one per split
+    assert f"is a subfolder of the dataset: pass --data-root {root}" in errors[0]
+    assert "images_001/images/ ... images_012/images/" in errors[0]
+    assert len(lines) <= 3, lines
+
+
+def test_nih_metadata_beside_the_real_root_names_it(tmp_path):
+    root, tasks, _ = make_nih(tmp_path, "chk_meta")
+    task = get_task("chk_meta", [tasks])
+    report = check_task(task, root / "images", splits=["test"])
+    (err,) = report.splits[0].errors
+    assert f"pass --data-root {root}" in err and "meta.csv and images_001/images/" in err
+
+
+def test_fairvlmed_split_folder_as_data_root(tmp_path):
+    write_fairvlmed(tmp_path / "fv")
+    report = check_task(get_task("fairvlmed"), tmp_path / "fv" / "Training", splits=["test"])
+    (err,) = report.splits[0].errors
+    assert f"pass --data-root {tmp_path / 'fv'}" in err and "Training/, Validation/ and Test/" in err
+
+
+def test_chexpert_image_folder_as_data_root(tmp_path):
+    from fixtures_data import write_chexpert
+
+    write_chexpert(tmp_path / "cx")
+    report = check_task(get_task("chexpert_no_finding"), tmp_path / "cx" / "CheXpert-v1.0-small" / "train",
+                        splits=["test"])
+    (err,) = report.splits[0].errors
+    assert "is a subfolder of the dataset: pass --data-root" in err and "train.csv" in err
+
+
+def test_run_with_a_subfolder_as_data_root_is_a_one_line_error(tmp_path):
+    from test_cli import assert_one_line_error, fairbench
+
+    rows = nih_rows(n_patients=16)
+    root = tmp_path / "nih"
+    write_nih_metadata(root / "meta.csv", rows)
+    write_nih_images(root, [r["Image Index"] for r in rows], layout="batches")
+    tasks = tmp_path / "tasks"
+    (tasks / "chk_deep_run").mkdir(parents=True)
+    (tasks / "chk_deep_run" / "chk_deep_run.yaml").write_text(CARD.format(name="chk_deep_run").replace(
+        "metadata: meta.csv", f"metadata: {root / 'meta.csv'}"))
+    proc = fairbench("run", "--task", "chk_deep_run", "--tasks-dir", str(tasks),
+                     "--data-root", str(root / "images_001"), "--weights", "random", "--out", str(tmp_path / "out"))
+    assert_one_line_error(proc, f"pass --data-root {root} (the dataset root holds images_001/images/")

@@ -32,9 +32,14 @@ def table(page: str, heading: str) -> list[list[str]]:
     return [[c.strip() for c in r.strip("|").split("|")] for r in rows]
 
 
+def entry(row: list[str]) -> str:
+    """model/adapter of a table row (the fabricated cells ran random weights: their rows say so)."""
+    return f"{row[0].removesuffix(' (random weights)')}/{row[1]}"
+
+
 def column(rows: list[list[str]], name: str) -> dict[str, str]:
     j = next(i for i, h in enumerate(rows[0]) if h.startswith(name))
-    return {f"{r[0]}/{r[1]}": r[j] for r in rows[2:]}
+    return {entry(r): r[j] for r in rows[2:]}
 
 
 def test_page_layout_values_and_best_entries(results, tmp_path):
@@ -47,8 +52,8 @@ def test_page_layout_values_and_best_entries(results, tmp_path):
     assert f"`{results}`" in page and "7 result cells" in page
     util = table(page, "Utility")
     assert util[0][:5] == ["model", "adapter", "seeds", "AUC ↑", "ACC ↑"] and "ECE ↓" in util[0]
-    assert [f"{r[0]}/{r[1]}" for r in util[2:]][-1] == "weak/zeroshot"  # sorted by AUC, weakest last
-    seeds = {f"{r[0]}/{r[1]}": r[2] for r in util[2:]}
+    assert [entry(r) for r in util[2:]][-1] == "weak/zeroshot"  # sorted by AUC, weakest last
+    seeds = {entry(r): r[2] for r in util[2:]}
     assert seeds == {"good/linear_probe": "2", "biased/zeroshot": "2", "weak/zeroshot": "2", "single/zeroshot": "1"}
     auc = column(util, "AUC")
     assert auc["good/linear_probe"].startswith("**") and not auc["weak/zeroshot"].startswith("**")
@@ -124,7 +129,41 @@ def test_bad_cells_are_reported_by_path_and_skipped(results, tmp_path):
     assert f"skipped {broken}: malformed metrics.json" in res.output
     assert f"skipped {incomplete}: missing: the cell is incomplete" in res.output
     page = (tmp_path / "lb" / "synth_cxr.md").read_text()
-    assert "weak/zeroshot" not in page and "5 result cells" in page
+    assert "| weak " not in page and "5 result cells" in page
+    # the page itself says which seeds are missing, not only stderr
+    assert "**Left out**: 2 result cells" in page
+    assert f"- `{broken.as_posix()}`: malformed metrics.json" in page
+    assert f"- `{incomplete.as_posix()}`: missing: the cell is incomplete" in page
+
+
+def test_a_left_out_cell_of_another_task_is_not_on_this_page(results, tmp_path):
+    import shutil
+
+    root = tmp_path / "r"
+    shutil.copytree(results, root)
+    other = root / "synth_cxr_fair" / "good" / "zeroshot" / "seed0"
+    other.mkdir(parents=True)
+    (other / "metrics.json").write_text("{not json")
+    written, col = write_leaderboards([root], tmp_path / "lb")
+    assert [p.name for p in written] == ["synth_cxr.md"] and len(col.problems) == 1
+    assert "Left out" not in written[0].read_text()
+
+
+def test_rows_with_random_weights_are_marked(tmp_path):
+    from fairbench.results import read_metrics, write_json
+
+    for s in (0, 1):
+        fabricate_cell(tmp_path / "r", model="rnd", seed=s)
+        trained = fabricate_cell(tmp_path / "r", model="trained", seed=s)
+        doc = read_metrics(trained / "metrics.json")
+        doc["model"]["weights"] = {"source": "pretrain:synth_cxr", "sha256": "ab" * 32}
+        write_json(trained / "metrics.json", doc)
+    written, _ = write_leaderboards([tmp_path / "r"], tmp_path / "lb")
+    page = written[0].read_text()
+    models = [r[0] for r in table(page, "Utility")[2:]]
+    assert sorted(models) == ["rnd (random weights)", "trained"]
+    assert [r[0] for r in table(page, "Fairness: sex (attribute)")[2:]] == models
+    assert "**Random weights**: 2 of 4 cells" in page
 
 
 def test_mixed_schema_versions_are_rejected(results, tmp_path, monkeypatch, capsys):

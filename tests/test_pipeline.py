@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -156,3 +157,53 @@ def test_metrics_command_round_trips(zeroshot_cell, tmp_path, tiny_tasks_dir):
     original = json.loads((result.path / "metrics.json").read_text())
     assert doc["metrics"] == original["metrics"]
     assert json.loads((tmp_path / "re.json").read_text())["metrics"] == original["metrics"]
+
+
+class _RecordedBars:
+    """Stands in for rich's Progress: records each bar's description, total and how far it advanced."""
+
+    bars: list[list] = []
+
+    def __init__(self, *columns, **kw) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def add_task(self, description: str, total=None, **fields) -> int:
+        self.bars.append([description, total, 0])
+        return len(self.bars) - 1
+
+    def advance(self, task_id: int, n: float = 1) -> None:
+        self.bars[task_id][2] += n
+
+    def update(self, task_id: int, **fields) -> None:
+        pass
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_validation_final_prediction_and_bootstrap_show_progress(tmp_path, micro_task_dir, monkeypatch):
+    """Issue #14 item 17: the per-epoch validation, the final prediction and the bootstrap each have a bar."""
+    import fairbench.progress
+
+    monkeypatch.setenv("FAIRBENCH_PROGRESS", "1")
+    monkeypatch.setattr(fairbench.progress, "Progress", _RecordedBars)
+    monkeypatch.setattr(_RecordedBars, "bars", [])
+    cfg = RunConfig(task="synth_micro_progress", model="tiny_medclip_vit", adapt="full_ft", seed=0,
+                    out=tmp_path / "results", weights="random", device="cpu",
+                    tasks_dirs=(micro_task_dir("synth_micro_progress"),), n_boot=10,
+                    adapt_args={"epochs": "2", "batch_size": "16", "eval_batch_size": "8", "patience": "0"})
+    run_cell(cfg)
+    bars = _RecordedBars.bars
+    val = [b for b in bars if b[0].startswith("predicting val")]
+    test = [b for b in bars if b[0].startswith("predicting test")]
+    assert len(val) == 2 + 1 and len(test) == 1, bars  # each epoch's validation, then the final val and test
+    assert all(b[1] == 3 and b[2] == 3 for b in val + test), bars  # 24 images in batches of 8, every one counted
+    assert any(b[0] == "metrics, 10 bootstrap resamples" for b in bars), bars
+    monkeypatch.setenv("FAIRBENCH_PROGRESS", "0")  # and quiet stays quiet
+    monkeypatch.setattr(_RecordedBars, "bars", [])
+    run_cell(dataclasses.replace(cfg, overwrite=True))
+    assert _RecordedBars.bars == []

@@ -204,3 +204,21 @@ def test_forest_plot_unknown_reference_names_the_adapters(versus_results, tmp_pa
     with pytest.raises(FairbenchError, match=r"--reference zeroshot: .*\(adapters present: fixed, ref\)"):
         plot_results([versus_results], tmp_path, reference="zeroshot")
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_titles_say_when_weights_are_random(tmp_path):
+    from fairbench.report.plots import plot_results
+    from fairbench.results import read_metrics, write_json
+
+    root = tmp_path / "r"
+    fabricate_cell(root, model="rnd", adapt="zeroshot", seed=0)  # fabricated cells record random weights
+    trained = fabricate_cell(root, model="trained", adapt="zeroshot", seed=0)
+    doc = read_metrics(trained / "metrics.json")
+    doc["model"]["weights"] = {"source": "pretrain:synth_cxr", "sha256": "ab" * 32}
+    write_json(trained / "metrics.json", doc)
+    out = tmp_path / "plots"
+    plot_results([root], out, formats=("svg",), attributes=["age"])
+    assert "rnd · zeroshot · seed 0 — SYNTHETIC data — RANDOM weights (untrained)" in \
+        (out / "synth_cxr" / "rnd" / "zeroshot" / "seed0" / "age.svg").read_text()
+    assert "RANDOM" not in (out / "synth_cxr" / "trained" / "zeroshot" / "seed0" / "age.svg").read_text()
+    assert "— RANDOM weights (untrained) in 1 of 2 cells" in (out / "synth_cxr" / "fairness_utility.svg").read_text()

@@ -155,6 +155,7 @@ def _tolerant_groups(spec: Any, column: np.ndarray) -> list[Any]:
 
 
 def render_report(report: CheckReport, console: Console, *, max_listed: int = 20) -> None:
+    said: set[str] = set()  # a problem of the whole data root (e.g. a wrong --data-root) is said once, not per split
     for s in report.splits:
         title = f"{report.task} / {s.split}: {s.n} samples"
         table = Table(title=title, title_justify="left", show_lines=False)
@@ -181,9 +182,13 @@ def render_report(report: CheckReport, console: Console, *, max_listed: int = 20
             if len(s.bad_images) > max_listed:
                 console.print(f"  ... and {len(s.bad_images) - max_listed} more", markup=False)
         for e in s.errors:
-            console.print(f"[red]error:[/red] {escape(e)}", highlight=False, soft_wrap=True)
+            if e not in said:
+                console.print(f"[red]error:[/red] {escape(e)}", highlight=False, soft_wrap=True)
+            said.add(e)
         for w in s.warnings:
-            console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
+            if w not in said:
+                console.print(f"[yellow]warning:[/yellow] {escape(w)}", highlight=False, soft_wrap=True)
+            said.add(w)
     if report.ok:
         console.print("[green]ok[/green]: every split loads, every image decodes, every value is in the card's "
                       "encoding", highlight=False)

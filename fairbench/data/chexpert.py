@@ -34,7 +34,7 @@ import pandas as pd
 
 from fairbench.cards import Fields, card_sha256
 from fairbench.data.base import RawSplit
-from fairbench.data.files import FileImages
+from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import DataError
 
@@ -46,6 +46,8 @@ OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lun
                 "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
                 "Pleural Other", "Fracture", "Support Devices")
 _FOLDERS = ("", "CheXpert-v1.0-small", "CheXpert-v1.0")
+#: what --data-root holds
+LAYOUT = "CheXpert-v1.0-small/ (or CheXpert-v1.0/) with train.csv, valid.csv, train/ and valid/"
 _PATIENT = re.compile(r"(patient\d+)")
 
 
@@ -79,6 +81,8 @@ class CheXpertLoader:
         for p in tried:
             if p.is_file():
                 return p
+        if root := root_above(data_root, *(f"{d}/{self.csv}".lstrip("/") for d in _FOLDERS)):
+            raise subfolder_error(data_root, root, LAYOUT)
         raise DataError(f"CheXpert CSV not found: tried {', '.join(map(str, tried))} (--data-root must hold "
                         f"CheXpert-v1.0-small/ or CheXpert-v1.0/ from {OBTAIN})")
 
@@ -130,6 +134,9 @@ class CheXpertLoader:
         if path.suffix.lower() == ".xlsx" and csv_twin.is_file():
             path = csv_twin
         if not path.is_file():
+            demo = Path(str(self.demographics))
+            if root := root_above(data_root, str(demo), str(demo.with_suffix(".csv"))):
+                raise subfolder_error(data_root, root, f"{self.demographics} and {LAYOUT}")
             raise DataError(f"CheXpert demographics file not found: {path} (CHEXPERT DEMO from {OBTAIN}; "
                             f"an xlsx may be saved as CSV with the same name)")
         try:

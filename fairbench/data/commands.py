@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from fairbench.errors import CardError, FairbenchError
+from fairbench.progress import stdout_console
 
 __all__ = ["tasks_app", "data_app"]
 
@@ -43,7 +44,7 @@ def build(
     loader = card.loader()
     if not hasattr(loader, "build_split_file"):
         raise CardError(f"task '{card.name}' (loader '{card.dataset_loader}') has no split file to build")
-    console = Console(highlight=False)
+    console = stdout_console()
     if check:
         committed = loader.split_file_path()
         with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +92,7 @@ def check(
         if s not in SPLITS:
             raise FairbenchError(f"--split {s!r}: expected one of {', '.join(SPLITS)}")
     report = check_task(card, data_root, splits=list(split) if split else None, quick=quick)
-    render_report(report, Console(highlight=False))
+    render_report(report, stdout_console())
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
@@ -106,7 +107,7 @@ def cache(clear: Annotated[bool, typer.Option("--clear", help="Delete every entr
 
     from fairbench.data.image_cache import cache_entries, image_cache_dir
 
-    console = Console(highlight=False)
+    console = stdout_console()
     entries = cache_entries()
     if clear:
         for e in entries:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from fairbench.cards import Fields, card_sha256
 from fairbench.data.base import RawSplit
-from fairbench.data.files import FileImages
+from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.errors import DataError
 
 __all__ = ["FairVLMedLoader", "truncate_words", "NOTES_FILES", "ATTRIBUTE_KEYS"]
@@ -34,6 +34,8 @@ __all__ = ["FairVLMedLoader", "truncate_words", "NOTES_FILES", "ATTRIBUTE_KEYS"]
 LOADER_VERSION = "1"
 OBTAIN = "https://github.com/Harvard-Ophthalmology-AI-Lab/FairCLIP (Harvard-FairVLMed, request access)"
 NOTES_FILES = ("gpt4_summarized_notes.csv", "gpt-4_summarized_notes.csv")
+#: what --data-root holds
+LAYOUT = "Training/, Validation/ and Test/ with the data_xxxxx.npz files, and gpt4_summarized_notes.csv"
 #: npz key per column; a tuple lists accepted spellings, the first is the current one
 ATTRIBUTE_KEYS: dict[str, tuple[str, ...]] = {
     "glaucoma": ("glaucoma",), "race": ("race",), "gender": ("gender",), "ethnicity": ("ethnicity", "hispanic"),
@@ -83,6 +85,8 @@ class FairVLMedLoader:
         for name in names:
             if (Path(data_root) / name).is_dir():
                 return Path(data_root) / name
+        if root := root_above(data_root, "Training", *_TEST_NAMES, levels=1):
+            raise subfolder_error(data_root, root, LAYOUT)
         raise DataError(f"FairVLMed split folder not found: {Path(data_root) / names[0]}"
                         + (f" (or {names[1]})" if len(names) > 1 else "")
                         + f"; --data-root must hold Training/, Validation/ and Test/ from {OBTAIN}")
@@ -125,7 +129,8 @@ class FairVLMedLoader:
                 return data_root / name
         raise DataError(f"FairVLMed note summaries not found: {data_root / names[0]}"
                         + (f" (or {names[1]})" if len(names) > 1 else "")
-                        + " (set the card option text: note or none to run without them)")
+                        + f"; --data-root holds {LAYOUT} (set the card option text: note or none to run without "
+                          "the summaries)")
 
     def _summaries(self, data_root: Path, filenames: list[str]) -> list[str]:
         path = self.notes_path(data_root)

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from fairbench.errors import DataError
 
 __all__ = ["ImageReadError", "FileImages", "decode_image", "inspect_image", "to_uint8", "subset_images",
-           "default_workers"]
+           "default_workers", "root_above", "subfolder_error"]
 
 #: reasons an image cannot be used
 MISSING, EMPTY, NOT_IMAGE, TRUNCATED, CORRUPT = "missing", "empty", "not an image", "truncated", "corrupt"
@@ -30,6 +30,25 @@ class ImageReadError(DataError):
     def __init__(self, path: Path | str, reason: str, detail: str = "") -> None:
         self.path, self.reason = str(path), reason
         super().__init__(f"image {reason}: {path}" + (f" ({detail})" if detail else ""))
+
+
+def root_above(data_root: Path | str, *expected: str, levels: int = 2) -> Path | None:
+    """The nearest folder above ``data_root`` (at most ``levels`` up) holding one of ``expected`` (paths relative
+    to it; glob patterns allowed): the dataset root, when the user's ``--data-root`` is one of its subfolders."""
+    here = Path(data_root).absolute()
+    for up in list(here.parents)[:levels]:
+        for pattern in expected:
+            if any(ch in pattern for ch in "*?[") and any(p.exists() for p in up.glob(pattern)):
+                return up
+            if (up / pattern).exists():
+                return up
+    return None
+
+
+def subfolder_error(data_root: Path | str, root: Path, holds: str) -> DataError:
+    """One message for "--data-root is a subfolder of the dataset root" (instead of one line per missing file)."""
+    return DataError(f"--data-root {data_root} is a subfolder of the dataset: pass --data-root {root} (the dataset "
+                     f"root holds {holds})")
 
 
 def default_workers() -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import pandas as pd
 
 from fairbench.cards import Fields, card_sha256
 from fairbench.data.base import RawSplit
-from fairbench.data.files import FileImages
+from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import CardError, DataError
 
@@ -41,6 +42,9 @@ __all__ = ["NIHLoader", "packaged_metadata", "read_metadata", "read_split_file",
 LOADER_VERSION = "1"
 METADATA_NAME = "Data_Entry_2017_v2020.csv"
 OBTAIN = "https://nihcc.app.box.com/v/ChestXray-NIHCC (images_001.tar.gz ... images_012.tar.gz)"
+#: what --data-root holds
+LAYOUT = "images_001/images/ ... images_012/images/ with the PNGs, or one flat images/"
+_BATCH = "images_[0-9][0-9][0-9]/images"
 #: the committed split file's columns, in order
 SPLIT_COLUMNS = ("image_index", "patient_id", "finding", "sex", "age", "view", "split")
 _META_COLUMNS = {"Image Index": "image_index", "Finding Labels": "finding", "Patient ID": "patient_id",
@@ -108,8 +112,12 @@ def resolve_image_paths(data_root: Path, names: list[str]) -> list[str]:
     if not data_root.is_dir():
         raise DataError(f"--data-root {data_root}: not a directory (expected NIH ChestX-ray14 with images/ or "
                         f"images_001/images/ ... from {OBTAIN})")
+    if re.fullmatch(r"images_\d{3}", data_root.name) and (root := root_above(data_root, _BATCH, levels=1)):
+        raise subfolder_error(data_root, root, LAYOUT)  # its images/ would pass for the flat layout
     dirs = [d for d in [data_root / "images", *sorted(data_root.glob("images_*/images"))] if d.is_dir()]
     if not dirs:
+        if root := root_above(data_root, _BATCH) or root_above(data_root, "images", levels=1):
+            raise subfolder_error(data_root, root, LAYOUT)
         raise DataError(f"--data-root {data_root}: no NIH image folder (expected images/ or images_001/images/ "
                         f"... images_012/images/; download from {OBTAIN})")
     if len(dirs) == 1:
@@ -185,6 +193,8 @@ class NIHLoader:
             if data_root is None:
                 raise DataError(f"{self.source}: metadata {self.metadata!r} is relative to --data-root; pass it")
             p = Path(data_root) / p
+            if not p.is_file() and (root := root_above(data_root, self.metadata)):
+                raise subfolder_error(data_root, root, f"{self.metadata} and {LAYOUT}")
         return p
 
     def samples(self, data_root: Path | None) -> pd.DataFrame:

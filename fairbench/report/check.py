@@ -22,6 +22,7 @@ from rich.table import Table
 
 from fairbench import __version__
 from fairbench.errors import FairbenchError, ResultsError
+from fairbench.progress import stdout_console
 from fairbench.report.collect import Collection, ResultCell, collect
 from fairbench.report.leaderboard import direction
 from fairbench.report.summary import lookup
@@ -262,9 +263,7 @@ def run_check(results: Sequence[Path | str], baseline: Path, *, tolerance: Seque
               verbose: bool = False, console: Console | None = None) -> int:
     """Exit code: 0 passed (or baseline written), 1 regression or unreadable results."""
     if console is None:
-        console = Console(highlight=False)
-        if not console.is_terminal:  # CI logs: wide enough that paths and metric names do not wrap
-            console = Console(highlight=False, width=160)
+        console = stdout_console()  # CI logs: never wrap a path or a metric name
     col = collect(results)
     given = parse_tolerances(tolerance)
     old = read_baseline(baseline) if Path(baseline).exists() else None

@@ -8,6 +8,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from fairbench.progress import stdout_console
 from fairbench.report.summary import lookup
 
 __all__ = ["print_comparison", "printed_rows", "excludes_zero"]
@@ -62,9 +63,7 @@ def _side(d: dict[str, Any]) -> str:
 
 def print_comparison(result: dict[str, Any], console: Console | None = None) -> None:
     if console is None:
-        console = Console(highlight=False)
-        if not console.is_terminal:  # a file or pipe: never cut a column to 80 characters
-            console.width = 200
+        console = stdout_console()  # a file or pipe: never cut a column
     multi = "per_seed" in result
     console.print(f"[bold]fairbench compare[/bold] · task [bold]{result['task']}[/bold] · n={result['n']} "
                   f"'{result['eval_split']}' samples · B={result['n_boot']} paired resamples · values x100")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from fairbench import __version__
 from fairbench.report.collect import Collection, ResultCell, collect
 from fairbench.report.reported import ReportedSource, load_reported, render_reported
-from fairbench.report.summary import lookup
+from fairbench.report.summary import lookup, random_weights
 from fairbench.report.versus import Versus, VersusRow, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
 
@@ -37,6 +38,7 @@ LABELS = {"auc": "AUC", "acc": "ACC", "macro_f1": "macro F1", "ece": "ECE", "bal
 UTILITY = ("auc", "acc", "macro_f1", "ece")
 FAIRNESS = ("es_auc", "auc_gap", "dpd", "deodds")
 MAX_GROUP_COLUMNS = 6
+RANDOM_MARK = "(random weights)"
 
 
 def direction(metric: str) -> bool | None:
@@ -121,6 +123,14 @@ class _Row:
     adapt: str
     cells: list[ResultCell]
 
+    @property
+    def label(self) -> str:
+        """The model as its rows name it, marked when its weights were random (untrained)."""
+        n = sum(random_weights(c.doc) for c in self.cells)
+        if not n:
+            return self.model
+        return f"{self.model} {RANDOM_MARK}" + ("" if n == len(self.cells) else f" in {n} of {len(self.cells)} seeds")
+
 
 def _rows(cells: list[ResultCell]) -> list[_Row]:
     groups: dict[tuple[str, str], list[ResultCell]] = {}
@@ -189,7 +199,7 @@ def _table(rows: list[_Row], columns: list[Column], lead: bool) -> list[str]:
     head = ["model", "adapter"] + (["seeds"] if lead else []) + [h for h, _, _, _ in columns]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + ("---:|" if lead else "") + "---:|" * len(columns)]
     for i, r in enumerate(rows):
-        cells = [r.model, r.adapt] + ([str(len(r.cells))] if lead else [])
+        cells = [r.label, r.adapt] + ([str(len(r.cells))] if lead else [])
         for j, (_, _, _, ci) in enumerate(columns):
             text = _fmt(aggs[i][j], ci)
             cells.append(f"**{text}**" if i in best[j] else text)
@@ -215,7 +225,8 @@ def _distinct(cells: list[ResultCell], *path: str) -> list[str]:
     return sorted({str(lookup(c.doc, *path)) for c in cells if lookup(c.doc, *path) is not None})
 
 
-def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: bool) -> list[str]:
+def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: bool,
+            left_out: Sequence[tuple[Path, str]] = ()) -> list[str]:
     version = _distinct(cells, "task", "version")
     commits = sorted({f"{str(lookup(c.doc, 'provenance', 'git_commit'))[:10]}"
                       f"{'-dirty' if lookup(c.doc, 'provenance', 'git_dirty') else ''}"
@@ -251,6 +262,17 @@ def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: boo
     if len(_distinct(cells, "task", "samples_sha256")) > 1:
         lines += ["> Caution: the cells were evaluated on different sample sets (their `task.samples_sha256` "
                   "differ), so rows are not strictly comparable.", ""]
+    n_random = sum(random_weights(c.doc) for c in cells)
+    if n_random:
+        lines += [f"> **Random weights**: {n_random} of {len(cells)} cells ran an untrained model "
+                  f"(`--weights random`); their rows are marked {RANDOM_MARK} and their numbers describe no "
+                  "trained model.", ""]
+    if left_out:
+        lines += [f"> **Left out**: {len(left_out)} result cell{'s' if len(left_out) != 1 else ''} under these roots "
+                  f"could not be used, so {'their seeds are' if len(left_out) != 1 else 'its seed is'} missing from "
+                  "the means below:", ">"]
+        lines += [f"> - `{path.as_posix()}`: {why}" for path, why in left_out]
+        lines.append("")
     return lines
 
 
@@ -388,11 +410,12 @@ def _versus_section(v: Versus) -> list[str]:
 
 
 def task_page(task: str, cells: list[ResultCell], roots: list[str], reported: list[ReportedSource],
-              tasks_dirs: Sequence[Path] = (), versus: Versus | None = None) -> str:
+              tasks_dirs: Sequence[Path] = (), versus: Versus | None = None,
+              left_out: Sequence[tuple[Path, str]] = ()) -> str:
     synthetic = any(lookup(c.doc, "task", "synthetic") for c in cells)
     util_extra, fair_extra, card_found = _card_extras(task, tasks_dirs)
     rows = _rows(cells)
-    lines = _header(task, cells, roots, synthetic)
+    lines = _header(task, cells, roots, synthetic, left_out)
     if not card_found:
         lines += [f"> The task card '{task}' was not found (pass `--tasks-dir`), so only the standard columns "
                   "are shown.", ""]
@@ -429,11 +452,22 @@ def build_pages(col: Collection, *, reported: dict[str, list[ReportedSource]], i
     for task, cells in sorted(col.by_task().items()):
         cells = _latest_version(task, cells, col)
         versus = compute_versus(task, cells, reference, tasks_dirs=tasks_dirs) if reference is not None else None
-        pages[f"{task}.md"] = task_page(task, cells, col.roots, reported.get(task, []), tasks_dirs, versus)
+        left_out = [(path, why) for path, why in col.problems if _problem_task(path) in (task, None)]
+        pages[f"{task}.md"] = task_page(task, cells, col.roots, reported.get(task, []), tasks_dirs, versus,
+                                        left_out)
     if include_reported_only:
         for task, sources in sorted(reported.items()):
             pages.setdefault(f"{task}.md", reported_only_page(task, sources))
     return pages
+
+
+def _problem_task(path: Path) -> str | None:
+    """The task of a cell that could not be used, from its place in the results layout
+    (``task/model/adapt/seedN/metrics.json``); None when the path does not say."""
+    cell = path.parent if path.name == METRICS_FILE else path
+    if re.fullmatch(r"seed\d+", cell.name) and len(cell.parts) >= 4:
+        return cell.parent.parent.parent.name
+    return None
 
 
 def _latest_version(task: str, cells: list[ResultCell], col: Collection) -> list[ResultCell]:

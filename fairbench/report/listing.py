@@ -8,27 +8,33 @@ from rich.console import Console
 from rich.table import Table
 
 from fairbench.errors import FairbenchError
+from fairbench.progress import stdout_console
 
 __all__ = ["list_things", "validate_all"]
 
+#: Prose columns (descriptions, parameter lists) wrap at this width; names, classes and paths never wrap.
+PROSE_WIDTH = 60
+
 
 def list_things(what: str, *, tasks_dirs: tuple[Path, ...] = ()) -> None:
-    console = Console(highlight=False)
+    console = stdout_console()
     table = Table(show_lines=False)
     if what == "models":
         from fairbench.models.base import get_model_card, model_names
         from fairbench.models.status import weights_status
 
-        for col in ("model", "family", "weights", "description"):
-            table.add_column(col)
+        for col in ("model", "family", "weights"):
+            table.add_column(col, overflow="fold")  # names and paths: folded on a narrow terminal, never cut
+        table.add_column("description", max_width=PROSE_WIDTH)
         for name in model_names():
             card = get_model_card(name)
             table.add_row(name, card.family, weights_status(card), card.description)
     elif what == "adapters":
         from fairbench.adapters.base import ADAPTERS
 
-        for col in ("adapter", "parameters (defaults)", "description"):
-            table.add_column(col)
+        table.add_column("adapter", overflow="fold")
+        for col in ("parameters (defaults)", "description"):
+            table.add_column(col, max_width=PROSE_WIDTH)
         for name in ADAPTERS.names():
             cls = ADAPTERS.get(name)
             params = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
@@ -36,8 +42,9 @@ def list_things(what: str, *, tasks_dirs: tuple[Path, ...] = ()) -> None:
     elif what == "tasks":
         from fairbench.data.task import discover_tasks, get_task
 
-        for col in ("task", "version", "classes", "attributes", "description"):
-            table.add_column(col)
+        for col in ("task", "version", "classes", "attributes"):
+            table.add_column(col, overflow="fold")
+        table.add_column("description", max_width=PROSE_WIDTH)
         for name in sorted(discover_tasks(tasks_dirs)):
             try:
                 t = get_task(name, tasks_dirs)
@@ -49,8 +56,9 @@ def list_things(what: str, *, tasks_dirs: tuple[Path, ...] = ()) -> None:
     elif what == "metrics":
         from fairbench.metrics import METRICS
 
-        for col in ("metric", "higher is better", "description"):
-            table.add_column(col)
+        for col in ("metric", "higher is better"):
+            table.add_column(col, overflow="fold")
+        table.add_column("description", max_width=PROSE_WIDTH)
         for name in METRICS.names():
             spec = METRICS.get(name)
             hib = getattr(spec, "higher_is_better", None)

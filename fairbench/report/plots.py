@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 
 from fairbench.report.collect import Collection, ResultCell, collect  # noqa: E402
 from fairbench.report.leaderboard import aggregate  # noqa: E402
-from fairbench.report.summary import lookup  # noqa: E402
+from fairbench.report.summary import lookup, random_weights  # noqa: E402
 from fairbench.report.versus import Versus, check_reference, compute_versus  # noqa: E402
 
 __all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "plot_versus", "OKABE_ITO"]
@@ -74,7 +74,15 @@ def _pct(x: Any) -> str:
 
 def _title(cell: ResultCell) -> str:
     synth = " — SYNTHETIC data" if lookup(cell.doc, "task", "synthetic") else ""
-    return f"{cell.task} · {cell.model} · {cell.adapt} · seed {cell.seed}{synth}"
+    return f"{cell.task} · {cell.model} · {cell.adapt} · seed {cell.seed}{synth}{_random_note([cell])}"
+
+
+def _random_note(cells: Sequence[ResultCell]) -> str:
+    """A title's mark for cells whose model ran with random (untrained) weights."""
+    n = sum(random_weights(c.doc) for c in cells)
+    if not n:
+        return ""
+    return " — RANDOM weights (untrained)" + ("" if n == len(cells) else f" in {n} of {len(cells)} cells")
 
 
 # -- per cell -----------------------------------------------------------------------------------------------
@@ -394,7 +402,7 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
         fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False,
                    title="colour = model, marker = adapter")
         synth = " — SYNTHETIC data" if any(lookup(c.doc, "task", "synthetic") for c in cells) else ""
-        fig.suptitle(f"{task}: equity-scaled AUC against AUC{synth}\n"
+        fig.suptitle(f"{task}: equity-scaled AUC against AUC{synth}{_random_note(cells)}\n"
                      "points: mean over seeds; bars: min–max over seeds (one seed: 95% bootstrap CI)\n"
                      "ES-AUC = AUC / (1 + Σ|AUC − AUC_g|); on the dotted diagonal every group has the overall AUC",
                      fontsize=10.5)
@@ -433,7 +441,7 @@ def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
 
 # -- versus a reference adapter ------------------------------------------------------------------------------
 def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
-                attributes: Sequence[str] | None = None, synthetic: bool = False) -> list[Path]:
+                attributes: Sequence[str] | None = None, synthetic: bool = False, note: str = "") -> list[Path]:
     """Forest plot of the paired differences B - reference (:func:`fairbench.report.versus.compute_versus`): one
     panel per protected attribute, one row per (model, adapter) x metric, point = delta x100, bar = its 95%
     interval, a line at 0; a filled point and ``*`` where the interval excludes 0."""
@@ -490,7 +498,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
                      va="bottom")
         lower = ", ".join(LABELS.get(p[-1], p[-1]) for p in tables[attrs[0]].paths if direction(p[-1]) is False)
         fig.suptitle(f"{v.task}: B − {v.reference}, paired on the same test samples"
-                     f"{' — SYNTHETIC data' if synthetic else ''}\n"
+                     f"{' — SYNTHETIC data' if synthetic else ''}{note}\n"
                      f"point: Δ; bar: 95% interval (one paired seed: paired bootstrap, B={v.n_boot}; 2+ seeds: t "
                      "interval across seeds); filled point and * = interval excludes 0\n"
                      f"↓ lower is better ({lower}): a negative Δ is better; ↑ higher is better: a positive Δ is "
@@ -534,7 +542,8 @@ def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] 
             problems += [f"{task} versus {reference}: {c}" for c in
                          ([v.unavailable] if v.unavailable else []) + v.cautions]
             files = plot_versus(v, Path(out), formats, attributes,
-                                synthetic=any(lookup(c.doc, "task", "synthetic") for c in cells))
+                                synthetic=any(lookup(c.doc, "task", "synthetic") for c in cells),
+                                note=_random_note(cells))
             if not files and not v.unavailable:
                 problems.append(f"{task} versus {reference}: no (model, adapter) could be compared with the "
                                 f"{reference} cells of the same model; no forest plot")

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich import box
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["print_summary", "fmt100", "lookup"]
+from fairbench.progress import stdout_console
+
+__all__ = ["print_summary", "fmt100", "lookup", "random_weights"]
 
 
 def lookup(tree: Any, *path: str) -> Any:
@@ -33,17 +36,25 @@ def fmt100(value: Any, ci: Any = None, *, stacked: bool = False) -> str:
 
 
 def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = None) -> None:
-    console = console or Console(highlight=False)
+    console = console or stdout_console()
     m = doc.get("metrics", {})
     ci = m.get("ci", {}) or {}
     task = doc.get("task", {})
     synthetic = " — SYNTHETIC data (demonstration, not a medical result)" if task.get("synthetic") else ""
     console.print(f"[bold]fairbench[/bold] task [bold]{task.get('name')}[/bold] v{task.get('version')}"
                   f"{synthetic}")
+    intervals = (f"[95% bootstrap CI, B={m.get('n_boot')}]" if m.get("n_boot") and ci
+                 else "no confidence intervals" + ("" if m.get("n_boot") else " (no bootstrap: n_boot 0)"))
     console.print(f"model [bold]{lookup(doc, 'model', 'name')}[/bold] · adapter "
                   f"[bold]{lookup(doc, 'adapt', 'name')}[/bold] · seed {doc.get('seed')} · "
-                  f"evaluated on '{task.get('eval_split', 'test')}' · values x100, "
-                  f"[95% bootstrap CI, B={m.get('n_boot', 0)}]")
+                  f"evaluated on '{task.get('eval_split', 'test')}' · values x100, {intervals}")
+    if random_weights(doc):
+        console.print("[bold]RANDOM WEIGHTS:[/bold] the model ran with random, untrained weights (--weights "
+                      "random): these numbers describe no trained model")
+    n_skipped = lookup(doc, "data", "n_skipped")
+    if n_skipped:
+        console.print(f"[bold]note:[/bold] {n_skipped} sample(s) skipped as unreadable and left out of every "
+                      f"number (listed in {escape(str(cell / 'metrics.json'))} under data.skipped)", soft_wrap=True)
     fitted = lookup(doc, "adapt", "fitted") or {}
     if fitted.get("needs_attribute_at_prediction"):
         console.print(f"[bold]note:[/bold] this adapter used the protected attribute "
@@ -65,8 +76,10 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
         fair.add_column(col, justify="right", min_width=9, no_wrap=True)
     for attr, a in (m.get("attributes") or {}).items():
         groups = list((a.get("groups") or {}).items())
-        summary = [fmt100(_first(a, key, f"{key}_mean_ovr"), lookup(ci, "attributes", attr, key), stacked=True)
-                   for key in ("es_auc", "auc_gap", "dpd", "deodds")]
+        summary = []
+        for key in ("es_auc", "auc_gap", "dpd", "deodds"):
+            name = _first_key(a, key, f"{key}_mean_ovr")  # multiclass: the mean over one-vs-rest
+            summary.append(fmt100(a.get(name), lookup(ci, "attributes", attr, name), stacked=True))
         for i, (g, gm) in enumerate(groups):
             fair.add_row(attr if i == 0 else "", f"{g}\nn={gm.get('n', '?')}",
                          fmt100(gm.get("auc"), lookup(ci, "attributes", attr, "groups", g, "auc"), stacked=True),
@@ -75,8 +88,14 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
     console.print(f"results: {cell}", soft_wrap=True)
 
 
-def _first(d: dict[str, Any], *keys: str) -> Any:
+def _first_key(d: dict[str, Any], *keys: str) -> str:
+    """The first of ``keys`` with a value in ``d`` (the first key when none has one)."""
     for k in keys:
         if d.get(k) is not None:
-            return d[k]
-    return None
+            return k
+    return keys[0]
+
+
+def random_weights(doc: dict[str, Any]) -> bool:
+    """Whether a cell's model ran with random (untrained) weights (``--weights random``)."""
+    return lookup(doc, "model", "weights", "source") == "random"

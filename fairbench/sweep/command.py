@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fairbench.progress import stdout_console
 from fairbench.sweep.driver import SweepReport, plan, run_sweep
 from fairbench.sweep.grid import SweepSpec, load_sweep_file, parse_adapt_args, parse_names, parse_seeds
 from fairbench.sweep.worker import read_error
@@ -58,7 +59,7 @@ def write_sweep_report(spec: SweepSpec, console: Console | None = None) -> None:
 
 
 def print_plan(spec: SweepSpec, console: Console | None = None) -> None:
-    console = console or Console(highlight=False)
+    console = console or stdout_console()
     done, todo = plan(spec)
     complete = set(done)
     table = Table(title=f"sweep plan ({len(done)} complete, {len(todo)} to run; results under {spec.out})",

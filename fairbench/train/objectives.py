@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.errors import FairbenchError
+from fairbench.progress import track
 from fairbench.train.data import PairTexts, PixelStore, epoch_batches
 from fairbench.train.groups import Mitigation
 
@@ -205,7 +206,8 @@ class ImageHead(_Mitigated, _ModelObjective):
     @torch.no_grad()
     def predict(self, split: str) -> np.ndarray:
         self.eval_mode()
-        out = [torch.softmax(self.logits(self.images(split, b)).float(), dim=1) for b in self.eval_batches(split)]
+        batches = track(self.eval_batches(split), f"predicting {split} ({len(self.samples[split])} images)")
+        out = [torch.softmax(self.logits(self.images(split, b)).float(), dim=1) for b in batches]
         return torch.cat(out).cpu().numpy()
 
 
