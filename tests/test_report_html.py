@@ -342,7 +342,7 @@ def test_headless_chromium_loads_the_pages_sorts_a_column_and_renders(site, tmp_
     dom = chromium("--dump-dom", task + "#sort=utility:model,desc", profile=tmp_path / "p3")
     page = Page()
     page.feed(dom.stdout)
-    assert [r[0] for r in page.tables["utility"][1:]] == ["weak", "good", "biased"]
+    assert [r[0].removesuffix(" (random weights)") for r in page.tables["utility"][1:]] == ["weak", "good", "biased"]
     shot = tmp_path / "task.png"
     proc = chromium("--window-size=1280,1000", f"--screenshot={shot}", task + "#sort=utility:auc,asc",
                     profile=tmp_path / "p4")
@@ -351,3 +351,24 @@ def test_headless_chromium_loads_the_pages_sorts_a_column_and_renders(site, tmp_
     assert img.shape == (1000, 1280)
     assert img.std() > 20  # not blank: text and tables on a white page
     assert (img > 245).mean() > 0.5 and (img < 100).mean() > 0.01
+
+
+def test_pages_say_when_weights_are_random_and_what_was_left_out(results, tmp_path):
+    """The site says what the markdown page says: rows of untrained models are marked, and a cell whose
+    metrics.json could not be read is named on its task's page (its seed is missing from the means)."""
+    root = tmp_path / "results"
+    shutil.copytree(results, root)
+    broken = root / "synth_cxr" / "weak" / "zeroshot" / "seed9"
+    broken.mkdir(parents=True)
+    (broken / "metrics.json").write_text("{not json")
+    out = tmp_path / "site"
+    report = write_site([root], out)
+    assert report.collection.problems
+    text = (out / "tasks" / "synth_cxr.html").read_text()
+    assert "Left out" in text and "synth_cxr/weak/zeroshot/seed9" in text
+    assert "Left out" not in (out / "tasks" / "synth_cxr_fair.html").read_text()
+    assert "Random weights" in text  # the fabricated cells record --weights random
+    rows = parse(out / "tasks" / "synth_cxr.html").tables["utility"][1:]
+    assert rows and all("(random weights)" in r[0] for r in rows)
+    cell = next((out / "cells").rglob("index.html")).read_text()
+    assert "RANDOM WEIGHTS" in cell

@@ -29,11 +29,12 @@ from fairbench import __version__
 from fairbench.errors import FairbenchError, ResultsError
 from fairbench.report.collect import Collection, ResultCell, collect
 from fairbench.report.leaderboard import (LABELS, Column, _card_extras, _digest, _distinct, _fmt, _latest_version,
-                                          _newest, _rows, attribute_columns, attribute_groups, direction,
-                                          small_groups, table_values, utility_columns, versus_seeds_text)
+                                          _newest, _problem_task, _rows, attribute_columns, attribute_groups,
+                                          direction, small_groups, table_values, utility_columns,
+                                          versus_seeds_text)
 from fairbench.report.reported import ReportedSource, column_label, load_reported
 from fairbench.report.reported import _fmt as reported_fmt
-from fairbench.report.summary import lookup
+from fairbench.report.summary import lookup, random_weights
 from fairbench.report.versus import Versus, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
 
@@ -205,7 +206,7 @@ def _leaderboard_table(table_id: str, caption: str, rows: list[Any], columns: li
     heads += [THead(h, _col_key(path)) for h, path, _, _ in columns]
     out = []
     for i, r in enumerate(rows):
-        line = [TCell(r.model, r.model), TCell(r.adapt, r.adapt)]
+        line = [TCell(r.label, r.label), TCell(r.adapt, r.adapt)]
         if lead:
             line += [TCell(str(len(r.cells)), len(r.cells)),
                      TCell("", f"{r.model}/{r.adapt}",
@@ -332,7 +333,9 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
         THead("cell", "cell", False), THead("weights", "weights", False), THead("fairbench", "fairbench", False),
         THead("git commit", "commit", False), THead("started", "started", False),
         THead("duration (s)", "duration")], cell_rows)
+    left_out = [(p.as_posix(), why) for p, why in col.problems if _problem_task(p) in (task, None)]
     return {"task": task, "synthetic": synthetic, "facts": _facts(task, cells, col.roots), "card_found": card_found,
+            "n_random": sum(random_weights(c.doc) for c in cells), "n_cells": len(cells), "left_out": left_out,
             "mixed_samples": len(_distinct(cells, "task", "samples_sha256")) > 1, "utility": utility,
             "fairness": fairness, "tradeoff": tradeoff, "versus": versus, "reported": _reported(reported),
             "cells_table": cells_table}
@@ -441,6 +444,7 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
                (m.get("attributes") or {}).items() if (a or {}).get("n_unknown") is not None]
     ctx = {
         "cell": cell, "synthetic": bool(lookup(cell.doc, "task", "synthetic")), "task_href": task_href,
+        "random": random_weights(cell.doc),
         "summary": [("task", f"{cell.task} (version {lookup(cell.doc, 'task', 'version')})"), ("model", cell.model),
                     ("weights", str(lookup(cell.doc, "model", "weights", "source"))), ("adapter", cell.adapt),
                     ("adapter parameters", json.dumps(lookup(cell.doc, "adapt", "params") or {}, sort_keys=True)),
