@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,9 @@ class RayExecutor(Executor):
                         yield lost(job, f"ray task failed{on}: {one_line(exc)[:500]}", where=node)
         finally:
             if started:
+                if self.init_kwargs()["log_to_driver"]:
+                    # what the last cells printed is still on its way (Ray's log monitor polls every 0.1 s)
+                    time.sleep(0.5)
                 ray.shutdown()
 
 
