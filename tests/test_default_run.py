@@ -137,7 +137,7 @@ print(path)
 
 
 @pytest.mark.slow
-def test_pretraining_gives_the_same_weights_under_any_thread_count(tiny_tasks_dir, tmp_path):
+def test_pretraining_gives_the_same_weights_under_any_thread_count(tiny_tasks_dir, tmp_path, monkeypatch):
     """A sweep's cells build the weights under different torch thread counts (a Ray task's CPUs, a local
     worker's CPUs / workers): the weights must not depend on which one built the cache first."""
     import os
@@ -162,3 +162,16 @@ def test_pretraining_gives_the_same_weights_under_any_thread_count(tiny_tasks_di
     from fairbench.models.tinyclip import PRETRAIN_THREADS, pretrain_provenance
 
     assert pretrain_provenance(built[2]) == {"pretrain_threads": PRETRAIN_THREADS}
+    # metrics.json's model.weights says so too (the model is built from the cache the 2-thread process filled)
+    import dataclasses
+
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache2"))
+    get_task("synth_tiny", [tiny_tasks_dir])
+    card = get_model_card("tinyclip")
+    card = dataclasses.replace(card, options={**card.options, "pretrain": {"epochs": 2, "batch_size": 32,
+                                                                          "max_samples": 128}})
+    model = build_model(card, "pretrain:synth_tiny", torch.device("cpu"))
+    assert model.weights_info["file"] == str(built[2]) and model.weights_info["pretrain_threads"] == 1
