@@ -151,7 +151,7 @@ def test_pretraining_gives_the_same_weights_under_any_thread_count(tiny_tasks_di
     for threads in (1, 2):
         env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / f"cache{threads}"), "FAIRBENCH_PROGRESS": "0"}
         proc = subprocess.run([sys.executable, "-c", _BUILD_UNDER_THREADS, str(tiny_tasks_dir), str(threads)],
-                              env=env, capture_output=True, text=True, timeout=600)
+                              env=env, capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr
         built[threads] = Path(proc.stdout.strip())
     assert built[1].name == built[2].name  # the same cache key

@@ -428,7 +428,7 @@ def test_ray_executor_starts_its_own_instance_beside_a_running_head_or_a_dead_on
             "--device", "cpu", "--n-boot", "0", "--tasks-dir", str(tiny_tasks_dir)]
     try:
         proc = subprocess.run([sys.executable, "-m", "fairbench", *args], capture_output=True, text=True,
-                              timeout=300)
+                              timeout=300, check=False)
     except subprocess.TimeoutExpired:
         pytest.fail("the sweep hung on the dead head's session file")
     assert proc.returncode == 0, proc.stderr
@@ -438,8 +438,8 @@ def test_ray_executor_starts_its_own_instance_beside_a_running_head_or_a_dead_on
 def test_ray_address_option_and_sweep_file_field(tmp_path):
     from fairbench.sweep.command import build_spec
 
-    common = dict(tasks=None, models=None, adapts=None, seeds=None, workers=None, executor_args={}, threads=None,
-                  tasks_dirs=None, adapt_args=None, options={})
+    common = {"tasks": None, "models": None, "adapts": None, "seeds": None, "workers": None, "executor_args": {},
+              "threads": None, "tasks_dirs": None, "adapt_args": None, "options": {}}
     spec = build_spec(None, executor="ray", ray_address="ray://head:10001", **common)
     assert spec.executor_options == {"address": "ray://head:10001"}
     with pytest.raises(FairbenchError, match=r"--ray-address applies to the ray executor, not 'local'"):

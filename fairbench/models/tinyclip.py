@@ -31,8 +31,8 @@ from fairbench.models.base import ModelCard
 from fairbench.models.weights import cache_root
 from fairbench.progress import bar, info, warn
 
-__all__ = ["PRETRAIN_VERSION", "PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "pretrained_weights",
-           "pretrain_cache_path", "pretrain_provenance"]
+__all__ = ["PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "pretrain_cache_path", "pretrain_provenance",
+           "pretrained_weights"]
 
 #: bump when the pretraining procedure changes in a way that changes the weights
 PRETRAIN_VERSION = "2"

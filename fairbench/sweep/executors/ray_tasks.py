@@ -23,7 +23,7 @@ from fairbench.errors import FairbenchError
 from fairbench.sweep.executors.base import Executor, Runner, lost
 from fairbench.sweep.worker import CellJob, Outcome, one_line
 
-__all__ = ["RayExecutor", "NODE_FILE"]
+__all__ = ["NODE_FILE", "RayExecutor"]
 
 #: written in the cell's folder by the task while it runs: the node running it, for error.json if the task dies
 NODE_FILE = ".ray-node.json"
