@@ -254,6 +254,9 @@ def sweep(
     threads: Annotated[Optional[int], typer.Option(
         min=1, help="Torch threads per cell (default: CPUs / workers for local, the task's CPUs otherwise).",
         rich_help_panel="Executor")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT); without it the "
+        "sweep starts a Ray instance of its own, even where one is running.", rich_help_panel="Executor")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their status; run nothing.")]
         = False,
     out: Annotated[Optional[Path], typer.Option(help="Results root (default results).",
@@ -293,7 +296,8 @@ def sweep(
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
                       workers=workers, executor_args=_parse_kv(executor_arg or [], "--executor-arg"),
-                      threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options)
+                      threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,
+                      ray_address=ray_address)
     report = sweep_command(spec, dry_run=dry_run)
     if report is not None and not report.ok:
         raise typer.Exit(code=1)

@@ -116,3 +116,62 @@ def test_concurrent_first_uses_pretrain_once(tiny_tasks_dir, tmp_path):
     other = errs[1 - errs.index(built[0])]
     assert "contrastively" not in other and (other.strip() == "" or "waiting for another process" in other), errs
     assert list((tmp_path / "cache" / "tinyclip").glob("*.tmp")) == []
+
+
+_BUILD_UNDER_THREADS = """
+import dataclasses, sys
+import torch
+from fairbench.data.task import get_task
+from fairbench.models.base import get_model_card
+from fairbench.models.tinyclip import pretrained_weights
+torch.set_num_threads(int(sys.argv[2]))
+get_task("synth_tiny", [sys.argv[1]])
+card = get_model_card("tinyclip")
+# a short pretraining (8 steps), enough for the summation order to show in the weights
+card = dataclasses.replace(card, options={**card.options, "pretrain": {"epochs": 2, "batch_size": 32,
+                                                                      "max_samples": 128}})
+path = pretrained_weights(card, "synth_tiny")
+assert torch.get_num_threads() == int(sys.argv[2]), "the caller's thread count was not restored"
+print(path)
+"""
+
+
+@pytest.mark.slow
+def test_pretraining_gives_the_same_weights_under_any_thread_count(tiny_tasks_dir, tmp_path, monkeypatch):
+    """A sweep's cells build the weights under different torch thread counts (a Ray task's CPUs, a local
+    worker's CPUs / workers): the weights must not depend on which one built the cache first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    built = {}
+    for threads in (1, 2):
+        env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / f"cache{threads}"), "FAIRBENCH_PROGRESS": "0"}
+        proc = subprocess.run([sys.executable, "-c", _BUILD_UNDER_THREADS, str(tiny_tasks_dir), str(threads)],
+                              env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stderr
+        built[threads] = Path(proc.stdout.strip())
+    assert built[1].name == built[2].name  # the same cache key
+    one, two = load_file(str(built[1])), load_file(str(built[2]))
+    assert one.keys() == two.keys()
+    differ = [k for k in one if not torch.equal(one[k], two[k])]
+    assert not differ, f"{len(differ)} of {len(one)} tensors differ, e.g. {differ[:3]}"
+    from fairbench.models.tinyclip import PRETRAIN_THREADS, pretrain_provenance
+
+    assert pretrain_provenance(built[2]) == {"pretrain_threads": PRETRAIN_THREADS}
+    # metrics.json's model.weights says so too (the model is built from the cache the 2-thread process filled)
+    import dataclasses
+
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache2"))
+    get_task("synth_tiny", [tiny_tasks_dir])
+    card = get_model_card("tinyclip")
+    card = dataclasses.replace(card, options={**card.options, "pretrain": {"epochs": 2, "batch_size": 32,
+                                                                          "max_samples": 128}})
+    model = build_model(card, "pretrain:synth_tiny", torch.device("cpu"))
+    assert model.weights_info["file"] == str(built[2]) and model.weights_info["pretrain_threads"] == 1

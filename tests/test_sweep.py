@@ -319,6 +319,155 @@ def test_ray_executor_local_cluster(tmp_path, tiny_tasks_dir):
     check_one_real_cell(report, out)
 
 
+def ray_probe_cell(job: CellJob) -> bool:
+    """A fake cell for the Ray executor: it prints a line, then dies (adapt 'die') or writes a metrics.json
+    saying which Ray instance and node ran it."""
+    import ray
+
+    print(f"probe line from {job.key}", file=sys.stderr, flush=True)
+    if job.config["adapt"] == "die":
+        time.sleep(1)  # the line above reaches the driver's log monitor first
+        os._exit(7)
+    ctx = ray.get_runtime_context()
+    job.path.mkdir(parents=True, exist_ok=True)
+    write_json(job.path / "metrics.json", {"schema_version": 1, "gcs_address": ctx.gcs_address,
+                                           "node_id": ctx.get_node_id(), "cpus": ray.cluster_resources()["CPU"]})
+    return False
+
+
+class RayHead:
+    """``ray start --head --block`` on a free port, in its own session (so its whole process group can be ended
+    by id, leaving other Ray instances on the machine alone) and its own RAY_TMPDIR."""
+
+    def __init__(self, tmpdir: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.tmpdir = tmpdir
+        self.address_file = tmpdir / "ray" / "ray_current_cluster"  # where ray.init(address=None) looks
+        ray_cli = Path(sys.executable).with_name("ray")
+        self.log = open(tmpdir / "head.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [str(ray_cli), "start", "--head", f"--port={self.port}", "--num-cpus=1", "--include-dashboard=false",
+             "--disable-usage-stats", "--object-store-memory=80000000", "--block"],
+            env={**os.environ, "RAY_TMPDIR": str(tmpdir)}, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.time() + 120
+        while not self.address_file.exists():
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                pytest.fail(f"ray start --head did not come up: {(tmpdir / 'head.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        self.address = self.address_file.read_text().strip()
+
+    def stop(self) -> None:
+        """Kill the head's process group (what a crashed head leaves: its session file stays)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        try:  # the group outlives its leader until every member is reaped
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log.close()
+
+
+@pytest.fixture
+def ray_head(monkeypatch):
+    """A Ray head already running on this machine, found by ``ray.init()`` as a user's would be (RAY_TMPDIR
+    is set for this test; a short /tmp path, as Ray's socket paths have a length limit)."""
+    pytest.importorskip("ray", reason="the ray executor needs the 'ray' extra")
+    import shutil
+    import tempfile
+
+    tmpdir = Path(tempfile.mkdtemp(prefix="fbray", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(tmpdir))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    head = RayHead(tmpdir)
+    yield head
+    head.stop()
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_executor_starts_its_own_instance_beside_a_running_head_or_a_dead_ones_file(
+        tmp_path, tiny_tasks_dir, ray_head, monkeypatch, capfd):
+    import socket
+    import types
+
+    import fairbench.sweep.worker as worker_module
+    from fairbench.sweep.executors.ray_tasks import NODE_FILE
+
+    # the driver calls itself 'the-driver': a lost cell's error.json must name the worker's host instead
+    monkeypatch.setattr(worker_module, "socket", types.SimpleNamespace(gethostname=lambda: "the-driver"))
+    # Ray's workers import ray_probe_cell from this file (they inherit the environment of the instance's start)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "results"
+    spec = fake_spec(out, adapts=("ok", "die"), seeds=(0,), executor="ray",
+                     executor_options={"local_cpus": 2, "max_retries": 0})
+    report = run_sweep(spec, runner=functools.partial(run_job, cell=ray_probe_cell), validate=False)
+    assert [o.key for o in report.ran] == ["t/m/ok/seed0"] and [o.key for o in report.failed] == ["t/m/die/seed0"]
+    ran = json.loads((out / "t" / "m" / "ok" / "seed0" / "metrics.json").read_text())
+    assert ran["gcs_address"] != ray_head.address and ran["cpus"] == 2  # its own instance, local_cpus honoured
+    died = out / "t" / "m" / "die" / "seed0"
+    err = read_error(died)
+    assert err["error_type"] == "WorkerLost" and err["host"] == socket.gethostname() != "the-driver"
+    assert err["ray_node_id"] == ran["node_id"] and "ray task failed on" in err["message"]
+    assert not (died / NODE_FILE).exists()
+    forwarded = capfd.readouterr().err
+    assert "probe line from t/m/ok/seed0" in forwarded and "probe line from t/m/die/seed0" in forwarded
+
+    # the head dies and leaves its session file: a sweep neither waits for it nor ignores SIGTERM meanwhile
+    ray_head.stop()
+    assert ray_head.address_file.exists()
+    out2 = tmp_path / "results2"
+    args = ["sweep", "--tasks", "synth_tiny", "--models", "tinyclip", "--adapts", "zeroshot", "--executor", "ray",
+            "--executor-arg", "local_cpus=1", "--threads", "1", "--out", str(out2), "--weights", "random",
+            "--device", "cpu", "--n-boot", "0", "--tasks-dir", str(tiny_tasks_dir)]
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fairbench", *args], capture_output=True, text=True,
+                              timeout=300, check=False)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the sweep hung on the dead head's session file")
+    assert proc.returncode == 0, proc.stderr
+    assert (out2 / "synth_tiny" / "tinyclip" / "zeroshot" / "seed0" / "metrics.json").exists()
+
+
+def test_ray_address_option_and_sweep_file_field(tmp_path):
+    from fairbench.sweep.command import build_spec
+
+    common = {"tasks": None, "models": None, "adapts": None, "seeds": None, "workers": None, "executor_args": {},
+              "threads": None, "tasks_dirs": None, "adapt_args": None, "options": {}}
+    spec = build_spec(None, executor="ray", ray_address="ray://head:10001", **common)
+    assert spec.executor_options == {"address": "ray://head:10001"}
+    with pytest.raises(FairbenchError, match=r"--ray-address applies to the ray executor, not 'local'"):
+        build_spec(None, executor=None, ray_address="auto", **common)
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("tasks: [t]\nmodels: [m]\nadapts: [a]\nexecutor: ray\nray_address: auto\n")
+    assert load_sweep_file(sweep).executor_options == {"address": "auto"}
+    sweep.write_text("tasks: [t]\nmodels: [m]\nadapts: [a]\nray_address: auto\n")
+    with pytest.raises(FairbenchError, match=r"field 'ray_address' applies to the ray executor, not 'local'"):
+        load_sweep_file(sweep)
+    from test_cli import assert_one_line_error, fairbench
+
+    proc = fairbench("sweep", "--tasks", "synth_cxr", "--models", "tinyclip", "--adapts", "zeroshot",
+                     "--ray-address", "auto", "--out", str(tmp_path / "r"))
+    assert_one_line_error(proc, "--ray-address applies to the ray executor", "--executor ray")
+
+
+def test_ray_executor_init_arguments():
+    pytest.importorskip("ray", reason="the ray executor needs the 'ray' extra")
+    own = make_executor("ray", {"local_cpus": "2"}).init_kwargs()
+    assert own["address"] == "local" and own["num_cpus"] == 2 and own["log_to_driver"] is True
+    joined = make_executor("ray", {"address": "auto", "local_cpus": 2}).init_kwargs()
+    assert joined["address"] == "auto" and "num_cpus" not in joined
+    assert make_executor("ray", {"address": "local"}).init_kwargs()["address"] == "local"
+    with pytest.raises(FairbenchError, match="'address' option"):
+        make_executor("ray", {"init": {"address": "auto"}})
+
+
 def test_missing_optional_dependency_is_a_one_line_error(monkeypatch):
     import importlib.util
 

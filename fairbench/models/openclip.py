@@ -282,10 +282,11 @@ def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device)
     """tinyclip: an open_clip CLIP pretrained by fairbench on a synthetic task's image-report pairs."""
     if source.scheme != "pretrain":
         return build_open_clip(card, source, device)
-    from fairbench.models.tinyclip import pretrained_weights
+    from fairbench.models.tinyclip import pretrain_provenance, pretrained_weights
 
     path = pretrained_weights(card, task_name=source.value)
     model = create_architecture(card)
     load_strict(model, load_state_file(path), where=str(path))
     info = {"source": f"pretrain:{source.value}", "file": str(path), "sha256": sha256_file(path)}
+    info.update(pretrain_provenance(path))
     return OpenCLIPModel(card, model, _tokenizer(card), device, info)

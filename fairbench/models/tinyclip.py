@@ -2,8 +2,13 @@
 
 The weights are built once on first use (CPU, well under two minutes) and cached as safetensors under
 ``<cache>/tinyclip/``. The cache key covers the architecture, preprocessing, the pretraining settings, the
-synthetic data's fingerprint (options, seed, generator version) and this module's version, so any change
-rebuilds. A cache file that cannot be read is rebuilt, and the user is told.
+synthetic data's fingerprint (options, seed, generator version), the torch thread count and this module's
+version, so any change rebuilds. A cache file that cannot be read is rebuilt, and the user is told.
+
+Pretraining always runs on ``PRETRAIN_THREADS`` torch threads (the caller's count is restored afterwards):
+floating-point sums in another order give other weights, and a sweep's cells run under different thread
+counts (a Ray task gets its CPUs, a local worker CPUs / workers), so the weights, and every number measured
+with them, would otherwise depend on which executor built the cache first.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ from fairbench.models.base import ModelCard
 from fairbench.models.weights import cache_root
 from fairbench.progress import bar, info, warn
 
-__all__ = ["PRETRAIN_VERSION", "PRETRAIN_DEFAULTS", "pretrained_weights", "pretrain_cache_path"]
+__all__ = ["PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "pretrain_cache_path", "pretrain_provenance",
+           "pretrained_weights"]
 
 #: bump when the pretraining procedure changes in a way that changes the weights
 PRETRAIN_VERSION = "2"
+#: torch threads pretraining runs on, whatever the caller's count (deterministic weights on a given machine)
+PRETRAIN_THREADS = 1
 PRETRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 12,
     "batch_size": 64,
@@ -63,6 +71,7 @@ def pretrain_cache_path(card: ModelCard, task_name: str) -> Path:
         "pretrain": _settings(card),
         "data": task.loader().fingerprint(),
         "code": PRETRAIN_VERSION,
+        "threads": PRETRAIN_THREADS,
     })[:16]
     return cache_root() / "tinyclip" / f"{card.name}-{task_name}-{key}.safetensors"
 
@@ -76,8 +85,29 @@ def pretrained_weights(card: ModelCard, task_name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(path.with_name(path.name + ".lock"), card.name):
         if not _readable(path):  # another process may have built it while this one waited
-            _pretrain(card, task_name, path)
+            with _torch_threads(PRETRAIN_THREADS):
+                _pretrain(card, task_name, path)
     return path
+
+
+def pretrain_provenance(path: Path) -> dict[str, Any]:
+    """What metrics.json records about how a cached file was built (its torch thread count)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    threads = meta.get("threads")
+    return {"pretrain_threads": int(threads) if threads and threads.isdigit() else None}
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _readable(path: Path) -> bool:
@@ -180,7 +210,8 @@ def _pretrain(card: ModelCard, task_name: str, path: Path) -> None:
     os.close(fd)
     try:
         save_file(state, tmp, metadata={"card": card.name, "task": task_name, "final_loss": f"{loss.item():.4f}",
-                                        "pretrain_version": PRETRAIN_VERSION})
+                                        "pretrain_version": PRETRAIN_VERSION,
+                                        "threads": str(torch.get_num_threads())})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from fairbench.errors import FairbenchError
 from fairbench.progress import stdout_console
 from fairbench.sweep.driver import SweepReport, plan, run_sweep
 from fairbench.sweep.grid import SweepSpec, load_sweep_file, parse_adapt_args, parse_names, parse_seeds
@@ -19,7 +20,7 @@ __all__ = ["sweep_command", "build_spec", "write_sweep_report"]
 def build_spec(sweep_file: Path | None, *, tasks: list[str] | None, models: list[str] | None,
                adapts: list[str] | None, seeds: list[str] | None, executor: str | None, workers: int | None,
                executor_args: dict[str, Any], threads: int | None, tasks_dirs: list[Path] | None,
-               adapt_args: list[str] | None, options: dict[str, Any]) -> SweepSpec:
+               adapt_args: list[str] | None, options: dict[str, Any], ray_address: str | None = None) -> SweepSpec:
     base = load_sweep_file(sweep_file) if sweep_file is not None else SweepSpec()
     executor_options = dict(executor_args)
     if workers is not None:
@@ -27,6 +28,11 @@ def build_spec(sweep_file: Path | None, *, tasks: list[str] | None, models: list
     if executor is not None and executor != base.executor:
         # options written for another executor do not carry over
         base.executor_options = {}
+    if ray_address is not None:
+        if (executor or base.executor) != "ray":
+            raise FairbenchError(f"--ray-address applies to the ray executor, not '{executor or base.executor}' "
+                                 f"(add --executor ray)")
+        executor_options["address"] = ray_address
     return base.merged(
         tasks=parse_names(tasks), models=parse_names(models), adapts=parse_names(adapts),
         seeds=parse_seeds(seeds), executor=executor, executor_options=executor_options, threads=threads,

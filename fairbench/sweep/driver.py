@@ -79,7 +79,8 @@ def run_sweep(spec: SweepSpec, *, runner: Runner = run_job, executor: Executor |
         for outcome in executor.run(jobs, runner):
             if outcome.status == "failed" and not outcome.recorded:
                 outcome.recorded = record_error(Path(outcome.path), key=outcome.key, message=outcome.error or "",
-                                                error_type="WorkerLost", executor=executor.name)
+                                                error_type="WorkerLost", executor=executor.name,
+                                                where=outcome.where)
             report.outcomes.append(outcome)
             show.update(outcome)
     finally:

@@ -226,6 +226,11 @@ def load_sweep_file(path: Path) -> SweepSpec:
     workers = f.get("workers", int, None)
     if workers is not None:
         spec.executor_options["workers"] = workers
+    ray_address = f.get("ray_address", str, None)
+    if ray_address is not None:
+        if spec.executor != "ray":
+            f.fail("ray_address", f"applies to the ray executor, not '{spec.executor}' (add executor: ray)")
+        spec.executor_options["address"] = ray_address
     spec.threads = f.get("threads", int, None)
     report = f.get("report", str, None)
     spec.report = rel(report) if report else None

@@ -50,6 +50,8 @@ class Outcome:
     error: str | None = None
     #: True when the error is already in the cell's error.json (the driver records it otherwise)
     recorded: bool = False
+    #: where a lost job ran, when not on the driver's machine (error.json fields: host, ...)
+    where: dict[str, Any] | None = None
 
 
 def run_cell_job(job: CellJob) -> bool:
@@ -96,13 +98,16 @@ def one_line(exc: BaseException) -> str:
 
 
 def record_error(path: Path, *, key: str, message: str, error_type: str, tb: str | None = None,
-                 started_at: str | None = None, executor: str = "local") -> bool:
-    """Write ``error.json`` in the cell directory; False if even that fails (the driver reports it)."""
+                 started_at: str | None = None, executor: str = "local",
+                 where: dict[str, Any] | None = None) -> bool:
+    """Write ``error.json`` in the cell directory; False if even that fails (the driver reports it). ``host``
+    is this machine's unless ``where`` says where the cell ran."""
     from fairbench import __version__
 
     doc = {"cell": key, "error_type": error_type, "message": message, "executor": executor,
            "host": socket.gethostname(), "started_at": started_at, "failed_at": now_iso(),
            "fairbench_version": __version__, "traceback": tb}
+    doc.update(where or {})
     try:
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / ERROR, doc)

@@ -78,6 +78,7 @@ def _value(v: Any) -> Any:
     return v
 
 
-def lost(job: CellJob, why: str) -> Outcome:
-    """The outcome of a job whose worker ended without returning one."""
-    return Outcome(job.key, job.path, "failed", 0.0, why, recorded=False)
+def lost(job: CellJob, why: str, where: dict[str, Any] | None = None) -> Outcome:
+    """The outcome of a job whose worker ended without returning one; ``where`` names the machine it ran on
+    when that is not the driver's (``{"host": ...}``, for error.json)."""
+    return Outcome(job.key, job.path, "failed", 0.0, why, recorded=False, where=where)
