@@ -15,7 +15,8 @@ Weights, by source:
   (``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``; BiomedCLIP also
   ``open_clip_config.json``, checked against the card, and its tokenizer files).
 
-Every load is strict: zero missing and zero unexpected keys.
+Every load is strict: zero missing and zero unexpected keys, after dropping what open_clip's own
+``load_checkpoint`` drops (the text tower's ``position_ids`` buffer saved by transformers < 4.31).
 """
 
 from __future__ import annotations
@@ -252,6 +253,18 @@ def _weights_file(card: ModelCard, location: Path) -> Path:
                     f"for a directory source")
 
 
+#: transformers < 4.31 saved BERT's ``position_ids`` buffer; open_clip's ``load_checkpoint`` deletes it
+POSITION_IDS_KEY = "text.transformer.embeddings.position_ids"
+
+
+def drop_stale_position_ids(state: dict[str, torch.Tensor], target_keys: set[str]) -> dict[str, torch.Tensor]:
+    """``state`` without the Hugging Face text tower's ``position_ids`` when the model has no such entry (now a
+    non-persistent buffer), as open_clip's ``load_checkpoint`` does (BiomedCLIP's published checkpoint)."""
+    if POSITION_IDS_KEY in state and POSITION_IDS_KEY not in target_keys:
+        state = {k: v for k, v in state.items() if k != POSITION_IDS_KEY}
+    return state
+
+
 def read_open_clip_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_openai_torchscript(path) if is_torchscript(path) else load_state_file(path)
 
@@ -268,7 +281,8 @@ def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device
             _check_dir_config(card, location)
         path = _weights_file(card, location)
         model = create_architecture(card)
-        load_strict(model, read_open_clip_weights(path), where=str(path))
+        state = drop_stale_position_ids(read_open_clip_weights(path), set(model.state_dict()))
+        load_strict(model, state, where=str(path))
         info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
         if is_torchscript(path):
             info["format"] = "openai-torchscript"
