@@ -149,7 +149,7 @@ def build_blip2(card: ModelCard, source: WeightsSource, device: torch.device) ->
             raise WeightsError(f"{directory}: checkpoint does not match Blip2ForImageTextRetrieval: "
                                + "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {v[:3]})" for k, v in bad.items() if v))
         info = files_info(source.describe() if source.scheme != "file" else str(directory),
-                          blip2_weight_files(directory))
+                          blip2_weight_files(directory), model)
     if card.tokenizer_source == "tiny":
         tok_dir: Path = tiny_vocab_dir()
     elif directory is not None and (directory / "tokenizer_config.json").is_file():

@@ -356,7 +356,7 @@ def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -
         config = _checkpoint_config(card, ckpt.get("hyper_parameters"))
         module = GLoRIAModule(card.architecture)
         load_strict(module, convert_gloria_state_dict(state, set(module.state_dict())), where=str(path))
-        info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
+        info = files_info(source.describe() if source.scheme != "file" else str(path), [path], module)
         if config:
             info["checkpoint_config"] = config
     else:

@@ -195,7 +195,7 @@ def build_medclip(card: ModelCard, source: WeightsSource, device: torch.device) 
         from fairbench.models.openclip import load_strict
 
         load_strict(module, state, where=str(path))
-        info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
+        info = files_info(source.describe() if source.scheme != "file" else str(path), [path], module)
     else:
         raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by MedCLIP "
                            f"(use pytorch_model.bin, local-dir:, hf-hub: or random)")

@@ -32,7 +32,7 @@ import torch
 
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.weights import WeightsSource, files_info, locate, parse_weights, sha256_file
+from fairbench.models.weights import WeightsSource, files_info, locate, parse_weights
 
 __all__ = ["OpenCLIPModel", "build_open_clip", "build_tinyclip", "create_architecture", "load_state_file",
            "load_strict", "load_openai_torchscript", "is_torchscript", "open_clip_model_cfg"]
@@ -283,7 +283,7 @@ def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device
         model = create_architecture(card)
         state = drop_stale_position_ids(read_open_clip_weights(path), set(model.state_dict()))
         load_strict(model, state, where=str(path))
-        info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
+        info = files_info(source.describe() if source.scheme != "file" else str(path), [path], model)
         if is_torchscript(path):
             info["format"] = "openai-torchscript"
     else:
@@ -301,5 +301,5 @@ def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device)
     path = pretrained_weights(card, task_name=source.value)
     model = create_architecture(card)
     load_strict(model, load_state_file(path), where=str(path))
-    info = {"source": f"pretrain:{source.value}", "file": str(path), "sha256": sha256_file(path)}
+    info = {**files_info(f"pretrain:{source.value}", [path], model), "file": str(path)}
     return OpenCLIPModel(card, model, _tokenizer(card), device, info)
