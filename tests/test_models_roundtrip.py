@@ -127,6 +127,7 @@ def test_hf_hub_source_resolves_from_local_cache_only(tmp_path: Path, monkeypatc
     save_file(dict(src.module.state_dict()), str(snap / "open_clip_model.safetensors"))
     loaded = build_model(card, "hf-hub:org/tiny-clip", CPU)
     assert loaded.weights_info["source"] == "hf-hub:org/tiny-clip"
+    assert loaded.weights_info["revision"] == "0123abcd"  # the snapshot the weights were read from
     _assert_identical(_outputs(src), _outputs(loaded))
 
 

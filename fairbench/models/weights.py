@@ -216,9 +216,10 @@ def require_in_dir(directory: Path, entries: Sequence[str], *, card: ModelCard |
 
 
 def locate(source: WeightsSource, *, card: ModelCard | None, files: Sequence[str] = (), what: str = "weights",
-           obtain: str | None = None) -> Path:
+           obtain: str | None = None, instead: str = "") -> Path:
     """The local file or directory a ``file``/``local-dir``/``hf-hub`` source names, checked to exist (a
-    directory also to hold ``files``). Never silently falls back to anything."""
+    directory also to hold ``files``). Never silently falls back to anything. ``instead`` is the alternative a
+    missing non-weights input names (e.g. where else the family looks for a tokenizer)."""
     who = f"model '{card.name}': " if card is not None else ""
     hint = _obtain_hint(card, obtain)
     tail = _ALTERNATIVES if what == "weights" else ""
@@ -250,8 +251,14 @@ def locate(source: WeightsSource, *, card: ModelCard | None, files: Sequence[str
         why = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if hf_offline() else
                "fairbench downloads only with `fairbench run --allow-download`")
         needed = ", ".join(" or ".join(e.split("|")) for e in files) or "its files"
+        repo, revision = _split_repo(source.value)
+        if tail:  # weights: the whole repository, or other weights
+            fetch = f"`huggingface-cli download {repo}`; or pass --weights local-dir:PATH; --weights random for an " \
+                    f"untrained model"
+        else:  # a tokenizer or config: just its files
+            names = " ".join(e.split("|")[0] for e in files)
+            rev = f" --revision {revision}" if revision else ""
+            fetch = f"`huggingface-cli download {repo}{rev} {names}`" + (f"; {instead}" if instead else "")
         raise WeightsError(f"{who}{what} 'hf-hub:{source.value}' {state} in the local Hugging Face cache "
-                           f"({constants.HF_HUB_CACHE}; needs {needed}); {why}.{hint} "
-                           f"(e.g. `huggingface-cli download {_split_repo(source.value)[0]}`; or pass "
-                           f"--weights local-dir:PATH{'; --weights random for an untrained model' if tail else ''})")
+                           f"({constants.HF_HUB_CACHE}; needs {needed}); {why}.{hint} (e.g. {fetch})")
     raise WeightsError(f"{who}{what} source '{source.describe()}' does not name a file or directory")
