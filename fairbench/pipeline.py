@@ -187,7 +187,7 @@ def _prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
     model_input = max(pre.image_size, getattr(pre, "load_size", None) or 0)
     return PreparedLoader(task.loader(), split_names=task.splits, model_input=model_input,
                           image_cache=parse_image_cache(cfg.image_cache, model_input),
-                          allow_skip=cfg.allow_skip_unreadable)
+                          allow_skip=cfg.allow_skip_unreadable, preprocessing=pre)
 
 
 def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray]) -> pd.DataFrame:
