@@ -8,8 +8,8 @@ rerun encodes nothing.
 One entry per key; the key is the sha256 of
 
 - the model card name and the card's sha256 (architecture, preprocessing, probe feature, ...),
-- the weights sha256 (``weights_info["sha256"]``; weights without a file hash, such as ``random``, are
-  keyed by a hash of the module's state dict, so two random initialisations never share an entry),
+- the weights sha256 (``weights_info["sha256"]``: a hash of the loaded tensors, never of file bytes; for
+  ``random`` weights a hash of the module's state dict, so two random initialisations never share an entry),
 - the preprocessing key (:meth:`Preprocessing.key`),
 - the task name and version,
 - the split, the hash of its sample ids (in order) and the image source key (dataset options, image cache
@@ -48,16 +48,11 @@ ARRAYS = ("embedding", "feature")
 
 
 def module_state_sha256(module: Any) -> str:
-    """sha256 over a torch module's state dict (names, dtypes, shapes, bytes)."""
-    import torch
+    """sha256 over a torch module's state dict (names, dtypes, shapes, bytes; see
+    :func:`fairbench.models.weights.tensors_sha256`)."""
+    from fairbench.models.weights import tensors_sha256
 
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return tensors_sha256(module.state_dict())
 
 
 def embedding_key_parts(model: Any, task: Any, samples: Any, *, weights_sha256: str) -> dict[str, str]:

@@ -121,8 +121,9 @@ def run(
         "--allow-skip-unreadable", help="Leave out samples whose image is missing or unreadable (each is listed "
         "in metrics.json under data.skipped) instead of stopping.", rich_help_panel="Data and weights")] = False,
     image_cache: Annotated[str, typer.Option(
-        help="Preprocessed-image cache for real datasets: auto (size from the model input), off, or a size in "
-             "pixels.", rich_help_panel="Data and weights")] = "auto",
+        help="Preprocessed-image cache for real datasets: auto (the model's own resize/pad/crop, exact), off, "
+             "or a size in pixels (a shared bicubic shrink, approximate).",
+        rich_help_panel="Data and weights")] = "auto",
     select_on: Annotated[Optional[str], typer.Option(
         "--select-on", help="Split that selects the epoch of a trainable adapter: val (default) or test "
         "(FairCLIP's published protocol: warned, recorded, test metrics biased). Same as --adapt-arg select_on=.",

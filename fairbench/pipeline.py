@@ -23,6 +23,7 @@ from fairbench.errors import FairbenchError, ResultsError
 from fairbench.metrics import compute_metrics
 from fairbench.models.base import get_model_card
 from fairbench.models.build import build_model, resolve_device
+from fairbench.models.inputs import check_run_inputs, inputs_changes, inputs_digest
 from fairbench.progress import bar, info
 from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, ensure_writable,
                                is_complete, now_iso, provenance, read_metrics, write_json)
@@ -84,6 +85,8 @@ def run_cell(cfg: RunConfig) -> CellResult:
             raise ResultsError(f"{cell / METRICS} is complete but was computed with {reason}; rerun with "
                                f"--overwrite to replace it, or write to another --out")
         return CellResult(cell, doc, skipped=True, task=task)
+    # everything the run reads (weights, tokenizer, config, --data-root): all missing pieces in one message
+    check_run_inputs(card, cfg.weights, task=task, loader=data, data_root=cfg.data_root)
     ensure_writable(cell)
     (cell / METRICS).unlink(missing_ok=True)  # an overwritten cell is incomplete until its new metrics land
 
@@ -108,7 +111,8 @@ def run_cell(cfg: RunConfig) -> CellResult:
             model={"name": card.name, "card_sha256": card.sha256, "weights": model.weights_info},
             adapt={"name": adapter.name, "params": adapter.params, "fitted": _jsonable(adapter.fitted)},
             config={"task_card": task.sha256, "model_card": card.sha256, "adapt": adapter.params, "seed": cfg.seed,
-                    "weights": model.weights_info.get("sha256"), "n_boot": n_boot},
+                    "weights": model.weights_info.get("sha256"), "n_boot": n_boot,
+                    "model_inputs": inputs_digest(model.weights_info)},
         )
     metrics["data"] = data.report()
     metrics["embedding_cache"] = ctx.embedding_report()
@@ -121,7 +125,8 @@ def run_cell(cfg: RunConfig) -> CellResult:
 def _stale(cfg: RunConfig, doc: dict[str, Any], task: TaskCard, card: Any, adapter: Any) -> str | None:
     return stale_reason(doc, task=task, card=card, adapt=adapter.name, params=adapter.params,
                         n_boot=task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot,
-                        random_weights=cfg.weights == "random" if cfg.weights else None)
+                        random_weights=cfg.weights == "random" if cfg.weights else None) \
+        or inputs_changes(doc.get("model", {}).get("weights") or {}, card, cfg.weights)
 
 
 def stale_cell(cfg: RunConfig) -> str | None:
@@ -183,7 +188,7 @@ def _prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
     model_input = max(pre.image_size, getattr(pre, "load_size", None) or 0)
     return PreparedLoader(task.loader(), split_names=task.splits, model_input=model_input,
                           image_cache=parse_image_cache(cfg.image_cache, model_input),
-                          allow_skip=cfg.allow_skip_unreadable)
+                          allow_skip=cfg.allow_skip_unreadable, preprocessing=pre)
 
 
 def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -114,3 +114,83 @@ def test_parse_image_cache():
         parse_image_cache("128", 224)
     with pytest.raises(FairbenchError, match="expected auto, off or a size"):
         parse_image_cache("big", 224)
+
+
+# -- the default cache keeps each model's own pipeline ---------------------------------------------------------
+def _smooth_png(path, size, seed=0, mode="L"):
+    from PIL import Image
+
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(seed)
+    img = 127 + 60 * np.sin(xx / 23.0) + 50 * np.cos(yy / 31.0) + rng.normal(0, 4, (h, w))
+    img = img.clip(0, 255).astype(np.uint8)
+    if mode == "RGB":
+        img = np.stack([img, img[::-1], img[:, ::-1]], -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img, mode).save(path)
+    return path
+
+
+def _grey_levels(a, b, std) -> float:
+    import torch
+
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    return float(((a - b).abs() * s).max()) * 255
+
+
+# (W, H): non-square in both directions, an odd aspect, one smaller than the model input, one square
+CACHE_SHAPES = [(1000, 800), (640, 1000), (517, 389), (180, 260), (300, 300)]
+
+
+@pytest.mark.parametrize("model, bound", [("medclip_vit", 0.0), ("gloria", 0.0), ("clip_vit_b16", 0.51),
+                                          ("blip2", 0.51)])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_default_cache_serves_what_the_model_pipeline_makes_of_the_full_image(tmp_path, model, bound, mode):
+    """The uncached path (full-resolution decode, the model's own preprocessing) against the default cache:
+    identical tensors for the PIL pipelines (MedCLIP, GLoRIA), within half a grey level (uint8 rounding) for the
+    torch ones (open_clip, BLIP-2)."""
+    from fairbench.data.prepare import PreparedLoader
+    from fairbench.models.base import get_model_card
+
+    pre = get_model_card(model).preprocessing
+    paths = [_smooth_png(tmp_path / "img" / f"{i}.png", s, seed=i, mode=mode) for i, s in enumerate(CACHE_SHAPES)]
+    src = FileImages(paths, prefix="test:exact:train", sample_ids=[f"s{i}" for i in range(len(paths))], mode=mode)
+    loader = PreparedLoader(_Inner(src), image_cache="auto", model_input=max(pre.image_size, pre.load_size or 0),
+                            preprocessing=pre, cache_root=tmp_path / "cache")
+    cached = loader.load("train", None).images
+    assert isinstance(cached, CachedImages) and cached.geometry is not None
+    idx = np.arange(len(paths))
+    direct = pre(src.load(idx))
+    served = pre(cached.load(idx))
+    assert served.shape == direct.shape
+    assert _grey_levels(served, direct, pre.std) <= bound
+    again = CachedImages(src, 0, root=tmp_path / "cache", geometry=loader.geometry)
+    assert again.hit and again.path == cached.path
+
+
+class _Inner:
+    """A dataset loader serving one FileImages source as every split."""
+
+    needs_data_root = False
+
+    def __init__(self, images: FileImages) -> None:
+        self.images = images
+
+    def fingerprint(self) -> str:
+        return "inner"
+
+    def load(self, split, data_root):
+        from fairbench.data.base import RawSplit
+
+        return RawSplit(sample_ids=np.asarray(self.images.sample_ids), columns={}, images=self.images)
+
+
+def test_default_cache_entries_are_keyed_by_the_model_pipeline(tmp_path):
+    from fairbench.models.base import get_model_card
+    from fairbench.models.preprocess import CacheGeometry
+
+    src = make_source(tmp_path, n=3)
+    entries = {CachedImages(src, 0, root=tmp_path / "cache", geometry=CacheGeometry(get_model_card(m).preprocessing))
+               for m in ("medclip_vit", "gloria", "clip_vit_b16", "blip2")}
+    assert len({e.path for e in entries}) == 4 and len({e.key for e in entries}) == 4

@@ -80,7 +80,9 @@ def test_missing_tokenizer_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_random_weights_only_when_asked_and_recorded() -> None:
     model = build_model(get_model_card("tiny_gloria"), "random", torch.device("cpu"))
-    assert model.weights_info == {"source": "random", "sha256": "random"}
+    info = model.weights_info
+    assert (info["source"], info["sha256"]) == ("random", "random")
+    assert info["tokenizer"]["source"] == "tiny" and "vocab.txt" in info["tokenizer"]["files"]  # still recorded
 
 
 def test_card_schema_errors_are_one_line(tmp_path: Path) -> None:
@@ -137,9 +139,29 @@ def test_cli_run_without_weights_is_one_line_error(tmp_path: Path, monkeypatch: 
                            str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2
     err = proc.stderr.strip()
-    assert err.startswith("error: model 'medclip_resnet': weights directory not found") and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    # every missing piece in one message: the weights directory and the tokenizer from the HF cache
+    assert err.startswith("error: 2 things are missing: (1) model 'medclip_resnet': weights directory not found")
+    assert "(2) model 'medclip_resnet': tokenizer 'hf-hub:emilyalsentzer/Bio_ClinicalBERT'" in err
+    assert "`huggingface-cli download emilyalsentzer/Bio_ClinicalBERT vocab.txt`" in err
     assert not (tmp_path / "out" / "synth_cxr" / "medclip_resnet").exists() or not list(
         (tmp_path / "out").rglob("metrics.json"))
+
+
+def test_cli_run_checks_tokenizer_and_data_root_before_building(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "FAIRBENCH_CACHE": str(tmp_path / "c")}
+    proc = subprocess.run([sys.executable, "-m", "fairbench", "run", "--task", "chexpert5", "--model", "gloria",
+                           "--weights", "random", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: 2 things are missing: (1) --weights random replaces only the weights; model "
+                          "'gloria': tokenizer 'hf-hub:emilyalsentzer/Bio_ClinicalBERT'"), err
+    assert "(2) task 'chexpert5' reads a real dataset: pass --data-root" in err
 
 
 def test_hf_download_needs_explicit_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -158,6 +158,45 @@ def test_open_clip_preprocessing_matches_open_clip_transform(name: str, shape: t
     assert _grey_levels(pre([img])[0], t(Image.fromarray(img)), pre.std) <= 1.5
 
 
+def _noisy(h: int, w: int, channels: int = 1, seed: int = 3) -> np.ndarray:
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, channels) if channels == 3 else (h, w))
+    return img.astype(np.uint8)
+
+
+# shapes where a rounded long side or a floored crop offset would move the tensor by a pixel
+SHIFT_SHAPES = [(480, 640), (389, 517), (384, 320), (260, 180), (389, 517, 3), (260, 180, 3)]
+
+
+@pytest.mark.parametrize("name", ["clip_vit_b16", "biomedclip"])
+@pytest.mark.parametrize("shape", SHIFT_SHAPES)
+def test_open_clip_shortest_resize_is_torchvision_geometry_on_noise(name: str, shape: tuple[int, ...]) -> None:
+    """open_clip's own eval transform (torchvision Resize + CenterCrop) on the same uint8 tensor: on noise any
+    one-pixel shift shows as tens of grey levels; what remains is the uint8 rounding of torchvision's output."""
+    import open_clip
+
+    pre = get_model_card(name).preprocessing
+    img = _noisy(shape[0], shape[1], len(shape) == 3 and 3 or 1)
+    t = open_clip.image_transform(pre.image_size, is_train=False, mean=pre.mean, std=pre.std,
+                                  interpolation="bicubic", resize_mode="shortest")
+    resize, crop, normalize = t.transforms[0], t.transforms[1], t.transforms[-1]
+    x = torch.from_numpy(img if img.ndim == 3 else np.repeat(img[..., None], 3, -1)).permute(2, 0, 1)
+    ref = normalize(crop(resize(x)).float() / 255.0)
+    assert ref.shape == (3, pre.image_size, pre.image_size)
+    assert _grey_levels(pre([img])[0], ref, pre.std) <= 0.51
+
+
+@pytest.mark.parametrize("shape", SHIFT_SHAPES)
+def test_open_clip_shortest_resize_matches_open_clip_pil_transform(shape: tuple[int, ...]) -> None:
+    """Against open_clip's PIL transform itself (PIL's bicubic kernel, uint8 output) on smooth images."""
+    import open_clip
+
+    pre = get_model_card("clip_vit_b16").preprocessing
+    img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
+    t = open_clip.image_transform(pre.image_size, is_train=False, mean=pre.mean, std=pre.std,
+                                  interpolation="bicubic", resize_mode="shortest")
+    assert _grey_levels(pre([img])[0], t(Image.fromarray(img)), pre.std) <= 1.5
+
+
 @pytest.mark.parametrize("shape", [(300, 260), (260, 300, 3)])
 def test_blip2_preprocessing_matches_blip_image_processor(shape: tuple[int, ...]) -> None:
     from transformers import BlipImageProcessor

@@ -127,6 +127,7 @@ def test_hf_hub_source_resolves_from_local_cache_only(tmp_path: Path, monkeypatc
     save_file(dict(src.module.state_dict()), str(snap / "open_clip_model.safetensors"))
     loaded = build_model(card, "hf-hub:org/tiny-clip", CPU)
     assert loaded.weights_info["source"] == "hf-hub:org/tiny-clip"
+    assert loaded.weights_info["revision"] == "0123abcd"  # the snapshot the weights were read from
     _assert_identical(_outputs(src), _outputs(loaded))
 
 
@@ -157,6 +158,34 @@ def test_biomedclip_official_layout_roundtrip_and_open_clip(tmp_path: Path) -> N
         assert torch.equal(loaded.encode_image(x), ref.encode_image(x))
         assert torch.equal(tok(TEXTS), loaded.tokenize(TEXTS))
         assert torch.equal(loaded.encode_text(tok(TEXTS)), ref.encode_text(tok(TEXTS)))
+
+
+def test_biomedclip_checkpoint_with_position_ids_loads_as_open_clip_loads_it(tmp_path: Path) -> None:
+    """A BiomedCLIP .bin saved with transformers < 4.31 carries the BERT position_ids buffer; open_clip's
+    load_checkpoint deletes it before its strict load, and so must fairbench."""
+    import open_clip
+
+    from fairbench.models.openclip import open_clip_model_cfg
+
+    card = get_model_card("tiny_biomedclip")
+    src = build_model(card, "random", CPU)
+    d = tmp_path / "biomedclip"
+    d.mkdir()
+    model_cfg = open_clip_model_cfg(card)
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    state = dict(src.module.state_dict())
+    key = "text.transformer.embeddings.position_ids"
+    assert key not in state
+    n_pos = card.architecture["hf_text_config"]["max_position_embeddings"]
+    state[key] = torch.arange(n_pos).expand((1, -1)).clone()
+    torch.save(state, d / "open_clip_pytorch_model.bin")
+    _copy_tokenizer(d)
+    ref, _ = open_clip.create_model_from_pretrained(f"local-dir:{d}")  # strict load in open_clip itself
+    loaded = build_model(card, f"local-dir:{d}", CPU)
+    _assert_identical(_outputs(src), _outputs(loaded))
+    x = loaded.preprocess(_images())
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(x), ref.eval().encode_image(x))
 
 
 def test_biomedclip_config_must_match_the_card(tmp_path: Path) -> None:
@@ -217,7 +246,11 @@ def test_medclip_official_layout_roundtrip(tmp_path: Path, name: str) -> None:
     for spec in (f"local-dir:{d}", str(d / "pytorch_model.bin")):
         loaded = build_model(card, spec, CPU)
         _assert_identical(_outputs(src), _outputs(loaded))
-    assert loaded.weights_info["sha256"] == loaded.weights_info["files"]["pytorch_model.bin"]
+    # the weights are identified by their tensors as loaded (after the renames), not by the file's bytes
+    from fairbench.models.weights import tensors_sha256
+
+    assert loaded.weights_info["files"] == ["pytorch_model.bin"]
+    assert loaded.weights_info["sha256"] == tensors_sha256(src.module.state_dict())
 
 
 def test_medclip_wrong_checkpoint_names_the_keys(tmp_path: Path) -> None:

@@ -1,8 +1,17 @@
 """A preprocessed-image cache: decode and shrink a split's images once, reuse them from a memory map.
 
 Decoding a 1024 x 1024 PNG and resizing it costs far more than a model's own preprocessing of a small
-array. The cache stores each split's images, shrunk so their longer side is at most ``size`` (aspect kept,
-never upsampled), in one uint8 array ``[n, size, size]`` (``[..., 3]`` for RGB) saved as ``pixels.npy`` and
+array. Two kinds of entry:
+
+- with a ``geometry`` (:class:`fairbench.models.preprocess.CacheGeometry`; what a run uses by default): each
+  full-resolution image after the geometric part of the model's own pipeline (MedCLIP's padding and bilinear
+  resize, GLoRIA's INTER_AREA resize and padding, CLIP's resize and crop), a square the same pipeline then maps
+  onto itself. The model sees exactly what it would see uncached (up to half a grey level for the torch
+  pipelines, rounded to uint8). One entry per model preprocessing.
+- with a ``size`` only (``--image-cache SIZE``): shrunk with Pillow bicubic so the longer side is at most
+  ``size``; the model's pipeline then resizes again (an approximation, shared by all models).
+
+Either way one uint8 array ``[n, size, size]`` (``[..., 3]`` for RGB) is saved as ``pixels.npy`` and
 read through ``numpy`` memory mapping. Each image sits in the top-left corner of its square slot; its true
 height and width are stored in ``shapes.npy`` and the padding is cropped away on load, so a model sees the
 aspect-preserving resized image, never the padding. The model's own preprocessing (resize/crop/normalise)
@@ -77,18 +86,24 @@ class CachedImages:
     it exists and is intact, built otherwise. ``hit`` says which."""
 
     def __init__(self, source: FileImages, size: int, *, root: Path | None = None, verify: bool = True,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, geometry: Any = None) -> None:
+        if geometry is not None:
+            size = geometry.side
         if size < 16:
             raise ValueError(f"image cache size must be >= 16, got {size}")
         self.source, self.size, self.verify = source, int(size), verify
+        self.geometry = geometry
         self.workers = workers or default_workers()
-        self.channels = 3 if source.mode == "RGB" else 1
+        self.channels = 1 if source.mode != "RGB" or (geometry is not None and geometry.gray) else 3
         self.fields = {"format": CACHE_FORMAT, "source": source.key, "files": source.signature(),
                        "size": self.size, "mode": source.mode, "n": len(source)}
+        if geometry is not None:
+            self.fields["geometry"] = geometry.key
         digest = card_sha256(self.fields)
         dataset = source.prefix.split(":", 1)[0] or "images"
         self.path = image_cache_dir(root) / f"{dataset}-{self.size}-{digest[:24]}"
-        self.key = f"cache{self.size}:{source.key}"
+        self.key = f"cache{self.size}:{source.key}" if geometry is None else \
+            f"cache{self.size}:{geometry.key}:{source.key}"
         self.hit = False
         self._open_or_build()
 
@@ -179,6 +194,8 @@ class CachedImages:
 
             def decode(i: int) -> tuple[int, np.ndarray | None, str | None]:
                 try:
+                    if self.geometry is not None:  # full resolution through the model's own geometry
+                        return i, self.geometry(self.source.decode(i)), None
                     return i, self.source.decode(i, max_side=self.size), None
                 except ImageReadError as exc:
                     return i, None, exc.reason

@@ -3,9 +3,10 @@
 :class:`PreparedLoader` wraps a dataset loader for one run (the pipeline hands it to the adapter context):
 
 - file-backed images (:class:`~fairbench.data.files.FileImages`) are served from the preprocessed-image cache
-  (:mod:`fairbench.data.image_cache`) unless the run says ``--image-cache off``; building the cache decodes
-  every image once, which is also the screen for unreadable ones. Without the cache, missing files are
-  found up front (and, when skipping is allowed, every file is verified without decoding);
+  (:mod:`fairbench.data.image_cache`; with ``auto`` and the model's ``preprocessing``, an entry holding what
+  the model's own resize/pad/crop makes of each image) unless the run says ``--image-cache off``; building
+  the cache decodes every image once, which is also the screen for unreadable ones. Without the cache,
+  missing files are found up front (and, when skipping is allowed, every file is verified without decoding);
 - samples whose files are missing, truncated or not images stop the run with a message naming them, unless
   the user passed ``--allow-skip-unreadable``: then they are left out and every one is listed in
   :meth:`report`, which the pipeline writes to ``metrics.json`` under ``data.skipped``. Nothing is dropped
@@ -60,9 +61,15 @@ class PreparedLoader:
 
     def __init__(self, inner: Any, *, split_names: dict[str, str] | None = None,
                  image_cache: str | int | None = "auto", model_input: int = 224, allow_skip: bool = False,
-                 cache_root: Path | None = None) -> None:
+                 cache_root: Path | None = None, preprocessing: Any = None) -> None:
         self.inner = inner
         self.image_cache, self.model_input = image_cache, int(model_input)
+        # "auto" with the model's preprocessing: cache what the model's own geometry makes of each image
+        self.geometry = None
+        if image_cache == "auto" and preprocessing is not None:
+            from fairbench.models.preprocess import CacheGeometry
+
+            self.geometry = CacheGeometry(preprocessing)
         self.allow_skip, self.cache_root = allow_skip, cache_root
         self.canonical = {v: k for k, v in (split_names or {}).items()}  # loader split name -> train/val/test
         self.skipped: list[dict[str, str]] = []
@@ -86,9 +93,10 @@ class PreparedLoader:
         if isinstance(images, FileImages) and len(images):
             size = self.cache_size(images)
             if size:
-                images = CachedImages(images, size, root=self.cache_root)
+                images = CachedImages(images, size, root=self.cache_root, geometry=self.geometry)
                 bad = dict(images.unreadable)
-                self.caches[name] = {"size": size, "path": str(images.path), "hit": images.hit}
+                self.caches[name] = {"size": images.size, "path": str(images.path), "hit": images.hit,
+                                     "geometry": self.geometry.key if self.geometry is not None else None}
             else:
                 bad = _screen(images, verify=self.allow_skip)
         problems += [(str(raw.sample_ids[i]), reason) for i, reason in sorted(bad.items())]

@@ -33,7 +33,8 @@ class Preprocessing:
 
     ``resize``:
 
-    - ``shortest``: resize the shortest side, then center crop (CLIP-style; torch, batched).
+    - ``shortest``: resize the shortest side, then center crop (CLIP-style; torch, batched), with torchvision's
+      ``Resize``/``CenterCrop`` size and offset rules (open_clip's eval transform).
     - ``square``: resize to size x size, no crop (BLIP-2; torch, batched).
     - ``pad_square``: MedCLIP's pipeline: grayscale, zero-pad to a square of side max(h, w, image_size),
       resize to size x size (PIL, per image; see :mod:`fairbench.models.preprocess`).
@@ -84,11 +85,15 @@ class Preprocessing:
             else dict(mode=self.interpolation)
         if self.resize == "square":
             return F.interpolate(x, size=(s, s), **kw).clamp_(0, 1)
-        scale = s / min(h, w)
-        nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+        # torchvision Resize(s) (open_clip's eval transform): the short side becomes s, the long side
+        # int(s * long / short) (truncated); CenterCrop(s) offsets are int(round((side - s) / 2))
+        if h <= w:
+            nh, nw = s, int(s * w / h)
+        else:
+            nh, nw = int(s * h / w), s
         if (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), **kw).clamp_(0, 1)
-        top, left = (nh - s) // 2, (nw - s) // 2
+        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
         return x[..., top:top + s, left:left + s]
 
 

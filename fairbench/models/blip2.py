@@ -29,7 +29,8 @@ from torch import nn
 
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.weights import WeightsSource, files_info, locate
+from fairbench.models.inputs import resolve_inputs
+from fairbench.models.weights import WeightsSource, files_info
 
 __all__ = ["BLIP2Model", "build_blip2", "blip2_weight_files"]
 
@@ -111,27 +112,21 @@ def _config_from_card(card: ModelCard) -> Any:
 
 
 def build_blip2(card: ModelCard, source: WeightsSource, device: torch.device) -> BLIP2Model:
-    from fairbench.models.tiny import tiny_vocab_dir
-
-    files = card.weights_files or ("config.json", "model.safetensors|model.safetensors.index.json")
-    directory: Path | None = None
-    if source.scheme in ("file", "local-dir", "hf-hub"):
-        directory = locate(source, card=card, files=files)
-        if directory.is_file():
-            raise WeightsError(f"model '{card.name}': BLIP-2 weights are a Hugging Face model directory "
-                               f"(config.json + model.safetensors), got the file {directory}; pass "
-                               f"--weights local-dir:{directory.parent}")
-    elif source.scheme != "random":
+    if source.scheme not in ("random", "file", "local-dir", "hf-hub"):
         raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by BLIP-2")
+    inputs = resolve_inputs(card, source)
+    directory = inputs.weights
+    if directory is not None and directory.is_file():
+        raise WeightsError(f"model '{card.name}': BLIP-2 weights are a Hugging Face model directory "
+                           f"(config.json + model.safetensors), got the file {directory}; pass "
+                           f"--weights local-dir:{directory.parent}")
+    inputs.raise_if_missing()  # weights, config and tokenizer, every missing file at once
     from transformers import AutoTokenizer, Blip2Config, Blip2ForImageTextRetrieval  # heavy: after locating
 
     if source.scheme == "random":
         if card.architecture.get("config") == "weights":
-            tok_src = card.tokenizer_source or card.weights_source
-            from fairbench.models.weights import parse_weights
-
-            cfg_dir = locate(parse_weights(tok_src), card=card, files=("config.json",), what="config")
-            config = Blip2Config.from_pretrained(str(cfg_dir), local_files_only=True)
+            assert inputs.config is not None
+            config = Blip2Config.from_pretrained(str(inputs.config.parent), local_files_only=True)
         else:
             config = _config_from_card(card)
         model = Blip2ForImageTextRetrieval(config)
@@ -147,17 +142,10 @@ def build_blip2(card: ModelCard, source: WeightsSource, device: torch.device) ->
         bad = {k: list(loading.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if any(bad.values()):
             raise WeightsError(f"{directory}: checkpoint does not match Blip2ForImageTextRetrieval: "
-                               + "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {v[:3]})" for k, v in bad.items() if v))
+                               + "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {v[:3]})"
+                                           for k, v in bad.items() if v))
+        model = model.float()
         info = files_info(source.describe() if source.scheme != "file" else str(directory),
-                          blip2_weight_files(directory))
-    if card.tokenizer_source == "tiny":
-        tok_dir: Path = tiny_vocab_dir()
-    elif directory is not None and (directory / "tokenizer_config.json").is_file():
-        tok_dir = directory
-    else:
-        from fairbench.models.weights import parse_weights
-
-        tok_dir = locate(parse_weights(card.tokenizer_source or card.weights_source), card=card,
-                         files=("tokenizer_config.json",), what="tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-    return BLIP2Model(card, model.float(), tokenizer, device, info)
+                          blip2_weight_files(directory), model)
+    tokenizer = AutoTokenizer.from_pretrained(str(inputs.tokenizer), local_files_only=True)
+    return BLIP2Model(card, model.float(), tokenizer, device, {**info, **inputs.info()})

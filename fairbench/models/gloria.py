@@ -45,7 +45,8 @@ from torch import nn
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
 from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet, resnet_channels
-from fairbench.models.weights import WeightsSource, files_info, locate
+from fairbench.models.inputs import resolve_inputs
+from fairbench.models.weights import WeightsSource, files_info
 from fairbench.models.zeroshot import ZeroShotHead, family_prompts, reduce_prompts, resolve_rule
 
 __all__ = ["GLoRIAModule", "GLoRIAModel", "build_gloria", "clean_text", "attention_fn", "convert_gloria_state_dict"]
@@ -334,14 +335,17 @@ def _checkpoint_config(card: ModelCard, hparams: Any) -> dict[str, Any]:
 
 
 def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -> GLoRIAModel:
-    if source.scheme in ("file", "local-dir", "hf-hub"):  # fail on missing weights before the tokenizer
-        locate(source, card=card, files=card.weights_files or ("chexpert_resnet50.ckpt",))
-    tokenizer = bert_tokenizer(card, None)
+    if source.scheme not in ("random", "file", "local-dir", "hf-hub"):
+        raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by GLoRIA "
+                           f"(use the .ckpt file, local-dir:, hf-hub: or random)")
+    inputs = resolve_inputs(card, source)
+    inputs.raise_if_missing()  # weights and tokenizer, every missing file at once
+    tokenizer = bert_tokenizer(inputs.tokenizer)
     if source.scheme == "random":
         module = GLoRIAModule(card.architecture)
         info: dict[str, Any] = {"source": "random", "sha256": "random"}
-    elif source.scheme in ("file", "local-dir", "hf-hub"):
-        location = locate(source, card=card, files=card.weights_files or ("chexpert_resnet50.ckpt",))
+    else:
+        location = inputs.weights
         path: Path = location
         if location.is_dir():
             path = location / (card.weights_files or ("chexpert_resnet50.ckpt",))[0].split("|")[0]
@@ -356,10 +360,7 @@ def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -
         config = _checkpoint_config(card, ckpt.get("hyper_parameters"))
         module = GLoRIAModule(card.architecture)
         load_strict(module, convert_gloria_state_dict(state, set(module.state_dict())), where=str(path))
-        info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
+        info = files_info(source.describe() if source.scheme != "file" else str(path), [path], module)
         if config:
             info["checkpoint_config"] = config
-    else:
-        raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by GLoRIA "
-                           f"(use the .ckpt file, local-dir:, hf-hub: or random)")
-    return GLoRIAModel(card, module, tokenizer, device, info)
+    return GLoRIAModel(card, module, tokenizer, device, {**info, **inputs.info()})

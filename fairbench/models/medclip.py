@@ -41,7 +41,8 @@ from torch import nn
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
 from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet
-from fairbench.models.weights import WeightsSource, files_info, locate
+from fairbench.models.inputs import resolve_inputs
+from fairbench.models.weights import WeightsSource, files_info
 
 __all__ = ["MedCLIPModule", "MedCLIPModel", "build_medclip", "convert_medclip_state_dict", "SWIN_TINY",
            "LOGIT_SCALE_MAX"]
@@ -175,19 +176,18 @@ class MedCLIPModel(VLModel):
 
 
 def build_medclip(card: ModelCard, source: WeightsSource, device: torch.device) -> MedCLIPModel:
-    weights_dir: Path | None = None
+    if source.scheme not in ("random", "file", "local-dir", "hf-hub"):
+        raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by MedCLIP "
+                           f"(use pytorch_model.bin, local-dir:, hf-hub: or random)")
+    inputs = resolve_inputs(card, source)
+    inputs.raise_if_missing()  # every missing file at once, before the heavy load
+    tokenizer = bert_tokenizer(inputs.tokenizer)
     if source.scheme == "random":
-        tokenizer = bert_tokenizer(card, None)
         module = MedCLIPModule(card.architecture)
         info: dict[str, Any] = {"source": "random", "sha256": "random"}
-    elif source.scheme in ("file", "local-dir", "hf-hub"):
-        location = locate(source, card=card, files=card.weights_files or ("pytorch_model.bin",))
-        if location.is_dir():
-            weights_dir = location
-            path = location / "pytorch_model.bin"
-        else:
-            path = location
-        tokenizer = bert_tokenizer(card, weights_dir)  # fail on a missing tokenizer before the heavy load
+    else:
+        location = inputs.weights
+        path = location / "pytorch_model.bin" if location.is_dir() else location
         state = _read_state(path)
         module = MedCLIPModule(card.architecture)
         target = set(module.state_dict())
@@ -195,11 +195,8 @@ def build_medclip(card: ModelCard, source: WeightsSource, device: torch.device) 
         from fairbench.models.openclip import load_strict
 
         load_strict(module, state, where=str(path))
-        info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
-    else:
-        raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by MedCLIP "
-                           f"(use pytorch_model.bin, local-dir:, hf-hub: or random)")
-    return MedCLIPModel(card, module, tokenizer, device, info)
+        info = files_info(source.describe() if source.scheme != "file" else str(path), [path], module)
+    return MedCLIPModel(card, module, tokenizer, device, {**info, **inputs.info()})
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:

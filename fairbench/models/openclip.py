@@ -15,7 +15,8 @@ Weights, by source:
   (``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``; BiomedCLIP also
   ``open_clip_config.json``, checked against the card, and its tokenizer files).
 
-Every load is strict: zero missing and zero unexpected keys.
+Every load is strict: zero missing and zero unexpected keys, after dropping what open_clip's own
+``load_checkpoint`` drops (the text tower's ``position_ids`` buffer saved by transformers < 4.31).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import torch
 
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.weights import WeightsSource, files_info, locate, parse_weights, sha256_file
+from fairbench.models.inputs import resolve_inputs
+from fairbench.models.weights import WeightsSource, files_info
 
 __all__ = ["OpenCLIPModel", "build_open_clip", "build_tinyclip", "create_architecture", "load_state_file",
            "load_strict", "load_openai_torchscript", "is_torchscript", "open_clip_model_cfg"]
@@ -194,27 +196,17 @@ def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, where
                            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})")
 
 
-def _tokenizer(card: ModelCard, weights_dir: Path | None = None) -> Any:
+def _tokenizer(card: ModelCard, location: Path) -> Any:
+    """open_clip's tokenizer for a built-in config; else a Hugging Face tokenizer from the directory
+    :func:`fairbench.models.inputs.resolve_inputs` found."""
     import open_clip
 
     if "model_cfg" not in card.architecture:
         return open_clip.get_tokenizer(card.architecture["model_name"])
     from open_clip.tokenizer import HFTokenizer
 
-    from fairbench.models.tiny import tiny_vocab_dir
-
     ctx = int(_text_cfg(card).get("context_length", 77))
-    tok_files = ("tokenizer.json|vocab.txt",)
-    if weights_dir is not None and all((weights_dir / f).is_file() for f in ("tokenizer_config.json",)) \
-            and any((weights_dir / f).is_file() for f in tok_files[0].split("|")):
-        directory = weights_dir
-    elif card.tokenizer_source == "tiny":
-        directory = tiny_vocab_dir()
-    elif card.tokenizer_source:
-        directory = locate(parse_weights(card.tokenizer_source), card=card, files=tok_files, what="tokenizer")
-    else:
-        raise CardError(f"{card.path}: field 'weights.tokenizer' is required for a Hugging Face text tower")
-    return HFTokenizer(str(directory), context_length=ctx, local_files_only=True)
+    return HFTokenizer(str(location), context_length=ctx, local_files_only=True)
 
 
 def _check_dir_config(card: ModelCard, directory: Path) -> None:
@@ -252,30 +244,44 @@ def _weights_file(card: ModelCard, location: Path) -> Path:
                     f"for a directory source")
 
 
+#: transformers < 4.31 saved BERT's ``position_ids`` buffer; open_clip's ``load_checkpoint`` deletes it
+POSITION_IDS_KEY = "text.transformer.embeddings.position_ids"
+
+
+def drop_stale_position_ids(state: dict[str, torch.Tensor], target_keys: set[str]) -> dict[str, torch.Tensor]:
+    """``state`` without the Hugging Face text tower's ``position_ids`` when the model has no such entry (now a
+    non-persistent buffer), as open_clip's ``load_checkpoint`` does (BiomedCLIP's published checkpoint)."""
+    if POSITION_IDS_KEY in state and POSITION_IDS_KEY not in target_keys:
+        state = {k: v for k, v in state.items() if k != POSITION_IDS_KEY}
+    return state
+
+
 def read_open_clip_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_openai_torchscript(path) if is_torchscript(path) else load_state_file(path)
 
 
 def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
-    weights_dir = None
+    if source.scheme not in ("random", "file", "local-dir", "hf-hub"):
+        raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by the "
+                           f"open_clip family (use a checkpoint file, local-dir:, hf-hub: or 'random')")
+    inputs = resolve_inputs(card, source)
+    inputs.raise_if_missing()  # weights and tokenizer, every missing file at once, before any heavy work
     if source.scheme == "random":
         model = create_architecture(card)
-        info = {"source": "random", "sha256": "random"}
-    elif source.scheme in ("file", "local-dir", "hf-hub"):
-        location = locate(source, card=card, files=card.weights_files)  # before any heavy work
+        info: dict[str, Any] = {"source": "random", "sha256": "random"}
+    else:
+        location = inputs.weights
+        assert location is not None
         if location.is_dir():
-            weights_dir = location
             _check_dir_config(card, location)
         path = _weights_file(card, location)
         model = create_architecture(card)
-        load_strict(model, read_open_clip_weights(path), where=str(path))
-        info = files_info(source.describe() if source.scheme != "file" else str(path), [path])
+        state = drop_stale_position_ids(read_open_clip_weights(path), set(model.state_dict()))
+        load_strict(model, state, where=str(path))
+        info = files_info(source.describe() if source.scheme != "file" else str(path), [path], model)
         if is_torchscript(path):
             info["format"] = "openai-torchscript"
-    else:
-        raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by the "
-                           f"open_clip family (use a checkpoint file, local-dir:, hf-hub: or 'random')")
-    return OpenCLIPModel(card, model, _tokenizer(card, weights_dir), device, info)
+    return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})
 
 
 def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
@@ -287,6 +293,8 @@ def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device)
     path = pretrained_weights(card, task_name=source.value)
     model = create_architecture(card)
     load_strict(model, load_state_file(path), where=str(path))
-    info = {"source": f"pretrain:{source.value}", "file": str(path), "sha256": sha256_file(path)}
+    info = {**files_info(f"pretrain:{source.value}", [path], model), "file": str(path)}
     info.update(pretrain_provenance(path))
-    return OpenCLIPModel(card, model, _tokenizer(card), device, info)
+    inputs = resolve_inputs(card, source)
+    inputs.raise_if_missing()
+    return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})

@@ -21,6 +21,7 @@ batched torch pipelines (``shortest``, ``square``) live in :class:`fairbench.mod
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +31,8 @@ from PIL import Image
 if TYPE_CHECKING:
     from fairbench.models.base import Preprocessing
 
-__all__ = ["pil_pipeline", "to_gray_pil", "pad_square_pil", "longest_pad_pil", "area_resize"]
+__all__ = ["pil_pipeline", "to_gray_pil", "pad_square_pil", "longest_pad_pil", "longest_pad_square", "area_resize",
+           "CacheGeometry"]
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST}
@@ -99,6 +101,13 @@ def pad_square_pil(img: np.ndarray, size: int, resample: str = "bilinear") -> Im
 
 def longest_pad_pil(img: np.ndarray, load_size: int, crop: int, resample: str = "area") -> Image.Image:
     """GLoRIA: longest side to ``load_size``, zero padding to a square, center crop ``crop``; grayscale."""
+    padded = longest_pad_square(img, load_size, resample)
+    top = int(round((load_size - crop) / 2.0))  # torchvision center_crop
+    return Image.fromarray(padded[top:top + crop, top:top + crop])
+
+
+def longest_pad_square(img: np.ndarray, load_size: int, resample: str = "area") -> np.ndarray:
+    """GLoRIA before its center crop: grayscale, longest side to ``load_size``, zero padding to a square."""
     gray = to_gray_pil(img)
     h, w = gray.height, gray.width
     if h >= w:  # upstream: max_ind == 0 (taller, or square)
@@ -110,10 +119,8 @@ def longest_pad_pil(img: np.ndarray, load_size: int, crop: int, resample: str = 
     else:
         resized = np.asarray(gray.resize((nw, nh), resample=_RESAMPLE[resample]))
     pad_h, pad_w = load_size - nh, load_size - nw
-    padded = np.pad(resized, [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)],
-                    mode="constant", constant_values=0)
-    top = int(round((load_size - crop) / 2.0))  # torchvision center_crop
-    return Image.fromarray(padded[top:top + crop, top:top + crop])
+    return np.pad(resized, [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)],
+                  mode="constant", constant_values=0)
 
 
 def pil_pipeline(pre: Preprocessing, images: list[np.ndarray]) -> torch.Tensor:
@@ -133,3 +140,46 @@ def pil_pipeline(pre: Preprocessing, images: list[np.ndarray]) -> torch.Tensor:
     std = torch.tensor(pre.std[: pre.channels]).view(1, -1, 1, 1)
     x = x.expand(-1, pre.channels, -1, -1)  # grayscale repeated (GLoRIA: convert("RGB"); MedCLIP: repeat)
     return ((x - mean) / std).contiguous()
+
+
+@dataclass(frozen=True)
+class CacheGeometry:
+    """The geometric part of a model's pipeline (resize, pad, crop: everything before ``ToTensor`` and the
+    normalisation), as a uint8 square of side :attr:`side` that the same pipeline maps onto itself. The image
+    cache stores this, so a model reads from the cache what its own pipeline makes of the full-resolution image:
+
+    - ``pad_square`` (MedCLIP): the padded, resized ``image_size`` square (PIL's output: exact);
+    - ``longest_pad`` (GLoRIA): the padded ``load_size`` square before the center crop (exact);
+    - ``shortest`` / ``square`` (open_clip, BLIP-2): the resized and cropped ``image_size`` square, rounded to
+      uint8 (torch computes it in float: within half a grey level of the uncached path; open_clip's and
+      BLIP-2's own PIL pipelines round to uint8 at this point too).
+    """
+
+    pre: Preprocessing
+
+    @property
+    def side(self) -> int:
+        p = self.pre
+        return int(p.load_size or p.image_size) if p.resize == "longest_pad" else int(p.image_size)
+
+    @property
+    def gray(self) -> bool:
+        """True when the output is grayscale whatever the input (the PIL pipelines)."""
+        from fairbench.models.base import PIL_PIPELINES
+
+        return self.pre.resize in PIL_PIPELINES
+
+    @property
+    def key(self) -> str:
+        return f"{self.pre.resize}-{self.pre.interpolation}-{self.side}-{self.pre.key()}"
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        p = self.pre
+        if p.resize == "pad_square":
+            return np.asarray(pad_square_pil(img, p.image_size, p.interpolation), dtype=np.uint8)
+        if p.resize == "longest_pad":
+            return longest_pad_square(img, self.side, p.interpolation)
+        x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)
+        x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
+        out = p._resize(x)[0].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return (out[0] if img.ndim == 2 else out.permute(1, 2, 0)).contiguous().numpy()

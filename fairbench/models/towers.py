@@ -2,9 +2,10 @@
 
 - :func:`bert_model`: a transformers ``BertModel`` (Bio_ClinicalBERT for MedCLIP and GLoRIA) from the card's
   config dict; ``add_pooling_layer`` as the upstream ``AutoModel.from_pretrained`` default (True).
-- :func:`bert_tokenizer`: the word-piece tokenizer from a local directory: the weights directory when it holds
-  ``vocab.txt``, else the card's ``weights.tokenizer`` source (``hf-hub:emilyalsentzer/Bio_ClinicalBERT``
-  from the local Hugging Face cache, a ``local-dir:``, or ``tiny``). Bio_ClinicalBERT ships no
+- :func:`bert_tokenizer`: the word-piece tokenizer from a local directory (:mod:`fairbench.models.inputs`
+  finds it): the weights directory when it holds ``vocab.txt``, else the card's ``weights.tokenizer`` source
+  (``hf-hub:emilyalsentzer/Bio_ClinicalBERT`` from the local Hugging Face cache, a ``local-dir:``, or
+  ``tiny``). Bio_ClinicalBERT ships no
   ``tokenizer_config.json``, so upstream's ``AutoTokenizer`` lower-cases (the BERT default); so does this.
 - :func:`resnet`: torchvision's ResNet-50 (``weights=None``), or the same module tree with narrower channels
   and fewer blocks for tiny builds (identical parameter names).
@@ -13,16 +14,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-
-from fairbench.errors import CardError
-from fairbench.models.weights import locate, parse_weights
-
-if TYPE_CHECKING:
-    from fairbench.models.base import ModelCard
 
 __all__ = ["BIO_CLINICAL_BERT", "bert_model", "bert_tokenizer", "bert_hidden_states", "resnet", "resnet_channels"]
 
@@ -42,25 +37,11 @@ def bert_model(config: dict[str, Any], *, pooler: bool = True) -> nn.Module:
     return BertModel(cfg, add_pooling_layer=pooler)
 
 
-def bert_tokenizer(card: ModelCard, weights_dir: Path | None = None) -> Any:
-    """A BERT tokenizer loaded from local files only (see module docstring)."""
+def bert_tokenizer(directory: Path) -> Any:
+    """A BERT tokenizer loaded from local files only, from the directory
+    :func:`fairbench.models.inputs.resolve_inputs` found (see the module docstring)."""
     from transformers import BertTokenizer
 
-    from fairbench.models.tiny import tiny_vocab_dir
-
-    if weights_dir is not None and (weights_dir / "vocab.txt").is_file():
-        directory = weights_dir
-    elif card.tokenizer_source == "tiny":
-        directory = tiny_vocab_dir()
-    elif card.tokenizer_source:
-        src = parse_weights(card.tokenizer_source)
-        obtain = card.options.get("tokenizer_obtain", "")
-        directory = locate(src, card=card, files=("vocab.txt",), what="tokenizer", obtain=obtain)
-        if directory.is_file():
-            directory = directory.parent
-    else:
-        raise CardError(f"{card.path}: field 'weights.tokenizer' is required (the tokenizer is not inside the "
-                        f"weights)")
     return BertTokenizer.from_pretrained(str(directory), local_files_only=True)
 
 

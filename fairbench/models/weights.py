@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WeightsSource", "parse_weights", "sha256_file", "sha256_cached", "cache_root", "require_file",
            "locate", "find_in_dir", "require_in_dir", "allow_downloads", "downloads_allowed", "hf_offline",
-           "hf_cached_snapshot", "expand_path", "files_info"]
+           "hf_cached_snapshot", "expand_path", "files_info", "tensors_sha256"]
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,27 @@ def sha256_cached(path: Path) -> str:
     return digest
 
 
-def files_info(source: str, files: Sequence[Path]) -> dict[str, Any]:
-    """``weights_info`` for metrics.json: the source, and the sha256 of the weights file (of the list of
-    per-file hashes when the weights are sharded; each file's hash is under ``files``)."""
-    hashes = {Path(f).name: sha256_cached(Path(f)) for f in files}
-    if len(hashes) == 1:
-        digest = next(iter(hashes.values()))
-    else:
-        digest = hashlib.sha256("\n".join(f"{k} {v}" for k, v in sorted(hashes.items())).encode()).hexdigest()
-    return {"source": source, "sha256": digest, "files": hashes}
+def tensors_sha256(state: Mapping[str, Any]) -> str:
+    """sha256 over a state dict's tensors in canonical order: for each name in sorted order, ``name|dtype|shape``
+    and then the tensor's bytes (C order). It identifies the weights themselves, whatever the file format or
+    the order of a file's metadata (safetensors writes its header in varying order; pickles vary too)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def files_info(source: str, files: Sequence[Path], module: Any) -> dict[str, Any]:
+    """``weights_info`` for metrics.json: the source, the weights file names, and the sha256 of the weights as
+    loaded (:func:`tensors_sha256` of ``module``'s state dict after the strict load: the tensors, never the
+    file bytes)."""
+    return {"source": source, "sha256": tensors_sha256(module.state_dict()), "sha256_of": "tensors",
+            "files": [Path(f).name for f in files]}
 
 
 def _obtain_hint(card: ModelCard | None, obtain: str | None = None) -> str:
@@ -204,9 +216,10 @@ def require_in_dir(directory: Path, entries: Sequence[str], *, card: ModelCard |
 
 
 def locate(source: WeightsSource, *, card: ModelCard | None, files: Sequence[str] = (), what: str = "weights",
-           obtain: str | None = None) -> Path:
+           obtain: str | None = None, instead: str = "") -> Path:
     """The local file or directory a ``file``/``local-dir``/``hf-hub`` source names, checked to exist (a
-    directory also to hold ``files``). Never silently falls back to anything."""
+    directory also to hold ``files``). Never silently falls back to anything. ``instead`` is the alternative a
+    missing non-weights input names (e.g. where else the family looks for a tokenizer)."""
     who = f"model '{card.name}': " if card is not None else ""
     hint = _obtain_hint(card, obtain)
     tail = _ALTERNATIVES if what == "weights" else ""
@@ -238,8 +251,14 @@ def locate(source: WeightsSource, *, card: ModelCard | None, files: Sequence[str
         why = ("HF_HUB_OFFLINE is set, so nothing is downloaded" if hf_offline() else
                "fairbench downloads only with `fairbench run --allow-download`")
         needed = ", ".join(" or ".join(e.split("|")) for e in files) or "its files"
+        repo, revision = _split_repo(source.value)
+        if tail:  # weights: the whole repository, or other weights
+            fetch = f"`huggingface-cli download {repo}`; or pass --weights local-dir:PATH; --weights random for an " \
+                    f"untrained model"
+        else:  # a tokenizer or config: just its files
+            names = " ".join(e.split("|")[0] for e in files)
+            rev = f" --revision {revision}" if revision else ""
+            fetch = f"`huggingface-cli download {repo}{rev} {names}`" + (f"; {instead}" if instead else "")
         raise WeightsError(f"{who}{what} 'hf-hub:{source.value}' {state} in the local Hugging Face cache "
-                           f"({constants.HF_HUB_CACHE}; needs {needed}); {why}.{hint} "
-                           f"(e.g. `huggingface-cli download {_split_repo(source.value)[0]}`; or pass "
-                           f"--weights local-dir:PATH{'; --weights random for an untrained model' if tail else ''})")
+                           f"({constants.HF_HUB_CACHE}; needs {needed}); {why}.{hint} (e.g. {fetch})")
     raise WeightsError(f"{who}{what} source '{source.describe()}' does not name a file or directory")
