@@ -156,3 +156,22 @@ def test_metrics_command_round_trips(zeroshot_cell, tmp_path, tiny_tasks_dir):
     original = json.loads((result.path / "metrics.json").read_text())
     assert doc["metrics"] == original["metrics"]
     assert json.loads((tmp_path / "re.json").read_text())["metrics"] == original["metrics"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_result_files_get_the_usual_permissions(tmp_path, tiny_tasks_dir, umask):
+    """Result files are created as ``open`` creates files (0666 less the umask), not 0600 (mkstemp's mode)."""
+    import os
+    import stat
+
+    from fairbench.results import write_json
+
+    old = os.umask(umask)
+    try:
+        result = run_cell(tiny_config(tmp_path, tiny_tasks_dir, n_boot=0))
+        write_json(tmp_path / "baseline.json", {"a": 1})
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    for path in (result.path / "metrics.json", result.path / "predictions.parquet", tmp_path / "baseline.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, (path.name, oct(path.stat().st_mode))
