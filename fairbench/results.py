@@ -23,13 +23,25 @@ from fairbench import __version__
 from fairbench.errors import ResultsError
 
 __all__ = ["SCHEMA_VERSION", "cell_dir", "is_complete", "atomic_write", "write_json", "read_metrics",
-           "provenance", "now_iso", "ensure_writable"]
+           "provenance", "now_iso", "ensure_writable", "MAX_SEED", "check_seed"]
 
 SCHEMA_VERSION = 1
 PREDICTIONS = "predictions.parquet"
 METRICS = "metrics.json"
 _PACKAGES = ("torch", "torchvision", "transformers", "open_clip_torch", "peft", "fairlearn", "numpy", "pandas",
              "scikit-learn")
+
+
+#: the largest seed: numpy's legacy seeding and torch.manual_seed take seeds in [0, 2**32)
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` as an int in [0, MAX_SEED], or a one-line error naming ``what`` (``--seed``, a sweep file...)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ResultsError(f"{what} {seed!r}: expected a whole number from 0 to {MAX_SEED} (what numpy and torch "
+                           f"accept as a seed)")
+    return seed
 
 
 def cell_dir(out: Path, task: str, model: str, adapt: str, seed: int) -> Path:

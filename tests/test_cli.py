@@ -86,6 +86,27 @@ def test_bad_adapter_argument(tmp_path):
     assert_one_line_error(proc, "expected KEY=VALUE")
 
 
+@pytest.mark.parametrize("adapt, arg, fragment", [
+    ("mlp", "lr=nan", "parameter 'lr' must be a finite number > 0, got nan"),
+    ("mlp", "lr=inf", "parameter 'lr' must be a finite number > 0, got inf"),
+    ("lora", "weight_decay=-1", "parameter 'weight_decay' must be a number >= 0, got -1.0"),
+    ("full_ft", "eps=-1", "parameter 'eps' must be a number > 0, got -1.0"),
+])
+def test_adapter_numbers_are_checked_before_any_work(tmp_path, adapt, arg, fragment):
+    proc = fairbench("run", "--adapt", adapt, "--adapt-arg", arg, "--out", str(tmp_path))
+    assert_one_line_error(proc, f"adapter '{adapt}': {fragment}")
+    assert not any(tmp_path.iterdir())  # refused when the adapter is built: no model, no cell folder
+
+
+@pytest.mark.parametrize("args", [["run", "--seed", "99999999999999999999999"], ["run", "--seed", str(2**32)],
+                                  ["sweep", "--seeds", "0,4294967296", "--dry-run"],
+                                  ["sweep", "--seeds", "0-99999999999999999999", "--dry-run"]])
+def test_seed_is_bounded(tmp_path, args):
+    proc = fairbench(*args, "--out", str(tmp_path))
+    assert_one_line_error(proc, "seed", "from 0 to 4294967295")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform != "win32",
                     reason="root ignores directory permissions; covered by the file-in-the-way case")
 def test_unwritable_output_directory_permissions(tmp_path):

@@ -16,7 +16,7 @@ from typing import Any
 
 from fairbench.cards import Fields, read_yaml_with_includes
 from fairbench.errors import CardError, FairbenchError
-from fairbench.results import cell_dir
+from fairbench.results import cell_dir, check_seed
 
 __all__ = ["Cell", "SweepSpec", "load_sweep_file", "parse_names", "parse_seeds", "parse_adapt_args", "run_options"]
 
@@ -172,9 +172,10 @@ def parse_seeds(values: list[Any] | None) -> list[int]:
                 lo, hi = int(m.group(1)), int(m.group(2))
                 if hi < lo:
                     raise FairbenchError(f"seed range {p!r} runs backwards")
+                check_seed(hi, f"seed range {p!r}: seed")
                 out.extend(range(lo, hi + 1))
             elif p.isdigit():
-                out.append(int(p))
+                out.append(check_seed(int(p)))
             else:
                 raise FairbenchError(f"seed {p!r}: expected a non-negative integer, a list 0,1,2 or a range 0-4")
     return list(dict.fromkeys(out))
