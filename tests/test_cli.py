@@ -125,6 +125,17 @@ def test_output_path_blocked_by_a_file(tmp_path, tiny_tasks_dir):
     assert_one_line_error(proc, "is not writable", str(blocker))
 
 
+def test_a_second_writer_of_a_cell_gets_one_line(tmp_path, tiny_tasks_dir):
+    from fairbench.locking import cell_lock
+
+    cell = tmp_path / "synth_tiny" / "tinyclip" / "zeroshot" / "seed0"
+    with cell_lock(cell):  # as if another `fairbench run` or a sweep worker were computing it
+        proc = fairbench("run", "--task", "synth_tiny", "--tasks-dir", str(tiny_tasks_dir), "--weights", "random",
+                         "--out", str(tmp_path), "--n-boot", "0")
+    assert_one_line_error(proc, f"cell {cell} is being computed by process {os.getpid()}", "wait for it")
+    assert not cell.exists()
+
+
 def test_missing_weights_file(tmp_path):
     proc = fairbench("run", "--weights", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, "weights file not found", "nope.safetensors")

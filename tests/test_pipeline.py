@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -175,3 +176,61 @@ def test_result_files_get_the_usual_permissions(tmp_path, tiny_tasks_dir, umask)
     expected = 0o666 & ~umask
     for path in (result.path / "metrics.json", result.path / "predictions.parquet", tmp_path / "baseline.json"):
         assert stat.S_IMODE(path.stat().st_mode) == expected, (path.name, oct(path.stat().st_mode))
+
+
+def test_a_failed_run_leaves_no_empty_cell_folder(tmp_path, tiny_tasks_dir):
+    from fairbench.errors import WeightsError
+
+    out = tmp_path / "results"
+    with pytest.raises(WeightsError):  # fails when the model is built, after the cell was locked
+        run_cell(tiny_config(tmp_path, tiny_tasks_dir, weights=str(tmp_path / "missing.safetensors")))
+    assert not out.exists()
+    (out / "synth_tiny").mkdir(parents=True)  # folders that were there before stay
+    with pytest.raises(WeightsError):
+        run_cell(tiny_config(tmp_path, tiny_tasks_dir, weights=str(tmp_path / "missing.safetensors")))
+    assert [p.name for p in out.rglob("*")] == ["synth_tiny"]
+
+
+def test_a_cell_has_one_writer_at_a_time(tmp_path, tiny_tasks_dir):
+    from fairbench.locking import CellBusyError, cell_lock
+
+    cfg = tiny_config(tmp_path, tiny_tasks_dir, n_boot=0)
+    cell = tmp_path / "results" / "synth_tiny" / "tinyclip" / "zeroshot" / "seed0"
+    with cell_lock(cell):
+        with pytest.raises(CellBusyError, match=rf"cell {cell} is being computed by process {os.getpid()}"):
+            run_cell(cfg)
+        with pytest.raises(CellBusyError):  # not reentrant either: each open file description is a writer
+            with cell_lock(cell):
+                pass
+    assert not cell.exists()  # released and empty: removed
+    assert not run_cell(cfg).skipped  # free again
+    assert sorted(p.name for p in cell.iterdir()) == ["metrics.json", "predictions.parquet"]
+
+
+def test_the_lock_of_a_killed_writer_is_free(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fairbench.locking import cell_lock
+
+    cell = tmp_path / "cell"
+    code = ("import sys, time; from fairbench.locking import cell_lock\n"
+            f"with cell_lock({str(cell)!r}):\n    print('held', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        from fairbench.locking import CellBusyError
+
+        with pytest.raises(CellBusyError, match=f"process {proc.pid}"):
+            with cell_lock(cell):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    t0 = time.time()
+    with cell_lock(cell) as lock:  # the kernel dropped the dead writer's lock: no stale lock to clear
+        assert lock.read_text().split()[0] == str(os.getpid())
+    assert time.time() - t0 < 1 and not cell.exists()
