@@ -33,11 +33,24 @@ class CellBusyError(ResultsError):
     """Another process holds the cell's lock."""
 
 
+#: cells this process holds, with how many ``with`` blocks hold each (a sweep worker locks the cell, then the
+#: pipeline it runs locks it again)
+_HELD: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def cell_lock(cell: Path) -> Iterator[Path]:
     """Hold ``cell``'s lock (creating the folder) for the ``with`` block; :class:`CellBusyError` at once when
-    another process holds it."""
+    another process holds it. Reentrant within a process."""
     cell = Path(cell)
+    key = os.path.abspath(cell)
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield cell / LOCK
+        finally:
+            _HELD[key] -= 1
+        return
     created: list[Path] = []
     fd = -1
     try:
@@ -56,9 +69,11 @@ def cell_lock(cell: Path) -> Iterator[Path]:
     except BaseException:
         _remove_empty(created)
         raise
+    _HELD[key] = 1
     try:
         yield cell / LOCK
     finally:
+        del _HELD[key]
         with contextlib.suppress(OSError):
             (cell / LOCK).unlink()  # before unlocking: whoever locks next finds a fresh file
         os.close(fd)
