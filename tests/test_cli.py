@@ -136,6 +136,18 @@ def test_a_second_writer_of_a_cell_gets_one_line(tmp_path, tiny_tasks_dir):
     assert not cell.exists()
 
 
+def test_metrics_refuses_duplicate_sample_ids(tmp_path):
+    import pandas as pd
+    from fixtures_results import fabricate_cell
+
+    cell = fabricate_cell(tmp_path / "r", n_test=60)
+    frame = pd.read_parquet(cell / "predictions.parquet")
+    test_rows = frame[frame["split"] == "test"]
+    pd.concat([frame, test_rows.iloc[[5]]]).to_parquet(cell / "predictions.parquet", index=False)
+    proc = fairbench("metrics", str(cell / "predictions.parquet"))
+    assert_one_line_error(proc, "duplicate sample_id(s) in split(s) test", repr(str(test_rows["sample_id"].iloc[5])))
+
+
 def test_missing_weights_file(tmp_path):
     proc = fairbench("run", "--weights", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, "weights file not found", "nope.safetensors")
