@@ -107,6 +107,13 @@ def test_seed_is_bounded(tmp_path, args):
     assert not any(tmp_path.iterdir())
 
 
+def test_sweep_file_seed_is_bounded(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("tasks: [synth_cxr]\nmodels: [tinyclip]\nadapts: [zeroshot]\nseeds: [0, 4294967296]\n")
+    proc = fairbench("sweep", str(sweep), "--dry-run", "--out", str(tmp_path / "out"))
+    assert_one_line_error(proc, f"{sweep}: field 'seeds' is wrong: seed 4294967296", "from 0 to 4294967295")
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform != "win32",
                     reason="root ignores directory permissions; covered by the file-in-the-way case")
 def test_unwritable_output_directory_permissions(tmp_path):

@@ -212,7 +212,10 @@ def load_sweep_file(path: Path) -> SweepSpec:
         value = f.get(key, (list, str), [])
         setattr(spec, key, parse_names(value if isinstance(value, list) else [value]))
     seeds = f.get("seeds", (list, str, int), [0])
-    spec.seeds = parse_seeds(seeds if isinstance(seeds, list) else [seeds])
+    try:
+        spec.seeds = parse_seeds(seeds if isinstance(seeds, list) else [seeds])
+    except FairbenchError as exc:
+        f.fail("seeds", f"is wrong: {exc}")
     dirs = f.get("tasks_dir", (list, str), [])
     spec.tasks_dirs = tuple(rel(d) for d in (dirs if isinstance(dirs, list) else [dirs]))
     args = f.get("adapt_args", dict, {})
