@@ -36,6 +36,10 @@ def fake_cell(job: CellJob) -> bool:
         raise FairbenchError(f"cell {job.key} exploded on purpose")
     if cfg["adapt"] == "die":
         os._exit(7)
+    if cfg["adapt"] == "held":
+        from fairbench.locking import CellBusyError
+
+        raise CellBusyError(f"cell {job.path} is being computed by process 1")
     job.path.mkdir(parents=True, exist_ok=True)
     write_json(job.path / "metrics.json", {"schema_version": 1, "cell": job.key, "pid": os.getpid()})
     return False
@@ -312,6 +316,9 @@ def test_a_cell_another_process_computes_is_a_recorded_skip(tmp_path):
     assert f"is being computed by process {os.getpid()}" in report.busy[0].error
     assert [p.parent.name for p in metrics_files(out)] == ["seed0"]
     assert run_sweep(spec, runner=fake_runner, validate=False).ok  # free again: the rerun completes it
+    held_inside = run_sweep(fake_spec(out, adapts=("held",), seeds=(0,), executor_options={"workers": 0}),
+                            runner=fake_runner, validate=False)  # the pipeline's own lock found held
+    assert [o.status for o in held_inside.outcomes] == ["busy"] and not (out / "t" / "m" / "held").exists()
 
 
 # -- executors with real cells ---------------------------------------------------------------------------

@@ -86,6 +86,8 @@ def run_job(job: CellJob, cell: Callable[[CellJob], bool] = run_cell_job) -> Out
             try:
                 clear_stale(job.path)
                 skipped = cell(job)
+            except CellBusyError:  # the pipeline found its cell folder held (another spelling of the same cell)
+                raise
             except Exception as exc:  # noqa: BLE001 - every failure of a cell is recorded, none stops the sweep
                 return _failed(job, exc, started, t0)
             (job.path / ERROR).unlink(missing_ok=True)
