@@ -89,8 +89,8 @@ def test_bad_adapter_argument(tmp_path):
 @pytest.mark.parametrize("adapt, arg, fragment", [
     ("mlp", "lr=nan", "parameter 'lr' must be a finite number > 0, got nan"),
     ("mlp", "lr=inf", "parameter 'lr' must be a finite number > 0, got inf"),
-    ("lora", "weight_decay=-1", "parameter 'weight_decay' must be a number >= 0, got -1.0"),
-    ("full_ft", "eps=-1", "parameter 'eps' must be a number > 0, got -1.0"),
+    ("lora", "weight_decay=-1", "parameter 'weight_decay' must be a finite number >= 0, got -1.0"),
+    ("full_ft", "eps=-1", "parameter 'eps' must be a finite number > 0, got -1.0"),
 ])
 def test_adapter_numbers_are_checked_before_any_work(tmp_path, adapt, arg, fragment):
     proc = fairbench("run", "--adapt", adapt, "--adapt-arg", arg, "--out", str(tmp_path))

@@ -175,7 +175,7 @@ def check_number(adapter: str, key: str, value: Any, default: Any) -> None:
             continue
         problem = None
         if not math.isfinite(v):
-            problem = _describe(bounds, whole).replace("a ", "a finite ", 1) if bounds else "a finite number"
+            problem = _describe(bounds, whole) if bounds else "a finite number"
         elif whole and v != int(v):
             problem = "a whole number"
         elif bounds is not None:
@@ -190,7 +190,7 @@ def check_number(adapter: str, key: str, value: Any, default: Any) -> None:
 
 def _describe(bounds: tuple[float, bool, float, bool], whole: bool) -> str:
     low, low_in, high, high_in = bounds
-    kind = "a whole number" if whole else "a number"
+    kind = "a finite whole number" if whole else "a finite number"
     if math.isinf(high):
         return f"{kind} {'>=' if low_in else '>'} {low:g}"
     return f"{kind} in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
