@@ -139,6 +139,9 @@ def run(
     from fairbench.pipeline import RunConfig, run_cell
     from fairbench.report.summary import print_summary
 
+    from fairbench.results import check_seed
+
+    check_seed(seed, "--seed")
     adapt_args = _parse_kv(adapt_arg or [], "--adapt-arg")
     if select_on is not None:
         adapt_args["select_on"] = select_on
@@ -200,7 +203,10 @@ def metrics(
 ) -> None:
     """Recompute metrics from a predictions file alone (the same function `run` uses)."""
     from fairbench.report.recompute import recompute
+    from fairbench.results import check_seed
 
+    if seed is not None:
+        check_seed(seed, "--seed")
     recompute(predictions, task=task, n_boot=n_boot, seed=seed, out=out, tasks_dirs=tuple(tasks_dir or ()))
 
 
@@ -220,8 +226,9 @@ def compare(
     p-value, DeLong's test for the AUCs; folders of seeds are paired seed by seed."""
     from fairbench.compare import compare as run_compare
     from fairbench.report.comparison import print_comparison
-    from fairbench.results import write_json
+    from fairbench.results import check_seed, write_json
 
+    check_seed(seed, "--seed")
     result = run_compare(a, b, task=task, n_boot=n_boot, seed=seed, tasks_dirs=tuple(tasks_dir or ()))
     if out is not None:
         write_json(out, result)

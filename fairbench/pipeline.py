@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -23,10 +24,11 @@ from fairbench.errors import FairbenchError, ResultsError
 from fairbench.metrics import compute_metrics
 from fairbench.models.base import get_model_card
 from fairbench.models.build import build_model, resolve_device
+from fairbench.locking import cell_lock
 from fairbench.models.inputs import check_run_inputs, inputs_changes, inputs_digest
 from fairbench.progress import bar, info
-from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, ensure_writable,
-                               is_complete, now_iso, provenance, read_metrics, write_json)
+from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, check_seed, is_complete,
+                               now_iso, provenance, read_metrics, write_json)
 from fairbench.train.checkpoint import checkpoint_dir_for
 from fairbench.train.dist import is_main_process, local_device
 
@@ -71,6 +73,7 @@ def seed_everything(seed: int) -> None:
 
 def run_cell(cfg: RunConfig) -> CellResult:
     # resolve every name before any heavy work, so a typo fails at once
+    check_seed(cfg.seed)
     task = get_task(cfg.task, cfg.tasks_dirs)
     card = get_model_card(cfg.model)
     adapter_cls = ADAPTERS.get(cfg.adapt)
@@ -87,9 +90,17 @@ def run_cell(cfg: RunConfig) -> CellResult:
         return CellResult(cell, doc, skipped=True, task=task)
     # everything the run reads (weights, tokenizer, config, --data-root): all missing pieces in one message
     check_run_inputs(card, cfg.weights, task=task, loader=data, data_root=cfg.data_root)
-    ensure_writable(cell)
-    (cell / METRICS).unlink(missing_ok=True)  # an overwritten cell is incomplete until its new metrics land
+    # one writer per cell (fairbench.locking): the folder is made with the lock and removed again, when still
+    # empty, if the run fails (a model that does not build leaves no empty cell behind)
+    with cell_lock(cell) if is_main_process() else contextlib.nullcontext():
+        if is_complete(cell) and not cfg.overwrite:  # completed by another process since the check above
+            return run_cell(cfg)
+        (cell / METRICS).unlink(missing_ok=True)  # an overwritten cell is incomplete until its new metrics land
+        return _compute_cell(cfg, task, card, adapter, device, data, cell)
 
+
+def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, device: torch.device, data: Any,
+                  cell: Path) -> CellResult:
     started, t0 = now_iso(), time.time()
     seed_everything(cfg.seed)
     model = build_model(card, cfg.weights, device)

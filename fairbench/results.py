@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -22,13 +23,25 @@ from fairbench import __version__
 from fairbench.errors import ResultsError
 
 __all__ = ["SCHEMA_VERSION", "cell_dir", "is_complete", "atomic_write", "write_json", "read_metrics",
-           "provenance", "now_iso", "ensure_writable"]
+           "provenance", "now_iso", "ensure_writable", "MAX_SEED", "check_seed"]
 
 SCHEMA_VERSION = 1
 PREDICTIONS = "predictions.parquet"
 METRICS = "metrics.json"
 _PACKAGES = ("torch", "torchvision", "transformers", "open_clip_torch", "peft", "fairlearn", "numpy", "pandas",
              "scikit-learn")
+
+
+#: the largest seed: numpy's legacy seeding and torch.manual_seed take seeds in [0, 2**32)
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` as an int in [0, MAX_SEED], or a one-line error naming ``what`` (``--seed``, a sweep file...)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ResultsError(f"{what} {seed!r}: expected a whole number from 0 to {MAX_SEED} (what numpy and torch "
+                           f"accept as a seed)")
+    return seed
 
 
 def cell_dir(out: Path, task: str, model: str, adapt: str, seed: int) -> Path:
@@ -52,14 +65,26 @@ def ensure_writable(directory: Path) -> None:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then rename onto ``path``; a crash leaves no half-written ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temporary(path)
     try:
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: Path) -> str:
+    """An empty file beside ``path`` created with mode 0666 less the umask (what ``open`` gives a new file;
+    ``tempfile.mkstemp`` would make it 0600, and the rename would keep that)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -200,7 +200,7 @@ def test_bad_input_is_one_clear_error_before_training(tmp_path: Path, tasks: Pat
     from fairbench.adapters.base import ADAPTERS
 
     for value in ("0", "-0.1", "nan", "inf"):
-        with pytest.raises(FairbenchError, match="eta must be a finite number > 0"):
+        with pytest.raises(FairbenchError, match="'eta' must be a finite number > 0"):
             ADAPTERS.get("groupdro")({"eta": value})
     with pytest.raises(FairbenchError, match="backbone must be one of head, lora, full"):
         ADAPTERS.get("resample")({"backbone": "vit"})

@@ -256,3 +256,28 @@ def test_keep_norm_statistics_restores_running_buffers() -> None:
     assert net[0].weight.grad is not None
     net(x)  # outside, the statistics move as usual
     assert not torch.equal(before["1.running_mean"], net.state_dict()["1.running_mean"])
+
+
+@pytest.mark.parametrize("adapt, key, value", [
+    ("mlp", "lr", "nan"), ("mlp", "lr", float("inf")), ("mlp", "lr", "0"), ("lora", "head_lr", "nan"),
+    ("mlp", "weight_decay", "-1"), ("mlp", "eps", "-1"), ("mlp", "epochs", "0"), ("mlp", "epochs", 2.5),
+    ("mlp", "dropout", "1"), ("mlp", "betas", "0.9,1.5"), ("mlp", "hidden", "0"), ("mlp", "max_grad_norm", "-1"),
+    ("lora", "lora_dropout", "-0.1"), ("lora", "alpha", "nan"), ("lora", "r", "0"), ("linear_probe", "c_grid", "1,0"),
+    ("linear_probe", "max_iter", "0"), ("groupdro", "eta", "inf"), ("fairclip", "sinkhorn_scaling", "1"),
+    ("fairclip", "blur", "0"), ("robust_fair", "beta_np", "nan"), ("robust_fair", "lambda_fair", "inf"),
+    ("robust_fair", "warm_epochs", "0"), ("fair_threshold", "grid_size", "1"),
+])
+def test_numeric_parameters_are_checked_when_the_adapter_is_built(adapt: str, key: str, value: object) -> None:
+    from fairbench.adapters.base import ADAPTERS
+
+    with pytest.raises(FairbenchError, match=rf"^adapter '{adapt}': parameter '{key}' must be .*, got "):
+        ADAPTERS.get(adapt)({key: value})
+
+
+def test_a_base_adapter_s_numbers_are_checked_too() -> None:
+    from fairbench.adapters.base import ADAPTERS
+
+    with pytest.raises(FairbenchError, match=r"^adapter 'mlp': parameter 'lr' must be a finite number > 0"):
+        ADAPTERS.get("fair_threshold")({"base": "mlp", "base_params": ["lr=nan"]})
+    for name in ADAPTERS.names():  # every default passes its own check
+        ADAPTERS.get(name)({})

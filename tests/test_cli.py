@@ -86,6 +86,34 @@ def test_bad_adapter_argument(tmp_path):
     assert_one_line_error(proc, "expected KEY=VALUE")
 
 
+@pytest.mark.parametrize("adapt, arg, fragment", [
+    ("mlp", "lr=nan", "parameter 'lr' must be a finite number > 0, got nan"),
+    ("mlp", "lr=inf", "parameter 'lr' must be a finite number > 0, got inf"),
+    ("lora", "weight_decay=-1", "parameter 'weight_decay' must be a finite number >= 0, got -1.0"),
+    ("full_ft", "eps=-1", "parameter 'eps' must be a finite number > 0, got -1.0"),
+])
+def test_adapter_numbers_are_checked_before_any_work(tmp_path, adapt, arg, fragment):
+    proc = fairbench("run", "--adapt", adapt, "--adapt-arg", arg, "--out", str(tmp_path))
+    assert_one_line_error(proc, f"adapter '{adapt}': {fragment}")
+    assert not any(tmp_path.iterdir())  # refused when the adapter is built: no model, no cell folder
+
+
+@pytest.mark.parametrize("args", [["run", "--seed", "99999999999999999999999"], ["run", "--seed", str(2**32)],
+                                  ["sweep", "--seeds", "0,4294967296", "--dry-run"],
+                                  ["sweep", "--seeds", "0-99999999999999999999", "--dry-run"]])
+def test_seed_is_bounded(tmp_path, args):
+    proc = fairbench(*args, "--out", str(tmp_path))
+    assert_one_line_error(proc, "seed", "from 0 to 4294967295")
+    assert not any(tmp_path.iterdir())
+
+
+def test_sweep_file_seed_is_bounded(tmp_path):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("tasks: [synth_cxr]\nmodels: [tinyclip]\nadapts: [zeroshot]\nseeds: [0, 4294967296]\n")
+    proc = fairbench("sweep", str(sweep), "--dry-run", "--out", str(tmp_path / "out"))
+    assert_one_line_error(proc, f"{sweep}: field 'seeds' is wrong: seed 4294967296", "from 0 to 4294967295")
+
+
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform != "win32",
                     reason="root ignores directory permissions; covered by the file-in-the-way case")
 def test_unwritable_output_directory_permissions(tmp_path):
@@ -102,6 +130,29 @@ def test_output_path_blocked_by_a_file(tmp_path, tiny_tasks_dir):
     proc = fairbench("run", "--task", "synth_tiny", "--tasks-dir", str(tiny_tasks_dir),
                      "--weights", "random", "--out", str(blocker))
     assert_one_line_error(proc, "is not writable", str(blocker))
+
+
+def test_a_second_writer_of_a_cell_gets_one_line(tmp_path, tiny_tasks_dir):
+    from fairbench.locking import cell_lock
+
+    cell = tmp_path / "synth_tiny" / "tinyclip" / "zeroshot" / "seed0"
+    with cell_lock(cell):  # as if another `fairbench run` or a sweep worker were computing it
+        proc = fairbench("run", "--task", "synth_tiny", "--tasks-dir", str(tiny_tasks_dir), "--weights", "random",
+                         "--out", str(tmp_path), "--n-boot", "0")
+    assert_one_line_error(proc, f"cell {cell} is being computed by process {os.getpid()}", "wait for it")
+    assert not cell.exists()
+
+
+def test_metrics_refuses_duplicate_sample_ids(tmp_path):
+    import pandas as pd
+    from fixtures_results import fabricate_cell
+
+    cell = fabricate_cell(tmp_path / "r", n_test=60)
+    frame = pd.read_parquet(cell / "predictions.parquet")
+    test_rows = frame[frame["split"] == "test"]
+    pd.concat([frame, test_rows.iloc[[5]]]).to_parquet(cell / "predictions.parquet", index=False)
+    proc = fairbench("metrics", str(cell / "predictions.parquet"))
+    assert_one_line_error(proc, "duplicate sample_id(s) in split(s) test", repr(str(test_rows["sample_id"].iloc[5])))
 
 
 def test_missing_weights_file(tmp_path):

@@ -58,7 +58,8 @@ def test_weighted_statistics_equal_explicit_resamples(k: int, n_groups: int, see
         values = p.evaluate(pass_stats(w, plan, 0), plan.slice_bad > 0)
         for r in range(w.shape[0]):
             rows = np.repeat(plan.order, w[r])
-            ref = compute_metrics(df.iloc[rows], classes=classes, n_boot=0, ece_bins=10, no_finding_class="c0",
+            resample = df.iloc[rows].assign(sample_id=np.arange(len(rows)))  # repeated rows, ids made distinct
+            ref = compute_metrics(resample, classes=classes, n_boot=0, ece_bins=10, no_finding_class="c0",
                                   attributes=[p.attribute] if p.attribute else [])
             ref_flat = flatten({"overall": ref["overall"], "attributes": ref["attributes"]})
             checked = 0

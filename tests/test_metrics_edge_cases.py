@@ -193,6 +193,9 @@ def test_multiclass_rejects_thresholds() -> None:
         (lambda d: d, {"threshold": "best"}, "unknown threshold"),
         (lambda d: d, {"intersections": [["grp", "age"]]}, "without a column"),
         (lambda d: d, {"classes": ["only"]}, "at least two"),
+        (lambda d: d.assign(sample_id=d["sample_id"].where(d.index != 3, 7)), {},
+         r"^duplicate sample_id\(s\) in split\(s\) test: '7' \(2 rows for 1 id\(s\)\)"),
+        (lambda d: pd.concat([d, d]), {}, r"duplicate sample_id.*: '0', '1', '2', '3', '4' and 25 more \(60 rows"),
     ],
 )
 def test_input_errors_are_fairbench_errors(mutate, kwargs, message) -> None:  # type: ignore[no-untyped-def]
@@ -200,6 +203,27 @@ def test_input_errors_are_fairbench_errors(mutate, kwargs, message) -> None:  # 
     kwargs = {"classes": ["neg", "pos"], "n_boot": 0, **kwargs}
     with pytest.raises(FairbenchError, match=message):
         compute_metrics(df, **kwargs)
+
+
+def test_probabilities_that_do_not_sum_to_one_are_warned_and_noted(capsys) -> None:
+    df = random_binary(30, 8)
+    df.loc[4, "prob_neg"] = 0.0  # this row sums to its prob_pos
+    df.loc[9, ["prob_neg", "prob_pos"]] = [0.6, 0.6]
+    res = compute_metrics(df, classes=["neg", "pos"], n_boot=0)
+    expected = (f"2 row(s) have probabilities (prob_neg, prob_pos) that do not sum to 1 (within 0.001; their sums "
+                f"range from {df.loc[4, 'prob_pos']:.6g} to 1.2); calibration metrics assume they do")
+    assert res["notes"]["probabilities"] == expected
+    warned = " ".join(capsys.readouterr().err.split())
+    assert f"warning: {expected}; e.g. sample_id '4' (split 'test') sums to {df.loc[4, 'prob_pos']:.6g}" in warned
+    assert "probabilities" not in compute_metrics(random_binary(30, 8), classes=["neg", "pos"], n_boot=0)["notes"]
+
+
+def test_duplicates_across_splits_and_rounding_are_accepted() -> None:
+    df = random_binary(30, 8)
+    val = df.assign(split="val")  # the same ids in another split: each split counts each sample once
+    rounded = df.assign(prob_neg=(df["prob_neg"] + 4e-4).clip(0, 1))  # e.g. probabilities written to 3 decimals
+    for frame in (pd.concat([df, val]), rounded):
+        assert compute_metrics(frame, classes=["neg", "pos"], n_boot=0)["overall"]["n"] == 30
 
 
 # -- intersections, flags, format -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -207,3 +208,86 @@ def test_validation_final_prediction_and_bootstrap_show_progress(tmp_path, micro
     monkeypatch.setattr(_RecordedBars, "bars", [])
     run_cell(dataclasses.replace(cfg, overwrite=True))
     assert _RecordedBars.bars == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_result_files_get_the_usual_permissions(tmp_path, tiny_tasks_dir, umask):
+    """Result files are created as ``open`` creates files (0666 less the umask), not 0600 (mkstemp's mode)."""
+    import os
+    import stat
+
+    from fairbench.results import write_json
+
+    old = os.umask(umask)
+    try:
+        result = run_cell(tiny_config(tmp_path, tiny_tasks_dir, n_boot=0))
+        write_json(tmp_path / "baseline.json", {"a": 1})
+    finally:
+        os.umask(old)
+    expected = 0o666 & ~umask
+    for path in (result.path / "metrics.json", result.path / "predictions.parquet", tmp_path / "baseline.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == expected, (path.name, oct(path.stat().st_mode))
+
+
+def test_a_failed_run_leaves_no_empty_cell_folder(tmp_path, tiny_tasks_dir):
+    from fairbench.errors import WeightsError
+
+    out = tmp_path / "results"
+    with pytest.raises(WeightsError):  # fails when the model is built, after the cell was locked
+        run_cell(tiny_config(tmp_path, tiny_tasks_dir, weights=str(tmp_path / "missing.safetensors")))
+    assert not out.exists()
+    (out / "synth_tiny").mkdir(parents=True)  # folders that were there before stay
+    with pytest.raises(WeightsError):
+        run_cell(tiny_config(tmp_path, tiny_tasks_dir, weights=str(tmp_path / "missing.safetensors")))
+    assert [p.name for p in out.rglob("*")] == ["synth_tiny"]
+
+
+def hold_lock(cell):
+    """A process that holds ``cell``'s lock until killed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from fairbench.locking import cell_lock\n"
+            f"with cell_lock({str(cell)!r}):\n    print('held', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_cell_has_one_writer_at_a_time(tmp_path, tiny_tasks_dir):
+    from fairbench.locking import CellBusyError, cell_lock
+
+    cfg = tiny_config(tmp_path, tiny_tasks_dir, n_boot=0)
+    cell = tmp_path / "results" / "synth_tiny" / "tinyclip" / "zeroshot" / "seed0"
+    holder = hold_lock(cell)
+    try:
+        with pytest.raises(CellBusyError, match=rf"cell {cell} is being computed by process {holder.pid}"):
+            run_cell(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    with cell_lock(cell):  # reentrant in one process (a sweep worker locks, then runs the pipeline)
+        assert not run_cell(cfg).skipped
+    assert sorted(p.name for p in cell.iterdir()) == ["metrics.json", "predictions.parquet"]
+
+
+def test_the_lock_of_a_killed_writer_is_free(tmp_path):
+    import signal
+    import time
+
+    from fairbench.locking import CellBusyError, cell_lock
+
+    cell = tmp_path / "cell"
+    proc = hold_lock(cell)
+    try:
+        with pytest.raises(CellBusyError, match=f"process {proc.pid}"):
+            with cell_lock(cell):
+                pass
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    t0 = time.time()
+    with cell_lock(cell) as lock:  # the kernel dropped the dead writer's lock: no stale lock to clear
+        assert lock.read_text().split()[0] == str(os.getpid())
+    assert time.time() - t0 < 1 and not cell.exists()

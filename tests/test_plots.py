@@ -106,6 +106,32 @@ def test_bad_arguments_are_one_line_errors(results, tmp_path):
         plot_results([tmp_path / "empty"], tmp_path)
 
 
+def test_a_point_outside_its_own_interval_is_drawn_clipped_and_marked(tmp_path):
+    """Bootstrap percentile intervals of gap statistics (and edited files) can miss their point: matplotlib
+    refuses the negative error bar; the figure clips it and says so."""
+    import json
+
+    from fairbench.report.plots import OUTSIDE_NOTE
+
+    cell = fabricate_cell(tmp_path / "results", model="m", adapt="a", n_boot=20)
+    doc = json.loads((cell / "metrics.json").read_text())
+    m = doc["metrics"]
+    es_auc = m["attributes"]["age"]["es_auc"]
+    m["ci"]["attributes"]["age"]["es_auc"] = [es_auc + 0.02, es_auc + 0.05]  # the tradeoff's one-seed bar
+    group = sorted(m["attributes"]["age"]["groups"])[0]
+    auc = m["attributes"]["age"]["groups"][group]["auc"]
+    m["ci"]["attributes"]["age"]["groups"][group]["auc"] = [auc - 0.08, auc - 0.03]  # a group bar
+    (cell / "metrics.json").write_text(json.dumps(doc))
+    written, _, problems = plot_results([tmp_path / "results"], tmp_path / "figs", formats=["svg"],
+                                        attributes=["age"])
+    assert not problems and len(written) == 2
+    for svg in written:
+        assert OUTSIDE_NOTE in svg.read_text(), svg.name
+    unmarked, _, _ = plot_results([tmp_path / "results"], tmp_path / "other", formats=["svg"],
+                                  attributes=["sex"])  # nothing outside its interval there: no mark
+    assert unmarked and not any(OUTSIDE_NOTE in svg.read_text() for svg in unmarked)
+
+
 def _with_epochs(cell: Path, epochs: list[dict], adapt: str) -> None:
     import json
 

@@ -36,6 +36,10 @@ def fake_cell(job: CellJob) -> bool:
         raise FairbenchError(f"cell {job.key} exploded on purpose")
     if cfg["adapt"] == "die":
         os._exit(7)
+    if cfg["adapt"] == "held":
+        from fairbench.locking import CellBusyError
+
+        raise CellBusyError(f"cell {job.path} is being computed by process 1")
     job.path.mkdir(parents=True, exist_ok=True)
     write_json(job.path / "metrics.json", {"schema_version": 1, "cell": job.key, "pid": os.getpid()})
     return False
@@ -233,6 +237,88 @@ def test_an_interrupted_sweep_finishes_only_the_rest(tmp_path):
     for cell in cells:
         assert sorted(p.name for p in cell.iterdir()) == ["metrics.json", "predictions.json"], cell
         json.loads((cell / "predictions.json").read_text())
+
+
+ORPHANED = """\
+import os, sys, time
+from pathlib import Path
+from fairbench.results import write_json
+from fairbench.sweep import SweepSpec, run_sweep, run_job
+
+def slow_cell(job):
+    with open(Path(sys.argv[1]) / "workers.log", "a") as log:
+        log.write(f"{os.getpid()} {job.key}\\n")
+    time.sleep(30)
+    job.path.mkdir(parents=True, exist_ok=True)
+    write_json(job.path / "metrics.json", {"schema_version": 1, "cell": job.key})
+    return False
+
+if __name__ == "__main__":
+    import functools
+    spec = SweepSpec(tasks=["t"], models=["m"], adapts=["a", "b"], seeds=[0], options={"out": Path(sys.argv[1])},
+                     executor_options={"workers": 2})
+    run_sweep(spec, runner=functools.partial(run_job, cell=slow_cell), validate=False)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_workers_exit_when_the_driver_is_killed(tmp_path):
+    script = tmp_path / "sweep_script.py"
+    script.write_text(ORPHANED)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "workers.log"
+    try:
+        deadline = time.time() + 120
+        while (not log.exists() or len(log.read_text().splitlines()) < 2) and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        workers = [int(line.split()[0]) for line in log.read_text().splitlines()]
+        assert len(workers) == 2 and all(_running(pid) for pid in workers)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone, mid-cell: nobody tells the workers
+        proc.wait(10)
+        deadline = time.time() + 5
+        while any(_running(pid) for pid in workers) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(_running(pid) for pid in workers), "worker processes outlived their driver"
+        assert not metrics_files(out)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of this test's process group
+
+
+def test_a_cell_another_process_computes_is_a_recorded_skip(tmp_path):
+    from fairbench.locking import cell_lock
+
+    out = tmp_path / "r"
+    spec = fake_spec(out, adapts=("a",), seeds=(0, 1), executor_options={"workers": 2})
+    held = out / "t" / "m" / "a" / "seed1"
+    with cell_lock(held):  # as if a `fairbench run` (or another sweep) were computing it
+        report = run_sweep(spec, runner=fake_runner, validate=False)
+        assert [p.name for p in held.iterdir()] == [".lock"]  # no error.json, no temporary file cleared
+    assert [o.key for o in report.busy] == ["t/m/a/seed1"] and not report.failed and not report.ok
+    assert f"is being computed by process {os.getpid()}" in report.busy[0].error
+    assert [p.parent.name for p in metrics_files(out)] == ["seed0"]
+    assert run_sweep(spec, runner=fake_runner, validate=False).ok  # free again: the rerun completes it
+    held_inside = run_sweep(fake_spec(out, adapts=("held",), seeds=(0,), executor_options={"workers": 0}),
+                            runner=fake_runner, validate=False)  # the pipeline's own lock found held
+    assert [o.status for o in held_inside.outcomes] == ["busy"] and not (out / "t" / "m" / "held").exists()
 
 
 # -- executors with real cells ---------------------------------------------------------------------------

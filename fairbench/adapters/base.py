@@ -10,6 +10,7 @@ checkpoint into :attr:`AdaptContext.checkpoint_dir` and resume from it when :att
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ from fairbench.models.base import VLModel
 from fairbench.progress import bar, warn
 from fairbench.registry import Registry
 
-__all__ = ["Adapter", "AdaptContext", "ADAPTERS", "parse_params"]
+__all__ = ["Adapter", "AdaptContext", "ADAPTERS", "parse_params", "check_number", "PARAM_RANGES"]
 
 
 @dataclass
@@ -133,7 +134,66 @@ def parse_params(adapter: str, defaults: dict[str, Any], given: dict[str, Any]) 
             raise FairbenchError(f"adapter '{adapter}' has no parameter '{key}' (its parameters: {known})")
         default = defaults[key]
         out[key] = _coerce(adapter, key, value, default)
+    for key, value in out.items():
+        check_number(adapter, key, value, defaults[key])
     return out
+
+
+#: the admissible range of every numeric parameter, by name, whatever the adapter: (low, low included, high,
+#: high included); lists (betas, c_grid, hidden) are checked element by element. Every number must be finite.
+PARAM_RANGES: dict[str, tuple[float, bool, float, bool]] = {
+    **{k: (1, True, math.inf, False) for k in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "r",
+                                                "fair_batch_size", "max_iter", "hidden", "warm_epochs")},
+    **{k: (0, True, math.inf, False) for k in ("warmup_steps", "patience", "weight_decay", "max_grad_norm",
+                                                "adjustment", "lambda_fair", "beta_np", "beta_fp")},
+    **{k: (0, False, math.inf, False) for k in ("lr", "head_lr", "eps", "alpha", "eta", "blur", "c_grid")},
+    **{k: (0, True, 1, False) for k in ("dropout", "lora_dropout", "betas")},
+    "sinkhorn_scaling": (0, False, 1, False),
+    "grid_size": (2, True, math.inf, False),
+}
+
+
+def check_number(adapter: str, key: str, value: Any, default: Any) -> None:
+    """Raise a one-line error unless every number in ``value`` is finite, in :data:`PARAM_RANGES` for ``key``
+    and whole where the default is an integer. Strings are left to the adapter (``auto`` and the like), except
+    numeric strings of a parameter with a range (``lambda_fair=nan`` must not reach training)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    whole = isinstance(default, int) and not isinstance(default, bool) or (
+        isinstance(default, (list, tuple)) and bool(default) and isinstance(default[0], int))
+    bounds = PARAM_RANGES.get(key)
+    for v in values:
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, str):
+            if bounds is None or v.strip().lower() == "auto":
+                continue
+            try:
+                v = float(v)
+            except ValueError:
+                continue  # not a number: the adapter's own check names what it wants
+        if not isinstance(v, (int, float, np.integer, np.floating)):
+            continue
+        problem = None
+        if not math.isfinite(v):
+            problem = _describe(bounds, whole) if bounds else "a finite number"
+        elif whole and v != int(v):
+            problem = "a whole number"
+        elif bounds is not None:
+            low, low_in, high, high_in = bounds
+            if v < low or (v == low and not low_in) or v > high or (v == high and not high_in):
+                problem = _describe(bounds, whole)
+        if problem:
+            given = value if not isinstance(value, (list, tuple)) else list(value)
+            raise FairbenchError(f"adapter '{adapter}': parameter '{key}' must be {problem}"
+                                 f"{' (every element)' if isinstance(value, (list, tuple)) else ''}, got {given!r}")
+
+
+def _describe(bounds: tuple[float, bool, float, bool], whole: bool) -> str:
+    low, low_in, high, high_in = bounds
+    kind = "a finite whole number" if whole else "a finite number"
+    if math.isinf(high):
+        return f"{kind} {'>=' if low_in else '>'} {low:g}"
+    return f"{kind} in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
 def _coerce(adapter: str, key: str, value: Any, default: Any) -> Any:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from fairbench.errors import DataError
+from fairbench.progress import warn
 
 __all__ = ["Predictions", "read_predictions", "group_codes", "INTERSECTION_SEP"]
 
 INTERSECTION_SEP = "*"
 _PROB_TOLERANCE = 1e-6
+#: how far a row's probabilities may sum from 1 (float32 softmax outputs are within ~1e-6)
+_SUM_TOLERANCE = 1e-3
+#: duplicate ids named in the error at most
+_IDS_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,8 @@ class Predictions:
     y: np.ndarray  # (n,) int class index
     probs: np.ndarray  # (n, K) float64, NaN kept
     attributes: dict[str, np.ndarray]  # name -> (n,) object array of str, None = unknown
+    #: notes on the input for the metrics document (e.g. probabilities that do not sum to 1)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def _label(v: object) -> str:
@@ -60,6 +67,43 @@ def _intersect(parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _row_name(df: pd.DataFrame, i: int) -> str:
+    return f"sample_id {str(df['sample_id'].iloc[i])!r}" if "sample_id" in df.columns else f"row {i}"
+
+
+def _check_sums(df: pd.DataFrame, probs: np.ndarray, prob_cols: list[str]) -> str | None:
+    """A warning (also returned, for the document's notes) when rows' class probabilities do not sum to 1; rows
+    with a missing probability are left to the metrics. Not refused: scores that are not a distribution (e.g.
+    coarsened ones) still rank and threshold, but calibration (ECE) assumes a distribution."""
+    if not len(probs):
+        return None
+    sums = probs.sum(axis=1)
+    bad = np.flatnonzero(~np.isnan(sums) & (np.abs(sums - 1.0) > _SUM_TOLERANCE))
+    if not len(bad):
+        return None
+    i = int(bad[0])
+    note = (f"{len(bad)} row(s) have probabilities ({', '.join(prob_cols)}) that do not sum to 1 (within "
+            f"{_SUM_TOLERANCE:g}; their sums range from {sums[bad].min():.6g} to {sums[bad].max():.6g}); "
+            "calibration metrics assume they do")
+    warn(f"{note}; e.g. {_row_name(df, i)} (split {str(df['split'].iloc[i])!r}) sums to {sums[i]:.6g}")
+    return note  # without the example row, so that the document does not depend on the row order
+
+
+def _check_unique_ids(df: pd.DataFrame) -> None:
+    """A sample appears once per split: a repeated id would count its sample twice."""
+    if "sample_id" not in df.columns or not len(df):
+        return
+    keys = pd.DataFrame({"split": df["split"].astype(str).to_numpy(), "id": df["sample_id"].astype(str).to_numpy()})
+    repeated = keys[keys.duplicated(keep=False)]
+    if len(repeated):
+        ids = list(dict.fromkeys(repeated["id"]))
+        splits = sorted(set(repeated["split"]))
+        shown = ", ".join(repr(i) for i in ids[:_IDS_SHOWN]) + (f" and {len(ids) - _IDS_SHOWN} more"
+                                                               if len(ids) > _IDS_SHOWN else "")
+        raise DataError(f"duplicate sample_id(s) in split(s) {', '.join(splits)}: {shown} ({len(repeated)} rows "
+                        f"for {len(ids)} id(s)); each sample must appear once per split")
+
+
 def read_predictions(
     df: pd.DataFrame, classes: list[str], attributes: list[str] | None, intersections: list[list[str]] | None,
 ) -> Predictions:
@@ -86,6 +130,8 @@ def read_predictions(
     if out_of_range.any():
         raise DataError(f"probability columns must lie in [0, 1]; {int(out_of_range.any(axis=1).sum())} row(s) do not")
     probs = np.clip(probs, 0.0, 1.0)
+    _check_unique_ids(df)
+    sums_note = _check_sums(df, probs, prob_cols)
 
     available = [c[len("attr_"):] for c in df.columns if isinstance(c, str) and c.startswith("attr_")]
     names = available if attributes is None else [str(a) for a in attributes]
@@ -104,7 +150,7 @@ def read_predictions(
         attrs[INTERSECTION_SEP.join(combo)] = _intersect(parts)
     return Predictions(
         classes=classes, split=df["split"].astype(str).to_numpy(), y=label.astype(np.int64), probs=probs,
-        attributes=attrs,
+        attributes=attrs, notes={"probabilities": sums_note} if sums_note else {},
     )
 
 

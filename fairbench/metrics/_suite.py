@@ -134,7 +134,7 @@ def compute_metrics(
         if str(no_finding_class) not in pred.classes:
             raise DataError(f"no_finding_class {no_finding_class!r} is not one of the classes {pred.classes}")
         nf = pred.classes.index(str(no_finding_class))
-    notes: dict[str, str] = {}
+    notes: dict[str, str] = dict(pred.notes)
     t, threshold_record = _resolve_threshold(threshold, pred, task, eval_split, notes)
 
     passes = build_passes(pred, eval_split=eval_split, threshold=t, ece_bins=ece_bins, no_finding=nf)

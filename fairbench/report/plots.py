@@ -64,6 +64,29 @@ def _color(i: int) -> str:
     return OKABE_ITO[i % len(OKABE_ITO)]
 
 
+#: the ring and note that mark a point lying outside its own interval
+OUTSIDE_COLOUR = "#666666"
+OUTSIDE_NOTE = "◯ point outside its own interval (error bar clipped)"
+
+
+def _clip_err(value: float, low: float, high: float) -> tuple[float, float, bool]:
+    """Error-bar lengths (below, above) for ``value`` with interval [low, high], each at least 0 (matplotlib
+    refuses negative lengths), and whether one was clipped: a bootstrap percentile interval of a gap statistic
+    can miss its own point estimate, and an edited file can say anything."""
+    below, above = value - low, high - value
+    return max(0.0, below), max(0.0, above), min(below, above) < -1e-9
+
+
+def _mark_outside(ax: Any, x: float, y: float) -> None:
+    """Ring a point that lies outside its own interval, and say so once in the panel."""
+    ax.plot([x], [y], marker="o", markersize=14, markerfacecolor="none", markeredgecolor=OUTSIDE_COLOUR,
+            markeredgewidth=1.2, linestyle="", zorder=4)
+    if not getattr(ax, "_fairbench_outside_noted", False):
+        ax.text(0.01, 0.01, OUTSIDE_NOTE, transform=ax.transAxes, fontsize=7.5, color=OUTSIDE_COLOUR,
+                ha="left", va="bottom")
+        ax._fairbench_outside_noted = True
+
+
 def _style(i: int) -> str:
     return LINESTYLES[i % len(LINESTYLES)]
 
@@ -131,20 +154,25 @@ def _bars(ax: Any, cell: ResultCell, attr: str, groups: dict[str, Any], binary: 
     x = np.arange(len(metrics))
     any_ci = False
     for i, (g, gm) in enumerate(groups.items()):
-        vals, lo, hi = [], [], []
+        vals, lo, hi, outside = [], [], [], []
         for key, _ in metrics:
             v = (gm or {}).get(key)
             ci = lookup(cell.metrics.get("ci") or {}, "attributes", attr, "groups", g, key)
             vals.append(np.nan if v is None else float(v))
             ok = isinstance(ci, list) and None not in ci and v is not None
-            lo.append(max(0.0, float(v) - ci[0]) if ok else np.nan)  # type: ignore[index,arg-type]
-            hi.append(max(0.0, ci[1] - float(v)) if ok else np.nan)  # type: ignore[index,arg-type]
+            below, above, clipped = _clip_err(float(v), ci[0], ci[1]) if ok else (np.nan, np.nan, False)  # type: ignore
+            lo.append(below)
+            hi.append(above)
+            outside.append(clipped)
         has_ci = not all(np.isnan(lo))
         any_ci |= has_ci
         small = " small" if g in (lookup(cell.metrics, "flags", "small_groups", attr) or {}) else ""
-        ax.bar(x - 0.4 + width * (i + 0.5), vals, width, color=_color(i), edgecolor="white", linewidth=0.5,
+        xs = x - 0.4 + width * (i + 0.5)
+        ax.bar(xs, vals, width, color=_color(i), edgecolor="white", linewidth=0.5,
                yerr=[lo, hi] if has_ci else None, capsize=2, error_kw={"elinewidth": 0.9, "ecolor": "#222222"},
                label=f"{g} (n={(gm or {}).get('n', '?')}{small})")
+        for j in np.flatnonzero(outside):
+            _mark_outside(ax, float(xs[j]), vals[j])
     ax.set_xticks(x, [label for _, label in metrics])
     ax.set_ylim(0, 1.0 + 0.07 * math.ceil(k / 3) + 0.05)
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -380,11 +408,19 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
                 y, ylo, yhi = _spread(cs, ("attributes", attr, "es_auc"))
                 if x is None or y is None:
                     continue
-                xerr = [[x - xlo], [xhi - x]] if xlo is not None and xhi is not None else None
-                yerr = [[y - ylo], [yhi - y]] if ylo is not None and yhi is not None else None
+                xerr = yerr = None
+                x_out = y_out = False
+                if xlo is not None and xhi is not None:
+                    below, above, x_out = _clip_err(x, xlo, xhi)
+                    xerr = [[below], [above]]
+                if ylo is not None and yhi is not None:
+                    below, above, y_out = _clip_err(y, ylo, yhi)
+                    yerr = [[below], [above]]
                 ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=MARKERS[adapts.index(adapt) % len(MARKERS)],
                             color=_color(models.index(model)), markersize=8, elinewidth=1.0, capsize=2.5,
                             markeredgecolor="white", zorder=3)
+                if x_out or y_out:
+                    _mark_outside(ax, x, y)
                 points.append((x, y, f"{model} / {adapt}"))
                 extent += [v for v in (x, y, xlo, xhi, ylo, yhi) if v is not None]
             ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=0.8, linestyle=":", zorder=1)
@@ -475,11 +511,14 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
                         ax.text(0, -y, "n/a", ha="center", va="center", fontsize=7, color="#777777")
                     else:
                         x = 100 * d.delta
-                        xerr = None
+                        xerr, clipped = None, False
                         if d.ci is not None:
-                            xerr = [[max(0.0, x - 100 * d.ci[0])], [max(0.0, 100 * d.ci[1] - x)]]
+                            below, above, clipped = _clip_err(x, 100 * d.ci[0], 100 * d.ci[1])
+                            xerr = [[below], [above]]
                         ax.errorbar(x, -y, xerr=xerr, fmt=marker, color=colour, markersize=5.5, elinewidth=1.3,
                                     capsize=2, markerfacecolor=colour if d.excludes_zero else "white", zorder=3)
+                        if clipped:
+                            _mark_outside(ax, x, -y)
                         if d.excludes_zero:
                             right = 100 * d.ci[1] if d.ci is not None else x
                             ax.annotate("*", (right, -y), xytext=(3, -3), textcoords="offset points",

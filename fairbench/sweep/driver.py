@@ -26,6 +26,11 @@ class SweepReport:
         return [o for o in self.outcomes if o.status == "failed"]
 
     @property
+    def busy(self) -> list[Outcome]:
+        """Cells another process was computing (their lock was held): not run by this sweep."""
+        return [o for o in self.outcomes if o.status == "busy"]
+
+    @property
     def ran(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == "done"]
 
@@ -35,7 +40,7 @@ class SweepReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and self.remaining == 0
+        return not self.failed and not self.busy and self.remaining == 0
 
 
 def plan(spec: SweepSpec) -> tuple[list[Cell], list[Cell]]:

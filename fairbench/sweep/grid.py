@@ -16,7 +16,7 @@ from typing import Any
 
 from fairbench.cards import Fields, read_yaml_with_includes
 from fairbench.errors import CardError, FairbenchError
-from fairbench.results import cell_dir
+from fairbench.results import cell_dir, check_seed
 
 __all__ = ["Cell", "SweepSpec", "load_sweep_file", "parse_names", "parse_seeds", "parse_adapt_args", "run_options"]
 
@@ -174,9 +174,10 @@ def parse_seeds(values: list[Any] | None) -> list[int]:
                 lo, hi = int(m.group(1)), int(m.group(2))
                 if hi < lo:
                     raise FairbenchError(f"seed range {p!r} runs backwards")
+                check_seed(hi, f"seed range {p!r}: seed")
                 out.extend(range(lo, hi + 1))
             elif p.isdigit():
-                out.append(int(p))
+                out.append(check_seed(int(p)))
             else:
                 raise FairbenchError(f"seed {p!r}: expected a non-negative integer, a list 0,1,2 or a range 0-4")
     return list(dict.fromkeys(out))
@@ -213,7 +214,10 @@ def load_sweep_file(path: Path) -> SweepSpec:
         value = f.get(key, (list, str), [])
         setattr(spec, key, parse_names(value if isinstance(value, list) else [value]))
     seeds = f.get("seeds", (list, str, int), [0])
-    spec.seeds = parse_seeds(seeds if isinstance(seeds, list) else [seeds])
+    try:
+        spec.seeds = parse_seeds(seeds if isinstance(seeds, list) else [seeds])
+    except FairbenchError as exc:
+        f.fail("seeds", f"is wrong: {exc}")
     dirs = f.get("tasks_dir", (list, str), [])
     spec.tasks_dirs = tuple(rel(d) for d in (dirs if isinstance(dirs, list) else [dirs]))
     args = f.get("adapt_args", dict, {})

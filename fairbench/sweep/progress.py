@@ -46,6 +46,8 @@ class SweepProgress:
         if o.status == "failed":
             self.failed += 1
             line = f"failed  {o.key}: {o.error}"
+        elif o.status == "busy":
+            line = f"busy    {o.key}: {o.error}"
         else:
             self.done += 1
             line = f"{'done' if o.status == 'done' else 'skipped'}    {o.key} ({o.duration_s:.1f} s)"
@@ -62,9 +64,14 @@ class SweepProgress:
         failed = report.failed
         remaining = report.remaining
         console.print(f"sweep: {len(report.ran)} ran, {len(report.already_complete)} were already complete, "
-                      f"{len(failed)} failed, {remaining} remaining", markup=False, soft_wrap=True)
+                      f"{len(failed)} failed, {remaining} remaining"
+                      + (f", {len(report.busy)} held by another process" if report.busy else ""),
+                      markup=False, soft_wrap=True)
         for o in failed:
             console.print(f"  failed {o.key}: {o.error} (details: {o.path / ERROR})", markup=False, soft_wrap=True)
+        for o in report.busy:
+            console.print(f"  busy {o.key}: not run, another process is computing it (rerun once it ends to check "
+                          "it)", markup=False, soft_wrap=True)
         if failed or remaining:
             console.print("rerun the same command to retry the failed and remaining cells; complete cells are "
                           "skipped", markup=False, soft_wrap=True)

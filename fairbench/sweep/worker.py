@@ -45,7 +45,9 @@ class CellJob:
 class Outcome:
     key: str
     path: Path
-    status: str  # "done" | "skipped" (complete before this job ran) | "failed"
+    #: "done" | "skipped" (complete before this job ran) | "failed" | "busy" (another process held the cell's
+    #: lock: not run, nothing recorded in the cell)
+    status: str
     duration_s: float = 0.0
     error: str | None = None
     #: True when the error is already in the cell's error.json (the driver records it otherwise)
@@ -75,19 +77,34 @@ def run_cell_job(job: CellJob) -> bool:
 def run_job(job: CellJob, cell: Callable[[CellJob], bool] = run_cell_job) -> Outcome:
     """Run one cell (``cell(job)``, the pipeline by default). Never raises for a failing cell: the error goes
     to ``<cell>/error.json`` and into the returned outcome."""
+    from fairbench.locking import CellBusyError, cell_lock
+
     os.environ.update(job.env)
     t0 = time.time()
     started = now_iso()
     try:
-        clear_stale(job.path)
-        skipped = cell(job)
-    except Exception as exc:  # noqa: BLE001 - every failure of a cell is recorded, none stops the sweep
-        message = one_line(exc)
-        recorded = record_error(job.path, key=job.key, message=message, error_type=type(exc).__name__,
-                                tb=traceback.format_exc(), started_at=started, executor=job.executor)
-        return Outcome(job.key, job.path, "failed", time.time() - t0, message, recorded)
-    (job.path / ERROR).unlink(missing_ok=True)
+        # the cell's lock (fairbench.locking) for the whole job: its stale files, its run, its error record
+        with cell_lock(job.path):
+            try:
+                clear_stale(job.path)
+                skipped = cell(job)
+            except CellBusyError:  # the pipeline found its cell folder held (another spelling of the same cell)
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure of a cell is recorded, none stops the sweep
+                return _failed(job, exc, started, t0)
+            (job.path / ERROR).unlink(missing_ok=True)
+    except CellBusyError as exc:  # another run or sweep is computing it: not run here, nothing written
+        return Outcome(job.key, job.path, "busy", time.time() - t0, one_line(exc))
+    except Exception as exc:  # noqa: BLE001 - the lock could not be taken (e.g. an unwritable folder)
+        return _failed(job, exc, started, t0)
     return Outcome(job.key, job.path, "skipped" if skipped else "done", time.time() - t0)
+
+
+def _failed(job: CellJob, exc: Exception, started: str, t0: float) -> Outcome:
+    message = one_line(exc)
+    recorded = record_error(job.path, key=job.key, message=message, error_type=type(exc).__name__,
+                            tb=traceback.format_exc(), started_at=started, executor=job.executor)
+    return Outcome(job.key, job.path, "failed", time.time() - t0, message, recorded)
 
 
 def one_line(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ from collections import deque
 from multiprocessing.connection import wait
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,9 +27,10 @@ from fairbench.sweep.worker import CellJob, Outcome
 __all__ = ["LocalExecutor"]
 
 
-def _worker_main(runner: Runner, conn: Any) -> None:
+def _worker_main(runner: Runner, conn: Any, driver_pid: int | None = None) -> None:
     # Ctrl-C reaches the whole process group: only the driver acts on it (it terminates the workers)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_driver(driver_pid)
     conn.send(("ready", None, None))
     while True:
         try:
@@ -42,6 +45,41 @@ def _worker_main(runner: Runner, conn: Any) -> None:
         except Exception as exc:  # noqa: BLE001 - the runner records failures itself; this is a backstop
             outcome = lost(job, f"{type(exc).__name__}: {exc}")
         conn.send(("end", index, outcome))
+
+
+def _exit_with_driver(driver_pid: int | None) -> None:
+    """End this worker when the driver dies, even mid-cell (a killed driver must not leave workers finishing
+    cells nobody collects): on Linux the kernel sends SIGKILL (``PR_SET_PDEATHSIG``); everywhere a daemon
+    thread waits for the driver's end (multiprocessing's parent sentinel, else polling the parent pid) and
+    exits. The cell's lock dies with the worker; its temporary files are cleared when the cell runs again."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if driver_pid is not None and os.getppid() != driver_pid:  # the driver died before we got here
+        os._exit(1)
+    parent = mp.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+
+    def watch() -> None:
+        if sentinel is not None:
+            try:
+                wait([sentinel])
+            except OSError:
+                pass
+        else:
+            while driver_pid is None or os.getppid() == driver_pid:
+                time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fairbench-driver-watch", daemon=True).start()
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -85,7 +123,8 @@ class LocalExecutor(Executor):
 
         def spawn() -> None:
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(runner, child), daemon=True, name="fairbench-sweep-worker")
+            p = ctx.Process(target=_worker_main, args=(runner, child, os.getpid()), daemon=True,
+                            name="fairbench-sweep-worker")
             p.start()
             child.close()
             workers[parent] = _Worker(p)
