@@ -109,3 +109,18 @@ def test_gloria_reads_the_tokenizer_from_its_weights_directory(tmp_path: Path) -
     (d / "vocab.txt").write_text("[PAD]\n")
     inputs = resolve_inputs(get_model_card("gloria"), f"local-dir:{d}")
     assert inputs.problems == [] and inputs.tokenizer == d
+
+
+def test_a_missing_data_root_alone_is_a_data_error_and_with_a_model_input_a_weights_error(tmp_path):
+    """The up-front check names every missing piece; its error class says which kind: DataError when only the
+    dataset is missing (a sweep records it as such), WeightsError as soon as a model input is missing too."""
+    from fairbench.data.task import get_task
+    from fairbench.errors import DataError
+    from fairbench.models.inputs import check_run_inputs
+
+    task = get_task("fairvlmed")
+    with pytest.raises(DataError, match="--data-root"):
+        check_run_inputs(get_model_card("tinyclip"), "random", task=task)
+    with pytest.raises(WeightsError, match="--data-root") as exc:
+        check_run_inputs(get_model_card("medclip_vit"), f"local:{tmp_path / 'missing.bin'}", task=task)
+    assert "missing.bin" in str(exc.value)

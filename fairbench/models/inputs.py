@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fairbench.errors import FairbenchError, WeightsError
+from fairbench.errors import DataError, FairbenchError, WeightsError
 from fairbench.models.weights import WeightsSource, find_in_dir, locate, parse_weights, sha256_file
 
 if TYPE_CHECKING:
@@ -212,12 +212,14 @@ def resolve_inputs(card: ModelCard, source: WeightsSource | str | None) -> Model
 def check_run_inputs(card: ModelCard, weights: str | None, *, task: Any = None, loader: Any = None,
                      data_root: Path | None = None) -> ModelInputs:
     """Before any heavy work: everything the run will read (weights, tokenizer, configuration, and
-    ``--data-root`` for a task on a real dataset), every missing piece in one :class:`WeightsError`."""
+    ``--data-root`` for a task on a real dataset), every missing piece in one message: a :class:`WeightsError`
+    when a model input is missing, a :class:`DataError` when only the data is."""
     try:
         inputs = resolve_inputs(card, weights)
     except FairbenchError as exc:  # an unparsable source
         raise WeightsError(str(exc)) from None
     problems = list(inputs.problems)
+    n_model = len(problems)
     if task is not None:
         loader = loader if loader is not None else task.loader()
         if getattr(loader, "needs_data_root", False) and data_root is None:
@@ -226,7 +228,7 @@ def check_run_inputs(card: ModelCard, weights: str | None, *, task: Any = None, 
         elif getattr(loader, "needs_data_root", False) and data_root is not None and not Path(data_root).is_dir():
             problems.append(f"--data-root {data_root}: not a directory")
     if problems:
-        raise WeightsError(join_problems(problems))
+        raise (WeightsError if n_model else DataError)(join_problems(problems))
     return inputs
 
 
