@@ -20,7 +20,7 @@ Changing any of these misses the cache. The device is not in the key: embeddings
 reused on a CPU and vice versa (they differ by floating-point rounding only).
 
 Entries live in ``<cache root>/embeddings/<key[:2]>/<key>.npz`` (``$FAIRBENCH_CACHE``; see
-:func:`fairbench.models.weights.cache_root`): the arrays plus a JSON manifest with the key's parts, the
+:func:`fairbench.paths.cache_root`): the arrays plus a JSON manifest with the key's parts, the
 shapes and a CRC-32 per array. An entry is written to a temporary file and renamed into place (atomic;
 concurrent writers of one key both write the same content). An entry that cannot be read, whose manifest does
 not match its key, or whose arrays fail their checksum is rebuilt, with a message. Nothing is unpickled
@@ -81,7 +81,7 @@ class EmbeddingCache:
 
     def __post_init__(self) -> None:
         if self.root is None:
-            from fairbench.models.weights import cache_root
+            from fairbench.paths import cache_root
 
             self.root = cache_root() / "embeddings"
         self.root = Path(self.root)

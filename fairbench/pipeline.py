@@ -26,7 +26,7 @@ from fairbench.models.base import get_model_card
 from fairbench.models.build import build_model, resolve_device
 from fairbench.locking import cell_lock
 from fairbench.models.inputs import check_run_inputs, inputs_changes, inputs_digest
-from fairbench.progress import bar, info
+from fairbench.progress import bar
 from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, check_seed, is_complete,
                                now_iso, provenance, read_metrics, write_json)
 from fairbench.train.checkpoint import checkpoint_dir_for
@@ -194,12 +194,13 @@ def stale_reason(doc: dict[str, Any], *, task: TaskCard, card: Any, adapt: str, 
 def _prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
     """[data] The task's loader as a run uses it: image cache, unreadable-sample screen (fairbench.data.prepare)."""
     from fairbench.data.prepare import PreparedLoader, parse_image_cache
+    from fairbench.models.preprocess import CacheGeometry
 
     pre = card.preprocessing
     model_input = max(pre.image_size, getattr(pre, "load_size", None) or 0)
     return PreparedLoader(task.loader(), split_names=task.splits, model_input=model_input,
                           image_cache=parse_image_cache(cfg.image_cache, model_input),
-                          allow_skip=cfg.allow_skip_unreadable, preprocessing=pre)
+                          allow_skip=cfg.allow_skip_unreadable, geometry=CacheGeometry(pre))
 
 
 def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -152,12 +152,13 @@ def test_default_cache_serves_what_the_model_pipeline_makes_of_the_full_image(tm
     torch ones (open_clip, BLIP-2)."""
     from fairbench.data.prepare import PreparedLoader
     from fairbench.models.base import get_model_card
+    from fairbench.models.preprocess import CacheGeometry
 
     pre = get_model_card(model).preprocessing
     paths = [_smooth_png(tmp_path / "img" / f"{i}.png", s, seed=i, mode=mode) for i, s in enumerate(CACHE_SHAPES)]
     src = FileImages(paths, prefix="test:exact:train", sample_ids=[f"s{i}" for i in range(len(paths))], mode=mode)
     loader = PreparedLoader(_Inner(src), image_cache="auto", model_input=max(pre.image_size, pre.load_size or 0),
-                            preprocessing=pre, cache_root=tmp_path / "cache")
+                            geometry=CacheGeometry(pre), cache_root=tmp_path / "cache")
     cached = loader.load("train", None).images
     assert isinstance(cached, CachedImages) and cached.geometry is not None
     idx = np.arange(len(paths))

@@ -72,7 +72,7 @@ def auto_cache_size(model_input: int, *, square: bool = False) -> int:
 
 
 def image_cache_dir(root: Path | None = None) -> Path:
-    from fairbench.models.weights import cache_root
+    from fairbench.paths import cache_root
 
     return Path(root) if root is not None else cache_root() / "images"
 

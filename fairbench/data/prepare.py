@@ -3,7 +3,7 @@
 :class:`PreparedLoader` wraps a dataset loader for one run (the pipeline hands it to the adapter context):
 
 - file-backed images (:class:`~fairbench.data.files.FileImages`) are served from the preprocessed-image cache
-  (:mod:`fairbench.data.image_cache`; with ``auto`` and the model's ``preprocessing``, an entry holding what
+  (:mod:`fairbench.data.image_cache`; with ``auto`` and the model's cache ``geometry``, an entry holding what
   the model's own resize/pad/crop makes of each image) unless the run says ``--image-cache off``; building
   the cache decodes every image once, which is also the screen for unreadable ones. Without the cache,
   missing files are found up front (and, when skipping is allowed, every file is verified without decoding);
@@ -61,15 +61,12 @@ class PreparedLoader:
 
     def __init__(self, inner: Any, *, split_names: dict[str, str] | None = None,
                  image_cache: str | int | None = "auto", model_input: int = 224, allow_skip: bool = False,
-                 cache_root: Path | None = None, preprocessing: Any = None) -> None:
+                 cache_root: Path | None = None, geometry: Any = None) -> None:
         self.inner = inner
         self.image_cache, self.model_input = image_cache, int(model_input)
-        # "auto" with the model's preprocessing: cache what the model's own geometry makes of each image
-        self.geometry = None
-        if image_cache == "auto" and preprocessing is not None:
-            from fairbench.models.preprocess import CacheGeometry
-
-            self.geometry = CacheGeometry(preprocessing)
+        # "auto" with the model's cache geometry (fairbench.models.preprocess.CacheGeometry, built by the caller:
+        # the data layer does not import the models): cache what the model's own geometry makes of each image
+        self.geometry = geometry if image_cache == "auto" else None
         self.allow_skip, self.cache_root = allow_skip, cache_root
         self.canonical = {v: k for k, v in (split_names or {}).items()}  # loader split name -> train/val/test
         self.skipped: list[dict[str, str]] = []

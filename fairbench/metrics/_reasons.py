@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from fairbench.metrics._pass import Pass, Path
 from fairbench.metrics._spec import MetricSpec
 from fairbench.metrics._stats import SliceStats
 
-if TYPE_CHECKING:
-    from fairbench.metrics._passes import Pass
-
 __all__ = ["explain"]
-
-Path = tuple[str, ...]
 
 
 def _slice_reason(p: Pass, spec: MetricSpec, st: SliceStats, bad: int, cls: str | None) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fairbench.errors import WeightsError
+from fairbench.paths import cache_root
 
 if TYPE_CHECKING:
     from fairbench.models.base import ModelCard
@@ -67,15 +68,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def cache_root() -> Path:
-    """``$FAIRBENCH_CACHE``, else ``$XDG_CACHE_HOME/fairbench``, else ``~/.cache/fairbench``."""
-    env = os.environ.get("FAIRBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "fairbench"
 
 
 def sha256_cached(path: Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fairbench.results import ensure_writable, is_complete
@@ -10,37 +9,10 @@ from fairbench.sweep.executors import Executor, make_executor
 from fairbench.sweep.executors.base import Runner
 from fairbench.sweep.grid import Cell, SweepSpec
 from fairbench.sweep.progress import SweepProgress
-from fairbench.sweep.worker import ERROR, CellJob, Outcome, read_error, record_error, run_job
+from fairbench.sweep.report import SweepReport
+from fairbench.sweep.worker import ERROR, CellJob, read_error, record_error, run_job
 
 __all__ = ["SweepReport", "run_sweep", "plan"]
-
-
-@dataclass
-class SweepReport:
-    cells: list[Cell]
-    already_complete: list[Cell] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
-
-    @property
-    def busy(self) -> list[Outcome]:
-        """Cells another process was computing (their lock was held): not run by this sweep."""
-        return [o for o in self.outcomes if o.status == "busy"]
-
-    @property
-    def ran(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "done"]
-
-    @property
-    def remaining(self) -> int:
-        return len(self.cells) - len(self.already_complete) - len(self.outcomes)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.busy and self.remaining == 0
 
 
 def plan(spec: SweepSpec) -> tuple[list[Cell], list[Cell]]:

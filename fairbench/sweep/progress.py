@@ -14,7 +14,7 @@ from fairbench.progress import console, progress_enabled
 from fairbench.sweep.worker import ERROR, Outcome
 
 if TYPE_CHECKING:
-    from fairbench.sweep.driver import SweepReport
+    from fairbench.sweep.report import SweepReport
 
 __all__ = ["SweepProgress"]
 
