@@ -21,7 +21,7 @@ still runs on these arrays, so the cache must be at least as large as the model 
 One cache entry per (image source key, file sizes and mtimes, size, colour mode, format version). The source
 key holds the dataset, the loader fingerprint (card options, committed split file), the split and hashes of
 the sample ids and paths: every model with an input that maps to the same ``size`` shares the entry.
-Entries live in ``<cache root>/images/`` (``$FAIRBENCH_CACHE``; see :func:`fairbench.models.weights.cache_root`).
+Entries live in ``<cache root>/images/`` (``$FAIRBENCH_CACHE``; see :func:`fairbench.paths.cache_root`).
 
 Integrity: an entry is built in a temporary folder and renamed into place (atomic); ``manifest.json`` is
 written last. Each row carries a CRC-32 checked on every load. An entry that fails any check (unreadable

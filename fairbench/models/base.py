@@ -17,88 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fairbench.cards import Fields, card_sha256, open_card
+from fairbench.cards import card_sha256, open_card
+from fairbench.models.preprocess import OPENAI_MEAN, OPENAI_STD, PIL_PIPELINES, Preprocessing
+from fairbench.models.zeroshot import build_head
 from fairbench.registry import Registry
 
 __all__ = ["ModelCard", "Preprocessing", "VLModel", "FAMILIES", "MODELS", "load_model_card", "get_model_card",
            "cards_dir"]
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Batched preprocessing for uint8 grayscale/RGB arrays.
-
-    ``resize``:
-
-    - ``shortest``: resize the shortest side, then center crop (CLIP-style; torch, batched), with torchvision's
-      ``Resize``/``CenterCrop`` size and offset rules (open_clip's eval transform).
-    - ``square``: resize to size x size, no crop (BLIP-2; torch, batched).
-    - ``pad_square``: MedCLIP's pipeline: grayscale, zero-pad to a square of side max(h, w, image_size),
-      resize to size x size (PIL, per image; see :mod:`fairbench.models.preprocess`).
-    - ``longest_pad``: GLoRIA's pipeline: grayscale, resize the longest side to ``load_size`` with zero
-      padding to a square, then center crop ``image_size`` (PIL, per image).
-
-    Whatever the family does inside its image encoder (GLoRIA's 299 px upsampling) is not preprocessing.
-    """
-
-    image_size: int
-    mean: tuple[float, ...] = OPENAI_MEAN
-    std: tuple[float, ...] = OPENAI_STD
-    resize: str = "shortest"
-    interpolation: str = "bicubic"
-    channels: int = 3
-    load_size: int | None = None
-
-    def key(self) -> str:
-        return card_sha256(self.__dict__)[:16]
-
-    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
-        if self.resize in PIL_PIPELINES:
-            from fairbench.models.preprocess import pil_pipeline
-
-            return pil_pipeline(self, images)
-        out = torch.empty(len(images), self.channels, self.image_size, self.image_size)
-        # group equal shapes so a batch of same-size images is resized in one call
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, img in enumerate(images):
-            by_shape.setdefault(img.shape, []).append(i)
-        mean = torch.tensor(self.mean[: self.channels]).view(1, -1, 1, 1)
-        std = torch.tensor(self.std[: self.channels]).view(1, -1, 1, 1)
-        for shape, idx in by_shape.items():
-            x = torch.from_numpy(np.stack([images[i] for i in idx])).float().div_(255.0)
-            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-            if x.shape[1] == 1 and self.channels == 3:
-                x = x.expand(-1, 3, -1, -1)
-            elif x.shape[1] == 3 and self.channels == 1:
-                x = x.mean(dim=1, keepdim=True)
-            x = self._resize(x)
-            out[idx] = (x - mean) / std
-        return out
-
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        s = self.image_size
-        kw = dict(mode=self.interpolation, antialias=True) if self.interpolation in ("bilinear", "bicubic") \
-            else dict(mode=self.interpolation)
-        if self.resize == "square":
-            return F.interpolate(x, size=(s, s), **kw).clamp_(0, 1)
-        # torchvision Resize(s) (open_clip's eval transform): the short side becomes s, the long side
-        # int(s * long / short) (truncated); CenterCrop(s) offsets are int(round((side - s) / 2))
-        if h <= w:
-            nh, nw = s, int(s * w / h)
-        else:
-            nh, nw = int(s * h / w), s
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), **kw).clamp_(0, 1)
-        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
-        return x[..., top:top + s, left:left + s]
-
-
-PIL_PIPELINES = ("pad_square", "longest_pad")
-
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -230,8 +155,6 @@ class VLModel(abc.ABC):
     def zeroshot_head(self, task: Any, ensemble: str = "family") -> Any:
         """The family's zero-shot classifier for ``task``: prompts per class (the card's ``prompt_style``),
         the ensembling rule and any split-level normalisation (see :mod:`fairbench.models.zeroshot`)."""
-        from fairbench.models.zeroshot import build_head
-
         return build_head(self, task, ensemble)
 
     def lora_target_modules(self) -> str:
@@ -252,7 +175,7 @@ class VLModel(abc.ABC):
 
 FAMILIES: Registry[Any] = Registry("model family")
 FAMILIES.register_lazy("open_clip", "fairbench.models.openclip:build_open_clip")
-FAMILIES.register_lazy("tinyclip", "fairbench.models.openclip:build_tinyclip")
+FAMILIES.register_lazy("tinyclip", "fairbench.models.tinyclip:build_tinyclip")
 FAMILIES.register_lazy("medclip", "fairbench.models.medclip:build_medclip")
 FAMILIES.register_lazy("gloria", "fairbench.models.gloria:build_gloria")
 FAMILIES.register_lazy("blip2", "fairbench.models.blip2:build_blip2")

@@ -35,7 +35,7 @@ from fairbench.models.base import ModelCard, VLModel
 from fairbench.models.inputs import resolve_inputs
 from fairbench.models.weights import WeightsSource, files_info
 
-__all__ = ["OpenCLIPModel", "build_open_clip", "build_tinyclip", "create_architecture", "load_state_file",
+__all__ = ["OpenCLIPModel", "build_open_clip", "create_architecture", "load_state_file",
            "load_strict", "load_openai_torchscript", "is_torchscript", "open_clip_model_cfg"]
 
 
@@ -281,20 +281,4 @@ def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device
         info = files_info(source.describe() if source.scheme != "file" else str(path), [path], model)
         if is_torchscript(path):
             info["format"] = "openai-torchscript"
-    return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})
-
-
-def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
-    """tinyclip: an open_clip CLIP pretrained by fairbench on a synthetic task's image-report pairs."""
-    if source.scheme != "pretrain":
-        return build_open_clip(card, source, device)
-    from fairbench.models.tinyclip import pretrain_provenance, pretrained_weights
-
-    path = pretrained_weights(card, task_name=source.value)
-    model = create_architecture(card)
-    load_strict(model, load_state_file(path), where=str(path))
-    info = {**files_info(f"pretrain:{source.value}", [path], model), "file": str(path)}
-    info.update(pretrain_provenance(path))
-    inputs = resolve_inputs(card, source)
-    inputs.raise_if_missing()
     return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})

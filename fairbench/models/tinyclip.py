@@ -28,11 +28,14 @@ import torch
 from fairbench.cards import card_sha256
 from fairbench.errors import WeightsError
 from fairbench.models.base import ModelCard
-from fairbench.models.weights import cache_root
+from fairbench.models.inputs import resolve_inputs
+from fairbench.models.openclip import (OpenCLIPModel, _tokenizer, build_open_clip, create_architecture, load_state_file,
+                                       load_strict)
+from fairbench.models.weights import WeightsSource, cache_root, files_info
 from fairbench.progress import bar, info, warn
 
-__all__ = ["PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "pretrain_cache_path", "pretrain_provenance",
-           "pretrained_weights"]
+__all__ = ["build_tinyclip", "PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "pretrain_cache_path",
+           "pretrain_provenance", "pretrained_weights"]
 
 #: bump when the pretraining procedure changes in a way that changes the weights
 PRETRAIN_VERSION = "2"
@@ -151,7 +154,6 @@ def _pretrain(card: ModelCard, task_name: str, path: Path) -> None:
     from safetensors.torch import save_file
 
     from fairbench.data.task import get_task
-    from fairbench.models.openclip import create_architecture
 
     settings = _settings(card)
     task = get_task(task_name)
@@ -217,3 +219,17 @@ def _pretrain(card: ModelCard, task_name: str, path: Path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
     info(f"pretrained '{card.name}' in {time.time() - t0:.0f} s (final contrastive loss {loss.item():.3f})")
+
+
+def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
+    """tinyclip: an open_clip CLIP pretrained by fairbench on a synthetic task's image-report pairs."""
+    if source.scheme != "pretrain":
+        return build_open_clip(card, source, device)
+    path = pretrained_weights(card, task_name=source.value)
+    model = create_architecture(card)
+    load_strict(model, load_state_file(path), where=str(path))
+    info = {**files_info(f"pretrain:{source.value}", [path], model), "file": str(path)}
+    info.update(pretrain_provenance(path))
+    inputs = resolve_inputs(card, source)
+    inputs.raise_if_missing()
+    return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})

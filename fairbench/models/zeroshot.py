@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -39,7 +39,25 @@ from fairbench.models.chexpert_prompts import chexpert_class_for, generate_chexp
 
 if TYPE_CHECKING:
     from fairbench.data.task import TaskCard
-    from fairbench.models.base import VLModel
+
+
+class VLModel(Protocol):
+    """What a zero-shot head needs of a model: every :class:`fairbench.models.base.VLModel` has it. A protocol
+    rather than an import, because the base module builds heads with this module (no import circle)."""
+
+    card: Any
+    device: torch.device
+    default_ensemble: str
+
+    def tokenize(self, texts: list[str]) -> Any: ...
+
+    def encode_text(self, tokens: Any) -> torch.Tensor: ...
+
+    def similarity(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor: ...
+
+    def class_embeddings(self, prompts: list[list[str]]) -> torch.Tensor: ...
+
+    def zeroshot_logits(self, image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor: ...
 
 __all__ = ["ENSEMBLES", "PROMPT_STYLES", "ZeroShotHead", "task_prompts", "family_prompts", "build_head",
            "reduce_prompts"]
