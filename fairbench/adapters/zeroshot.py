@@ -52,7 +52,7 @@ def _image_outputs(ctx: AdaptContext, split: str, needs: tuple[str, ...], batch_
     n = len(samples)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
-        yield model.image_outputs(model.preprocess(samples.images.load(idx)))
+        yield ctx.image_outputs(model.preprocess(samples.images.load(idx)))
 
 
 class ZeroShot(Adapter):
@@ -61,7 +61,7 @@ class ZeroShot(Adapter):
                    "classes")
     defaults = {"ensemble": "family"}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
         rule = self.params["ensemble"]
         if rule not in _ENSEMBLES:
@@ -76,4 +76,23 @@ class ZeroShot(Adapter):
             scores = [head.score(o) for o in _image_outputs(ctx, split, head.needs, head.batch_size)]
             logits = head.finalize(torch.cat(scores))
             out[split] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        if ctx.precision != "fp32":
+            ctx.precision_measured.update(_probability_effect(ctx, head, out))
         return out
+
+
+def _probability_effect(ctx: AdaptContext, head: object, probs: dict[str, np.ndarray]) -> dict[str, object]:
+    """The probabilities at the run's precision against a float32 pass, on the first images of the evaluated
+    split (heads that normalise across a whole split, or need more than the embedding, are not measured)."""
+    from fairbench.models.zeroshot import _identity
+
+    split = ctx.task.evaluation.split
+    if split not in probs or head.finalize is not _identity or not set(head.needs) <= {"embedding", "feature"}:
+        return {"probabilities": "not measured (the head normalises across the split or needs local features)"}
+    idx, ref = ctx.precision_reference(split)
+    device = ctx.model.device
+    ref_probs = torch.softmax(head.score({k: torch.from_numpy(ref[k]).to(device) for k in head.needs}).float(),
+                              dim=1).cpu().numpy()
+    p = probs[split][idx]
+    return {"split": split, "max_abs_delta_prob": float(np.max(np.abs(p - ref_probs))),
+            "argmax_agreement": float(np.mean(p.argmax(1) == ref_probs.argmax(1)))}
