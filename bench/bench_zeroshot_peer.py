@@ -29,6 +29,7 @@ Against an older fairbench checkout on PYTHONPATH (no ``--precision``), fp32 sti
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import warnings
 import resource
@@ -38,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
+if importlib.util.find_spec("fairbench") is None:  # PYTHONPATH may name another checkout (before/after runs)
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FAIRBENCH_PROGRESS", "0")
@@ -85,7 +86,7 @@ class FairbenchSide:
             kwargs = {"batch_size": inference_batch_size(device), "precision": precision}
         except ImportError:  # an older fairbench: float32, its default batch
             if precision != "fp32":
-                raise SystemExit(f"this fairbench has no --precision; run with --precision fp32") from None
+                raise SystemExit("this fairbench has no --precision; run with --precision fp32") from None
         self.ctx_args = dict(task=task, model=self.model, seed=0, embedding_cache=None, **kwargs)
         self.head = self.model.zeroshot_head(task)
         self.batch = AdaptContext(**self.ctx_args).batch_size
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         have_peer = False
         print("clip_benchmark is not installed (pip install clip-benchmark): timing fairbench only")
 
+    import fairbench
     from fairbench.data.task import builtin_tasks_dir, get_task
     from fairbench.models.base import get_model_card
     from fairbench.models.openclip import create_architecture
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if have_peer:
             sides["CLIP_benchmark"] = PeerSide(samples, task_prompts(task), list(task.classes), weights,
                                                a.precision == "bf16", a.workers)
+        print(f"fairbench from {Path(fairbench.__file__).parent}")
         print(f"{a.n} images of {samples.images.load(np.arange(1))[0].shape} px, ViT-B-32-quickgelu random "
               f"weights, {a.precision}, {torch.get_num_threads()} torch threads, fairbench batch "
               f"{sides['fairbench'].batch}" + (f", CLIP_benchmark batch 64 with {a.workers} workers" if have_peer

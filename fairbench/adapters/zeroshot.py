@@ -14,18 +14,24 @@ across the images of a split (GLoRIA z-scores each class). The ``ensemble`` para
 - ``name_sum``: each task-card class name a sub-class, probabilities summed per class (composite classes).
 
 Probabilities are the softmax over classes of the family's logits (scaled cosine for CLIP-like families). The
-prompts used and the rule are recorded (``adapt.fitted``).
+prompts used and the rule are recorded (``adapt.fitted``). Under ``--precision bf16|fp16`` the image encoder runs
+in autocast; the probabilities' change against a float32 pass on the first images of the evaluated split is
+recorded (``precision.effect``: ``max_abs_delta_prob``, ``argmax_agreement``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fairbench.adapters.base import AdaptContext, Adapter
 from fairbench.errors import CardError
+
+if TYPE_CHECKING:
+    from fairbench.models.zeroshot import ZeroShotHead
 
 __all__ = ["ZeroShot", "class_prompts"]
 
@@ -81,7 +87,7 @@ class ZeroShot(Adapter):
         return out
 
 
-def _probability_effect(ctx: AdaptContext, head: object, probs: dict[str, np.ndarray]) -> dict[str, object]:
+def _probability_effect(ctx: AdaptContext, head: ZeroShotHead, probs: dict[str, np.ndarray]) -> dict[str, Any]:
     """The probabilities at the run's precision against a float32 pass, on the first images of the evaluated
     split (heads that normalise across a whole split, or need more than the embedding, are not measured)."""
     from fairbench.models.zeroshot import _identity
