@@ -64,10 +64,13 @@ def test_a_cell_computed_at_another_precision_is_not_reused(runs: dict, tasks_di
         run_cell(_cfg(tasks_dir, out, "fp32", embedding_cache=False))
 
 
-def test_embedding_cache_keys_keep_fp32_and_separate_bf16(tasks_dir: Path, tmp_path: Path, one_torch_thread) -> None:
+def test_embedding_cache_keys_keep_fp32_and_separate_bf16(tasks_dir: Path, tmp_path: Path, one_torch_thread,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from fairbench.cache import EmbeddingCache
 
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))  # an empty cache, whatever ran before
     first = run_cell(_cfg(tasks_dir, tmp_path / "a", "fp32"))
+    assert [e["event"] for e in first.metrics["embedding_cache"]["events"]] == ["miss", "miss"]
     second = run_cell(_cfg(tasks_dir, tmp_path / "b", "bf16"))
     events = [(e["split"], e["event"]) for e in second.metrics["embedding_cache"]["events"]]
     assert events == [("val", "miss"), ("test", "miss")]  # the fp32 entries are not served to a bf16 run
