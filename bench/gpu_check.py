@@ -180,7 +180,7 @@ def section_zeroshot(s: Setup, ref: dict) -> list[Row]:
     return rows
 
 
-@torch.inference_mode()
+@torch.no_grad()  # as a run encodes (not inference_mode: slower under bf16 autocast on CPU)
 def section_encode(s: Setup) -> list[Row]:
     """Frozen-encoder throughput as a run encodes: load, preprocess on the CPU, forward at the precision."""
     from fairbench.adapters.base import AdaptContext

@@ -95,7 +95,7 @@ class AdaptContext:
             return {"enabled": False}
         return {"enabled": True, **self.embedding_cache.report()}
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: bf16 autocast on CPU ran 2.3x slower under it (docs/models.md)
     def _encode_images(self, split: str, samples: SampleSet) -> dict[str, np.ndarray]:
         model = self.model
         model.module.eval()
@@ -116,7 +116,7 @@ class AdaptContext:
             out = self.model.image_outputs(pixels)
         return {k: v.float() for k, v in out.items()}
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: bf16 autocast on CPU ran 2.3x slower under it (docs/models.md)
     def precision_reference(self, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The first :data:`PRECISION_CHECK_N` images of ``split`` encoded in float32: their indices and image
         outputs, to measure what ``precision`` changes (:meth:`precision_effect`)."""

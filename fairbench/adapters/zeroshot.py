@@ -67,7 +67,7 @@ class ZeroShot(Adapter):
                    "classes")
     defaults = {"ensemble": "family"}
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
         rule = self.params["ensemble"]
         if rule not in _ENSEMBLES:
