@@ -14,7 +14,8 @@ One entry per key; the key is the sha256 of
 - the task name and version,
 - the split, the hash of its sample ids (in order) and the image source key (dataset options, image cache
   size: whatever changes the pixels),
-- :data:`CACHE_FORMAT`.
+- :data:`CACHE_FORMAT`,
+- the inference precision when it is not fp32 (``--precision``: bf16/fp16 embeddings are entries of their own).
 
 Changing any of these misses the cache. The device is not in the key: embeddings computed on a GPU are
 reused on a CPU and vice versa (they differ by floating-point rounding only).
@@ -55,9 +56,10 @@ def module_state_sha256(module: Any) -> str:
     return tensors_sha256(module.state_dict())
 
 
-def embedding_key_parts(model: Any, task: Any, samples: Any, *, weights_sha256: str) -> dict[str, str]:
+def embedding_key_parts(model: Any, task: Any, samples: Any, *, weights_sha256: str,
+                        precision: str = "fp32") -> dict[str, str]:
     """What an entry depends on (see the module docstring)."""
-    return {
+    parts = {
         "format": CACHE_FORMAT,
         "model": model.card.name,
         "model_card_sha256": model.card.sha256,
@@ -69,6 +71,9 @@ def embedding_key_parts(model: Any, task: Any, samples: Any, *, weights_sha256: 
         "sample_ids_sha256": samples.ids_sha256,
         "image_source": str(getattr(samples.images, "key", "")),
     }
+    if precision != "fp32":  # float32 entries keep the key they always had
+        parts["precision"] = precision
+    return parts
 
 
 @dataclass

@@ -131,6 +131,9 @@ def run(
     embedding_cache: Annotated[bool, typer.Option(
         "--embedding-cache/--no-embedding-cache", help="Reuse frozen image embeddings across runs (zeroshot, "
         "linear_probe, mlp).", rich_help_panel="Training")] = True,
+    precision: Annotated[str, typer.Option(
+        help="Frozen-encoder inference precision: fp32, bf16 (autocast; CPU and CUDA) or fp16 (CUDA). Recorded "
+             "with its measured effect in metrics.json.", rich_help_panel="Training")] = "fp32",
 ) -> None:
     """Run one cell (task x model x adapter x seed) and print its fairness summary.
 
@@ -149,7 +152,7 @@ def run(
                     weights=weights, device=device, overwrite=overwrite, tasks_dirs=tuple(tasks_dir or ()),
                     n_boot=n_boot, adapt_args=adapt_args,
                     allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
-                    embedding_cache=embedding_cache)
+                    embedding_cache=embedding_cache, precision=precision)
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):

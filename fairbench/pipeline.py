@@ -26,6 +26,7 @@ from fairbench.models.base import get_model_card
 from fairbench.models.build import build_model, resolve_device
 from fairbench.locking import cell_lock
 from fairbench.models.inputs import check_run_inputs, inputs_changes, inputs_digest
+from fairbench.precision import check_precision, inference_batch_size
 from fairbench.progress import bar
 from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, check_seed, is_complete,
                                now_iso, provenance, read_metrics, write_json)
@@ -55,6 +56,8 @@ class RunConfig:
     image_cache: str = "auto"
     # [adapters] reuse frozen image embeddings across runs (fairbench.cache)
     embedding_cache: bool = True
+    # [speed] frozen-encoder inference precision: fp32, bf16 (CPU, CUDA) or fp16 (CUDA) autocast
+    precision: str = "fp32"
 
 
 @dataclass
@@ -79,6 +82,7 @@ def run_cell(cfg: RunConfig) -> CellResult:
     adapter_cls = ADAPTERS.get(cfg.adapt)
     adapter = adapter_cls(cfg.adapt_args)
     device = local_device(resolve_device(cfg.device))
+    check_precision(cfg.precision, device)
     data = _prepared_loader(cfg, task, card)
     cell = cell_dir(cfg.out, task.name, card.name, adapter.name, cfg.seed)
     if is_complete(cell) and not cfg.overwrite:
@@ -107,7 +111,8 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
     seed_everything(cfg.seed)
     ctx = AdaptContext(task=task, model=model, seed=cfg.seed, data_root=cfg.data_root, _loader=data,
                        embedding_cache=EmbeddingCache() if cfg.embedding_cache else None,
-                       checkpoint_dir=checkpoint_dir_for(cell), resume=not cfg.overwrite)
+                       checkpoint_dir=checkpoint_dir_for(cell), resume=not cfg.overwrite,
+                       batch_size=inference_batch_size(device), precision=cfg.precision)
     probs = adapter.run(ctx)
     if not is_main_process():  # data-parallel training: only rank 0 writes results
         return CellResult(cell, {}, skipped=False, task=task)
@@ -123,10 +128,12 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
             adapt={"name": adapter.name, "params": adapter.params, "fitted": _jsonable(adapter.fitted)},
             config={"task_card": task.sha256, "model_card": card.sha256, "adapt": adapter.params, "seed": cfg.seed,
                     "weights": model.weights_info.get("sha256"), "n_boot": n_boot,
-                    "model_inputs": inputs_digest(model.weights_info)},
+                    "model_inputs": inputs_digest(model.weights_info),
+                    **({"precision": cfg.precision} if cfg.precision != "fp32" else {})},
         )
     metrics["data"] = data.report()
     metrics["embedding_cache"] = ctx.embedding_report()
+    metrics["precision"] = ctx.precision_report()
     metrics["provenance"] = provenance(device=str(device), started_at=started, duration_s=time.time() - t0)
     write_json(cell / METRICS, metrics)
     adapter.finish(ctx)  # e.g. remove training checkpoints, now that the cell is complete
@@ -136,7 +143,7 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
 def _stale(cfg: RunConfig, doc: dict[str, Any], task: TaskCard, card: Any, adapter: Any) -> str | None:
     return stale_reason(doc, task=task, card=card, adapt=adapter.name, params=adapter.params,
                         n_boot=task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot,
-                        random_weights=cfg.weights == "random" if cfg.weights else None) \
+                        random_weights=cfg.weights == "random" if cfg.weights else None, precision=cfg.precision) \
         or inputs_changes(doc.get("model", {}).get("weights") or {}, card, cfg.weights)
 
 
@@ -161,7 +168,7 @@ def _plain(value: Any) -> Any:
 
 
 def stale_reason(doc: dict[str, Any], *, task: TaskCard, card: Any, adapt: str, params: dict[str, Any],
-                 n_boot: int, random_weights: bool | None = None) -> str | None:
+                 n_boot: int, random_weights: bool | None = None, precision: str | None = None) -> str | None:
     """Why a complete cell's ``metrics.json`` does not answer the run asked for now, or None when it does: a
     cell is only skipped when its task card, model card, adapter settings and bootstrap count are the current
     ones (an edited card must not leave old numbers standing under the new name). ``random_weights`` (None:
@@ -188,6 +195,9 @@ def stale_reason(doc: dict[str, Any], *, task: TaskCard, card: Any, adapt: str, 
         was_random = doc.get("model", {}).get("weights", {}).get("source") == "random"
         if was_random != random_weights:
             return "random weights" if was_random else "trained weights, not random ones"
+    recorded_precision = doc.get("precision", {}).get("inference", "fp32")
+    if precision is not None and recorded_precision != precision:
+        return f"--precision {recorded_precision}, not {precision}"
     return None
 
 

@@ -23,10 +23,14 @@ from fairbench.data.base import SampleSet
 from fairbench.data.task import TaskCard
 from fairbench.errors import FairbenchError
 from fairbench.models.base import VLModel
+from fairbench.precision import DTYPES, autocast
 from fairbench.progress import bar, warn
 from fairbench.registry import Registry
 
-__all__ = ["Adapter", "AdaptContext", "ADAPTERS", "parse_params", "check_number", "PARAM_RANGES"]
+__all__ = ["Adapter", "AdaptContext", "ADAPTERS", "parse_params", "check_number", "PARAM_RANGES", "PRECISION_CHECK_N"]
+
+#: images of a split encoded again in float32 to measure the effect of ``--precision`` (metrics.json)
+PRECISION_CHECK_N = 64
 
 
 @dataclass
@@ -42,10 +46,15 @@ class AdaptContext:
     checkpoint_dir: Path | None = None
     #: resume training from ``checkpoint_dir`` (False after --overwrite: start afresh)
     resume: bool = True
+    #: frozen-encoder inference precision (fairbench.precision): fp32, bf16 or fp16 autocast
+    precision: str = "fp32"
     _splits: dict[str, SampleSet] = field(default_factory=dict)
     _encoded: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     _loader: Any = None
     _weights_sha256: str | None = None
+    _reference: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
+    #: the measured effect of ``precision`` (adapters add to it; :meth:`precision_report`)
+    precision_measured: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> SampleSet:
         if name not in self._splits:
@@ -60,8 +69,8 @@ class AdaptContext:
         if split not in self._encoded:
             samples = self.split(split)
             cache = self.embedding_cache
-            parts = embedding_key_parts(self.model, self.task, samples, weights_sha256=self.weights_sha256()) \
-                if cache is not None else None
+            parts = embedding_key_parts(self.model, self.task, samples, weights_sha256=self.weights_sha256(),
+                                        precision=self.precision) if cache is not None else None
             arrays = cache.load(parts, len(samples)) if cache is not None and parts is not None else None
             if arrays is None:
                 arrays = self._encode_images(split, samples)
@@ -87,7 +96,7 @@ class AdaptContext:
             return {"enabled": False}
         return {"enabled": True, **self.embedding_cache.report()}
 
-    @torch.no_grad()
+    @torch.no_grad()  # not inference_mode: bf16 autocast on CPU ran 2.3x slower under it (docs/models.md)
     def _encode_images(self, split: str, samples: SampleSet) -> dict[str, np.ndarray]:
         model = self.model
         model.module.eval()
@@ -96,12 +105,53 @@ class AdaptContext:
         with bar(f"encoding {split} images", n) as b:
             for start in range(0, n, self.batch_size):
                 idx = np.arange(start, min(n, start + self.batch_size))
-                pixels = model.preprocess(samples.images.load(idx))
-                out = model.image_outputs(pixels)
+                out = self.image_outputs(model.preprocess(samples.images.load(idx)))
                 for key in chunks:
-                    chunks[key].append(out[key].float().cpu().numpy())
+                    chunks[key].append(out[key].cpu().numpy())
                 b.advance(len(idx))
         return {k: np.concatenate(v) for k, v in chunks.items()}
+
+    def image_outputs(self, pixels: torch.Tensor, precision: str | None = None) -> dict[str, torch.Tensor]:
+        """The model's image outputs at ``precision`` (default: the run's), as float32 tensors."""
+        with autocast(precision or self.precision, self.model.device):
+            out = self.model.image_outputs(pixels)
+        return {k: v.float() for k, v in out.items()}
+
+    @torch.no_grad()  # not inference_mode: bf16 autocast on CPU ran 2.3x slower under it (docs/models.md)
+    def precision_reference(self, split: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The first :data:`PRECISION_CHECK_N` images of ``split`` encoded in float32: their indices and image
+        outputs, to measure what ``precision`` changes (:meth:`precision_effect`)."""
+        if split not in self._reference:
+            samples = self.split(split)
+            idx = np.arange(min(len(samples), PRECISION_CHECK_N))
+            out = self.image_outputs(self.model.preprocess(samples.images.load(idx)), precision="fp32")
+            self._reference[split] = (idx, {k: v.cpu().numpy() for k, v in out.items()})
+        return self._reference[split]
+
+    def precision_report(self) -> dict[str, Any]:
+        """For metrics.json: the inference precision, the splits whose images were encoded under it, and (for a
+        precision other than fp32) its measured effect against float32 on the first :data:`PRECISION_CHECK_N`
+        images of the evaluated split: the embeddings' relative error, and what adapters add (zero-shot: the
+        probabilities' largest absolute change and the agreement of predicted classes)."""
+        report: dict[str, Any] = {"inference": self.precision, "encoded_splits": sorted(self._encoded)}
+        if self.precision != "fp32":
+            report["autocast_dtype"] = str(DTYPES[self.precision]).replace("torch.", "")
+            split = self.task.evaluation.split
+            if split in self._encoded:
+                self.precision_measured.setdefault("split", split)
+                self.precision_measured.update(self.precision_effect(split))
+            report["effect"] = dict(self.precision_measured)
+        return report
+
+    def precision_effect(self, split: str) -> dict[str, Any]:
+        """For metrics.json: the largest relative error of the split's embeddings at the run's precision
+        against float32, on the first :data:`PRECISION_CHECK_N` images."""
+        idx, ref = self.precision_reference(split)
+        enc = self.encode(split)
+        err = {k: float(np.max(np.linalg.norm(enc[k][idx] - ref[k], axis=1) /
+                               np.maximum(np.linalg.norm(ref[k], axis=1), 1e-12))) for k in ref}
+        return {"n_images": int(len(idx)), "max_rel_error_embedding": err["embedding"],
+                "max_rel_error_feature": err["feature"]}
 
 
 class Adapter(abc.ABC):

@@ -14,18 +14,24 @@ across the images of a split (GLoRIA z-scores each class). The ``ensemble`` para
 - ``name_sum``: each task-card class name a sub-class, probabilities summed per class (composite classes).
 
 Probabilities are the softmax over classes of the family's logits (scaled cosine for CLIP-like families). The
-prompts used and the rule are recorded (``adapt.fitted``).
+prompts used and the rule are recorded (``adapt.fitted``). Under ``--precision bf16|fp16`` the image encoder runs
+in autocast; the probabilities' change against a float32 pass on the first images of the evaluated split is
+recorded (``precision.effect``: ``max_abs_delta_prob``, ``argmax_agreement``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from fairbench.adapters.base import AdaptContext, Adapter
 from fairbench.errors import CardError
+
+if TYPE_CHECKING:
+    from fairbench.models.zeroshot import ZeroShotHead
 
 __all__ = ["ZeroShot", "class_prompts"]
 
@@ -52,7 +58,7 @@ def _image_outputs(ctx: AdaptContext, split: str, needs: tuple[str, ...], batch_
     n = len(samples)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
-        yield model.image_outputs(model.preprocess(samples.images.load(idx)))
+        yield ctx.image_outputs(model.preprocess(samples.images.load(idx)))
 
 
 class ZeroShot(Adapter):
@@ -76,4 +82,23 @@ class ZeroShot(Adapter):
             scores = [head.score(o) for o in _image_outputs(ctx, split, head.needs, head.batch_size)]
             logits = head.finalize(torch.cat(scores))
             out[split] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        if ctx.precision != "fp32":
+            ctx.precision_measured.update(_probability_effect(ctx, head, out))
         return out
+
+
+def _probability_effect(ctx: AdaptContext, head: ZeroShotHead, probs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The probabilities at the run's precision against a float32 pass, on the first images of the evaluated
+    split (heads that normalise across a whole split, or need more than the embedding, are not measured)."""
+    from fairbench.models.zeroshot import _identity
+
+    split = ctx.task.evaluation.split
+    if split not in probs or head.finalize is not _identity or not set(head.needs) <= {"embedding", "feature"}:
+        return {"probabilities": "not measured (the head normalises across the split or needs local features)"}
+    idx, ref = ctx.precision_reference(split)
+    device = ctx.model.device
+    ref_probs = torch.softmax(head.score({k: torch.from_numpy(ref[k]).to(device) for k in head.needs}).float(),
+                              dim=1).cpu().numpy()
+    p = probs[split][idx]
+    return {"split": split, "max_abs_delta_prob": float(np.max(np.abs(p - ref_probs))),
+            "argmax_agreement": float(np.mean(p.argmax(1) == ref_probs.argmax(1)))}

@@ -42,8 +42,11 @@ __all__ = ["OpenCLIPModel", "build_open_clip", "create_architecture", "load_stat
 class OpenCLIPModel(VLModel):
     def __init__(self, card: ModelCard, model: Any, tokenizer: Any, device: torch.device,
                  weights_info: dict[str, Any]) -> None:
+        from fairbench.models.fast_ops import use_inplace_quick_gelu
+
         self.card = card
         self.model = model.to(device).eval()
+        use_inplace_quick_gelu(self.model)
         self.tokenizer = tokenizer
         self.device = device
         self.weights_info = weights_info
