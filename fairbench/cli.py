@@ -98,7 +98,7 @@ def run(
     task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")] = "synth_cxr",
     model: Annotated[str, typer.Option(help="Model card name (see `fairbench ls models`).")] = "tinyclip",
     adapt: Annotated[str, typer.Option(help="Adaptation strategy (see `fairbench ls adapters`).")] = "zeroshot",
-    seed: Annotated[int, typer.Option(min=0, help="Seed for everything random in this cell.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for everything random in this cell (0 to 2**32-1).")] = 0,
     out: Annotated[Path, typer.Option(help="Results root; the cell goes to OUT/task/model/adapt/seedN.")]
         = Path("results"),
     data_root: Annotated[Optional[Path], typer.Option(
@@ -199,7 +199,7 @@ def metrics(
              "beside the file).")] = None,
     n_boot: NBootOpt = None,
     seed: Annotated[Optional[int], typer.Option(
-        min=0, help="Bootstrap seed (default: the cell's seed from the metrics.json beside the file, else 0).")]
+        help="Bootstrap seed, 0 to 2**32-1 (default: the cell's seed from the metrics.json beside the file, else 0).")]
         = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here (default: print it).")] = None,
     tasks_dir: TasksDirOpt = None,
@@ -221,7 +221,7 @@ def compare(
     task: Annotated[Optional[str], typer.Option(
         help="Task card (default: from the cells' metrics.json).")] = None,
     n_boot: NBootOpt = None,
-    seed: Annotated[int, typer.Option(min=0, help="Bootstrap seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed (0 to 2**32-1).")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Also write the full comparison as JSON here.")] = None,
     tasks_dir: TasksDirOpt = None,
 ) -> None:

@@ -99,6 +99,7 @@ def test_adapter_numbers_are_checked_before_any_work(tmp_path, adapt, arg, fragm
 
 
 @pytest.mark.parametrize("args", [["run", "--seed", "99999999999999999999999"], ["run", "--seed", str(2**32)],
+                                  ["run", "--seed", "-1"], ["compare", "a", "b", "--seed", "-3"],
                                   ["sweep", "--seeds", "0,4294967296", "--dry-run"],
                                   ["sweep", "--seeds", "0-99999999999999999999", "--dry-run"]])
 def test_seed_is_bounded(tmp_path, args):
