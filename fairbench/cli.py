@@ -295,6 +295,9 @@ def sweep(
         "(listed in metrics.json; default: the sweep file's, else no).", rich_help_panel="Run options")] = None,
     image_cache: Annotated[Optional[str], typer.Option(
         help="Preprocessed-image cache: auto, off or a size in pixels.", rich_help_panel="Run options")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        help="Frozen-encoder inference precision of every cell: fp32, bf16 or fp16 (CUDA) (default: the sweep "
+        "file's, else fp32).", rich_help_panel="Run options")] = None,
 ) -> None:
     """Run a grid of cells (tasks x models x adapters x seeds); complete cells are skipped.
 
@@ -304,7 +307,8 @@ def sweep(
     from fairbench.sweep.command import build_spec, sweep_command
 
     options = {"out": out, "data_root": data_root, "weights": weights, "device": device, "n_boot": n_boot,
-               "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache}
+               "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
+               "precision": precision}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
                       workers=workers, executor_args=_parse_kv(executor_arg or [], "--executor-arg"),
                       threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,

@@ -595,3 +595,29 @@ def test_committed_sweep_files_validate(path):
     spec = load_sweep_file(path)
     spec.validate()
     assert spec.cells()
+
+
+def test_precision_is_a_sweep_option(tmp_path):
+    """A sweep sets every cell's inference precision from its file or --precision (the CLI wins); an unknown
+    precision is one line before anything runs."""
+    from test_cli import assert_one_line_error, fairbench
+
+    from fairbench.sweep.command import build_spec
+
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(f"tasks: [synth_cxr]\nmodels: [tinyclip]\nadapts: [zeroshot]\nout: {tmp_path / 'out'}\n"
+                          "precision: bf16\n")
+    spec = load_sweep_file(sweep_file)
+    spec.validate()
+    assert spec.run_config(spec.cells()[0])["precision"] == "bf16"
+    spec = build_spec(sweep_file, tasks=None, models=None, adapts=None, seeds=None, executor=None, workers=None,
+                      executor_args={}, threads=None, tasks_dirs=None, adapt_args=None,
+                      options={"precision": "fp32"})
+    assert spec.run_config(spec.cells()[0])["precision"] == "fp32"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(sweep_file.read_text().replace("bf16", "fp8"))
+    proc = fairbench("sweep", str(bad), "--dry-run")
+    assert_one_line_error(proc, "precision 'fp8'", "fp32, bf16, fp16")
+    proc = fairbench("sweep", str(sweep_file), "--dry-run", "--precision", "fp8")
+    assert_one_line_error(proc, "precision 'fp8'")
+    assert not (tmp_path / "out").exists()

@@ -32,7 +32,8 @@ def run_options() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _GRID + _OWN)
 _PATH_OPTIONS = ("out", "data_root")
 _OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "weights": str, "device": str, "overwrite": bool,
-                                 "n_boot": int, "allow_skip_unreadable": bool, "image_cache": (str, int)}
+                                 "n_boot": int, "allow_skip_unreadable": bool, "image_cache": (str, int),
+                                 "precision": str, "embedding_cache": bool}
 
 
 @dataclass(frozen=True, order=True)
@@ -124,6 +125,12 @@ class SweepSpec:
                 raise FairbenchError(f"{exc}{hint}") from None
         if self.options.get("weights"):
             parse_weights(str(self.options["weights"]))
+        precision = self.options.get("precision")
+        if precision is not None:
+            from fairbench.precision import PRECISIONS
+
+            if precision not in PRECISIONS:
+                raise FairbenchError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         known = run_options()
         unknown = sorted(set(self.options) - set(known))
         if unknown:
