@@ -206,14 +206,20 @@ if __name__ == "__main__":
 """
 
 
-def test_an_interrupted_sweep_finishes_only_the_rest(tmp_path):
+def start_script(tmp_path: Path, source: str) -> tuple[subprocess.Popen, Path]:
+    """Run ``source`` as a script in a new session with this interpreter's path, its results under tmp/out."""
     script = tmp_path / "sweep_script.py"
-    script.write_text(INTERRUPTED)
+    script.write_text(source)
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return proc, out
+
+
+def test_an_interrupted_sweep_finishes_only_the_rest(tmp_path):
+    proc, out = start_script(tmp_path, INTERRUPTED)
     deadline = time.time() + 60
     while len(metrics_files(out)) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -225,8 +231,8 @@ def test_an_interrupted_sweep_finishes_only_the_rest(tmp_path):
         json.loads(p.read_text())  # every complete cell is whole
     runs_before = (out / "runs.log").read_text().split()
 
-    done = subprocess.run([sys.executable, str(script), str(out)], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(proc.args, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"RAN {12 - len(first)} SKIPPED {len(first)} FAILED 0" in done.stdout
     runs_after = (out / "runs.log").read_text().split()[len(runs_before):]
@@ -277,13 +283,7 @@ def _running(pid: int) -> bool:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_workers_exit_when_the_driver_is_killed(tmp_path):
-    script = tmp_path / "sweep_script.py"
-    script.write_text(ORPHANED)
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, out = start_script(tmp_path, ORPHANED)
     log = out / "workers.log"
     try:
         deadline = time.time() + 120
