@@ -372,3 +372,4 @@ def test_pages_say_when_weights_are_random_and_what_was_left_out(results, tmp_pa
     assert rows and all("(random weights)" in r[0] for r in rows)
     cell = next((out / "cells").rglob("index.html")).read_text()
     assert "RANDOM WEIGHTS" in cell
+    assert re.search(r"RANDOM WEIGHTS in \d+ of \d+ cells", (out / "index.html").read_text())

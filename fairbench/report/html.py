@@ -523,6 +523,7 @@ def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None
         ctx = _task_context(task, cells, col, reported.get(task, []), tasks_dirs, reference, figs, href)
         render("task.html", task_page[task], **ctx)
         index.append({"task": task, "href": task_page[task], "synthetic": ctx["synthetic"], "n_cells": len(cells),
+                      "n_random": ctx["n_random"],
                       "version": ", ".join(_distinct(cells, "task", "version")),
                       "models": sorted({c.model for c in cells}), "adapters": sorted({c.adapt for c in cells}),
                       "seeds": sorted({c.seed for c in cells}), "reported": ctx["reported"]})
