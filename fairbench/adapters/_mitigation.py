@@ -67,11 +67,7 @@ class MitigationAdapter(TrainableAdapter):
             raise FairbenchError(f"adapter '{self.name}': backbone must be one of {', '.join(BACKBONES)}, "
                                  f"got {backbone!r}")
         self.defaults = backbone_defaults(str(backbone), self.own)  # type: ignore[misc]
-        super().__init__(params)
-        self.check_params()
-
-    def check_params(self) -> None:
-        """Raise for a bad value of the adapter's own parameters (before any training)."""
+        super().__init__(params)  # numbers (eta > 0, adjustment >= 0, ...) checked by parse_params' PARAM_RANGES
 
     @abc.abstractmethod
     def mitigation(self, cells: Cells, ctx: AdaptContext) -> Mitigation:

@@ -13,11 +13,9 @@ Backbones and the recorded cells: :mod:`fairbench.adapters._mitigation`.
 
 from __future__ import annotations
 
-import math
 
 from fairbench.adapters._mitigation import MitigationAdapter
 from fairbench.adapters.base import AdaptContext
-from fairbench.errors import FairbenchError
 from fairbench.train.groups import Cells, GroupDRO, GroupDROMitigation, Mitigation
 
 __all__ = ["GroupDROAdapter"]
@@ -28,13 +26,6 @@ class GroupDROAdapter(MitigationAdapter):
     description = ("GroupDRO (Sagawa et al. 2020): online weights on the worst (attribute group x label) cells, "
                    "cell-balanced batches; frozen-feature MLP head (backbone=head) or end to end (lora|full)")
     own = {"eta": 0.01, "adjustment": 0.0, "balanced_sampling": True}
-
-    def check_params(self) -> None:
-        for key, low, strict in (("eta", 0.0, True), ("adjustment", 0.0, False)):
-            v = float(self.params[key])
-            if not math.isfinite(v) or v < low or (strict and v == low):
-                raise FairbenchError(f"adapter 'groupdro': {key} must be a finite number {'>' if strict else '>='} "
-                                     f"{low:g}, got {self.params[key]!r}")
 
     def mitigation(self, cells: Cells, ctx: AdaptContext) -> Mitigation:
         dro = GroupDRO(cells, float(self.params["eta"]), float(self.params["adjustment"]), ctx.model.device)

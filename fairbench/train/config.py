@@ -67,14 +67,8 @@ class TrainConfig:
         def fail(key: str, why: str) -> FairbenchError:
             return FairbenchError(f"adapter '{adapter}': parameter '{key}' {why}, got {params[key]!r}")
 
-        for key in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
-            if int(params[key]) < 1:
-                raise fail(key, "must be at least 1")
-        for key in ("warmup_steps", "patience"):
-            if int(params[key]) < 0:
-                raise fail(key, "must be >= 0")
-        if float(params["lr"]) <= 0:
-            raise fail("lr", "must be positive")
+        # numeric ranges (epochs >= 1, lr > 0, betas in [0, 1), ...) are checked once, when the adapter parses its
+        # parameters (fairbench.adapters.base.PARAM_RANGES); here only the choices and the shape of betas
         if params["optimizer"] not in OPTIMIZERS:
             raise fail("optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         if params["schedule"] not in SCHEDULES:
@@ -82,7 +76,7 @@ class TrainConfig:
         if params["select_on"] not in SELECT_SPLITS:
             raise fail("select_on", f"must be one of {', '.join(SELECT_SPLITS)}")
         betas = [float(b) for b in params["betas"]]
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        if len(betas) != 2:
             raise fail("betas", "must be two numbers in [0, 1)")
         return cls(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]), lr=float(params["lr"]),
                    weight_decay=float(params["weight_decay"]), optimizer=str(params["optimizer"]),
