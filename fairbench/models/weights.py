@@ -101,7 +101,7 @@ def tensors_sha256(state: Mapping[str, Any]) -> str:
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy of the tensor
     return h.hexdigest()
 
 
