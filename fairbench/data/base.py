@@ -120,3 +120,5 @@ DATASETS.register_lazy("synth_cxr", "fairbench.data.synth_loader:SynthCXRLoader"
 DATASETS.register_lazy("nih", "fairbench.data.nih:NIHLoader")
 DATASETS.register_lazy("fairvlmed", "fairbench.data.fairvlmed:FairVLMedLoader")
 DATASETS.register_lazy("chexpert", "fairbench.data.chexpert:CheXpertLoader")
+# any folder of images with a manifest (no code: `fairbench tasks new` writes the card)
+DATASETS.register_lazy("csv", "fairbench.data.csv_loader:CSVLoader")
