@@ -186,3 +186,74 @@ def test_padchest_recipe_on_the_real_label_file():
     assert (split == 1).all()  # patient-disjoint
     shares = frame["split"].value_counts(normalize=True)
     assert abs(shares["train"] - 0.7) < 0.02 and abs(shares["test"] - 0.2) < 0.02
+
+
+def write_mimic(root: Path) -> dict:
+    """MIMIC-CXR-JPG 2.0.0 + MIMIC-IV 2.2 in PhysioNet's layout, with the cases the recipe must get right."""
+    cxr, hosp = root / "mimic-cxr-jpg" / "2.0.0", root / "mimiciv" / "2.2" / "hosp"
+    hosp.mkdir(parents=True)
+    cxr.mkdir(parents=True)
+    meta, split, labels, patients, adm = [], [], [], [], []
+    expected = {}
+    for p in range(12):
+        subject = 10000032 + p * 1000
+        patients.append({"subject_id": subject, "gender": "MF"[p % 2], "anchor_age": 40 + p * 3,
+                         "anchor_year": 2150, "anchor_year_group": "2008 - 2010", "dod": ""})
+        # admissions: p%4 == 0 -> WHITE twice, BLACK once (White wins); 1 -> tie ASIAN/HISPANIC (earliest wins);
+        # 2 -> only UNKNOWN (missing); 3 -> WHITE - RUSSIAN + WHITE - OTHER EUROPEAN (both White)
+        races = {0: ["BLACK/AFRICAN AMERICAN", "WHITE", "WHITE"], 1: ["HISPANIC/LATINO - PUERTO RICAN", "ASIAN"],
+                 2: ["UNKNOWN", "UNABLE TO OBTAIN"], 3: ["WHITE - RUSSIAN", "WHITE - OTHER EUROPEAN"]}[p % 4]
+        ins = ["Medicaid", "Medicare", "Other"][p % 3]
+        for k, race in enumerate(races):
+            adm.append({"subject_id": subject, "hadm_id": subject * 10 + k, "admittime": f"215{k}-01-01 10:00:00",
+                        "insurance": ins, "race": race})
+        race_group = {0: "White", 1: "Hispanic", 2: None, 3: "White"}[p % 4]
+        for s in range(2):
+            study = 50000000 + p * 10 + s
+            nf = "1.0" if (p + s) % 3 == 0 else ""
+            labels.append({"subject_id": subject, "study_id": study, "Atelectasis": "" if nf else "1.0",
+                           "No Finding": nf})
+            for view in ("PA", "LATERAL"):
+                dicom = f"{p:08x}-{s:08x}-{len(meta):08x}-00000000-00000000"
+                meta.append({"dicom_id": dicom, "subject_id": subject, "study_id": study, "ViewPosition": view,
+                             "StudyDate": f"215{2 + s}0101"})
+                split.append({"dicom_id": dicom, "study_id": study, "subject_id": subject,
+                              "split": ["train", "validate", "test"][p % 3]})
+                png(cxr / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}" / f"{dicom}.jpg", seed=p)
+                if view == "PA":
+                    expected[dicom] = {"split": ["train", "val", "test"][p % 3],
+                                       "label": "no_finding" if nf else "finding", "sex": "MF"[p % 2],
+                                       "age": 40 + p * 3 + 2 + s, "race": race_group, "insurance": ins}
+    for name, rows in (("mimic-cxr-2.0.0-metadata.csv.gz", meta), ("mimic-cxr-2.0.0-split.csv.gz", split),
+                       ("mimic-cxr-2.0.0-chexpert.csv.gz", labels)):
+        pd.DataFrame(rows).to_csv(cxr / name, index=False)
+    pd.DataFrame(patients).to_csv(hosp / "patients.csv.gz", index=False)
+    pd.DataFrame(adm).to_csv(hosp / "admissions.csv.gz", index=False)
+    return expected
+
+
+def test_mimic_cxr_recipe_on_its_download_layout(tmp_path):
+    expected = write_mimic(tmp_path)
+    card = get_task("mimic_no_finding")
+    got = {}
+    for split in ("train", "val", "test"):
+        s = card.load_split(split, tmp_path)
+        age_raw = card.loader().load(split, tmp_path).columns["age"]
+        for i, sid in enumerate(s.sample_ids):
+            got[sid] = {"split": split, "label": s.classes[s.labels[i]], "sex": s.attributes["sex"][i],
+                        "age": age_raw[i], "race": s.attributes["race"][i], "insurance": s.attributes["insurance"][i]}
+        assert all(Path(p).is_file() for p in s.images.paths)
+    assert got == expected
+    assert check_task(card, tmp_path).ok
+
+
+def test_mimic_cxr_root_mistakes_are_one_message(tmp_path):
+    write_mimic(tmp_path)
+    card = get_task("mimic_no_finding")
+    with pytest.raises(DataError, match="subfolder of the dataset: pass --data-root " + re.escape(str(tmp_path))):
+        card.load_split("train", tmp_path / "mimic-cxr-jpg" / "2.0.0")
+    above = tmp_path.parent / f"{tmp_path.name}-download"  # a PhysioNet download: <dir>/files/mimic-cxr-jpg/...
+    above.mkdir()
+    (above / "files").symlink_to(tmp_path)
+    with pytest.raises(DataError, match="holds files/: pass --data-root " + re.escape(str(above / "files"))):
+        card.load_split("train", above)
