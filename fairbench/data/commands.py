@@ -63,6 +63,44 @@ def build(
     _print_build_summary(console, path)
 
 
+@tasks_app.command("new")
+def new(
+    name: Annotated[str, typer.Argument(help="Name of the new task (lower-case letters, digits, _).")],
+    csv: Annotated[Path, typer.Option("--csv", help="The manifest: a CSV (or .tsv, .parquet) with one row per "
+                                                   "image.")],
+    image: Annotated[str, typer.Option(help="Column holding each image's path (relative paths are read from the "
+                                            "manifest's folder).")],
+    label: Annotated[str, typer.Option(help="Column holding each image's label.")],
+    attributes: Annotated[Optional[str], typer.Option(
+        help="Comma-separated protected attribute columns, e.g. sex,age.")] = None,
+    patient: Annotated[Optional[str], typer.Option(help="Column holding the patient id (keeps a patient's images "
+                                                        "in one split).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Column holding train/val/test (default: a salted hash of "
+                                                      "the patient id, 70/10/20).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder of task folders to write into; use it as --tasks-dir.")]
+        = Path("tasks"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing card.")] = False,
+) -> None:
+    """Write a task card for a folder of images described by a CSV (the csv loader): no code needed."""
+    from fairbench.data.newtask import write_task_card
+
+    made = write_task_card(name, csv, image=image, label=label,
+                           attributes=(attributes or "").split(",") if attributes else None,
+                           patient=patient, split=split, out_dir=out, overwrite=overwrite)
+    console = stdout_console()
+    console.print(f"wrote {made.path}: {made.n_rows} images, classes {', '.join(made.classes)}", markup=False)
+    for attr, what in made.attributes.items():
+        console.print(f"  attribute {attr}: {what}", markup=False)
+    for note in made.notes:
+        console.print(f"  note: {note}", markup=False)
+    if made.missing_files:
+        console.print(f"  warning: {made.missing_files} of {made.n_rows} image files not found "
+                      f"(`fairbench data check` lists them)", markup=False)
+    console.print("next: read and edit the card, then\n"
+                  f"  fairbench data check --task {name} --tasks-dir {out}\n"
+                  f"  fairbench run --task {name} --tasks-dir {out} --model tinyclip", markup=False)
+
+
 def _print_build_summary(console: Console, path: Path) -> None:
     import pandas as pd
 

@@ -164,7 +164,8 @@ class TaskCard:
         values = raw.columns[self.label_column]
         index = {c: i for i, c in enumerate(self.classes)}
         out = np.empty(len(values), dtype=np.int64)
-        bad = []
+        bad: list[str] = []
+        first_bad: int | None = None
         for i, v in enumerate(values):
             k = _key(v)
             cls = None
@@ -176,11 +177,13 @@ class TaskCard:
                 cls = self.classes[int(v)]
             if cls is None:
                 bad.append(k)
+                first_bad = i if first_bad is None else first_bad
             else:
                 out[i] = index[cls]
         if bad:
             raise DataError(f"{where}: {len(bad)} label value(s) in column '{self.label_column}' are not in the "
-                            f"card's label map: {', '.join(sorted(set(bad))[:5])}")
+                            f"card's label map: {', '.join(sorted(set(bad))[:5])} (first at sample "
+                            f"{raw.sample_ids[first_bad]!r})")
         return out
 
 
