@@ -4,8 +4,10 @@ A and B are result cells (folders with predictions.parquet), predictions.parquet
 beside their predictions, or folders holding ``seed<N>`` cells (one task x model x adapter). For one pair of
 cells the answer is a paired bootstrap of every metric the suite computes (:mod:`fairbench.metrics._paired`)
 plus DeLong's test for the overall and per-group AUCs (:mod:`fairbench.metrics._delong`). For folders of
-seeds the cells are paired seed by seed, and the mean delta over seeds gets a Student t interval next to each
-seed's paired bootstrap. Each cell keeps the threshold its metrics.json records.
+seeds the cells are paired seed by seed, and the mean delta over seeds gets an interval that combines the seeds'
+spread with each seed's paired-bootstrap variance (:func:`across_seeds`; seeds that give the same delta fall back
+to one seed's paired bootstrap, and say so). A cell against a folder of seeds is compared with the folder's cell
+of the same seed. Each cell keeps the threshold its metrics.json records.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def _cell(label: str, predictions: Path) -> Cell:
 def resolve_cells(path: Path | str) -> dict[int | None, Cell]:
     """{seed: cell}: one entry for a cell, a predictions file or a metrics.json; one per ``seed<N>`` folder
     for a folder of seeds."""
+    return _resolve(path)[0]
+
+
+def _resolve(path: Path | str) -> tuple[dict[int | None, Cell], bool]:
+    """(:func:`resolve_cells`, whether ``path`` is a folder of seed cells)."""
     p = Path(path)
     label = str(path)
     if not p.exists():
@@ -86,14 +93,30 @@ def resolve_cells(path: Path | str) -> dict[int | None, Cell]:
         elif p.suffix != ".parquet":
             raise FairbenchError(f"{label}: expected a result cell, a {PREDICTIONS} or a {METRICS}")
         cell = _cell(label, p)
-        return {cell.seed: cell}
+        return {cell.seed: cell}, False
     if (p / PREDICTIONS).exists() or (p / METRICS).exists() or (p / "error.json").exists():
         cell = _cell(label, p / PREDICTIONS)
-        return {cell.seed: cell}
+        return {cell.seed: cell}, False
     seeds = sorted((int(m.group(1)), d) for d in p.iterdir() if d.is_dir() and (m := _SEED_DIR.match(d.name)))
     if not seeds:
         raise FairbenchError(f"{label}: neither a result cell (no {PREDICTIONS}) nor a folder of seed<N> cells")
-    return {s: _cell(f"{label.rstrip('/')}/{d.name}", d / PREDICTIONS) for s, d in seeds}
+    return {s: _cell(f"{label.rstrip('/')}/{d.name}", d / PREDICTIONS) for s, d in seeds}, True
+
+
+def _matching_seed(cell_side: dict[int | None, Cell], cell_path: Path | str, folder: dict[int | None, Cell],
+                   folder_path: Path | str) -> Cell:
+    """The cell of a seed folder whose seed is the lone cell's, or a one-line refusal."""
+    (seed, _), = cell_side.items()
+    have = sorted(k for k in folder if k is not None)
+    if seed is None:
+        raise FairbenchError(f"{cell_path} is one cell with no recorded seed and {folder_path} a folder of seeds "
+                             f"({', '.join(map(str, have))}): compare it with one of them (e.g. "
+                             f"{str(folder_path).rstrip('/')}/seed{have[0]})")
+    if seed not in folder:
+        raise FairbenchError(f"{cell_path} is a seed-{seed} cell and {folder_path} a folder of seeds without "
+                             f"seed{seed} (seeds {', '.join(map(str, have))}): compare cells of the same seed, "
+                             f"or two folders of seeds")
+    return folder[seed]
 
 
 # -- one pair ---------------------------------------------------------------------------------------------------
@@ -160,7 +183,7 @@ def _nest(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _entry(v: PairedValue) -> dict[str, Any]:
-    out: dict[str, Any] = {"a": v.a, "b": v.b, "delta": v.delta, "ci": v.ci, "p": v.p}
+    out: dict[str, Any] = {"a": v.a, "b": v.b, "delta": v.delta, "ci": v.ci, "p": v.p, "se": v.se}
     if v.n_undefined:
         out["n_undefined"] = v.n_undefined
     return out
@@ -231,26 +254,60 @@ def compare_pair(a: Cell, b: Cell, card: Any, *, n_boot: int, seed: int) -> dict
 
 
 # -- seeds ------------------------------------------------------------------------------------------------------
-def _t975(df: int) -> float:
+#: per-seed deltas closer than this are "the same": the seeds show no spread (deterministic adapters on fixed
+#: weights), and the first seed's paired bootstrap stands for all of them (as the leaderboard's "versus" tables)
+SAME_DELTA = 1e-12
+ACROSS_METHOD = {
+    "combined": "mean of the per-seed deltas; 95% t interval and t-test p with standard error sqrt(s^2/k + "
+                "mean of the seeds' paired-bootstrap variances) and Welch-Satterthwaite degrees of freedom: "
+                "covers seed-to-seed variation and test-sample variation",
+    "same": "every seed gave the same delta (no seed-to-seed variation to measure): the first seed's paired "
+            "bootstrap interval and p, which cover test-sample variation only",
+    "bootstrap": "one paired seed: its paired bootstrap interval and p (test-sample variation only)",
+    "seeds": "no bootstrap (n_boot 0): Student t interval and one-sample t-test across seeds (seed-to-seed "
+             "variation only)",
+}
+
+
+def _t_quantile(df: float) -> float:
     from scipy import stats
 
-    return float(stats.t.ppf(0.975, df))
+    return float(stats.t.ppf(0.975, df)) if math.isfinite(df) else float(stats.norm.ppf(0.975))
 
 
-def _across(values: list[float]) -> dict[str, Any]:
+def _t_p(t: float, df: float) -> float:
+    from scipy import stats
+
+    return float(2 * (stats.t.sf(abs(t), df) if math.isfinite(df) else stats.norm.sf(abs(t))))
+
+
+def _across(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metric over k paired seeds (``entries``: each seed's paired entry, delta defined in all)."""
+    values = [float(e["delta"]) for e in entries]
     k = len(values)
     mean = float(np.mean(values))
     out: dict[str, Any] = {"mean_delta": mean, "deltas": values, "n_seeds": k, "ci": None, "p": None}
-    if k >= 2:
-        sd = float(np.std(values, ddof=1))
-        half = _t975(k - 1) * sd / math.sqrt(k)
-        out["ci"] = [mean - half, mean + half]
-        if sd > 0:
-            from scipy import stats
-
-            out["p"] = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(k)), k - 1))
-        else:
-            out["p"] = 1.0 if mean == 0 else 0.0
+    if k == 1 or max(values) - min(values) <= SAME_DELTA:
+        first = entries[0]
+        out.update(method="bootstrap" if k == 1 else "same", ci=first.get("ci"), p=first.get("p"),
+                   se_within=first.get("se"), se_seeds=0.0 if k > 1 else None, covers="test samples")
+        return out
+    sd = float(np.std(values, ddof=1))
+    ses = [e.get("se") for e in entries]
+    within = float(np.mean([s * s for s in ses])) if all(isinstance(s, (int, float)) for s in ses) else None
+    var_seeds = sd * sd / k
+    # the t interval across seeds alone (what the seeds' spread says), kept for reference
+    half_t = _t_quantile(k - 1) * math.sqrt(var_seeds)
+    out.update(t_ci=[mean - half_t, mean + half_t], t_p=_t_p(mean / math.sqrt(var_seeds), k - 1),
+               se_seeds=math.sqrt(var_seeds), se_within=None if within is None else math.sqrt(within))
+    if within is None:
+        out.update(method="seeds", ci=out["t_ci"], p=out["t_p"], df=k - 1, covers="seeds")
+        return out
+    var = var_seeds + within
+    df = (k - 1) * var * var / (var_seeds * var_seeds)  # Welch-Satterthwaite, the bootstrap variance taken as known
+    half = _t_quantile(df) * math.sqrt(var)
+    out.update(method="combined", ci=[mean - half, mean + half], p=_t_p(mean / math.sqrt(var), df), df=df,
+               covers="seeds and test samples")
     return out
 
 
@@ -265,16 +322,19 @@ def _walk(tree: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[
 
 
 def across_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean delta over seeds with a t interval and a one-sample t-test p-value, per metric path."""
-    deltas: dict[tuple[str, ...], list[float]] = {}
-    for result in per_seed.values():
+    """Per metric path: the mean delta over the paired seeds with an interval and p-value that never claim more
+    certainty than the data show (:data:`ACROSS_METHOD`, recorded per entry under ``method``): seeds that vary
+    give an interval combining their spread with each seed's paired-bootstrap variance; seeds that give the same
+    delta, or a single seed, give the (first) seed's paired bootstrap."""
+    entries: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for _, result in sorted(per_seed.items()):
         for path, entry in _walk(result["metrics"]):
             if entry.get("delta") is not None:
-                deltas.setdefault(path, []).append(float(entry["delta"]))
+                entries.setdefault(path, []).append(entry)
     out: dict[str, Any] = {}
-    for path, values in sorted(deltas.items()):
-        if len(values) == len(per_seed):
-            _nest(out, path, _across(values))
+    for path, found in sorted(entries.items()):
+        if len(found) == len(per_seed):
+            _nest(out, path, _across(found))
     return out
 
 
@@ -284,7 +344,15 @@ def compare(a: Path | str, b: Path | str, *, task: str | None = None, n_boot: in
     when the two sides cannot be compared."""
     from fairbench.data.task import get_task
 
-    side_a, side_b = resolve_cells(a), resolve_cells(b)
+    (side_a, folder_a), (side_b, folder_b) = _resolve(a), _resolve(b)
+    matched: dict[str, Any] | None = None
+    if folder_a != folder_b:  # one cell against a folder of seeds: the folder's cell of the same seed
+        if folder_b:
+            side_b = {None: _matching_seed(side_a, a, side_b, b)}
+            matched = {"side": "b", "folder": str(b), "seed": side_b[None].seed}
+        else:
+            side_a = {None: _matching_seed(side_b, b, side_a, a)}
+            matched = {"side": "a", "folder": str(a), "seed": side_a[None].seed}
     cells = list(side_a.values()) + list(side_b.values())
     names = {c.doc["task"]["name"] for c in cells if c.doc and (c.doc.get("task") or {}).get("name")}
     if task is None:
@@ -302,9 +370,12 @@ def compare(a: Path | str, b: Path | str, *, task: str | None = None, n_boot: in
     if n_boot < 0:
         raise FairbenchError(f"--n-boot must be >= 0, got {n_boot}")
     seed = 0 if seed is None else int(seed)
-    multi = len(side_a) > 1 or len(side_b) > 1
-    if not multi:
-        return compare_pair(next(iter(side_a.values())), next(iter(side_b.values())), card, n_boot=n_boot, seed=seed)
+    if not (folder_a and folder_b):
+        result = compare_pair(next(iter(side_a.values())), next(iter(side_b.values())), card, n_boot=n_boot,
+                              seed=seed)
+        if matched is not None:
+            result["matched_seed"] = matched
+        return result
     common = sorted(s for s in side_a.keys() & side_b.keys() if s is not None)
     if not common:
         raise FairbenchError(f"{a} (seeds {sorted(k for k in side_a if k is not None)}) and {b} (seeds "
@@ -316,6 +387,5 @@ def compare(a: Path | str, b: Path | str, *, task: str | None = None, n_boot: in
     return {"a": {**first["a"], "path": str(a), "seeds": common}, "b": {**first["b"], "path": str(b), "seeds": common},
             "task": card.name, "eval_split": first["eval_split"], "n": first["n"], "n_boot": n_boot, "seed": seed,
             "seeds": common, "unpaired_seeds": unpaired,
-            "across_seeds": {"method": "mean of the per-seed deltas, Student t interval and one-sample t-test "
-                                       "across seeds", "metrics": across_seeds(per_seed)},
+            "across_seeds": {"methods": ACROSS_METHOD, "metrics": across_seeds(per_seed)},
             "per_seed": {str(s): r for s, r in per_seed.items()}}

@@ -9,7 +9,7 @@ same counts on the same samples, moved into its own row order. Each set keeps it
 
 For every path the suite reports (``("overall", "auc")``, ``("attributes", "age", "es_auc")``, per-group and
 per-class paths too) the result holds ``a``, ``b``, ``delta = b - a`` (point estimates on all rows), the 95%
-percentile interval of the resampled deltas and a two-sided bootstrap p-value,
+percentile interval of the resampled deltas, their standard deviation ``se`` and a two-sided bootstrap p-value,
 ``min(1, 2 (min(#{d* <= 0}, #{d* >= 0}) + 1) / (B + 1))``: the smallest attainable is ``2 / (B + 1)``.
 """
 
@@ -25,7 +25,7 @@ from fairbench.metrics._kernels import draw_weights, ones_weights, pass_stats
 from fairbench.metrics._passes import Pass, Path
 from fairbench.metrics._plan import PassData, Plan, build_plan
 
-__all__ = ["PairedValue", "paired_pass", "bootstrap_p_value", "b_layout"]
+__all__ = ["PairedValue", "paired_pass", "bootstrap_p_value", "bootstrap_se", "b_layout"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class PairedValue:
     ci: list[float] | None
     p: float | None
     n_undefined: int = 0  # resamples on which the delta was undefined (left out of the interval and p)
+    se: float | None = None  # standard deviation of the finite resampled deltas (the bootstrap standard error)
 
 
 def bootstrap_p_value(deltas: np.ndarray) -> float | None:
@@ -45,6 +46,12 @@ def bootstrap_p_value(deltas: np.ndarray) -> float | None:
         return None
     k = min(int((d <= 0).sum()), int((d >= 0).sum()))
     return float(min(1.0, 2.0 * (k + 1) / (len(d) + 1)))
+
+
+def bootstrap_se(deltas: np.ndarray) -> float | None:
+    """Standard deviation (ddof 1) of the finite resampled deltas: the paired bootstrap's standard error."""
+    d = deltas[np.isfinite(deltas)]
+    return float(np.std(d, ddof=1)) if len(d) >= 2 else None
 
 
 def b_layout(plan_a: Plan, plan_b: Plan) -> np.ndarray:
@@ -102,5 +109,6 @@ def paired_pass(p: Pass, data_a: PassData, data_b: PassData, no_finding: int | N
             ci = [float(bounds[j, 0]), float(bounds[j, 1])]
         out[path] = PairedValue(a=a, b=b, delta=float(b - a), ci=ci,  # type: ignore[operator]
                                 p=bootstrap_p_value(deltas[:, j]) if n_boot > 0 else None,
-                                n_undefined=int(n_undefined[j]) if n_undefined is not None else 0)
+                                n_undefined=int(n_undefined[j]) if n_undefined is not None else 0,
+                                se=bootstrap_se(deltas[:, j]) if n_boot > 0 else None)
     return out

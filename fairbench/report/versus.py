@@ -8,8 +8,9 @@ the leaderboard's tables and the forest plot read the same :class:`Versus`.
 What a row shows per metric (:meth:`VersusRow.delta`):
 
 - one paired seed: that seed's delta, its 95% paired-bootstrap percentile interval and bootstrap p-value;
-- two or more: the mean of the per-seed deltas, a Student t 95% interval and a one-sample t-test p-value
-  across seeds (:func:`fairbench.compare.across_seeds`), the interval clipped to [-1, 1]; where every seed
+- two or more: the mean of the per-seed deltas with the interval and p-value of
+  :func:`fairbench.compare.across_seeds` (as `fairbench compare` prints them): a t interval whose standard
+  error combines the seeds' spread with their paired-bootstrap variance, clipped to [-1, 1]; where every seed
   gives the same delta (deterministic adapters on fixed weights) the seeds carry no spread, and the first
   seed's paired bootstrap is shown instead, as the leaderboard does for its own intervals.
 
@@ -34,14 +35,14 @@ __all__ = ["VERSUS_METRICS", "Delta", "VersusRow", "VersusTable", "Versus", "com
 #: the metrics of a "versus" table, in column order (multiclass tasks read dpd/deodds as their OvR means)
 VERSUS_METRICS = ("auc", "es_auc", "auc_gap", "dpd", "deodds")
 BOOTSTRAP_SEED = 0
-_SAME = 1e-12  # per-seed deltas closer than this are "the same" (as in the leaderboard's aggregate)
+_SAME = 1e-12  # per-seed deltas closer than this are "the same" (as in the leaderboard's aggregate and compare)
 
 
 @dataclass(frozen=True)
 class Delta:
     """B - reference for one metric of one row; ``method``: "bootstrap" (one seed's paired bootstrap),
-    "seeds" (mean and t interval across seeds) or "same" (seeds gave the same delta: the first seed's paired
-    bootstrap)."""
+    "seeds" (mean over seeds, interval combining seed and test-sample variation) or "same" (seeds gave the
+    same delta: the first seed's paired bootstrap)."""
 
     delta: float | None
     ci: tuple[float, float] | None
