@@ -184,6 +184,8 @@ def _nest(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 def _entry(v: PairedValue) -> dict[str, Any]:
     out: dict[str, Any] = {"a": v.a, "b": v.b, "delta": v.delta, "ci": v.ci, "p": v.p, "se": v.se}
+    if v.ci is not None and v.delta is not None and not v.ci[0] <= v.delta <= v.ci[1]:
+        out["ci_excludes_delta"] = True  # percentile interval of a gap-like statistic's delta (docs/metrics.md)
     if v.n_undefined:
         out["n_undefined"] = v.n_undefined
     return out
@@ -248,7 +250,8 @@ def compare_pair(a: Cell, b: Cell, card: Any, *, n_boot: int, seed: int) -> dict
     return {"a": a.identity(), "b": b.identity(), "task": card.name, "eval_split": ev.split, "n": int(len(ea)),
             "n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL if n_boot else None,
             "ci_method": "percentile of the paired resampled deltas (same samples for A and B; strata true class "
-                         "x group per attribute, true class overall)" if n_boot else None,
+                         "x group per attribute, true class overall); an interval that does not contain its delta "
+                         "is flagged ci_excludes_delta" if n_boot else None,
             "p_value": P_VALUE if n_boot else None, "thresholds": {"a": rec_a, "b": rec_b},
             "metrics": metrics, "delong": delong}
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fairbench.progress import stdout_console
-from fairbench.report.summary import lookup
+from fairbench.report.summary import OUTSIDE_MARK, lookup, outside
 
 __all__ = ["print_comparison", "printed_rows", "excludes_zero", "fmt_p", "p_floor"]
 
@@ -42,10 +42,10 @@ def _x100(v: Any, signed: bool = False) -> str:
     return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
 
 
-def _ci(ci: Any) -> str:
+def _ci(ci: Any, value: Any = None) -> str:
     if not isinstance(ci, (list, tuple)) or None in ci:
         return "n/a"
-    return f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+    return f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" + (OUTSIDE_MARK if outside(value, ci) else "")
 
 
 def p_floor(n_boot: Any) -> float | None:
@@ -105,12 +105,15 @@ def print_comparison(result: dict[str, Any], console: Console | None = None) -> 
             method = s.get("method")
             used.add(str(method))
             table.add_row(scope, label, " ".join(_x100(e.get("delta"), True) for e in per),
-                          _x100(s.get("mean_delta"), True), _ci(s.get("ci")),
+                          _x100(s.get("mean_delta"), True), _ci(s.get("ci"), s.get("mean_delta")),
                           fmt_p(s.get("p"), floor if method in ("same", "bootstrap") else None),
                           "*" if excludes_zero(s.get("ci")) else "", _COVERS.get(str(method), "n/a"),
                           f"{sum(excludes_zero(e.get('ci')) for e in per)}/{len(per)}")
         console.print(table)
         notes = ["* the 95% interval excludes 0."]
+        if any(OUTSIDE_MARK in str(c) for col in table.columns for c in col.cells):
+            notes.append(f"{OUTSIDE_MARK} the interval does not contain the mean Δ (docs/metrics.md, \"Which "
+                         "interval\").")
         if "combined" in used:
             notes.append("seeds + test: mean Δ over seeds, t interval whose standard error adds the spread of the "
                          "seeds' Δ (s²/k) to their paired-bootstrap variance (Welch-Satterthwaite df).")
@@ -135,8 +138,12 @@ def print_comparison(result: dict[str, Any], console: Console | None = None) -> 
         elif path[-1] == "auc" and path[2] == "groups":
             dl = lookup(delong, "attributes", path[1], path[3], "auc")
         table.add_row(scope, label, _x100(e.get("a")), _x100(e.get("b")), _x100(e.get("delta"), True),
-                      _ci(e.get("ci")), fmt_p(e.get("p"), floor), "*" if excludes_zero(e.get("ci")) else "",
+                      _ci(e.get("ci"), e.get("delta")), fmt_p(e.get("p"), floor), "*" if excludes_zero(e.get("ci")) else "",
                       fmt_p(dl.get("p")) if isinstance(dl, dict) and "p" in dl else "")
     console.print(table)
     console.print("* the 95% paired bootstrap interval of B − A excludes 0. For AUC gap, DPD, DEOdds and ECE lower "
                   "is better; a negative Δ is an improvement.", markup=False, soft_wrap=True)
+    if any(OUTSIDE_MARK in str(c) for col in table.columns for c in col.cells):
+        console.print(f"{OUTSIDE_MARK} the percentile interval does not contain Δ: differences of gaps and other "
+                      "absolute-value statistics are biased under resampling (docs/metrics.md, \"Which interval\").",
+                      markup=False, soft_wrap=True)

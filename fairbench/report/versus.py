@@ -27,7 +27,7 @@ from typing import Any
 
 from fairbench.errors import FairbenchError
 from fairbench.report.collect import ResultCell
-from fairbench.report.summary import lookup
+from fairbench.report.summary import OUTSIDE_MARK, lookup
 
 __all__ = ["VERSUS_METRICS", "Delta", "VersusRow", "VersusTable", "Versus", "compute_versus", "check_reference",
            "holm", "fmt_delta", "fmt_p"]
@@ -227,12 +227,15 @@ def compute_versus(task: str, cells: Sequence[ResultCell], reference: str, *, ta
 
 
 def fmt_delta(d: Delta | None) -> str:
-    """x100, signed, one decimal, with the interval; ``*`` when the interval excludes 0."""
+    """x100, signed, one decimal, with the interval (``‡`` after an interval that does not contain Δ); ``*`` when
+    the interval excludes 0."""
     if d is None or d.delta is None or not math.isfinite(d.delta):
         return "n/a"
     text = _signed(d.delta)
     if d.ci is not None:
         text += f" [{_signed(d.ci[0])}, {_signed(d.ci[1])}]"
+        if not d.ci[0] <= d.delta <= d.ci[1]:
+            text += OUTSIDE_MARK  # docs/metrics.md, "Which interval"
     if d.method == "same":
         text += "†"
     return text + (" *" if d.excludes_zero else "")
