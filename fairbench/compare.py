@@ -13,98 +13,30 @@ of the same seed. Each cell keeps the threshold its metrics.json records.
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fairbench.errors import FairbenchError, ResultsError
+from fairbench.errors import FairbenchError
 from fairbench.metrics._bootstrap import CI_LEVEL
 from fairbench.metrics._delong import delong_paired
 from fairbench.metrics._inputs import read_predictions as parse_predictions
 from fairbench.metrics._paired import PairedValue, paired_pass
 from fairbench.metrics._suite import _resolve_threshold, build_passes
-from fairbench.results import METRICS, PREDICTIONS, read_metrics
+from fairbench.results import ResultCell, read_predictions, resolve_cells, resolve_side
 
-__all__ = ["Cell", "resolve_cells", "compare_pair", "paired_metrics", "compare", "across_seeds", "P_VALUE",
+__all__ = ["resolve_cells", "compare_pair", "paired_metrics", "compare", "across_seeds", "P_VALUE",
            "SUMMARY_METRICS"]
 
 P_VALUE = "two-sided bootstrap: min(1, 2 (min(#{d* <= 0}, #{d* >= 0}) + 1) / (B + 1))"
 #: what the printed table and the leaderboard's "versus" tables show (the JSON has every metric)
 SUMMARY_METRICS = ("auc", "es_auc", "auc_gap", "dpd", "deodds")
-_SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One side of a comparison: a predictions file and, when there is one, the metrics.json beside it."""
-
-    label: str
-    predictions: Path
-    doc: dict[str, Any] | None
-    seed: int | None
-
-    def identity(self) -> dict[str, Any]:
-        doc = self.doc or {}
-        return {"path": self.label, "predictions": str(self.predictions),
-                "model": (doc.get("model") or {}).get("name"), "adapter": (doc.get("adapt") or {}).get("name"),
-                "seed": self.seed, "params": (doc.get("adapt") or {}).get("params")}
-
-
-def _doc_beside(predictions: Path) -> dict[str, Any] | None:
-    beside = predictions.parent / METRICS
-    if not beside.is_file():
-        return None
-    try:
-        return read_metrics(beside)
-    except ResultsError:
-        return None
-
-
-def _cell(label: str, predictions: Path) -> Cell:
-    if not predictions.is_file():
-        raise FairbenchError(f"{label}: no {PREDICTIONS} (a comparison needs each cell's per-sample predictions)")
-    doc = _doc_beside(predictions)
-    seed = doc.get("seed") if doc else None
-    if seed is None:
-        m = _SEED_DIR.match(predictions.parent.name)
-        seed = int(m.group(1)) if m else None
-    return Cell(label=label, predictions=predictions, doc=doc, seed=None if seed is None else int(seed))
-
-
-def resolve_cells(path: Path | str) -> dict[int | None, Cell]:
-    """{seed: cell}: one entry for a cell, a predictions file or a metrics.json; one per ``seed<N>`` folder
-    for a folder of seeds."""
-    return _resolve(path)[0]
-
-
-def _resolve(path: Path | str) -> tuple[dict[int | None, Cell], bool]:
-    """(:func:`resolve_cells`, whether ``path`` is a folder of seed cells)."""
-    p = Path(path)
-    label = str(path)
-    if not p.exists():
-        raise FairbenchError(f"{label}: no such file or folder")
-    if p.is_file():
-        if p.name == METRICS:
-            p = p.parent / PREDICTIONS
-        elif p.suffix != ".parquet":
-            raise FairbenchError(f"{label}: expected a result cell, a {PREDICTIONS} or a {METRICS}")
-        cell = _cell(label, p)
-        return {cell.seed: cell}, False
-    if (p / PREDICTIONS).exists() or (p / METRICS).exists() or (p / "error.json").exists():
-        cell = _cell(label, p / PREDICTIONS)
-        return {cell.seed: cell}, False
-    seeds = sorted((int(m.group(1)), d) for d in p.iterdir() if d.is_dir() and (m := _SEED_DIR.match(d.name)))
-    if not seeds:
-        raise FairbenchError(f"{label}: neither a result cell (no {PREDICTIONS}) nor a folder of seed<N> cells")
-    return {s: _cell(f"{label.rstrip('/')}/{d.name}", d / PREDICTIONS) for s, d in seeds}, True
-
-
-def _matching_seed(cell_side: dict[int | None, Cell], cell_path: Path | str, folder: dict[int | None, Cell],
-                   folder_path: Path | str) -> Cell:
+def _matching_seed(cell_side: dict[int | None, ResultCell], cell_path: Path | str,
+                   folder: dict[int | None, ResultCell], folder_path: Path | str) -> ResultCell:
     """The cell of a seed folder whose seed is the lone cell's, or a one-line refusal."""
     (seed, _), = cell_side.items()
     have = sorted(k for k in folder if k is not None)
@@ -120,13 +52,11 @@ def _matching_seed(cell_side: dict[int | None, Cell], cell_path: Path | str, fol
 
 
 # -- one pair ---------------------------------------------------------------------------------------------------
-def _read_frame(cell: Cell, classes: list[str], attributes: list[str]) -> pd.DataFrame:
-    from fairbench.report.recompute import read_predictions
-
+def _read_frame(cell: ResultCell, classes: list[str], attributes: list[str]) -> pd.DataFrame:
     return read_predictions(cell.predictions, classes, attributes)
 
 
-def _threshold(cell: Cell, frame: pd.DataFrame, card: Any) -> tuple[float | None, dict[str, Any]]:
+def _threshold(cell: ResultCell, frame: pd.DataFrame, card: Any) -> tuple[float | None, dict[str, Any]]:
     """The threshold the cell's metrics.json records; without one, the task card's rule on this frame."""
     recorded = (cell.doc or {}).get("threshold")
     if isinstance(recorded, dict) and "value" in recorded:
@@ -139,7 +69,8 @@ def _threshold(cell: Cell, frame: pd.DataFrame, card: Any) -> tuple[float | None
     return value, {**record, "from": "task card rule"}
 
 
-def _aligned(a: Cell, b: Cell, fa: pd.DataFrame, fb: pd.DataFrame, card: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _aligned(a: ResultCell, b: ResultCell, fa: pd.DataFrame, fb: pd.DataFrame,
+             card: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The evaluated rows of both, in the same order (by sample id), after checking they are the same samples
     with the same labels and groups."""
     split = card.evaluation.split
@@ -147,11 +78,11 @@ def _aligned(a: Cell, b: Cell, fa: pd.DataFrame, fb: pd.DataFrame, card: Any) ->
     for cell, frame in ((a, fa), (b, fb)):
         ev = frame[frame["split"].astype(str) == split].copy()
         if ev.empty:
-            raise FairbenchError(f"{cell.label}: no rows with split == {split!r}")
+            raise FairbenchError(f"{cell.name}: no rows with split == {split!r}")
         ids = ev["sample_id"].astype(str)
         dup = ids[ids.duplicated()].unique().tolist()
         if dup:
-            raise FairbenchError(f"{cell.label}: duplicate sample id(s) in split {split!r}: {', '.join(dup[:5])}")
+            raise FairbenchError(f"{cell.name}: duplicate sample id(s) in split {split!r}: {', '.join(dup[:5])}")
         ev["sample_id"] = ids
         out.append(ev.sort_values("sample_id", kind="mergesort").reset_index(drop=True))
     ea, eb = out
@@ -159,19 +90,19 @@ def _aligned(a: Cell, b: Cell, fa: pd.DataFrame, fb: pd.DataFrame, card: Any) ->
     only_b = sorted(set(eb["sample_id"]) - set(ea["sample_id"]))
     if only_a or only_b:
         raise FairbenchError(
-            f"{a.label} and {b.label} were evaluated on different samples ({len(only_a)} only in A"
+            f"{a.name} and {b.name} were evaluated on different samples ({len(only_a)} only in A"
             + (f", e.g. {only_a[0]}" if only_a else "") + f"; {len(only_b)} only in B"
             + (f", e.g. {only_b[0]}" if only_b else "") + "): a paired comparison needs the same test samples")
     if not np.array_equal(ea["label"].to_numpy(), eb["label"].to_numpy()):
         i = int(np.flatnonzero(ea["label"].to_numpy() != eb["label"].to_numpy())[0])
-        raise FairbenchError(f"{a.label} and {b.label} disagree on the label of sample {ea['sample_id'][i]}")
+        raise FairbenchError(f"{a.name} and {b.name} disagree on the label of sample {ea['sample_id'][i]}")
     for attr in card.attributes:
         col = f"attr_{attr}"
         va = ea[col].astype("string").fillna("<unknown>").to_numpy()
         vb = eb[col].astype("string").fillna("<unknown>").to_numpy()
         if not np.array_equal(va, vb):
             i = int(np.flatnonzero(va != vb)[0])
-            raise FairbenchError(f"{a.label} and {b.label} disagree on {attr} of sample {ea['sample_id'][i]} "
+            raise FairbenchError(f"{a.name} and {b.name} disagree on {attr} of sample {ea['sample_id'][i]} "
                                  f"({va[i]} vs {vb[i]})")
     return ea, eb
 
@@ -235,7 +166,7 @@ def paired_metrics(ea: pd.DataFrame, eb: pd.DataFrame, *, classes: list[str], at
     return metrics, _delong(pa, pb, ev_a, ev_b, classes)
 
 
-def compare_pair(a: Cell, b: Cell, card: Any, *, n_boot: int, seed: int) -> dict[str, Any]:
+def compare_pair(a: ResultCell, b: ResultCell, card: Any, *, n_boot: int, seed: int) -> dict[str, Any]:
     """Paired bootstrap (every metric) and DeLong (AUCs) of B - A on the same evaluated samples."""
     classes, attributes = list(card.classes), list(card.attributes)
     ev = card.evaluation
@@ -347,7 +278,7 @@ def compare(a: Path | str, b: Path | str, *, task: str | None = None, n_boot: in
     when the two sides cannot be compared."""
     from fairbench.data.task import get_task
 
-    (side_a, folder_a), (side_b, folder_b) = _resolve(a), _resolve(b)
+    (side_a, folder_a), (side_b, folder_b) = resolve_side(a), resolve_side(b)
     matched: dict[str, Any] | None = None
     if folder_a != folder_b:  # one cell against a folder of seeds: the folder's cell of the same seed
         if folder_b:

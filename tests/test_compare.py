@@ -411,3 +411,22 @@ def test_same_seed_same_numbers(cells: Path) -> None:
     assert one["metrics"] == two["metrics"]
     three = compare(cells / "biased" / "seed1", cells / "fixed" / "seed1", n_boot=100, seed=6)
     assert three["metrics"] != one["metrics"]
+
+
+def test_one_home_for_result_cells() -> None:
+    """compare reads cells through fairbench.results (no reach up into report/), and the cell type and finder
+    are the same objects the leaderboard's collector uses."""
+    from test_imports import _import_graph
+
+    import fairbench.compare as cmp
+    import fairbench.report.collect as collect
+    import fairbench.results as results
+
+    graph = _import_graph()
+    assert not [m for m in graph["fairbench.compare"] if m.startswith("fairbench.report")]
+    assert collect.ResultCell is results.ResultCell and cmp.ResultCell is results.ResultCell
+    for module in ("fairbench.compare", "fairbench.report.recompute", "fairbench.report.plots"):
+        assert "fairbench.results.predictions" in graph[module] or "fairbench.results" in graph[module], module
+    package = Path(results.__file__).parent.parent
+    readers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "read_parquet(" in p.read_text())
+    assert readers == ["results/predictions.py"]  # the one place that opens a predictions file

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError
-from fairbench.report.collect import ResultCell
+from fairbench.results import ResultCell
 from fairbench.report.summary import OUTSIDE_MARK, lookup
 
 __all__ = ["VERSUS_METRICS", "Delta", "VersusRow", "VersusTable", "Versus", "compute_versus", "check_reference",
@@ -176,7 +176,7 @@ def _n_boot(cells: Sequence[ResultCell], card: Any) -> int:
 def compute_versus(task: str, cells: Sequence[ResultCell], reference: str, *, tasks_dirs: Sequence[Path] = (),
                    n_boot: int | None = None) -> Versus:
     """Every (model, adapter) of the task's cells against (same model, ``reference``), each pair once."""
-    from fairbench.compare import Cell, across_seeds, compare_pair
+    from fairbench.compare import across_seeds, compare_pair
     from fairbench.data.task import get_task
 
     cells = list(cells)
@@ -211,8 +211,7 @@ def compute_versus(task: str, cells: Sequence[ResultCell], reference: str, *, ta
         for s in shared:
             a, b = ref[s], mine[s]
             try:
-                per_seed[s] = compare_pair(Cell(a.key, a.predictions, a.doc, a.seed),
-                                           Cell(b.key, b.predictions, b.doc, b.seed), card, n_boot=boot,
+                per_seed[s] = compare_pair(replace(a, label=a.key), replace(b, label=b.key), card, n_boot=boot,
                                            seed=BOOTSTRAP_SEED)
             except FairbenchError as exc:
                 cautions.append(f"{b.key} was not compared with {a.key}: {exc}")
