@@ -2,7 +2,7 @@
 
 A and B are result cells (folders with predictions.parquet), predictions.parquet files, metrics.json files
 beside their predictions, or folders holding ``seed<N>`` cells (one task x model x adapter). For one pair of
-cells the answer is a paired bootstrap of every metric the suite computes (:mod:`fairbench.metrics._paired`)
+cells the answer is a paired bootstrap of every metric the suite computes (:mod:`fairbench.metrics.paired`)
 plus DeLong's test for the overall and per-group AUCs (:mod:`fairbench.metrics._delong`). For folders of
 seeds the cells are paired seed by seed, and the mean delta over seeds gets an interval that combines the seeds'
 spread with each seed's paired-bootstrap variance (:func:`across_seeds`; seeds that give the same delta fall back
@@ -20,11 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fairbench.errors import FairbenchError
-from fairbench.metrics._bootstrap import CI_LEVEL
-from fairbench.metrics._delong import delong_paired
-from fairbench.metrics._inputs import read_predictions as parse_predictions
-from fairbench.metrics._paired import PairedValue, paired_pass
-from fairbench.metrics._suite import _resolve_threshold, build_passes
+from fairbench.metrics.paired import CI_LEVEL, paired_metrics, rule_threshold
 from fairbench.results import ResultCell, read_predictions, resolve_cells, resolve_side
 
 __all__ = ["resolve_cells", "compare_pair", "paired_metrics", "compare", "across_seeds", "P_VALUE",
@@ -63,9 +59,7 @@ def _threshold(cell: ResultCell, frame: pd.DataFrame, card: Any) -> tuple[float 
         value = recorded["value"]
         return (None if value is None else float(value)), {**recorded, "from": "metrics.json"}
     ev = card.evaluation
-    pred = parse_predictions(frame, list(card.classes), list(card.attributes), None)
-    task = "binary" if len(card.classes) == 2 else "multiclass"
-    value, record = _resolve_threshold(ev.threshold, pred, task, ev.split, {})
+    value, record = rule_threshold(frame, list(card.classes), list(card.attributes), ev.threshold, ev.split)
     return value, {**record, "from": "task card rule"}
 
 
@@ -105,65 +99,6 @@ def _aligned(a: ResultCell, b: ResultCell, fa: pd.DataFrame, fb: pd.DataFrame,
             raise FairbenchError(f"{a.name} and {b.name} disagree on {attr} of sample {ea['sample_id'][i]} "
                                  f"({va[i]} vs {vb[i]})")
     return ea, eb
-
-
-def _nest(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _entry(v: PairedValue) -> dict[str, Any]:
-    out: dict[str, Any] = {"a": v.a, "b": v.b, "delta": v.delta, "ci": v.ci, "p": v.p, "se": v.se}
-    if v.ci is not None and v.delta is not None and not v.ci[0] <= v.delta <= v.ci[1]:
-        out["ci_excludes_delta"] = True  # percentile interval of a gap-like statistic's delta (docs/metrics.md)
-    if v.n_undefined:
-        out["n_undefined"] = v.n_undefined
-    return out
-
-
-def _delong_entry(y: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> dict[str, Any] | None:
-    d = delong_paired(y, sa, sb)
-    if d is None:
-        return None
-    return {"a": d.auc_a, "b": d.auc_b, "delta": d.delta, "se": d.se, "ci": d.ci, "p": d.p,
-            "n_pos": d.n_pos, "n_neg": d.n_neg}
-
-
-def _delong(pa: Any, pb: Any, ev_a: np.ndarray, ev_b: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """DeLong per AUC the suite reports: binary: P(positive); multiclass: each class one vs rest."""
-    y, probs_a, probs_b = pa.y[ev_a], pa.probs[ev_a], pb.probs[ev_b]
-
-    def scores(mask: np.ndarray) -> dict[str, Any] | None:
-        if len(classes) == 2:
-            return _delong_entry(y[mask] == 1, probs_a[mask, 1], probs_b[mask, 1])
-        return {c: _delong_entry(y[mask] == k, probs_a[mask, k], probs_b[mask, k]) for k, c in enumerate(classes)}
-
-    out: dict[str, Any] = {"overall": {"auc": scores(np.ones(len(y), dtype=bool))}, "attributes": {}}
-    for attr, labels in pa.attributes.items():
-        labels = labels[ev_a]
-        groups = sorted({g for g in labels if g is not None})
-        out["attributes"][attr] = {g: {"auc": scores(labels == g)} for g in groups}
-    return out
-
-
-def paired_metrics(ea: pd.DataFrame, eb: pd.DataFrame, *, classes: list[str], attributes: list[str],
-                   intersections: list[list[str]] | None, eval_split: str, threshold_a: float | None,
-                   threshold_b: float | None, ece_bins: int, no_finding_class: str | None, n_boot: int,
-                   seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(paired bootstrap tree, DeLong tree) of two prediction tables whose evaluated rows are the same samples
-    in the same order."""
-    pa = parse_predictions(ea, classes, attributes, intersections)
-    pb = parse_predictions(eb, classes, attributes, intersections)
-    nf = classes.index(str(no_finding_class)) if no_finding_class is not None else None
-    passes_a = build_passes(pa, eval_split=eval_split, threshold=threshold_a, ece_bins=ece_bins, no_finding=nf)
-    passes_b = build_passes(pb, eval_split=eval_split, threshold=threshold_b, ece_bins=ece_bins, no_finding=nf)
-    metrics: dict[str, Any] = {"overall": {}, "attributes": {}}
-    for (p, da), (_, db) in zip(passes_a, passes_b, strict=True):
-        for path, value in paired_pass(p, da, db, nf, n_boot, seed).items():
-            _nest(metrics, path, _entry(value))
-    ev_a, ev_b = pa.split == eval_split, pb.split == eval_split
-    return metrics, _delong(pa, pb, ev_a, ev_b, classes)
 
 
 def compare_pair(a: ResultCell, b: ResultCell, card: Any, *, n_boot: int, seed: int) -> dict[str, Any]:
@@ -243,6 +178,12 @@ def _across(entries: list[dict[str, Any]]) -> dict[str, Any]:
     out.update(method="combined", ci=[mean - half, mean + half], p=_t_p(mean / math.sqrt(var), df), df=df,
                covers="seeds and test samples")
     return out
+
+
+def _nest(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
 
 
 def _walk(tree: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict[str, Any]]]:

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from fairbench.cli import app
 from fairbench.compare import compare
 from fairbench.errors import FairbenchError
-from fairbench.metrics._delong import delong_paired
-from fairbench.metrics._paired import bootstrap_p_value
+from fairbench.metrics.paired import delong_paired
+from fairbench.metrics.paired import bootstrap_p_value
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_pairing_narrows_the_interval_of_correlated_predictions(cells: Path, tmp
 
 def test_b_gets_as_resample_on_the_same_samples_in_its_own_row_order() -> None:
     from fairbench.metrics._kernels import draw_weights
-    from fairbench.metrics._paired import b_layout
+    from fairbench.metrics.paired import b_layout
     from fairbench.metrics._plan import PassData, build_plan
 
     rng = np.random.default_rng(3)
@@ -430,3 +430,15 @@ def test_one_home_for_result_cells() -> None:
     package = Path(results.__file__).parent.parent
     readers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "read_parquet(" in p.read_text())
     assert readers == ["results/predictions.py"]  # the one place that opens a predictions file
+
+
+def test_compare_uses_public_metric_names_only() -> None:
+    import ast
+
+    import fairbench.compare as cmp
+
+    tree = ast.parse(Path(cmp.__file__).read_text())
+    private = [f"{node.module}.{a.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               and (node.module or "").startswith("fairbench.metrics") for a in node.names
+               if "._" in node.module or a.name.startswith("_")]
+    assert not private, private

@@ -1,4 +1,6 @@
-"""Paired bootstrap: the difference B - A of every metric of two prediction sets on the same samples.
+"""Paired statistics of two prediction sets on the same samples: the paired bootstrap of every metric the
+suite computes (:func:`paired_metrics`, :func:`paired_pass`) and DeLong's test of the AUCs. ``fairbench compare``
+and the leaderboard's "versus" tables use these public names.
 
 Both sets are evaluated on the same resamples. Rows are aligned by sample id (same samples, labels and
 groups). Each pass (overall, then one per attribute) draws A's resamples with the suite's own function
@@ -17,15 +19,21 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from fairbench.metrics._bootstrap import CHUNK_ELEMENTS, CI_LEVEL, _threads, percentile_intervals
+from fairbench.metrics._delong import DeLong, delong_paired
+from fairbench.metrics._inputs import read_predictions as parse_predictions
 from fairbench.metrics._kernels import draw_weights, ones_weights, pass_stats
 from fairbench.metrics._passes import Pass, Path
 from fairbench.metrics._plan import PassData, Plan, build_plan
+from fairbench.metrics._suite import _resolve_threshold, build_passes
 
-__all__ = ["PairedValue", "paired_pass", "bootstrap_p_value", "bootstrap_se", "b_layout"]
+__all__ = ["CI_LEVEL", "PairedValue", "paired_metrics", "paired_pass", "rule_threshold", "bootstrap_p_value",
+           "bootstrap_se", "b_layout", "DeLong", "delong_paired"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +120,74 @@ def paired_pass(p: Pass, data_a: PassData, data_b: PassData, no_finding: int | N
                                 n_undefined=int(n_undefined[j]) if n_undefined is not None else 0,
                                 se=bootstrap_se(deltas[:, j]) if n_boot > 0 else None)
     return out
+
+
+# -- two prediction tables ------------------------------------------------------------------------------------
+def rule_threshold(frame: pd.DataFrame, classes: list[str], attributes: list[str], rule: str | float,
+                   eval_split: str) -> tuple[float | None, dict[str, Any]]:
+    """The threshold a task card's rule (a number, ``val_youden``, ``val_f1``; argmax for multiclass) gives on
+    this prediction table, as the suite chooses it: ``(value, record)``."""
+    pred = parse_predictions(frame, classes, attributes, None)
+    task = "binary" if len(classes) == 2 else "multiclass"
+    return _resolve_threshold(rule, pred, task, eval_split, {})
+
+
+def _nest(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _entry(v: PairedValue) -> dict[str, Any]:
+    out: dict[str, Any] = {"a": v.a, "b": v.b, "delta": v.delta, "ci": v.ci, "p": v.p, "se": v.se}
+    if v.ci is not None and v.delta is not None and not v.ci[0] <= v.delta <= v.ci[1]:
+        out["ci_excludes_delta"] = True  # percentile interval of a gap-like statistic's delta (docs/metrics.md)
+    if v.n_undefined:
+        out["n_undefined"] = v.n_undefined
+    return out
+
+
+def _delong_entry(y: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> dict[str, Any] | None:
+    d = delong_paired(y, sa, sb)
+    if d is None:
+        return None
+    return {"a": d.auc_a, "b": d.auc_b, "delta": d.delta, "se": d.se, "ci": d.ci, "p": d.p,
+            "n_pos": d.n_pos, "n_neg": d.n_neg}
+
+
+def _delong(pa: Any, pb: Any, ev_a: np.ndarray, ev_b: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """DeLong per AUC the suite reports: binary: P(positive); multiclass: each class one vs rest."""
+    y, probs_a, probs_b = pa.y[ev_a], pa.probs[ev_a], pb.probs[ev_b]
+
+    def scores(mask: np.ndarray) -> dict[str, Any] | None:
+        if len(classes) == 2:
+            return _delong_entry(y[mask] == 1, probs_a[mask, 1], probs_b[mask, 1])
+        return {c: _delong_entry(y[mask] == k, probs_a[mask, k], probs_b[mask, k]) for k, c in enumerate(classes)}
+
+    out: dict[str, Any] = {"overall": {"auc": scores(np.ones(len(y), dtype=bool))}, "attributes": {}}
+    for attr, labels in pa.attributes.items():
+        labels = labels[ev_a]
+        groups = sorted({g for g in labels if g is not None})
+        out["attributes"][attr] = {g: {"auc": scores(labels == g)} for g in groups}
+    return out
+
+
+def paired_metrics(ea: pd.DataFrame, eb: pd.DataFrame, *, classes: list[str], attributes: list[str],
+                   intersections: list[list[str]] | None, eval_split: str, threshold_a: float | None,
+                   threshold_b: float | None, ece_bins: int, no_finding_class: str | None, n_boot: int,
+                   seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(paired bootstrap tree, DeLong tree) of two prediction tables whose evaluated rows are the same samples
+    in the same order."""
+    pa = parse_predictions(ea, classes, attributes, intersections)
+    pb = parse_predictions(eb, classes, attributes, intersections)
+    nf = classes.index(str(no_finding_class)) if no_finding_class is not None else None
+    passes_a = build_passes(pa, eval_split=eval_split, threshold=threshold_a, ece_bins=ece_bins, no_finding=nf)
+    passes_b = build_passes(pb, eval_split=eval_split, threshold=threshold_b, ece_bins=ece_bins, no_finding=nf)
+    metrics: dict[str, Any] = {"overall": {}, "attributes": {}}
+    for (p, da), (_, db) in zip(passes_a, passes_b, strict=True):
+        for path, value in paired_pass(p, da, db, nf, n_boot, seed).items():
+            _nest(metrics, path, _entry(value))
+    ev_a, ev_b = pa.split == eval_split, pb.split == eval_split
+    return metrics, _delong(pa, pb, ev_a, ev_b, classes)
+
+
