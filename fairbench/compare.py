@@ -2,121 +2,69 @@
 
 A and B are result cells (folders with predictions.parquet), predictions.parquet files, metrics.json files
 beside their predictions, or folders holding ``seed<N>`` cells (one task x model x adapter). For one pair of
-cells the answer is a paired bootstrap of every metric the suite computes (:mod:`fairbench.metrics._paired`)
+cells the answer is a paired bootstrap of every metric the suite computes (:mod:`fairbench.metrics.paired`)
 plus DeLong's test for the overall and per-group AUCs (:mod:`fairbench.metrics._delong`). For folders of
-seeds the cells are paired seed by seed, and the mean delta over seeds gets a Student t interval next to each
-seed's paired bootstrap. Each cell keeps the threshold its metrics.json records.
+seeds the cells are paired seed by seed, and the mean delta over seeds gets an interval that combines the seeds'
+spread with each seed's paired-bootstrap variance (:func:`across_seeds`; seeds that give the same delta fall back
+to one seed's paired bootstrap, and say so). A cell against a folder of seeds is compared with the folder's cell
+of the same seed. Each cell keeps the threshold its metrics.json records.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fairbench.errors import FairbenchError, ResultsError
-from fairbench.metrics._bootstrap import CI_LEVEL
-from fairbench.metrics._delong import delong_paired
-from fairbench.metrics._inputs import read_predictions as parse_predictions
-from fairbench.metrics._paired import PairedValue, paired_pass
-from fairbench.metrics._suite import _resolve_threshold, build_passes
-from fairbench.results import METRICS, PREDICTIONS, read_metrics
+from fairbench.errors import FairbenchError
+from fairbench.metrics.paired import CI_LEVEL, paired_metrics, rule_threshold
+from fairbench.results import ResultCell, read_predictions, resolve_cells, resolve_side
 
-__all__ = ["Cell", "resolve_cells", "compare_pair", "paired_metrics", "compare", "across_seeds", "P_VALUE",
+__all__ = ["resolve_cells", "compare_pair", "paired_metrics", "compare", "across_seeds", "P_VALUE",
            "SUMMARY_METRICS"]
 
 P_VALUE = "two-sided bootstrap: min(1, 2 (min(#{d* <= 0}, #{d* >= 0}) + 1) / (B + 1))"
 #: what the printed table and the leaderboard's "versus" tables show (the JSON has every metric)
 SUMMARY_METRICS = ("auc", "es_auc", "auc_gap", "dpd", "deodds")
-_SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One side of a comparison: a predictions file and, when there is one, the metrics.json beside it."""
-
-    label: str
-    predictions: Path
-    doc: dict[str, Any] | None
-    seed: int | None
-
-    def identity(self) -> dict[str, Any]:
-        doc = self.doc or {}
-        return {"path": self.label, "predictions": str(self.predictions),
-                "model": (doc.get("model") or {}).get("name"), "adapter": (doc.get("adapt") or {}).get("name"),
-                "seed": self.seed, "params": (doc.get("adapt") or {}).get("params")}
-
-
-def _doc_beside(predictions: Path) -> dict[str, Any] | None:
-    beside = predictions.parent / METRICS
-    if not beside.is_file():
-        return None
-    try:
-        return read_metrics(beside)
-    except ResultsError:
-        return None
-
-
-def _cell(label: str, predictions: Path) -> Cell:
-    if not predictions.is_file():
-        raise FairbenchError(f"{label}: no {PREDICTIONS} (a comparison needs each cell's per-sample predictions)")
-    doc = _doc_beside(predictions)
-    seed = doc.get("seed") if doc else None
+def _matching_seed(cell_side: dict[int | None, ResultCell], cell_path: Path | str,
+                   folder: dict[int | None, ResultCell], folder_path: Path | str) -> ResultCell:
+    """The cell of a seed folder whose seed is the lone cell's, or a one-line refusal."""
+    (seed, _), = cell_side.items()
+    have = sorted(k for k in folder if k is not None)
     if seed is None:
-        m = _SEED_DIR.match(predictions.parent.name)
-        seed = int(m.group(1)) if m else None
-    return Cell(label=label, predictions=predictions, doc=doc, seed=None if seed is None else int(seed))
-
-
-def resolve_cells(path: Path | str) -> dict[int | None, Cell]:
-    """{seed: cell}: one entry for a cell, a predictions file or a metrics.json; one per ``seed<N>`` folder
-    for a folder of seeds."""
-    p = Path(path)
-    label = str(path)
-    if not p.exists():
-        raise FairbenchError(f"{label}: no such file or folder")
-    if p.is_file():
-        if p.name == METRICS:
-            p = p.parent / PREDICTIONS
-        elif p.suffix != ".parquet":
-            raise FairbenchError(f"{label}: expected a result cell, a {PREDICTIONS} or a {METRICS}")
-        cell = _cell(label, p)
-        return {cell.seed: cell}
-    if (p / PREDICTIONS).exists() or (p / METRICS).exists() or (p / "error.json").exists():
-        cell = _cell(label, p / PREDICTIONS)
-        return {cell.seed: cell}
-    seeds = sorted((int(m.group(1)), d) for d in p.iterdir() if d.is_dir() and (m := _SEED_DIR.match(d.name)))
-    if not seeds:
-        raise FairbenchError(f"{label}: neither a result cell (no {PREDICTIONS}) nor a folder of seed<N> cells")
-    return {s: _cell(f"{label.rstrip('/')}/{d.name}", d / PREDICTIONS) for s, d in seeds}
+        raise FairbenchError(f"{cell_path} is one cell with no recorded seed and {folder_path} a folder of seeds "
+                             f"({', '.join(map(str, have))}): compare it with one of them (e.g. "
+                             f"{str(folder_path).rstrip('/')}/seed{have[0]})")
+    if seed not in folder:
+        raise FairbenchError(f"{cell_path} is a seed-{seed} cell and {folder_path} a folder of seeds without "
+                             f"seed{seed} (seeds {', '.join(map(str, have))}): compare cells of the same seed, "
+                             f"or two folders of seeds")
+    return folder[seed]
 
 
 # -- one pair ---------------------------------------------------------------------------------------------------
-def _read_frame(cell: Cell, classes: list[str], attributes: list[str]) -> pd.DataFrame:
-    from fairbench.report.recompute import read_predictions
-
+def _read_frame(cell: ResultCell, classes: list[str], attributes: list[str]) -> pd.DataFrame:
     return read_predictions(cell.predictions, classes, attributes)
 
 
-def _threshold(cell: Cell, frame: pd.DataFrame, card: Any) -> tuple[float | None, dict[str, Any]]:
+def _threshold(cell: ResultCell, frame: pd.DataFrame, card: Any) -> tuple[float | None, dict[str, Any]]:
     """The threshold the cell's metrics.json records; without one, the task card's rule on this frame."""
     recorded = (cell.doc or {}).get("threshold")
     if isinstance(recorded, dict) and "value" in recorded:
         value = recorded["value"]
         return (None if value is None else float(value)), {**recorded, "from": "metrics.json"}
     ev = card.evaluation
-    pred = parse_predictions(frame, list(card.classes), list(card.attributes), None)
-    task = "binary" if len(card.classes) == 2 else "multiclass"
-    value, record = _resolve_threshold(ev.threshold, pred, task, ev.split, {})
+    value, record = rule_threshold(frame, list(card.classes), list(card.attributes), ev.threshold, ev.split)
     return value, {**record, "from": "task card rule"}
 
 
-def _aligned(a: Cell, b: Cell, fa: pd.DataFrame, fb: pd.DataFrame, card: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _aligned(a: ResultCell, b: ResultCell, fa: pd.DataFrame, fb: pd.DataFrame,
+             card: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The evaluated rows of both, in the same order (by sample id), after checking they are the same samples
     with the same labels and groups."""
     split = card.evaluation.split
@@ -124,11 +72,11 @@ def _aligned(a: Cell, b: Cell, fa: pd.DataFrame, fb: pd.DataFrame, card: Any) ->
     for cell, frame in ((a, fa), (b, fb)):
         ev = frame[frame["split"].astype(str) == split].copy()
         if ev.empty:
-            raise FairbenchError(f"{cell.label}: no rows with split == {split!r}")
+            raise FairbenchError(f"{cell.name}: no rows with split == {split!r}")
         ids = ev["sample_id"].astype(str)
         dup = ids[ids.duplicated()].unique().tolist()
         if dup:
-            raise FairbenchError(f"{cell.label}: duplicate sample id(s) in split {split!r}: {', '.join(dup[:5])}")
+            raise FairbenchError(f"{cell.name}: duplicate sample id(s) in split {split!r}: {', '.join(dup[:5])}")
         ev["sample_id"] = ids
         out.append(ev.sort_values("sample_id", kind="mergesort").reset_index(drop=True))
     ea, eb = out
@@ -136,81 +84,24 @@ def _aligned(a: Cell, b: Cell, fa: pd.DataFrame, fb: pd.DataFrame, card: Any) ->
     only_b = sorted(set(eb["sample_id"]) - set(ea["sample_id"]))
     if only_a or only_b:
         raise FairbenchError(
-            f"{a.label} and {b.label} were evaluated on different samples ({len(only_a)} only in A"
+            f"{a.name} and {b.name} were evaluated on different samples ({len(only_a)} only in A"
             + (f", e.g. {only_a[0]}" if only_a else "") + f"; {len(only_b)} only in B"
             + (f", e.g. {only_b[0]}" if only_b else "") + "): a paired comparison needs the same test samples")
     if not np.array_equal(ea["label"].to_numpy(), eb["label"].to_numpy()):
         i = int(np.flatnonzero(ea["label"].to_numpy() != eb["label"].to_numpy())[0])
-        raise FairbenchError(f"{a.label} and {b.label} disagree on the label of sample {ea['sample_id'][i]}")
+        raise FairbenchError(f"{a.name} and {b.name} disagree on the label of sample {ea['sample_id'][i]}")
     for attr in card.attributes:
         col = f"attr_{attr}"
         va = ea[col].astype("string").fillna("<unknown>").to_numpy()
         vb = eb[col].astype("string").fillna("<unknown>").to_numpy()
         if not np.array_equal(va, vb):
             i = int(np.flatnonzero(va != vb)[0])
-            raise FairbenchError(f"{a.label} and {b.label} disagree on {attr} of sample {ea['sample_id'][i]} "
+            raise FairbenchError(f"{a.name} and {b.name} disagree on {attr} of sample {ea['sample_id'][i]} "
                                  f"({va[i]} vs {vb[i]})")
     return ea, eb
 
 
-def _nest(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def _entry(v: PairedValue) -> dict[str, Any]:
-    out: dict[str, Any] = {"a": v.a, "b": v.b, "delta": v.delta, "ci": v.ci, "p": v.p}
-    if v.n_undefined:
-        out["n_undefined"] = v.n_undefined
-    return out
-
-
-def _delong_entry(y: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> dict[str, Any] | None:
-    d = delong_paired(y, sa, sb)
-    if d is None:
-        return None
-    return {"a": d.auc_a, "b": d.auc_b, "delta": d.delta, "se": d.se, "ci": d.ci, "p": d.p,
-            "n_pos": d.n_pos, "n_neg": d.n_neg}
-
-
-def _delong(pa: Any, pb: Any, ev_a: np.ndarray, ev_b: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """DeLong per AUC the suite reports: binary: P(positive); multiclass: each class one vs rest."""
-    y, probs_a, probs_b = pa.y[ev_a], pa.probs[ev_a], pb.probs[ev_b]
-
-    def scores(mask: np.ndarray) -> dict[str, Any] | None:
-        if len(classes) == 2:
-            return _delong_entry(y[mask] == 1, probs_a[mask, 1], probs_b[mask, 1])
-        return {c: _delong_entry(y[mask] == k, probs_a[mask, k], probs_b[mask, k]) for k, c in enumerate(classes)}
-
-    out: dict[str, Any] = {"overall": {"auc": scores(np.ones(len(y), dtype=bool))}, "attributes": {}}
-    for attr, labels in pa.attributes.items():
-        labels = labels[ev_a]
-        groups = sorted({g for g in labels if g is not None})
-        out["attributes"][attr] = {g: {"auc": scores(labels == g)} for g in groups}
-    return out
-
-
-def paired_metrics(ea: pd.DataFrame, eb: pd.DataFrame, *, classes: list[str], attributes: list[str],
-                   intersections: list[list[str]] | None, eval_split: str, threshold_a: float | None,
-                   threshold_b: float | None, ece_bins: int, no_finding_class: str | None, n_boot: int,
-                   seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(paired bootstrap tree, DeLong tree) of two prediction tables whose evaluated rows are the same samples
-    in the same order."""
-    pa = parse_predictions(ea, classes, attributes, intersections)
-    pb = parse_predictions(eb, classes, attributes, intersections)
-    nf = classes.index(str(no_finding_class)) if no_finding_class is not None else None
-    passes_a = build_passes(pa, eval_split=eval_split, threshold=threshold_a, ece_bins=ece_bins, no_finding=nf)
-    passes_b = build_passes(pb, eval_split=eval_split, threshold=threshold_b, ece_bins=ece_bins, no_finding=nf)
-    metrics: dict[str, Any] = {"overall": {}, "attributes": {}}
-    for (p, da), (_, db) in zip(passes_a, passes_b, strict=True):
-        for path, value in paired_pass(p, da, db, nf, n_boot, seed).items():
-            _nest(metrics, path, _entry(value))
-    ev_a, ev_b = pa.split == eval_split, pb.split == eval_split
-    return metrics, _delong(pa, pb, ev_a, ev_b, classes)
-
-
-def compare_pair(a: Cell, b: Cell, card: Any, *, n_boot: int, seed: int) -> dict[str, Any]:
+def compare_pair(a: ResultCell, b: ResultCell, card: Any, *, n_boot: int, seed: int) -> dict[str, Any]:
     """Paired bootstrap (every metric) and DeLong (AUCs) of B - A on the same evaluated samples."""
     classes, attributes = list(card.classes), list(card.attributes)
     ev = card.evaluation
@@ -225,33 +116,74 @@ def compare_pair(a: Cell, b: Cell, card: Any, *, n_boot: int, seed: int) -> dict
     return {"a": a.identity(), "b": b.identity(), "task": card.name, "eval_split": ev.split, "n": int(len(ea)),
             "n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL if n_boot else None,
             "ci_method": "percentile of the paired resampled deltas (same samples for A and B; strata true class "
-                         "x group per attribute, true class overall)" if n_boot else None,
+                         "x group per attribute, true class overall); an interval that does not contain its delta "
+                         "is flagged ci_excludes_delta" if n_boot else None,
             "p_value": P_VALUE if n_boot else None, "thresholds": {"a": rec_a, "b": rec_b},
             "metrics": metrics, "delong": delong}
 
 
 # -- seeds ------------------------------------------------------------------------------------------------------
-def _t975(df: int) -> float:
+#: per-seed deltas closer than this are "the same": the seeds show no spread (deterministic adapters on fixed
+#: weights), and the first seed's paired bootstrap stands for all of them (as the leaderboard's "versus" tables)
+SAME_DELTA = 1e-12
+ACROSS_METHOD = {
+    "combined": "mean of the per-seed deltas; 95% t interval and t-test p with standard error sqrt(s^2/k + "
+                "mean of the seeds' paired-bootstrap variances) and Welch-Satterthwaite degrees of freedom: "
+                "covers seed-to-seed variation and test-sample variation",
+    "same": "every seed gave the same delta (no seed-to-seed variation to measure): the first seed's paired "
+            "bootstrap interval and p, which cover test-sample variation only",
+    "bootstrap": "one paired seed: its paired bootstrap interval and p (test-sample variation only)",
+    "seeds": "no bootstrap (n_boot 0): Student t interval and one-sample t-test across seeds (seed-to-seed "
+             "variation only)",
+}
+
+
+def _t_quantile(df: float) -> float:
     from scipy import stats
 
-    return float(stats.t.ppf(0.975, df))
+    return float(stats.t.ppf(0.975, df)) if math.isfinite(df) else float(stats.norm.ppf(0.975))
 
 
-def _across(values: list[float]) -> dict[str, Any]:
+def _t_p(t: float, df: float) -> float:
+    from scipy import stats
+
+    return float(2 * (stats.t.sf(abs(t), df) if math.isfinite(df) else stats.norm.sf(abs(t))))
+
+
+def _across(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metric over k paired seeds (``entries``: each seed's paired entry, delta defined in all)."""
+    values = [float(e["delta"]) for e in entries]
     k = len(values)
     mean = float(np.mean(values))
     out: dict[str, Any] = {"mean_delta": mean, "deltas": values, "n_seeds": k, "ci": None, "p": None}
-    if k >= 2:
-        sd = float(np.std(values, ddof=1))
-        half = _t975(k - 1) * sd / math.sqrt(k)
-        out["ci"] = [mean - half, mean + half]
-        if sd > 0:
-            from scipy import stats
-
-            out["p"] = float(2 * stats.t.sf(abs(mean) / (sd / math.sqrt(k)), k - 1))
-        else:
-            out["p"] = 1.0 if mean == 0 else 0.0
+    if k == 1 or max(values) - min(values) <= SAME_DELTA:
+        first = entries[0]
+        out.update(method="bootstrap" if k == 1 else "same", ci=first.get("ci"), p=first.get("p"),
+                   se_within=first.get("se"), se_seeds=0.0 if k > 1 else None, covers="test samples")
+        return out
+    sd = float(np.std(values, ddof=1))
+    ses = [e.get("se") for e in entries]
+    within = float(np.mean([s * s for s in ses])) if all(isinstance(s, (int, float)) for s in ses) else None
+    var_seeds = sd * sd / k
+    # the t interval across seeds alone (what the seeds' spread says), kept for reference
+    half_t = _t_quantile(k - 1) * math.sqrt(var_seeds)
+    out.update(t_ci=[mean - half_t, mean + half_t], t_p=_t_p(mean / math.sqrt(var_seeds), k - 1),
+               se_seeds=math.sqrt(var_seeds), se_within=None if within is None else math.sqrt(within))
+    if within is None:
+        out.update(method="seeds", ci=out["t_ci"], p=out["t_p"], df=k - 1, covers="seeds")
+        return out
+    var = var_seeds + within
+    df = (k - 1) * var * var / (var_seeds * var_seeds)  # Welch-Satterthwaite, the bootstrap variance taken as known
+    half = _t_quantile(df) * math.sqrt(var)
+    out.update(method="combined", ci=[mean - half, mean + half], p=_t_p(mean / math.sqrt(var), df), df=df,
+               covers="seeds and test samples")
     return out
+
+
+def _nest(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
 
 
 def _walk(tree: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], dict[str, Any]]]:
@@ -265,16 +197,19 @@ def _walk(tree: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[
 
 
 def across_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Mean delta over seeds with a t interval and a one-sample t-test p-value, per metric path."""
-    deltas: dict[tuple[str, ...], list[float]] = {}
-    for result in per_seed.values():
+    """Per metric path: the mean delta over the paired seeds with an interval and p-value that never claim more
+    certainty than the data show (:data:`ACROSS_METHOD`, recorded per entry under ``method``): seeds that vary
+    give an interval combining their spread with each seed's paired-bootstrap variance; seeds that give the same
+    delta, or a single seed, give the (first) seed's paired bootstrap."""
+    entries: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for _, result in sorted(per_seed.items()):
         for path, entry in _walk(result["metrics"]):
             if entry.get("delta") is not None:
-                deltas.setdefault(path, []).append(float(entry["delta"]))
+                entries.setdefault(path, []).append(entry)
     out: dict[str, Any] = {}
-    for path, values in sorted(deltas.items()):
-        if len(values) == len(per_seed):
-            _nest(out, path, _across(values))
+    for path, found in sorted(entries.items()):
+        if len(found) == len(per_seed):
+            _nest(out, path, _across(found))
     return out
 
 
@@ -284,7 +219,15 @@ def compare(a: Path | str, b: Path | str, *, task: str | None = None, n_boot: in
     when the two sides cannot be compared."""
     from fairbench.data.task import get_task
 
-    side_a, side_b = resolve_cells(a), resolve_cells(b)
+    (side_a, folder_a), (side_b, folder_b) = resolve_side(a), resolve_side(b)
+    matched: dict[str, Any] | None = None
+    if folder_a != folder_b:  # one cell against a folder of seeds: the folder's cell of the same seed
+        if folder_b:
+            side_b = {None: _matching_seed(side_a, a, side_b, b)}
+            matched = {"side": "b", "folder": str(b), "seed": side_b[None].seed}
+        else:
+            side_a = {None: _matching_seed(side_b, b, side_a, a)}
+            matched = {"side": "a", "folder": str(a), "seed": side_a[None].seed}
     cells = list(side_a.values()) + list(side_b.values())
     names = {c.doc["task"]["name"] for c in cells if c.doc and (c.doc.get("task") or {}).get("name")}
     if task is None:
@@ -302,9 +245,12 @@ def compare(a: Path | str, b: Path | str, *, task: str | None = None, n_boot: in
     if n_boot < 0:
         raise FairbenchError(f"--n-boot must be >= 0, got {n_boot}")
     seed = 0 if seed is None else int(seed)
-    multi = len(side_a) > 1 or len(side_b) > 1
-    if not multi:
-        return compare_pair(next(iter(side_a.values())), next(iter(side_b.values())), card, n_boot=n_boot, seed=seed)
+    if not (folder_a and folder_b):
+        result = compare_pair(next(iter(side_a.values())), next(iter(side_b.values())), card, n_boot=n_boot,
+                              seed=seed)
+        if matched is not None:
+            result["matched_seed"] = matched
+        return result
     common = sorted(s for s in side_a.keys() & side_b.keys() if s is not None)
     if not common:
         raise FairbenchError(f"{a} (seeds {sorted(k for k in side_a if k is not None)}) and {b} (seeds "
@@ -316,6 +262,5 @@ def compare(a: Path | str, b: Path | str, *, task: str | None = None, n_boot: in
     return {"a": {**first["a"], "path": str(a), "seeds": common}, "b": {**first["b"], "path": str(b), "seeds": common},
             "task": card.name, "eval_split": first["eval_split"], "n": first["n"], "n_boot": n_boot, "seed": seed,
             "seeds": common, "unpaired_seeds": unpaired,
-            "across_seeds": {"method": "mean of the per-seed deltas, Student t interval and one-sample t-test "
-                                       "across seeds", "metrics": across_seeds(per_seed)},
+            "across_seeds": {"methods": ACROSS_METHOD, "metrics": across_seeds(per_seed)},
             "per_seed": {str(s): r for s, r in per_seed.items()}}

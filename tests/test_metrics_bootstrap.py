@@ -175,3 +175,84 @@ def test_memory_does_not_grow_with_resamples(monkeypatch: pytest.MonkeyPatch) ->
     few, many = peak(300), peak(1500)  # several chunks either way (about 100 resamples per chunk here)
     assert many < 1.1 * few, (few, many)
     assert many < 200 * 2**20
+
+
+def _small_groups_frame(seed: int) -> pd.DataFrame:
+    """Binary predictions, an attribute with 5 small groups and no true gap: where percentile intervals of
+    ranges (DPD, DEOdds, AUC gap) most often lie above their point estimate."""
+    rng = np.random.default_rng(seed)
+    n = 150
+    y = rng.integers(0, 2, n)
+    p = np.clip(0.5 + 0.25 * (2 * y - 1) + rng.normal(0, 0.25, n), 0, 1)
+    return pd.DataFrame({"sample_id": range(n), "split": "test", "label": y, "prob_a": 1 - p, "prob_b": p,
+                         "attr_grp": rng.choice([f"g{j}" for j in range(5)], n)})
+
+
+def test_gap_intervals_match_fairlearn_on_the_same_resamples() -> None:
+    """The interval of DPD and DEOdds is the 2.5/97.5 percentile (numpy's linear rule) of fairlearn's own
+    statistics on the very resamples the suite drew: an independent reference for statistic and interval."""
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    df = _small_groups_frame(0)
+    n_boot = 120
+    res = compute_metrics(df, classes=["a", "b"], attributes=["grp"], n_boot=n_boot, seed=2)
+    pred = read_predictions(df, ["a", "b"], ["grp"], None)
+    _, data = build_passes(pred, eval_split="test", threshold=0.5, ece_bins=15, no_finding=None)[1]
+    plan = build_plan(data)
+    w = draw_weights(plan, n_boot, seed=2, chunk=0)  # one chunk at this size: the suite's resamples
+    dpd, deo = [], []
+    for r in range(n_boot):
+        rows = np.repeat(plan.order, w[r])
+        sample = df.iloc[rows]
+        yhat = (sample["prob_b"].to_numpy() >= 0.5).astype(int)
+        dpd.append(demographic_parity_difference(sample["label"], yhat, sensitive_features=sample["attr_grp"]))
+        deo.append(equalized_odds_difference(sample["label"], yhat, sensitive_features=sample["attr_grp"]))
+    for key, values in (("dpd", dpd), ("deodds", deo)):
+        assert res["ci"]["attributes"]["grp"][key] == pytest.approx(np.percentile(values, [2.5, 97.5]), abs=1e-12)
+
+
+def test_every_interval_contains_its_point_estimate_or_says_it_does_not() -> None:
+    from fairbench.report.summary import OUTSIDE_MARK, fmt100
+
+    outside = 0
+    for seed in range(4):
+        res = compute_metrics(_small_groups_frame(seed), classes=["a", "b"], attributes=["grp"], n_boot=200,
+                              seed=seed)
+        values = flatten({"overall": res["overall"], "attributes": res["attributes"]})
+        for path, (lo, hi) in flatten(res["ci"]).items():
+            v = values[path]
+            note = res["notes"].get("ci." + ".".join(path), "")
+            if lo <= v <= hi:
+                assert "excludes the point estimate" not in note, path
+                assert OUTSIDE_MARK not in fmt100(v, [lo, hi])
+            else:
+                outside += 1
+                assert "excludes the point estimate" in note, (path, v, lo, hi)
+                assert fmt100(v, [lo, hi]).endswith(OUTSIDE_MARK)
+    assert outside >= 2  # the situation is real on such data, and every case was marked
+
+
+def test_run_summary_marks_intervals_that_miss_their_estimate_and_says_why(tmp_path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from fairbench.report.summary import OUTSIDE_LEGEND, print_summary
+
+    for seed in range(4):
+        res = compute_metrics(_small_groups_frame(seed), classes=["a", "b"], attributes=["grp"], n_boot=200,
+                              seed=seed)
+        paths = [("overall", k) for k in ("auc", "acc", "macro_f1", "ece")]
+        paths += [("attributes", "grp", k) for k in ("es_auc", "auc_gap", "dpd", "deodds")]
+        paths += [("attributes", "grp", "groups", g, "auc") for g in res["attributes"]["grp"]["groups"]]
+        values, cis = flatten({"overall": res["overall"], "attributes": res["attributes"]}), flatten(res["ci"])
+        missed = sum(not cis[p][0] <= values[p] <= cis[p][1] for p in paths)  # among what the summary shows
+        buf = io.StringIO()
+        print_summary({"metrics": res, "task": {"name": "t"}, "seed": seed}, tmp_path,
+                      Console(file=buf, width=300, highlight=False))
+        text = buf.getvalue()
+        assert text.count("‡") == missed + (1 if missed else 0), seed  # each marked entry, plus the legend's
+        assert (OUTSIDE_LEGEND in text) == bool(missed)
+        if missed:
+            return
+    raise AssertionError("no data set had a summary interval that misses its estimate")

@@ -19,10 +19,12 @@ from fairbench.metrics._kernels import draw_weights, pass_stats
 from fairbench.metrics._plan import Plan
 from fairbench.metrics._stats import SliceStats
 
-__all__ = ["bootstrap_values", "percentile_intervals", "CI_LEVEL", "CHUNK_ELEMENTS"]
+__all__ = ["bootstrap_values", "percentile_intervals", "outside_note", "CI_LEVEL", "CHUNK_ELEMENTS", "OUTSIDE"]
 
 CI_LEVEL = 0.95
 CHUNK_ELEMENTS = 1 << 21  # rows x resamples per chunk: bounds memory to roughly 150 MB per thread
+#: how a note on an interval that does not contain its own point estimate begins (``notes["ci.<path>"]``)
+OUTSIDE = "the percentile interval excludes the point estimate"
 Evaluate = Callable[[SliceStats], dict[tuple[str, ...], np.ndarray]]
 
 
@@ -69,3 +71,14 @@ def percentile_intervals(samples: np.ndarray, level: float = CI_LEVEL) -> tuple[
     for j in np.flatnonzero(~full & finite.any(axis=0)):
         bounds[j] = np.quantile(samples[finite[:, j], j], [tail, 1.0 - tail])
     return bounds, n_undefined
+
+
+def outside_note(value: float, lo: float, hi: float) -> str | None:
+    """The ``notes["ci.<path>"]`` entry for a percentile interval that does not contain its point estimate
+    (gaps, DPD, DEOdds, ECE...: statistics built from absolute values or maxima, which resampling inflates), else
+    None. docs/metrics.md, "Which interval", says why fairbench marks these instead of moving the interval."""
+    if lo <= value <= hi:
+        return None
+    side = "above" if lo > value else "below"
+    return (f"{OUTSIDE}: [{lo:.4g}, {hi:.4g}] lies {side} {value:.4g} (resampling inflates this statistic; read the "
+            f"interval as its spread, not as centred on it)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fairbench.metrics._bootstrap import bootstrap_values, percentile_intervals
+from fairbench.metrics._bootstrap import bootstrap_values, outside_note, percentile_intervals
 from fairbench.metrics._kernels import ones_weights, pass_stats
 from fairbench.metrics._pass import Pass, Path
 from fairbench.metrics._plan import PassData, build_plan
@@ -64,7 +64,12 @@ def run_pass(p: Pass, data: PassData, no_finding: int | None, n_boot: int, seed:
                 notes[("ci",) + path] = f"undefined on all {n_boot} resamples"
                 continue
             ci[path] = [float(bounds[j, 0]), float(bounds[j, 1])]
+            said = []
             if n_undefined[j]:
-                notes[("ci",) + path] = (f"undefined on {int(n_undefined[j])} of {n_boot} resamples; "
-                                         "interval from the others")
+                said.append(f"undefined on {int(n_undefined[j])} of {n_boot} resamples; interval from the others")
+            outside = outside_note(values[path], *ci[path])  # type: ignore[arg-type]
+            if outside:
+                said.append(outside)
+            if said:
+                notes[("ci",) + path] = "; ".join(said)
     return PassResult(values=values, counts=counts, notes=notes, ci=ci)

@@ -1,7 +1,8 @@
 """Find and read result cells for the leaderboard, plots and the regression check.
 
 A path may be a results root, any folder inside one, a cell folder or a metrics.json. A cell folder is one
-that holds ``metrics.json``, ``predictions.parquet`` or ``error.json``. A cell without a readable metrics.json
+that holds ``metrics.json``, ``predictions.parquet`` or ``error.json`` (the cell type and the finder are
+:mod:`fairbench.results.cells`'s, shared with ``fairbench compare``). A cell without a readable metrics.json
 is a *problem*: reported by path with the reason, never silently dropped; callers decide whether problems
 skip (leaderboard, plot) or fail (check). Result files that mix schema versions are rejected outright: their
 numbers are not comparable.
@@ -10,51 +11,15 @@ numbers are not comparable.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fairbench.errors import ResultsError
-from fairbench.results import METRICS, PREDICTIONS, SCHEMA_VERSION, read_metrics
+from fairbench.results import ERROR, METRICS, SCHEMA_VERSION, ResultCell, find_cell_dirs, read_metrics
 
 __all__ = ["ResultCell", "Collection", "collect", "format_problems"]
-
-_MARKERS = (METRICS, PREDICTIONS, "error.json")
-
-
-@dataclass(frozen=True)
-class ResultCell:
-    path: Path  # the cell folder
-    doc: dict[str, Any]  # metrics.json
-
-    @property
-    def task(self) -> str:
-        return str(self.doc["task"]["name"])
-
-    @property
-    def model(self) -> str:
-        return str(self.doc["model"]["name"])
-
-    @property
-    def adapt(self) -> str:
-        return str(self.doc["adapt"]["name"])
-
-    @property
-    def seed(self) -> int:
-        return int(self.doc["seed"])
-
-    @property
-    def key(self) -> str:
-        return f"{self.task}/{self.model}/{self.adapt}/seed{self.seed}"
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.doc["metrics"]
-
-    @property
-    def predictions(self) -> Path:
-        return self.path / PREDICTIONS
 
 
 @dataclass
@@ -79,7 +44,7 @@ def collect(paths: Sequence[Path | str]) -> Collection:
         p = Path(p)
         if not p.exists():
             raise ResultsError(f"{p}: no such results folder or file")
-        dirs.extend([p.parent] if p.is_file() else _cell_dirs(p))
+        dirs.extend([p.parent] if p.is_file() else find_cell_dirs(p))
     seen: set[Path] = set()
     raw: list[tuple[Path, dict[str, Any]]] = []
     for d in sorted(dirs, key=lambda x: x.as_posix()):
@@ -113,19 +78,10 @@ def collect(paths: Sequence[Path | str]) -> Collection:
     return col
 
 
-def _cell_dirs(root: Path) -> Iterable[Path]:
-    if any((root / m).exists() for m in _MARKERS):
-        yield root
-        return
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and not child.name.startswith("."):
-            yield from _cell_dirs(child)
-
-
 def _read_raw(d: Path) -> tuple[dict[str, Any] | None, str | None]:
     path = d / METRICS
     if not path.is_file():
-        err = d / "error.json"
+        err = d / ERROR
         if err.is_file():
             try:
                 message = json.loads(err.read_text(encoding="utf-8")).get("message", "")

@@ -25,10 +25,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from fairbench.errors import DataError  # noqa: E402
 from fairbench.report.collect import Collection, ResultCell, collect  # noqa: E402
 from fairbench.report.leaderboard import aggregate  # noqa: E402
 from fairbench.report.summary import lookup, random_weights  # noqa: E402
 from fairbench.report.versus import Versus, check_reference, compute_versus  # noqa: E402
+from fairbench.results import read_predictions  # noqa: E402
 
 __all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "plot_versus", "OKABE_ITO"]
 
@@ -110,12 +112,12 @@ def _random_note(cells: Sequence[ResultCell]) -> str:
 
 # -- per cell -----------------------------------------------------------------------------------------------
 def _eval_rows(cell: ResultCell) -> tuple[pd.DataFrame | None, str | None]:
-    try:
-        frame = pd.read_parquet(cell.predictions)
-    except FileNotFoundError:
+    if not cell.predictions.is_file():
         return None, f"{cell.predictions}: no predictions file (ROC and reliability panels left empty)"
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        return None, f"{cell.predictions}: unreadable ({' '.join(str(exc).split())[:200]})"
+    try:
+        frame = read_predictions(cell.predictions)
+    except DataError as exc:
+        return None, str(exc)
     split = lookup(cell.doc, "task", "eval_split") or "test"
     return frame[frame["split"] == split].reset_index(drop=True), None
 

@@ -5,26 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
+from fairbench.errors import FairbenchError, ResultsError
+from fairbench.results import METRICS, now_iso, read_metrics, read_predictions, write_json
 
-from fairbench.errors import DataError, FairbenchError, ResultsError
-from fairbench.results import METRICS, now_iso, read_metrics, write_json
-
-__all__ = ["recompute", "read_predictions"]
-
-
-def read_predictions(path: Path, classes: list[str], attributes: list[str]) -> pd.DataFrame:
-    try:
-        frame = pd.read_parquet(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such predictions file") from None
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a bad file
-        raise DataError(f"{path}: not a readable parquet file ({exc})") from None
-    needed = ["sample_id", "split", "label", *[f"prob_{c}" for c in classes], *[f"attr_{a}" for a in attributes]]
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(needed)})")
-    return frame
+__all__ = ["recompute", "read_predictions"]  # read_predictions: fairbench.results', kept importable from here
 
 
 def recompute(predictions: Path, *, task: str | None, n_boot: int | None, seed: int | None, out: Path | None,

@@ -12,7 +12,12 @@ from rich.table import Table
 
 from fairbench.progress import stdout_console
 
-__all__ = ["print_summary", "fmt100", "lookup", "random_weights"]
+__all__ = ["print_summary", "fmt100", "lookup", "random_weights", "outside", "OUTSIDE_MARK", "OUTSIDE_LEGEND"]
+
+#: after an interval that does not contain its own point estimate (docs/metrics.md, "Which interval")
+OUTSIDE_MARK = "‡"
+OUTSIDE_LEGEND = ("‡ the 95% percentile interval does not contain the point estimate: resampling inflates gaps, DPD, "
+                  "DEOdds, ECE and other absolute-value statistics; read it as their spread (docs/metrics.md)")
 
 
 def lookup(tree: Any, *path: str) -> Any:
@@ -23,15 +28,24 @@ def lookup(tree: Any, *path: str) -> Any:
     return tree
 
 
+def outside(value: Any, ci: Any) -> bool:
+    """Whether ``ci`` is an interval that does not contain ``value``."""
+    return (isinstance(value, (int, float)) and isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
+            and not ci[0] <= value <= ci[1])
+
+
 def fmt100(value: Any, ci: Any = None, *, stacked: bool = False) -> str:
     """A fraction shown x100 with one decimal, and its CI when there is one; ``n/a`` when undefined.
-    ``stacked`` puts the interval on a second line (``lo–hi``), which keeps terminal tables narrow."""
+    ``stacked`` puts the interval on a second line (``lo–hi``), which keeps terminal tables narrow. An interval
+    that does not contain the value is marked :data:`OUTSIDE_MARK`."""
     if value is None:
         return "n/a"
     text = f"{100 * float(value):.1f}"
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
         lo, hi = 100 * ci[0], 100 * ci[1]
         text += f"\n{lo:.1f}–{hi:.1f}" if stacked else f" [{lo:.1f}, {hi:.1f}]"
+        if outside(value, ci):
+            text += OUTSIDE_MARK
     return text
 
 
@@ -85,6 +99,8 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
                          fmt100(gm.get("auc"), lookup(ci, "attributes", attr, "groups", g, "auc"), stacked=True),
                          *(summary if i == 0 else [""] * 4), end_section=i == len(groups) - 1)
     console.print(fair)
+    if any(OUTSIDE_MARK in str(c) for t in (overall, fair) for col in t.columns for c in col.cells):
+        console.print(OUTSIDE_LEGEND, markup=False, soft_wrap=True)
     console.print(f"results: {cell}", soft_wrap=True)
 
 

@@ -8,8 +8,9 @@ the leaderboard's tables and the forest plot read the same :class:`Versus`.
 What a row shows per metric (:meth:`VersusRow.delta`):
 
 - one paired seed: that seed's delta, its 95% paired-bootstrap percentile interval and bootstrap p-value;
-- two or more: the mean of the per-seed deltas, a Student t 95% interval and a one-sample t-test p-value
-  across seeds (:func:`fairbench.compare.across_seeds`), the interval clipped to [-1, 1]; where every seed
+- two or more: the mean of the per-seed deltas with the interval and p-value of
+  :func:`fairbench.compare.across_seeds` (as `fairbench compare` prints them): a t interval whose standard
+  error combines the seeds' spread with their paired-bootstrap variance, clipped to [-1, 1]; where every seed
   gives the same delta (deterministic adapters on fixed weights) the seeds carry no spread, and the first
   seed's paired bootstrap is shown instead, as the leaderboard does for its own intervals.
 
@@ -20,13 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError
-from fairbench.report.collect import ResultCell
-from fairbench.report.summary import lookup
+from fairbench.results import ResultCell
+from fairbench.report.summary import OUTSIDE_MARK, lookup
 
 __all__ = ["VERSUS_METRICS", "Delta", "VersusRow", "VersusTable", "Versus", "compute_versus", "check_reference",
            "holm", "fmt_delta", "fmt_p"]
@@ -34,14 +35,14 @@ __all__ = ["VERSUS_METRICS", "Delta", "VersusRow", "VersusTable", "Versus", "com
 #: the metrics of a "versus" table, in column order (multiclass tasks read dpd/deodds as their OvR means)
 VERSUS_METRICS = ("auc", "es_auc", "auc_gap", "dpd", "deodds")
 BOOTSTRAP_SEED = 0
-_SAME = 1e-12  # per-seed deltas closer than this are "the same" (as in the leaderboard's aggregate)
+_SAME = 1e-12  # per-seed deltas closer than this are "the same" (as in the leaderboard's aggregate and compare)
 
 
 @dataclass(frozen=True)
 class Delta:
     """B - reference for one metric of one row; ``method``: "bootstrap" (one seed's paired bootstrap),
-    "seeds" (mean and t interval across seeds) or "same" (seeds gave the same delta: the first seed's paired
-    bootstrap)."""
+    "seeds" (mean over seeds, interval combining seed and test-sample variation) or "same" (seeds gave the
+    same delta: the first seed's paired bootstrap)."""
 
     delta: float | None
     ci: tuple[float, float] | None
@@ -175,7 +176,7 @@ def _n_boot(cells: Sequence[ResultCell], card: Any) -> int:
 def compute_versus(task: str, cells: Sequence[ResultCell], reference: str, *, tasks_dirs: Sequence[Path] = (),
                    n_boot: int | None = None) -> Versus:
     """Every (model, adapter) of the task's cells against (same model, ``reference``), each pair once."""
-    from fairbench.compare import Cell, across_seeds, compare_pair
+    from fairbench.compare import across_seeds, compare_pair
     from fairbench.data.task import get_task
 
     cells = list(cells)
@@ -210,8 +211,7 @@ def compute_versus(task: str, cells: Sequence[ResultCell], reference: str, *, ta
         for s in shared:
             a, b = ref[s], mine[s]
             try:
-                per_seed[s] = compare_pair(Cell(a.key, a.predictions, a.doc, a.seed),
-                                           Cell(b.key, b.predictions, b.doc, b.seed), card, n_boot=boot,
+                per_seed[s] = compare_pair(replace(a, label=a.key), replace(b, label=b.key), card, n_boot=boot,
                                            seed=BOOTSTRAP_SEED)
             except FairbenchError as exc:
                 cautions.append(f"{b.key} was not compared with {a.key}: {exc}")
@@ -226,12 +226,15 @@ def compute_versus(task: str, cells: Sequence[ResultCell], reference: str, *, ta
 
 
 def fmt_delta(d: Delta | None) -> str:
-    """x100, signed, one decimal, with the interval; ``*`` when the interval excludes 0."""
+    """x100, signed, one decimal, with the interval (``‡`` after an interval that does not contain Δ); ``*`` when
+    the interval excludes 0."""
     if d is None or d.delta is None or not math.isfinite(d.delta):
         return "n/a"
     text = _signed(d.delta)
     if d.ci is not None:
         text += f" [{_signed(d.ci[0])}, {_signed(d.ci[1])}]"
+        if not d.ci[0] <= d.delta <= d.ci[1]:
+            text += OUTSIDE_MARK  # docs/metrics.md, "Which interval"
     if d.method == "same":
         text += "†"
     return text + (" *" if d.excludes_zero else "")

@@ -1,4 +1,4 @@
-"""Result cells on disk: layout, atomic writes, provenance and the metrics.json schema version.
+"""The writer's side of a result cell: layout, atomic writes, provenance and the metrics.json schema version.
 
 A cell is ``<out>/<task>/<model>/<adapt>/seed<N>/`` with ``predictions.parquet`` and ``metrics.json``.
 Both are written to a temporary name and renamed, and metrics.json is written last: a cell is complete
@@ -22,12 +22,13 @@ from typing import Any
 from fairbench import __version__
 from fairbench.errors import ResultsError
 
-__all__ = ["SCHEMA_VERSION", "cell_dir", "is_complete", "atomic_write", "write_json", "read_metrics",
-           "provenance", "now_iso", "ensure_writable", "MAX_SEED", "check_seed"]
+__all__ = ["SCHEMA_VERSION", "PREDICTIONS", "METRICS", "ERROR", "cell_dir", "is_complete", "atomic_write", "write_json",
+           "read_metrics", "provenance", "now_iso", "ensure_writable", "MAX_SEED", "check_seed"]
 
 SCHEMA_VERSION = 1
 PREDICTIONS = "predictions.parquet"
 METRICS = "metrics.json"
+ERROR = "error.json"
 _PACKAGES = ("torch", "torchvision", "transformers", "open_clip_torch", "peft", "fairlearn", "numpy", "pandas",
              "scikit-learn")
 
@@ -113,7 +114,7 @@ def now_iso() -> str:
 
 
 def _git_state() -> tuple[str | None, bool | None]:
-    src = Path(__file__).resolve().parent.parent
+    src = Path(__file__).resolve().parents[2]  # the checkout holding fairbench/results/store.py
     if not (src / ".git").exists():
         return None, None
     try:
