@@ -78,3 +78,88 @@ def test_two_gloo_processes_hold_the_one_process_q(tmp_path: Path) -> None:
         assert torch.allclose(r["q"], single_q, atol=1e-5), (r["q"], single_q)
         for key, value in single_weights.items():  # and the gradients are the one-process ones
             assert torch.allclose(r["weights"][key], value, atol=1e-5), key
+
+
+# -- the released recipe ----------------------------------------------------------------------------------------
+VAL_LABELS = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+VAL_GROUPS = np.array(["A"] * 4 + ["B"] * 4, dtype=object)
+#: validation P(abnormal) per epoch: epoch 0 ranks every positive above every negative (AUC 1) but calls both
+#: of B's negatives positive (B x 0 accuracy 0); epoch 1 ranks worse but gets every cell at least half right
+SCRIPT = [np.array([.1, .2, .8, .9, .6, .65, .7, .75]), np.array([.4, .6, .45, .9, .3, .4, .6, .7]),
+          np.array([.9, .8, .2, .1, .9, .8, .2, .1])]
+
+
+class _Scripted(FeatureHead):
+    """A head that trains for real but reports the scripted validation probabilities, one epoch after another."""
+
+    calls = 0
+
+    def predict(self, split: str) -> np.ndarray:
+        p = SCRIPT[min(self.calls, len(SCRIPT) - 1)]
+        if split == "val":
+            self.calls += 1
+        return np.stack([1 - p, p], axis=1).astype(np.float32)
+
+
+def _scripted_run(tmp_path: Path, select_on: str) -> dict:
+    rng = np.random.default_rng(0)
+    features = {s: rng.normal(size=(8, 3)).astype(np.float32) for s in ("train", "val", "test")}
+    labels = {s: VAL_LABELS for s in features}
+    objective = _Scripted(features, labels["train"], 2, hidden=[4], dropout=0.0, device=torch.device("cpu"))
+    cfg = TrainConfig.from_params("test", {**LOOP_DEFAULTS, "epochs": 3, "patience": 0, "select_on": select_on})
+    return Trainer(cfg, objective, name="test", seed=0, labels=labels, store=CheckpointStore(tmp_path / select_on, "f"),
+                   groups=VAL_GROUPS).run().record
+
+
+def test_worst_cell_accuracy_selects_another_epoch_than_auc(tmp_path: Path) -> None:
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    aucs = [roc_auc_score(VAL_LABELS, p) for p in SCRIPT]
+    worst = [min(accuracy_score(VAL_LABELS[m], (p[m] > 0.5).astype(int))
+                 for g in ("A", "B") for c in (0, 1) for m in [(VAL_GROUPS == g) & (VAL_LABELS == c)])
+             for p in SCRIPT]
+    assert int(np.argmax(aucs)) != int(np.argmax(worst))  # the toy separates the two rules
+    by_auc = _scripted_run(tmp_path, "val")
+    by_cell = _scripted_run(tmp_path, "val_worst_cell_acc")
+    assert by_auc["best_epoch"] == int(np.argmax(aucs)) == 0
+    assert by_cell["best_epoch"] == int(np.argmax(worst)) == 1
+    assert by_cell["select_metric"] == "worst_cell_accuracy" and by_cell["selected_on"] == "val"
+    assert [e["val_worst_cell_acc"] for e in by_cell["history"]] == pytest.approx(worst)
+
+
+def test_released_recipe_trains_with_sgd_and_selects_on_worst_cell_accuracy(tmp_path: Path, micro_task_dir) -> None:
+    import pandas as pd
+    from sklearn.metrics import accuracy_score
+
+    from fairbench.pipeline import RunConfig, run_cell
+
+    tasks = micro_task_dir("synth_micro_dro", n=(64, 48, 48))
+    result = run_cell(RunConfig(task="synth_micro_dro", model="tinyclip", adapt="groupdro", seed=0,
+                                out=tmp_path / "results", weights="random", device="cpu", tasks_dirs=(tasks,),
+                                n_boot=0, adapt_args={"recipe": "released", "epochs": "4"}))
+    adapt = result.metrics["adapt"]
+    assert adapt["params"]["recipe"] == "released" and adapt["fitted"]["recipe"]["name"] == "released"
+    train = adapt["fitted"]["train"]
+    assert train["optimizer"]["class"] == "SGD" and train["optimizer"]["momentum"] == 0.9  # the optimiser built
+    assert train["optimizer"]["weight_decay"] == 1e-4 and train["optimizer"]["schedule"] == "constant"
+    assert train["select_metric"] == "worst_cell_accuracy" and train["epochs_run"] == 4  # no early stop
+    history = [e["val_worst_cell_acc"] for e in adapt["fitted"]["epochs"]]
+    assert train["best_epoch"] == int(np.argmax(history))
+    val = pd.read_parquet(result.path / "predictions.parquet").query("split == 'val'")
+    pred = (val["prob_abnormal"] > val["prob_normal"]).astype(int)
+    accs = [accuracy_score(val["label"][m], pred[m]) for _, cell in val.groupby(["attr_race", "label"])
+            for m in [val.index.isin(cell.index)]]
+    assert train["best_score"] == pytest.approx(min(accs))  # the kept epoch's predictions score the best epoch's
+
+
+def test_default_recipe_is_fairbench_and_a_bad_recipe_is_one_line() -> None:
+    from fairbench.adapters.base import ADAPTERS
+    from fairbench.errors import FairbenchError
+
+    default = ADAPTERS.get("groupdro")({})
+    assert default.params["recipe"] == "fairbench" and default.config.optimizer == "adamw"
+    assert default.config.select_on == "val"
+    released = ADAPTERS.get("groupdro")({"recipe": "released", "lr": "0.01"})
+    assert released.config.optimizer == "sgd" and released.config.lr == 0.01  # explicit parameters still win
+    with pytest.raises(FairbenchError, match=r"^adapter 'groupdro': recipe must be one of fairbench, released"):
+        ADAPTERS.get("groupdro")({"recipe": "sagawa"})
