@@ -2,9 +2,10 @@
 
 Per epoch: the objective's seeded batches of the training split (every sample once,
 :func:`~fairbench.train.data.epoch_batches`, unless a mitigation balances them), a step per ``grad_accum``
-batches with AdamW (or Adam) and the schedule, float16 autocast with gradient scaling on CUDA, then the
-selection score on the selection split: validation AUC (macro one-vs-rest for more than two classes), the
-worst group's validation AUC for ``select_on=val_worst_group``, or test AUC if the adapter was told
+batches with AdamW (or Adam, or SGD with momentum 0.9) and the schedule, float16 autocast with gradient scaling
+on CUDA, then the selection score on the selection split: validation AUC (macro one-vs-rest for more than two
+classes), the worst group's validation AUC for ``select_on=val_worst_group``, the lowest validation accuracy
+over the (group x label) cells for ``select_on=val_worst_cell_acc``, or test AUC if the adapter was told
 ``select_on=test`` (FairCLIP's published protocol, warned and recorded). The best
 epoch's weights predict at the end; ``patience`` epochs without improvement stop early. The test split is
 never scored during training unless it is the selection split.
