@@ -163,3 +163,25 @@ def test_default_recipe_is_fairbench_and_a_bad_recipe_is_one_line() -> None:
     assert released.config.optimizer == "sgd" and released.config.lr == 0.01  # explicit parameters still win
     with pytest.raises(FairbenchError, match=r"^adapter 'groupdro': recipe must be one of fairbench, released"):
         ADAPTERS.get("groupdro")({"recipe": "sagawa"})
+
+
+# -- the GroupDRO control task ----------------------------------------------------------------------------------
+def test_dro_control_cells_are_equal_sized_and_the_marker_points_opposite_ways() -> None:
+    """What docs/adapters.md says of synth_cxr_dro_control, counted on the generated training split."""
+    from fairbench.data.synth import SynthConfig, generate_split
+    from fairbench.data.task import get_task
+
+    options = {k: v for k, v in get_task("synth_cxr_dro_control").dataset_options.items() if k != "seed"}
+    split = generate_split(SynthConfig.from_options(options), "train", seed=0)
+    race = np.asarray(split.attributes["race"])
+    abnormal = np.asarray(split.label_finding) != "normal"
+    marker = np.asarray(split.marker)
+    counts = [int(np.sum((race == g) & (abnormal == y))) for g in ("Asian", "Black", "White") for y in (0, 1)]
+    assert len(race) == 1200 and min(counts) > 0.8 * 200 and max(counts) < 1.2 * 200  # six cells of ~200
+    rate = {(g, y): marker[(race == g) & (abnormal == y)].mean() for g in ("Asian", "Black", "White") for y in (0, 1)}
+    assert rate[("White", 1)] > 0.8 and rate[("White", 0)] < 0.2  # marker => abnormal for White patients
+    assert rate[("Black", 1)] < 0.2 and rate[("Black", 0)] > 0.8  # marker => normal for Black patients
+    assert rate[("Asian", 0)] == rate[("Asian", 1)] == 0
+    # with equal cell weights the marker carries (almost) nothing about the label
+    assert abs(np.mean([rate[g, 1] for g in ("Asian", "Black", "White")])
+               - np.mean([rate[g, 0] for g in ("Asian", "Black", "White")])) < 0.05
