@@ -66,8 +66,12 @@ class MitigationAdapter(TrainableAdapter):
         if backbone not in BACKBONES:
             raise FairbenchError(f"adapter '{self.name}': backbone must be one of {', '.join(BACKBONES)}, "
                                  f"got {backbone!r}")
-        self.defaults = backbone_defaults(str(backbone), self.own)  # type: ignore[misc]
+        self.defaults = self.preset(backbone_defaults(str(backbone), self.own), params or {})  # type: ignore[misc]
         super().__init__(params)  # numbers (eta > 0, adjustment >= 0, ...) checked by parse_params' PARAM_RANGES
+
+    def preset(self, defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+        """The defaults the given parameters override (a subclass's named recipe changes them here)."""
+        return defaults
 
     @abc.abstractmethod
     def mitigation(self, cells: Cells, ctx: AdaptContext) -> Mitigation:

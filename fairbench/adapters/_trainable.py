@@ -54,6 +54,10 @@ def resolve_attribute(ctx: AdaptContext, adapter: str, value: str, *, intersecti
     return value
 
 
+#: the epoch selections that score the validation split by groups of the adapter's attribute
+GROUP_SELECTIONS = ("val_worst_group", "val_worst_cell_acc")
+
+
 class TrainableAdapter(Adapter):
     """Subclasses add their own parameters to :data:`LOOP_DEFAULTS` and build an :class:`Objective`."""
 
@@ -75,8 +79,8 @@ class TrainableAdapter(Adapter):
             raise FairbenchError(f"adapter '{self.name}': parameter(s) {', '.join(stray)} do not apply to "
                                  f"{self.switch}={value}")
         self.config = TrainConfig.from_params(self.name, self.params)
-        if self.config.select_on == "val_worst_group" and "attribute" not in self.params:
-            raise FairbenchError(f"adapter '{self.name}': select_on=val_worst_group needs an adapter with an "
+        if self.config.select_on in GROUP_SELECTIONS and "attribute" not in self.params:
+            raise FairbenchError(f"adapter '{self.name}': select_on={self.config.select_on} needs an adapter with an "
                                  f"'attribute' parameter (resample, reweight, groupdro, fairclip, robust_fair)")
 
     @abc.abstractmethod
@@ -98,7 +102,7 @@ class TrainableAdapter(Adapter):
         self._store = CheckpointStore(ctx.checkpoint_dir, fingerprint)
         labels = {s: ctx.split(s).labels for s in ("val", "test")}
         groups = None
-        if self.config.select_on == "val_worst_group":
+        if self.config.select_on in GROUP_SELECTIONS:
             from fairbench.train.groups import group_labels
 
             attribute = resolve_attribute(ctx, self.name, str(self.params["attribute"]),

@@ -311,7 +311,7 @@ def plot_training(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS)
     if not isinstance(epochs, list) or not epochs or not all(isinstance(e, dict) for e in epochs):
         return []
     has = {k for e in epochs for k, v in e.items() if v is not None}
-    select = next((k for k in ("val_auc", "val_worst_group_auc", "test_auc") if k in has), None)
+    select = next((k for k in ("val_auc", "val_worst_group_auc", "val_worst_cell_acc", "test_auc") if k in has), None)
     panels = ["loss"] + [name for name, keys in (("term", {"fair_term", "lambda_fair"}), ("grad", {"grad_norm_clip"}),
                                                  ("dbpm", {"n_flagged"})) if keys & has]
     if select:
@@ -326,9 +326,13 @@ def plot_training(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS)
                 _line(ax, epochs, "dbpm_loss", "CLIP loss after DBPM", 2)
                 ax.set_title("Loss (epoch mean)")
             elif panel == "auc":
-                what = {"val_auc": "val", "test_auc": "test", "val_worst_group_auc": "val, worst group"}[select]
-                _line(ax, epochs, select, f"{what} AUC", 0)  # type: ignore[arg-type]
-                ax.set_title(f"Selection AUC ({what})")
+                if select == "val_worst_cell_acc":
+                    _line(ax, epochs, select, "val, worst cell accuracy", 0)
+                    ax.set_title("Selection score (val, worst cell accuracy)")
+                else:
+                    what = {"val_auc": "val", "test_auc": "test", "val_worst_group_auc": "val, worst group"}[select]
+                    _line(ax, epochs, select, f"{what} AUC", 0)  # type: ignore[arg-type]
+                    ax.set_title(f"Selection AUC ({what})")
             elif panel == "term":
                 drawn = _line(ax, epochs, "fair_term", "fairness term", 0, positive=True)
                 drawn |= _line(ax, epochs, "lambda_x_fair", "lambda x term", 1, positive=True)

@@ -11,11 +11,13 @@ from typing import Any
 
 from fairbench.errors import FairbenchError
 
-__all__ = ["TrainConfig", "LOOP_DEFAULTS", "OPTIMIZERS", "SCHEDULES", "SELECT_SPLITS"]
+__all__ = ["TrainConfig", "LOOP_DEFAULTS", "OPTIMIZERS", "SGD_MOMENTUM", "SCHEDULES", "SELECT_SPLITS"]
 
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+#: momentum of ``optimizer=sgd``: 0.9, as GroupDRO's release hard-codes it (kohpangwei/group_DRO, train.py)
+SGD_MOMENTUM = 0.9
 SCHEDULES = ("constant", "cosine", "linear")
-SELECT_SPLITS = ("val", "test", "val_worst_group")
+SELECT_SPLITS = ("val", "test", "val_worst_group", "val_worst_cell_acc")
 
 #: the loop's parameters and fairbench's defaults for them (adapters override what their method prescribes)
 LOOP_DEFAULTS: dict[str, Any] = {
@@ -23,7 +25,8 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "lr": 1e-4,
     "weight_decay": 0.01,
-    # adamw: decoupled weight decay; adam: torch.optim.Adam with L2 weight decay (FairCLIP's released setting)
+    # adamw: decoupled weight decay; adam: torch.optim.Adam with L2 weight decay (FairCLIP's released setting);
+    # sgd: torch.optim.SGD with momentum 0.9 and L2 weight decay (GroupDRO's released setting; betas/eps unused)
     "optimizer": "adamw",
     "betas": [0.9, 0.999],
     "eps": 1e-8,
@@ -36,7 +39,8 @@ LOOP_DEFAULTS: dict[str, Any] = {
     # epochs without a better selection score before stopping (0: run every epoch, keep the best)
     "patience": 3,
     # what picks the epoch: val (validation AUC, default), val_worst_group (the worst group's validation AUC,
-    # adapters with an attribute) or test (FairCLIP's published protocol; warned, recorded)
+    # adapters with an attribute), val_worst_cell_acc (the lowest validation accuracy over the attribute's
+    # (group x label) cells: GroupDRO's released --save_best) or test (FairCLIP's published protocol; warned, recorded)
     "select_on": "val",
     "eval_batch_size": 128,
     "keep_checkpoints": False,

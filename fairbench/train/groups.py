@@ -114,15 +114,34 @@ class GroupDRO:
         self.q = torch.full((self.k,), 1.0 / self.k, device=device)
 
     def loss(self, per_sample: torch.Tensor, idx: np.ndarray, update: bool = True) -> torch.Tensor:
+        """The batch loss ``sum_g q_g group_loss[g]`` (after the ``q`` step when ``update``).
+
+        Under data parallelism (an initialised process group of more than one process, ``idx`` this process's
+        share of the global batch) the per-cell loss sums and counts are all-reduced first, so every process
+        takes the same ``q`` step, on the global batch's cell losses, as one process on the whole batch would.
+        The returned value is the global batch's loss; its gradient is ``world`` times this process's share of
+        it, so DistributedDataParallel's gradient average equals the one-process gradient."""
         cell = self.cell[torch.from_numpy(np.asarray(idx)).to(self.cell.device)]
         onehot = torch.nn.functional.one_hot(cell, self.k).to(per_sample.dtype)  # (B, K)
         count = onehot.sum(dim=0)
-        group_loss = (onehot.T @ per_sample) / (count + (count == 0).to(count.dtype))
+        sums = onehot.T @ per_sample
+        world = _process_group_size()
+        if world > 1:
+            stats = torch.cat([sums.detach(), count]).float()
+            torch.distributed.all_reduce(stats)
+            global_sums, global_count = stats[:self.k].to(sums.dtype), stats[self.k:].to(count.dtype)
+        else:
+            global_sums, global_count = sums.detach(), count
+        denom = global_count + (global_count == 0).to(global_count.dtype)
         if update:
-            adjusted = group_loss.detach() + (self.adj if self.adjustment > 0 else 0.0)
+            adjusted = global_sums / denom + (self.adj if self.adjustment > 0 else 0.0)
             q = self.q * torch.exp(self.eta * adjusted)
             self.q = q / q.sum()
-        return group_loss @ self.q
+        q = self.q.to(per_sample.dtype)
+        if world == 1:
+            return (sums / denom) @ q
+        local = world * ((sums / denom) @ q)
+        return local + ((global_sums / denom) @ q - local).detach()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"q": self.q.detach().cpu().clone()}
@@ -132,6 +151,13 @@ class GroupDRO:
 
     def record(self) -> dict[str, float]:
         return {name: float(v) for name, v in zip(self.cells.names, self.q.tolist(), strict=True)}
+
+
+def _process_group_size() -> int:
+    """The number of processes in the initialised default process group (1 when there is none)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_world_size())
+    return 1
 
 
 class Mitigation:

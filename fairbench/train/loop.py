@@ -2,9 +2,10 @@
 
 Per epoch: the objective's seeded batches of the training split (every sample once,
 :func:`~fairbench.train.data.epoch_batches`, unless a mitigation balances them), a step per ``grad_accum``
-batches with AdamW (or Adam) and the schedule, float16 autocast with gradient scaling on CUDA, then the
-selection score on the selection split: validation AUC (macro one-vs-rest for more than two classes), the
-worst group's validation AUC for ``select_on=val_worst_group``, or test AUC if the adapter was told
+batches with AdamW (or Adam, or SGD with momentum 0.9) and the schedule, float16 autocast with gradient scaling
+on CUDA, then the selection score on the selection split: validation AUC (macro one-vs-rest for more than two
+classes), the worst group's validation AUC for ``select_on=val_worst_group``, the lowest validation accuracy
+over the (group x label) cells for ``select_on=val_worst_cell_acc``, or test AUC if the adapter was told
 ``select_on=test`` (FairCLIP's published protocol, warned and recorded). The best
 epoch's weights predict at the end; ``patience`` epochs without improvement stop early. The test split is
 never scored during training unless it is the selection split.
@@ -37,12 +38,12 @@ from fairbench.errors import FairbenchError
 from fairbench.progress import bar, info, warn
 from fairbench.train import dist
 from fairbench.train.checkpoint import CheckpointStore
-from fairbench.train.config import TrainConfig
+from fairbench.train.config import SGD_MOMENTUM, TrainConfig
 from fairbench.train.data import shard
 from fairbench.train.objectives import Objective
 
-__all__ = ["Trainer", "TrainResult", "selection_score", "worst_group_score", "STEP_HOOKS", "EPOCH_HOOKS",
-           "SELECT_TEST_WARNING"]
+__all__ = ["Trainer", "TrainResult", "selection_score", "worst_group_score", "worst_cell_accuracy", "STEP_HOOKS",
+           "EPOCH_HOOKS", "SELECT_TEST_WARNING"]
 
 #: called as ``hook(epoch, step)`` after every optimizer step, and ``hook(epoch)`` after every epoch's
 #: checkpoint (tests use them to interrupt a run)
@@ -90,6 +91,22 @@ def worst_group_score(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray)
               for g in sorted({str(v) for v in groups}) if g != "unknown"]
     scores = [s for s in scores if not math.isnan(s)]
     return min(scores) if scores else float("nan")
+
+
+def worst_cell_accuracy(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray) -> float:
+    """The lowest accuracy (argmax class) over the (group x label) cells with samples (unknown group left out):
+    ``min(avg_group_acc)`` of GroupDRO's release, whose groups are these cells, minus its empty cells (which
+    the release scores 0). NaN when no cell has a sample."""
+    labels = np.asarray(labels)
+    correct = np.argmax(probs, axis=1) == labels
+    accs = [float(correct[(groups == g) & (labels == c)].mean()) for g in sorted({str(v) for v in groups})
+            if g != "unknown" for c in np.unique(labels) if np.any((groups == g) & (labels == c))]
+    return min(accs) if accs else float("nan")
+
+
+def score_key(select: str) -> str:
+    """The history key of an epoch's selection score."""
+    return select if select.endswith("_acc") else f"{select}_auc"
 
 
 @dataclass
@@ -153,6 +170,8 @@ def _schedule(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 def _optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=SGD_MOMENTUM, weight_decay=cfg.weight_decay)
     kw = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, **kw) if cfg.optimizer == "adamw" else torch.optim.Adam(groups, **kw)
 
@@ -179,8 +198,8 @@ class Trainer:
         self.labels, self.store, self.resume, self.predict_splits = labels, store, resume, predict_splits
         #: validation groups for select_on=val_worst_group
         self.groups = groups
-        if cfg.select_on == "val_worst_group" and groups is None:
-            raise FairbenchError(f"adapter '{name}': select_on=val_worst_group needs the validation groups")
+        if cfg.select_on in ("val_worst_group", "val_worst_cell_acc") and groups is None:
+            raise FairbenchError(f"adapter '{name}': select_on={cfg.select_on} needs the validation groups")
         #: every split scored during training, in order (tests check that test is never among them)
         self.scored: list[str] = []
 
@@ -191,6 +210,9 @@ class Trainer:
         if select == "val_worst_group":
             assert self.groups is not None
             return worst_group_score(self.labels[split], probs, self.groups), probs
+        if select == "val_worst_cell_acc":
+            assert self.groups is not None
+            return worst_cell_accuracy(self.labels[split], probs, self.groups), probs
         return selection_score(self.labels[split], probs), probs
 
     def run(self) -> TrainResult:
@@ -246,6 +268,7 @@ class Trainer:
             warn(f"adapter '{self.name}': resuming after epoch {start} from {self.store.directory}")
 
         select = cfg.select_on
+        key = score_key(select)
         with _deterministic(device) as deterministic:
             for epoch in range(start, cfg.epochs):
                 if stopped:
@@ -278,8 +301,8 @@ class Trainer:
                             for hook in STEP_HOOKS:
                                 hook(epoch, step)
                         b.advance()
-                        last = history[-1].get(f"{select}_auc") if history else None
-                        b.postfix(f"loss {np.mean(losses):.4f}" + (f"  {select} auc {last:.3f}" if last else ""))
+                        last = history[-1].get(key) if history else None
+                        b.postfix(f"loss {np.mean(losses):.4f}" + (f"  {key} {last:.3f}" if last else ""))
                 log = obj.end_epoch(epoch)
                 score, _ = self._score(select)
                 score = float(dist.broadcast_object(score))
@@ -294,11 +317,11 @@ class Trainer:
                     stopped = True
                 history.append({"epoch": epoch, "train_loss": float(np.mean(losses)),
                                 "lr": [float(g["lr"]) for g in opt.param_groups],
-                                f"{select}_auc": None if math.isnan(score) else score,
+                                key: None if math.isnan(score) else score,
                                 "seconds": round(time.time() - t0, 3), **log})
                 line = obj.epoch_line(history[-1])
                 if line and dist.is_main_process():
-                    info(f"{self.name} epoch {epoch + 1}/{cfg.epochs}: {line}, {select} AUC "
+                    info(f"{self.name} epoch {epoch + 1}/{cfg.epochs}: {line}, {key} "
                          + ("n/a" if math.isnan(score) else f"{score:.4f}"))
                 self.store.save(CheckpointStore.LAST, {
                     "epoch": epoch + 1, "weights": trainable_state(obj.module), "optimizer": opt.state_dict(),
@@ -316,14 +339,17 @@ class Trainer:
             probs = {s: obj.predict(s) for s in self.predict_splits}
 
         record = {
-            "selected_on": "val" if select == "val_worst_group" else select,
-            "select_metric": "worst_group_auc" if select == "val_worst_group" else "auc",
+            "selected_on": "test" if select == "test" else "val",
+            "select_metric": {"val_worst_group": "worst_group_auc",
+                              "val_worst_cell_acc": "worst_cell_accuracy"}.get(select, "auc"),
             "best_epoch": best_epoch, "best_score": best_score,
             "selection": "best epoch" if best_epoch is not None else "last epoch (selection score undefined)",
             "epochs_run": len(history), "early_stopped": bool(stopped and len(history) < cfg.epochs),
             "resumed_from_epoch": resumed_from, "history": history,
             "trained_parameters": trained_parameters(obj.module, groups),
-            "optimizer": {"name": cfg.optimizer, "betas": list(cfg.betas), "eps": cfg.eps,
+            "optimizer": {"name": cfg.optimizer, "class": type(opt).__name__,
+                          **({"momentum": float(opt.param_groups[0]["momentum"])} if cfg.optimizer == "sgd"
+                             else {"betas": list(cfg.betas), "eps": cfg.eps}),
                           "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
                           "warmup_steps": cfg.warmup_steps, "grad_accum": cfg.grad_accum,
                           "steps_per_epoch": steps_per_epoch, "lr_by_group": [float(g["initial_lr"])
