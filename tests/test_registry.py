@@ -75,3 +75,15 @@ def test_lazy_target_must_name_module_and_attr():
     r = Registry[object]("thing")
     with pytest.raises(ValueError, match="module:attr"):
         r.register_lazy("x", "no_colon")
+
+
+def test_each_adapter_is_registered_under_its_own_name():
+    """The registry key and the adapter's ``name`` (what metrics.json, cell paths and stale checks record) are one
+    name: an adapter registered as 'reweight' that calls itself 'resample' would write its cells under another
+    adapter's folder."""
+    from fairbench.adapters.base import ADAPTERS
+
+    assert len(ADAPTERS) >= 11
+    for key in ADAPTERS.names():
+        cls = ADAPTERS.get(key)
+        assert cls.name == key, (key, cls.__name__, cls.name)
