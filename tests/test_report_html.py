@@ -376,3 +376,43 @@ def test_pages_say_when_weights_are_random_and_what_was_left_out(results, tmp_pa
     index = {r[0]: r for r in parse(out / "index.html").tables["tasks"][1:]}
     n = index["synth_cxr"][2]  # the cells column
     assert index["synth_cxr"][7] == f"RANDOM in {n} of {n} cells"  # every fabricated cell records random weights
+
+
+# -- structure: public modules, one slug, labels on the metric specs (issue 23) ---------------------------
+def test_report_modules_reach_no_private_name_of_another_module():
+    """The report side imports public names only (html.py took eight private names of leaderboard.py), and the
+    file-name slug the figures and the report's links share is one function."""
+    import ast
+
+    import fairbench.report as report_pkg
+    from fairbench.report import formatting, html, plots
+
+    reach_ins = []
+    for name in ("html", "leaderboard", "tables", "formatting", "plots", "reported"):
+        path = Path(report_pkg.__file__).parent / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fairbench"):
+                reach_ins += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and a.name != "__version__"]
+    assert not reach_ins, reach_ins
+    assert html.slug is formatting.slug and plots.slug is formatting.slug
+    assert formatting.slug("sex*age") == "sex_x_age" and formatting.slug("a b/c") == "a_b_c"
+
+
+def test_every_metric_names_its_label_and_direction_on_its_spec():
+    from fairbench.metrics import METRICS
+    from fairbench.report import leaderboard
+    from fairbench.report.formatting import arrow, metric_label
+
+    names = list(METRICS)
+    assert len(names) > 30
+    for name in names:
+        spec = METRICS.get(name)
+        assert spec.label, name
+        assert metric_label(name) == spec.label
+    assert not hasattr(leaderboard, "LABELS")  # no second table of labels
+    # a few labels and directions as docs/leaderboards.md states them
+    assert [metric_label(m) for m in ("es_auc", "auc_gap", "deodds", "eqodds_fairmedfm")] == [
+        "ES-AUC", "AUC gap", "DEOdds", "EqOdds (FairMedFM)"]
+    assert [arrow(m) for m in ("auc", "es_auc", "eqodds", "ece", "auc_gap", "dpd", "deodds")] == [" ↑"] * 3 + [" ↓"] * 4
+    assert arrow("selection_rate") == "" and arrow("n") == ""

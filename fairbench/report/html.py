@@ -16,7 +16,6 @@ drawn once, as SVG, into SITE/figures.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -28,13 +27,12 @@ from typing import Any
 from fairbench import __version__
 from fairbench.errors import FairbenchError, ResultsError
 from fairbench.report.collect import Collection, ResultCell, collect
-from fairbench.report.leaderboard import (LABELS, Column, HeaderFacts, _card_extras, _digest, _distinct, _fmt,
-                                          _latest_version, _newest, _problem_task, _rows, attribute_columns,
-                                          attribute_groups, direction, small_groups, table_values, utility_columns,
-                                          versus_seeds_text)
-from fairbench.report.reported import ReportedSource, column_label, load_reported
-from fairbench.report.reported import _fmt as reported_fmt
+from fairbench.report.formatting import arrow, fmt_agg, is_count, metric_label, number, pct, slug
+from fairbench.report.leaderboard import latest_version, problem_task, versus_seeds_text
+from fairbench.report.reported import ReportedSource, column_label, fmt_value, load_reported
 from fairbench.report.summary import lookup, random_weights
+from fairbench.report.tables import (Column, HeaderFacts, attribute_columns, attribute_groups, card_extras, digest,
+                                     distinct, newest, small_groups, table_rows, table_values, utility_columns)
 from fairbench.report.versus import Versus, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
 
@@ -77,33 +75,11 @@ class Figure:
     caption: str
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("*", "_x_"))
-
-
 def _col_key(path: tuple[str, ...]) -> str:
     """``("overall", "auc")`` -> ``auc``; a group column -> ``auc:<group>``."""
     if len(path) >= 5 and path[2] == "groups":
         return f"{path[-1]}:{path[3]}"
     return path[-1]
-
-
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
-
-def _pct(value: Any, ci: Any = None) -> str:
-    v = _num(value)
-    if v is None:
-        return "n/a"
-    text = f"{100 * v:.1f}"
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
-        text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-    return text
-
-
-def _is_count(key: str) -> bool:
-    return key == "n" or key.startswith("n_")
 
 
 # -- figures: reuse what exists, draw what is missing ---------------------------------------------------------
@@ -151,8 +127,8 @@ class _Figures:
             problems.extend(probs)
             return files
 
-        found = self._get([f"{base}/{_slug(a)}.svg" for a in attrs], [cell], draw) if attrs else {}
-        return {a: found[f"{base}/{_slug(a)}.svg"] for a in attrs}, problems
+        found = self._get([f"{base}/{slug(a)}.svg" for a in attrs], [cell], draw) if attrs else {}
+        return {a: found[f"{base}/{slug(a)}.svg"] for a in attrs}, problems
 
     def training(self, cell: ResultCell) -> Path | None:
         epochs = lookup(cell.doc, "adapt", "fitted", "epochs")
@@ -171,7 +147,7 @@ class _Figures:
     def versus(self, v: Versus, cells: list[ResultCell], synthetic: bool) -> Path | None:
         if v.unavailable or not any(r.ok for r in v.rows):
             return None
-        rel = f"{v.task}/versus_{_slug(v.reference)}.svg"
+        rel = f"{v.task}/versus_{slug(v.reference)}.svg"
         return self._get([rel], cells,
                          lambda: _plots().plot_versus(v, self.draw_dir, ("svg",), synthetic=synthetic))[rel]
 
@@ -213,7 +189,7 @@ def _leaderboard_table(table_id: str, caption: str, rows: list[Any], columns: li
                            links=[(str(c.seed), cell_href[c.key], f"cell {c.key}") for c in r.cells])]
         for j, (_, _, _, ci) in enumerate(columns):
             a = aggs[i][j]
-            line.append(TCell(_fmt(a, ci), a.mean, best=i in best[j]))
+            line.append(TCell(fmt_agg(a, ci), a.mean, best=i in best[j]))
         out.append(line)
     return Table(table_id, caption, heads, out)
 
@@ -224,7 +200,7 @@ def _versus_tables(v: Versus) -> list[tuple[str, str, Table]]:
         t = v.table(attr)
         heads = [THead("model", "model", False), THead("adapter", "adapter", False),
                  THead("paired seeds", "seeds", False)]
-        heads += [THead(f"Δ {LABELS.get(p[-1], p[-1])}{_arrow(p[-1])}", p[-1]) for p in t.paths]
+        heads += [THead(f"Δ {metric_label(p[-1])}{arrow(p[-1])}", p[-1]) for p in t.paths]
         heads.append(THead("p (Holm)", "p_holm", False))
         rows = []
         for r, deltas, adjusted in t.rows:
@@ -238,14 +214,9 @@ def _versus_tables(v: Versus) -> list[tuple[str, str, Table]]:
         compared = [r for r, _, _ in t.rows if r.ok]
         caption = (f"{len(compared)} row{'s' if len(compared) != 1 else ''} compared; {t.n_comparisons} "
                    f"comparison{'s' if t.n_comparisons != 1 else ''} with a p-value, Holm-adjusted over this table.")
-        out.append((attr, caption, Table(f"versus-{_slug(attr)}", f"Versus {v.reference}: {attr} (Δ x100)",
+        out.append((attr, caption, Table(f"versus-{slug(attr)}", f"Versus {v.reference}: {attr} (Δ x100)",
                                          heads, rows)))
     return out
-
-
-def _arrow(metric: str) -> str:
-    d = direction(metric)
-    return " ↑" if d is True else " ↓" if d is False else ""
 
 
 def _reported(sources: list[ReportedSource]) -> list[dict[str, Any]]:
@@ -255,8 +226,8 @@ def _reported(sources: list[ReportedSource]) -> list[dict[str, Any]]:
         rows = []
         for method, values in s.rows:
             rows.append([TCell(f"{method} [{n}]", method)]
-                        + [TCell(reported_fmt(v, s.scale, s.decimals),
-                                 _num(v[0] if isinstance(v, list) else v)) for v in values])
+                        + [TCell(fmt_value(v, s.scale, s.decimals),
+                                 number(v[0] if isinstance(v, list) else v)) for v in values])
         out.append({"n": n, "source": s,
                     "table": Table(f"reported-{n}", f"[{n}] {s.citation}", heads, rows) if s.rows else None})
     return out
@@ -271,8 +242,8 @@ def _facts(task: str, cells: list[ResultCell], roots: list[str]) -> list[tuple[s
     return [
         ("Task version", ", ".join(version) or "?"),
         ("Generated by", f"fairbench {__version__} from {len(cells)} result cell{'s' if len(cells) != 1 else ''} "
-                         f"under {', '.join(roots)} (results digest {_digest(cells)})"),
-        ("As of", f"{_newest(cells)}: the start time of the newest result (not the time of generation)"),
+                         f"under {', '.join(roots)} (results digest {digest(cells)})"),
+        ("As of", f"{newest(cells)}: the start time of the newest result (not the time of generation)"),
         ("Produced by", f"fairbench {', '.join(produced) or '?'}"
                         + (f" at git commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}" if commits else "")),
         ("Evaluated on", f"the {', '.join(split)} split (n = {', '.join(map(str, ns)) or '?'}); threshold rule "
@@ -285,8 +256,8 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
                   tasks_dirs: Sequence[Path], reference: str | None, figs: _Figures,
                   cell_href: dict[str, str]) -> dict[str, Any]:
     synthetic = any(lookup(c.doc, "task", "synthetic") for c in cells)
-    util_extra, fair_extra, card_found = _card_extras(task, tasks_dirs)
-    rows = _rows(cells)
+    util_extra, fair_extra, card_found = card_extras(task, tasks_dirs)
+    rows = table_rows(cells)
     utility = _leaderboard_table("utility", f"{task}: utility (x100, mean over seeds)", rows,
                                  utility_columns(cells, util_extra), True, cell_href)
     attrs: dict[str, None] = {}
@@ -298,7 +269,7 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
         fairness.append({
             "attr": attr, "kind": "intersection" if "*" in attr else "attribute",
             "groups": attribute_groups(attr, cells), "small": small, "min_group_size": minimum,
-            "table": _leaderboard_table(f"fair-{_slug(attr)}", f"{task}: fairness by {attr} (x100, mean over seeds)",
+            "table": _leaderboard_table(f"fair-{slug(attr)}", f"{task}: fairness by {attr} (x100, mean over seeds)",
                                         rows, attribute_columns(attr, cells, fair_extra), False, cell_href)})
     tradeoff = _inline(figs.tradeoff(task, cells),
                        f"{task}: overall AUC against ES-AUC per protected attribute, one point per model and "
@@ -322,15 +293,15 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
                           TCell(str(lookup(c.doc, "model", "weights", "source") or "?")),
                           TCell(str(p.get("fairbench_version", "?"))), TCell(commit or "?"),
                           TCell(str(p.get("started_at", "?"))),
-                          TCell(str(p.get("duration_s", "?")), _num(p.get("duration_s")))])
+                          TCell(str(p.get("duration_s", "?")), number(p.get("duration_s")))])
     cells_table = Table("cells", f"{task}: the result cells", [
         THead("cell", "cell", False), THead("weights", "weights", False), THead("fairbench", "fairbench", False),
         THead("git commit", "commit", False), THead("started", "started", False),
         THead("duration (s)", "duration")], cell_rows)
-    left_out = [(p.as_posix(), why) for p, why in col.problems if _problem_task(p) in (task, None)]
+    left_out = [(p.as_posix(), why) for p, why in col.problems if problem_task(p) in (task, None)]
     return {"task": task, "synthetic": synthetic, "facts": _facts(task, cells, col.roots), "card_found": card_found,
             "n_random": sum(random_weights(c.doc) for c in cells), "n_cells": len(cells), "left_out": left_out,
-            "mixed_samples": len(_distinct(cells, "task", "samples_sha256")) > 1, "utility": utility,
+            "mixed_samples": len(distinct(cells, "task", "samples_sha256")) > 1, "utility": utility,
             "fairness": fairness, "tradeoff": tradeoff, "versus": versus, "reported": _reported(reported),
             "cells_table": cells_table}
 
@@ -343,23 +314,23 @@ def _metric_rows(metrics: dict[str, Any], ci: dict[str, Any]) -> list[list[TCell
     for key, value in metrics.items():
         if key == "groups":
             continue
-        label = LABELS.get(key, key)
+        label = metric_label(key)
         if isinstance(value, dict):
             for cls, v in value.items():
                 c = (ci.get(key) or {}).get(cls) if isinstance(ci.get(key), dict) else None
                 rows.append(_metric_row(f"{label} ({cls})", key, v, c))
         else:
-            rows.append(_metric_row(label + _arrow(key), key, value, ci.get(key)))
+            rows.append(_metric_row(label + arrow(key), key, value, ci.get(key)))
     return rows
 
 
 def _metric_row(label: str, key: str, value: Any, ci: Any) -> list[TCell]:
-    v = _num(value)
-    if _is_count(key):
+    v = number(value)
+    if is_count(key):
         return [TCell(label, key), TCell("" if value is None else str(value), v), TCell("")]
     ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
     interval = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ok else "–"
-    return [TCell(label, key), TCell(_pct(value), v), TCell(interval, _num(ci[0]) if ok else None)]
+    return [TCell(label, key), TCell(pct(value), v), TCell(interval, number(ci[0]) if ok else None)]
 
 
 def _group_table(attr: str, a: dict[str, Any], ci: dict[str, Any], cell_key: str) -> Table | None:
@@ -369,7 +340,7 @@ def _group_table(attr: str, a: dict[str, Any], ci: dict[str, Any], cell_key: str
     keys: dict[str, None] = {}
     for gm in groups.values():
         keys.update(dict.fromkeys(k for k, v in (gm or {}).items() if not isinstance(v, dict)))
-    heads = [THead("group", "group", False)] + [THead(LABELS.get(k, k) + ("" if _is_count(k) else _arrow(k)), k)
+    heads = [THead("group", "group", False)] + [THead(metric_label(k) + ("" if is_count(k) else arrow(k)), k)
                                                 for k in keys]
     rows = []
     for g, gm in groups.items():
@@ -378,10 +349,10 @@ def _group_table(attr: str, a: dict[str, Any], ci: dict[str, Any], cell_key: str
         line = [TCell(g, g)]
         for k in keys:
             v = gm.get(k)
-            line.append(TCell("" if v is None else str(v), _num(v)) if _is_count(k)
-                        else TCell(_pct(v, gci.get(k)), _num(v)))
+            line.append(TCell("" if v is None else str(v), number(v)) if is_count(k)
+                        else TCell(pct(v, gci.get(k)), number(v)))
         rows.append(line)
-    return Table(f"groups-{_slug(attr)}", f"{cell_key}: groups of {attr} (x100; counts as they are; brackets: 95% "
+    return Table(f"groups-{slug(attr)}", f"{cell_key}: groups of {attr} (x100; counts as they are; brackets: 95% "
                  "bootstrap interval)", heads, rows)
 
 
@@ -407,14 +378,14 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
         aci = lookup(ci, "attributes", attr) or {}
         attributes.append({
             "attr": attr,
-            "metrics": Table(f"attr-{_slug(attr)}", f"{cell.key}: fairness by {attr}",
+            "metrics": Table(f"attr-{slug(attr)}", f"{cell.key}: fairness by {attr}",
                              [THead("metric", "metric", False), THead("value", "value"),
                               THead("95% interval", "interval")], _metric_rows(a, aci)),
             "groups": _group_table(attr, a, aci, cell.key),
             "figure": _inline(figures.get(attr), f"{cell.key}, protected attribute {attr}: group metrics with 95% "
                               "intervals, ROC curves and reliability diagrams per group",
                               f"{attr}: group metrics with 95% bootstrap intervals (left), ROC per group (middle), "
-                              "reliability per group (right).", f"fig-{_slug(attr)}"),
+                              "reliability per group (right).", f"fig-{slug(attr)}"),
         })
     overall = Table("overall", f"{cell.key}: overall metrics", [
         THead("metric", "metric", False), THead("value", "value"), THead("95% interval", "interval")],
@@ -433,7 +404,7 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
                 ("model.weights.source", str(lookup(cell.doc, "model", "weights", "source"))),
                 ("model.weights.sha256", str(lookup(cell.doc, "model", "weights", "sha256"))),
                 ("config_sha256", str(cell.doc.get("config_sha256")))]
-    counts = [(k, str(v)) for k, v in (m.get("overall") or {}).items() if _is_count(k)]
+    counts = [(k, str(v)) for k, v in (m.get("overall") or {}).items() if is_count(k)]
     counts += [(f"{attr}: unknown group", str((a or {}).get("n_unknown"))) for attr, a in
                (m.get("attributes") or {}).items() if (a or {}).get("n_unknown") is not None]
     ctx = {
@@ -506,10 +477,10 @@ def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None
     figs = _Figures(out, Path(figures) if figures is not None else None)
     problems: list[str] = []
     pages: list[Path] = []
-    by_task = {task: _latest_version(task, cells, col) for task, cells in sorted(col.by_task().items())}
-    cell_page = {c.key: f"cells/{_slug(c.task)}/{_slug(c.model)}/{_slug(c.adapt)}/seed{c.seed}/index.html"
+    by_task = {task: latest_version(task, cells, col) for task, cells in sorted(col.by_task().items())}
+    cell_page = {c.key: f"cells/{slug(c.task)}/{slug(c.model)}/{slug(c.adapt)}/seed{c.seed}/index.html"
                  for cells in by_task.values() for c in cells}
-    task_page = {task: f"tasks/{_slug(task)}.html" for task in by_task}
+    task_page = {task: f"tasks/{slug(task)}.html" for task in by_task}
 
     def render(name: str, page: str, **ctx: Any) -> None:
         root = _rel(".", page)
@@ -524,7 +495,7 @@ def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None
         render("task.html", task_page[task], **ctx)
         index.append({"task": task, "href": task_page[task], "synthetic": ctx["synthetic"], "n_cells": len(cells),
                       "n_random": ctx["n_random"],
-                      "version": ", ".join(_distinct(cells, "task", "version")),
+                      "version": ", ".join(distinct(cells, "task", "version")),
                       "models": sorted({c.model for c in cells}), "adapters": sorted({c.adapt for c in cells}),
                       "seeds": sorted({c.seed for c in cells}), "reported": ctx["reported"]})
         for c in cells:

@@ -12,7 +12,6 @@ flagged pairs with their mean weight, each panel where the cell recorded it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from fairbench.report.collect import Collection, ResultCell, collect  # noqa: E402
-from fairbench.report.leaderboard import aggregate  # noqa: E402
+from fairbench.report.formatting import arrow, direction, metric_label, slug  # noqa: E402
 from fairbench.report.summary import lookup, random_weights  # noqa: E402
+from fairbench.report.tables import aggregate  # noqa: E402
 from fairbench.report.versus import Versus, check_reference, compute_versus  # noqa: E402
 
 __all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "plot_versus", "OKABE_ITO"]
@@ -43,10 +43,6 @@ _STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.f
           "svg.fonttype": "none"}
 _BINARY_BARS = (("auc", "AUC"), ("acc", "ACC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ece", "ECE"))
 _MULTI_BARS = (("auc", "AUC"), ("acc", "ACC"), ("macro_f1", "macro F1"), ("ece", "ECE"))
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("*", "_x_"))
 
 
 def _save(fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
@@ -275,7 +271,7 @@ def plot_cell(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
             fig.suptitle(f"{_title(cell)}\nprotected attribute: {attr}" + (f"   ({summary})" if summary else ""),
                          fontsize=12)
             fig.tight_layout()
-            written += _save(fig, base / _slug(attr), formats)
+            written += _save(fig, base / slug(attr), formats)
     return written, problems
 
 
@@ -481,8 +477,6 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
     """Forest plot of the paired differences B - reference (:func:`fairbench.report.versus.compute_versus`): one
     panel per protected attribute, one row per (model, adapter) x metric, point = delta x100, bar = its 95%
     interval, a line at 0; a filled point and ``*`` where the interval excludes 0."""
-    from fairbench.report.leaderboard import LABELS, direction
-
     attrs = [a for a in v.attributes if not attributes or a in attributes]
     rows = [r for r in v.rows if r.ok]
     if v.unavailable or not rows or not attrs:
@@ -493,8 +487,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
         seeds = f"{len(r.seeds)} seeds, t" if r.method == "seeds" else f"seed {r.seeds[0]}, bootstrap"
         for path in tables[attrs[0]].paths:
             key = path[-1]
-            arrow = " ↓" if direction(key) is False else " ↑" if direction(key) else ""
-            labels.append(f"{r.model} / {r.adapt} · {LABELS.get(key, key)}{arrow} ({seeds})")
+            labels.append(f"{r.model} / {r.adapt} · {metric_label(key)}{arrow(key)} ({seeds})")
     n = len(labels)
     with plt.rc_context(_STYLE):
         fig, axes = plt.subplots(1, len(attrs), figsize=(3.6 * len(attrs) + 3.4, 0.27 * n + 2.6), sharey=True,
@@ -535,7 +528,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
         if skipped:
             fig.text(0.01, 0.005, "not shown: " + "; ".join(skipped), fontsize=8, color="#555555", ha="left",
                      va="bottom")
-        lower = ", ".join(LABELS.get(p[-1], p[-1]) for p in tables[attrs[0]].paths if direction(p[-1]) is False)
+        lower = ", ".join(metric_label(p[-1]) for p in tables[attrs[0]].paths if direction(p[-1]) is False)
         fig.suptitle(f"{v.task}: B − {v.reference}, paired on the same test samples"
                      f"{' — SYNTHETIC data' if synthetic else ''}{note}\n"
                      f"point: Δ; bar: 95% interval (one paired seed: paired bootstrap, B={v.n_boot}; 2+ seeds: t "
@@ -543,7 +536,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
                      f"↓ lower is better ({lower}): a negative Δ is better; ↑ higher is better: a positive Δ is "
                      "better\na difference on this task, not a ranking of methods across tasks", fontsize=10)
         fig.tight_layout(rect=(0, 0.03 if skipped else 0, 1, 1))
-        return _save(fig, out / v.task / f"versus_{_slug(v.reference)}", formats)
+        return _save(fig, out / v.task / f"versus_{slug(v.reference)}", formats)
 
 
 def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] = FORMATS,
