@@ -416,3 +416,46 @@ def test_every_metric_names_its_label_and_direction_on_its_spec():
         "ES-AUC", "AUC gap", "DEOdds", "EqOdds (FairMedFM)"]
     assert [arrow(m) for m in ("auc", "es_auc", "eqodds", "ece", "auc_gap", "dpd", "deodds")] == [" ↑"] * 3 + [" ↓"] * 4
     assert arrow("selection_rate") == "" and arrow("n") == ""
+
+
+# -- the report as a reader sees it (issue 21, items 9-12) -------------------------------------------------
+def _x100(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def _widths_page(page: Path, tmp: Path) -> Path:
+    """A copy of ``page`` (same folder, so its links resolve) with a script that writes every table's width and
+    its scroll box's overflow into the DOM, for --dump-dom to read back."""
+    script = ("<script>const w=[];for(const t of document.querySelectorAll('table')){const r=t.getBoundingClientRect();"
+              "const box=t.parentElement;w.push([t.id||'?',Math.ceil(r.right),t.scrollWidth,box.scrollWidth-box.clientWidth]"
+              ".join(':'));}document.body.setAttribute('data-widths',w.join(';'));"
+              "document.body.setAttribute('data-vw',document.documentElement.clientWidth);</script>")
+    copy = page.parent / f"_widths_{page.name}"
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    return copy
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package chromium)")
+def test_no_table_is_wider_than_a_1280_px_window(site, tmp_path):
+    """At 1280 px every table fits: the race and intersection tables of a task page and a cell page's per-group
+    tables (which were cut at FPR) need no sideways scroll."""
+    out, _ = site
+    pages = [out / "index.html", out / "tasks" / "synth_cxr.html",
+             out / "cells" / "synth_cxr" / "good" / "linear_probe" / "seed0" / "index.html"]
+    checked = 0
+    for i, page in enumerate(pages):
+        copy = _widths_page(page, tmp_path)
+        try:
+            dom = chromium("--window-size=1280,1000", "--dump-dom", copy.resolve().as_uri(),
+                           profile=tmp_path / f"w{i}")
+        finally:
+            copy.unlink()
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        vw = int(re.search(r'data-vw="(\d+)"', dom.stdout).group(1))
+        assert 1200 <= vw <= 1280, vw
+        widths = re.search(r'data-widths="([^"]*)"', dom.stdout).group(1).split(";")
+        for entry in widths:
+            _, right, width, overflow = entry.rsplit(":", 3)
+            assert int(right) <= vw and int(width) <= vw and int(overflow) <= 0, (page.name, entry, vw)
+            checked += 1
+    assert checked >= 12
