@@ -41,7 +41,7 @@ def results(tmp_path_factory) -> Path:
                        same_samples=True)
     trained = root / "synth_cxr" / "good" / "linear_probe" / "seed0" / "metrics.json"
     doc = json.loads(trained.read_text())
-    doc["adapt"]["fitted"] = {"epochs": EPOCHS, "best_epoch": 3}
+    doc["adapt"]["fitted"] = {"epochs": EPOCHS, "best_epoch": 3, "val_auc_by_C": {"0.001": 0.8039867109634552}}
     doc["data"] = {"allow_skip_unreadable": True, "n_skipped": 2, "skipped": SKIPPED}
     write_json(trained, doc)
     return root
@@ -186,7 +186,7 @@ def test_cell_page_shows_every_metric_with_its_interval_and_the_provenance(site,
     page = out / "cells" / "synth_cxr" / "good" / "linear_probe" / "seed0" / "index.html"
     parsed = parse(page)
     text = page.read_text()
-    overall = {r[0].split(" ")[0]: r[1:] for r in parsed.tables["overall"][1:]}
+    overall = {re.sub(r" [↑↓]$", "", r[0]): r[1:] for r in parsed.tables["overall"][1:]}
     m, ci = doc["metrics"]["overall"], doc["metrics"]["ci"]["overall"]
     # independent of the page's code: x100, one decimal, the bootstrap interval in brackets
     assert overall["AUC"] == [f"{100 * m['auc']:.1f}", f"[{100 * ci['auc'][0]:.1f}, {100 * ci['auc'][1]:.1f}]"]
@@ -459,3 +459,27 @@ def test_no_table_is_wider_than_a_1280_px_window(site, tmp_path):
             assert int(right) <= vw and int(width) <= vw and int(overflow) <= 0, (page.name, entry, vw)
             checked += 1
     assert checked >= 12
+
+
+def test_cell_page_formats_recorded_floats_names_metrics_by_their_labels_and_shows_a_coinciding_twin_once(site, results):
+    out, _ = site
+    doc = json.loads((results / "synth_cxr" / "good" / "linear_probe" / "seed0" / "metrics.json").read_text())
+    page = out / "cells" / "synth_cxr" / "good" / "linear_probe" / "seed0" / "index.html"
+    text = page.read_text()
+    tables = parse(page).tables
+    # a float the adapter recorded: 4 significant digits, not 16
+    assert "0.8039867109634552" not in text
+    fitted = [r for t in tables.values() for r in t if r and r[0] == "val_auc_by_C.0.001"]
+    assert fitted and fitted[0][1] == "0.804"
+    # EqOdds and FairMedFM's EqOdds agree on a binary task (TNR = 1 - FPR): one row that names both
+    a = doc["metrics"]["attributes"]["sex"]
+    assert abs(a["eqodds"] - a["eqodds_fairmedfm"]) < 1e-12  # the premise, from the file
+    rows = tables["attr-sex"][1:]
+    eq = [r for r in rows if r[0].startswith("EqOdds")]
+    assert len(eq) == 1 and "FairMedFM" in eq[0][0] and eq[0][1] == f"{100 * a['eqodds']:.1f}", eq
+    # labels, not snake_case keys, in the metric tables and the per-group tables' headers
+    labels = [r[0] for name in ("overall", "attr-sex", "attr-sex_x_age") for r in tables[name][1:]]
+    labels += [h.replace(" ⇅", "") for h in tables["groups-sex"][0]]
+    snake = [lbl for lbl in labels if re.search(r"\b[a-z0-9]+_[a-z0-9_]+\b", lbl)]
+    assert not snake, snake
+    assert "ES-AUC ↑" in labels and "n positive" in labels

@@ -35,7 +35,8 @@ SCALE = 100.0
 SCALE_LABEL = "x100"
 
 #: keys of metrics.json that are not registered metrics (counts, settings), as tables name them
-OTHER_LABELS: dict[str, str] = {}
+OTHER_LABELS = {"n": "n", "n_pos": "n positive", "n_neg": "n negative", "n_unknown": "n unknown group", "ece_bins": "ECE bins",
+                "n_boot": "bootstrap resamples"}
 
 
 def _spec(key: str) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 from fairbench import __version__
 from fairbench.errors import FairbenchError, ResultsError
 from fairbench.report.collect import Collection, ResultCell, collect
-from fairbench.report.formatting import arrow, fmt_agg, is_count, metric_label, number, pct, slug
+from fairbench.report.formatting import arrow, fmt_agg, fmt_raw, is_count, metric_label, number, pct, slug
 from fairbench.report.leaderboard import latest_version, problem_task, versus_seeds_text
 from fairbench.report.reported import ReportedSource, column_label, fmt_value, load_reported
 from fairbench.report.summary import lookup, random_weights
@@ -307,20 +307,50 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
 
 
 # -- per cell ------------------------------------------------------------------------------------------------
+#: pairs of metrics that agree by definition on binary tasks (TNR = 1 - FPR, so FairMedFM's TNR range is the
+#: FPR range): shown once when their values coincide, with both names
+_COINCIDE = {"eqodds_fairmedfm": "eqodds", "eqodds_fairmedfm_per_class": "eqodds_per_class",
+             "eqodds_fairmedfm_mean_ovr": "eqodds_mean_ovr"}
+_COINCIDE_NOTE = " = {other} (equal here: TNR = 1 − FPR)"
+_DIFFER_NOTE = " (TNR range where EqOdds has the FPR range)"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two metrics.json values (numbers, [low, high] or per-class dicts) equal up to rounding noise."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    x, y = number(a), number(b)
+    if x is None or y is None:
+        return a is None and b is None
+    return abs(x - y) <= 1e-9
+
+
 def _metric_rows(metrics: dict[str, Any], ci: dict[str, Any]) -> list[list[TCell]]:
-    """(metric, value, interval) rows of one level of metrics.json (overall or an attribute): numbers x100
-    with their bootstrap interval, counts as they are, per-class dicts one row per class."""
+    """(metric, value, interval) rows of one level of metrics.json (overall or an attribute), named by the
+    metric's spec: numbers x100 with their bootstrap interval, counts as they are, per-class dicts one row per
+    class. A metric that equals its definitional twin (EqOdds and FairMedFM's EqOdds on a binary task) is one
+    row that names both."""
     rows = []
+    merged = {twin: key for key, twin in _COINCIDE.items()
+              if key in metrics and twin in metrics and _same(metrics[key], metrics[twin])
+              and _same(ci.get(key), ci.get(twin))}
     for key, value in metrics.items():
-        if key == "groups":
+        if key == "groups" or key in _COINCIDE and _COINCIDE[key] in merged:
             continue
         label = metric_label(key)
+        note = ""
+        if key in merged:
+            note = _COINCIDE_NOTE.format(other=metric_label(merged[key]))
+        elif key in _COINCIDE and _COINCIDE[key] in metrics:
+            note = _DIFFER_NOTE
         if isinstance(value, dict):
             for cls, v in value.items():
                 c = (ci.get(key) or {}).get(cls) if isinstance(ci.get(key), dict) else None
-                rows.append(_metric_row(f"{label} ({cls})", key, v, c))
+                rows.append(_metric_row(f"{label} ({cls}){note}", key, v, c))
         else:
-            rows.append(_metric_row(label + arrow(key), key, value, ci.get(key)))
+            rows.append(_metric_row(label + arrow(key) + note, key, value, ci.get(key)))
     return rows
 
 
@@ -357,15 +387,17 @@ def _group_table(attr: str, a: dict[str, Any], ci: dict[str, Any], cell_key: str
 
 
 def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted path, value as text) of each leaf: floats to 4 significant digits (the metrics.json copy beside
+    the page has them in full), long lists cut."""
     if isinstance(tree, dict):
         out = []
         for k, v in tree.items():
             out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
         return out or [(prefix, "{}")]
     if isinstance(tree, list):
-        text = json.dumps(tree, default=str)
+        text = fmt_raw(tree) if all(not isinstance(v, (dict, list)) for v in tree) else json.dumps(tree, default=str)
         return [(prefix, text if len(text) <= 300 else text[:300] + " …")]
-    return [(prefix, "null" if tree is None else str(tree))]
+    return [(prefix, fmt_raw(tree))]
 
 
 def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dict[str, Any], list[str]]:
