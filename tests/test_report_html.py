@@ -423,6 +423,38 @@ def _x100(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
+def test_index_leads_with_each_tasks_headline_numbers_and_a_summary_per_model(site, results):
+    """The landing page shows numbers: per task the best and worst rows by AUC with each row's largest gap over
+    the protected attributes, and per model its best row on every task; the same numbers as the task pages."""
+    out, _ = site
+    tables = parse(out / "index.html").tables
+    utility = {(r[0], r[1]): r for r in parse(out / "tasks" / "synth_cxr.html").tables["utility"][1:]}
+    head = tables["headline-synth_cxr"]
+    labels = [h.replace(" ⇅", "") for h in head[0]]
+    assert labels[:2] == ["model", "adapter"] and any(h.startswith("AUC") for h in labels)
+    auc_col = next(i for i, h in enumerate(labels) if h.startswith("AUC"))
+    rows = head[1:]
+    assert rows[0][0].startswith("good")  # best first, as on the task page
+    for r in rows:  # the AUC entry is the task page's, cell for cell
+        assert r[auc_col] == utility[(r[0], r[1])][4]
+    # each row's largest AUC gap, with the attribute it occurs in, computed here from the cells themselves
+    cells = [c for c in collect([results]).cells if c.task == "synth_cxr"]
+    gap_col = next(i for i, h in enumerate(labels) if h.startswith("largest AUC gap"))
+    for r in rows:
+        cell = next(c for c in cells if c.adapt == r[1] and r[0].startswith(c.model))
+        gaps = {a: v["auc_gap"] for a, v in cell.metrics["attributes"].items() if v.get("auc_gap") is not None}
+        attr = max(gaps, key=gaps.get)
+        assert r[gap_col].split(" [")[0] == _x100(gaps[attr]) and f"({attr})" in r[gap_col], (r, gaps)
+    # a cross-task summary, one row per model
+    models = tables["models"]
+    assert sorted(r[0] for r in models[1:]) == ["biased", "good", "pair", "weak"]
+    good = next(r for r in models[1:] if r[0] == "good")
+    best_good = max((utility[k] for k in utility if k[0].startswith("good")), key=lambda r: float(r[4].split()[0]))
+    assert best_good[4].split()[0] in " ".join(good) and best_good[1] in " ".join(good)
+    text = (out / "index.html").read_text()
+    assert text.index('id="headline-synth_cxr"') < text.index('id="tasks"')  # numbers first
+
+
 def _widths_page(page: Path, tmp: Path) -> Path:
     """A copy of ``page`` (same folder, so its links resolve) with a script that writes every table's width and
     its scroll box's overflow into the DOM, for --dump-dom to read back."""

@@ -31,8 +31,9 @@ from fairbench.report.formatting import arrow, fmt_agg, fmt_raw, is_count, metri
 from fairbench.report.leaderboard import latest_version, problem_task, versus_seeds_text
 from fairbench.report.reported import ReportedSource, column_label, fmt_value, load_reported
 from fairbench.report.summary import lookup, random_weights
-from fairbench.report.tables import (Column, HeaderFacts, attribute_columns, attribute_groups, card_extras, digest,
-                                     distinct, newest, small_groups, table_rows, table_values, utility_columns)
+from fairbench.report.tables import (Column, HeaderFacts, aggregate, attribute_columns, attribute_groups, card_extras,
+                                     digest, distinct, newest, resolve_key, small_groups, table_rows, table_values,
+                                     utility_columns)
 from fairbench.report.versus import Versus, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
 
@@ -306,6 +307,89 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
             "cells_table": cells_table}
 
 
+# -- the index: headline numbers -----------------------------------------------------------------------------
+HEADLINE_ROWS = 3  # the index shows this many best and worst rows of each task (all when there are few)
+
+
+def _largest(r: Any, attrs: list[str], metric: str, worst_high: bool = True) -> tuple[Any, str | None]:
+    """The row's aggregate of ``metric`` in the attribute where it is worst (largest gap, lowest score)."""
+    found = []
+    for attr in attrs:
+        key = resolve_key(r.cells, ("attributes", attr), metric)
+        if key is None:
+            continue
+        a = aggregate(r.cells, ("attributes", attr, key))
+        if a.mean is not None:
+            found.append((a, attr))
+    if not found:
+        return None, None
+    return (max if worst_high else min)(found, key=lambda f: f[0].mean)
+
+
+def _worst_text(found: tuple[Any, str | None]) -> TCell:
+    a, attr = found
+    return TCell("n/a") if a is None else TCell(f"{fmt_agg(a)} ({attr})", a.mean)
+
+
+def _headline(task: str, cells: list[ResultCell]) -> tuple[Table, int]:
+    """The task's best and worst rows by AUC (all rows when there are few), plus the row with the largest AUC gap,
+    each with its largest gaps over the protected attributes: the numbers a landing page leads with."""
+    rows = table_rows(cells)
+    attrs: dict[str, None] = {}
+    for c in cells:
+        attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
+    attr_list = list(attrs)
+    keep = list(range(len(rows))) if len(rows) <= 2 * HEADLINE_ROWS else \
+        list(range(HEADLINE_ROWS)) + list(range(len(rows) - HEADLINE_ROWS, len(rows)))
+    gaps = [_largest(r, attr_list, "auc_gap")[0] for r in rows]
+    widest = max((i for i, g in enumerate(gaps) if g is not None), key=lambda i: gaps[i].mean, default=None)
+    if widest is not None and widest not in keep:
+        keep = sorted([*keep, widest])
+    heads = [THead("model", "model", False), THead("adapter", "adapter", False), THead("seeds", "seeds"),
+             THead("AUC ↑", "auc"), THead("lowest ES-AUC ↑ (attribute)", "es_auc"),
+             THead("largest AUC gap ↓ (attribute)", "auc_gap"), THead("largest DEOdds ↓ (attribute)", "deodds")]
+    out = []
+    for i in keep:
+        r = rows[i]
+        auc = aggregate(r.cells, ("overall", "auc"))
+        out.append([TCell(r.label, r.label), TCell(r.adapt, r.adapt), TCell(str(len(r.cells)), len(r.cells)),
+                    TCell(fmt_agg(auc), auc.mean, best=i == 0 and auc.mean is not None),
+                    _worst_text(_largest(r, attr_list, "es_auc", worst_high=False)),
+                    _worst_text(_largest(r, attr_list, "auc_gap")), _worst_text(_largest(r, attr_list, "deodds"))])
+    shown = "every row" if len(keep) == len(rows) else (
+        f"the best and worst {HEADLINE_ROWS} of {len(rows)} rows by AUC"
+        + (" and the row with the largest AUC gap" if widest is not None and HEADLINE_ROWS <= widest
+           < len(rows) - HEADLINE_ROWS else ""))
+    caption = (f"{task}: {shown} (x100, mean over seeds [95% interval], as on the task page); each row's worst "
+               "value over the protected attributes, with the attribute")
+    return Table(f"headline-{slug(task)}", caption, heads, out), len(rows)
+
+
+def _models_table(by_task: dict[str, list[ResultCell]]) -> Table:
+    """One row per model: on each task its best row by AUC (the adapter), with that row's largest AUC gap."""
+    tasks = list(by_task)
+    best: dict[str, dict[str, Any]] = {}
+    for task, cells in by_task.items():
+        attrs: dict[str, None] = {}
+        for c in cells:
+            attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
+        for r in table_rows(cells):  # best first
+            if r.model in best.get(task, {}):
+                continue
+            auc = aggregate(r.cells, ("overall", "auc"))
+            gap, attr = _largest(r, list(attrs), "auc_gap")
+            text = f"AUC {fmt_agg(auc)} ({r.adapt})" + (f"; AUC gap {fmt_agg(gap)} ({attr})" if gap is not None
+                                                        else "")
+            best.setdefault(task, {})[r.model] = TCell(text, auc.mean)
+    models = sorted({m for t in best.values() for m in t})
+    heads = [THead("model", "model", False), THead("tasks", "tasks")]
+    heads += [THead(f"{t}: best adapter by AUC ↑; its largest AUC gap ↓", f"task:{t}") for t in tasks]
+    rows = [[TCell(m, m), TCell(str(sum(m in best.get(t, {}) for t in tasks)), sum(m in best.get(t, {}) for t in tasks))]
+            + [best.get(t, {}).get(m, TCell("–")) for t in tasks] for m in models]
+    return Table("models", "Each model across tasks: its best adapter by AUC on each task (x100, mean over seeds "
+                 "[95% interval]) and that row's largest AUC gap over the protected attributes", heads, rows)
+
+
 # -- per cell ------------------------------------------------------------------------------------------------
 #: pairs of metrics that agree by definition on binary tasks (TNR = 1 - FPR, so FairMedFM's TNR range is the
 #: FPR range): shown once when their values coincide, with both names
@@ -529,7 +613,8 @@ def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None
                       "n_random": ctx["n_random"],
                       "version": ", ".join(distinct(cells, "task", "version")),
                       "models": sorted({c.model for c in cells}), "adapters": sorted({c.adapt for c in cells}),
-                      "seeds": sorted({c.seed for c in cells}), "reported": ctx["reported"]})
+                      "seeds": sorted({c.seed for c in cells}), "reported": ctx["reported"],
+                      "headline": _headline(task, cells)[0]})
         for c in cells:
             page = cell_page[c.key]
             cctx, probs = _cell_context(c, figs, _rel(task_page[task], page))
@@ -537,7 +622,7 @@ def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None
             (out / page).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(c.path / METRICS_FILE, (out / page).parent / METRICS_FILE)
             render("cell.html", page, metrics_href=METRICS_FILE, **cctx)
-    render("index.html", "index.html", tasks=index, roots=col.roots, n_cells=sum(len(c) for c in by_task.values()),
+    render("index.html", "index.html", tasks=index, models=_models_table(by_task), roots=col.roots, n_cells=sum(len(c) for c in by_task.values()),
            skipped=[f"{p}: {why}" for p, why in col.problems])
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)
