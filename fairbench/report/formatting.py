@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from fairbench.report.tables import Agg
+from typing import Any
 
 __all__ = [
     "SCALE",
@@ -97,8 +94,9 @@ def pct(value: Any, ci: Any = None) -> str:
     return f"{text} {iv}" if iv else text
 
 
-def fmt_agg(a: Agg, ci: bool = True) -> str:
-    """A table entry: the mean over seeds x100, its interval, ``*`` when some seeds had no value."""
+def fmt_agg(a: Any, ci: bool = True) -> str:
+    """A table entry (a :class:`fairbench.report.tables.Agg`; not imported, tables imports this module): the mean
+    over seeds x100, its interval, ``*`` when some seeds had no value."""
     if a.mean is None:
         return "n/a"
     text = f"{SCALE * a.mean:.1f}"
