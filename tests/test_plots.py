@@ -62,7 +62,7 @@ def test_cell_figure_has_content(figures):
     svg = png.with_suffix(".svg").read_text()
     for text in ("synth_cxr · biased · zeroshot · seed 0 — SYNTHETIC data", "protected attribute: age",
                  "Group metrics, 95% bootstrap CI (B=20)", "ROC per group", "Reliability per group",
-                 "false positive rate", "true positive rate", "&lt;60 (n=", "&gt;=60 (n=", "value (0–1)"):
+                 "false positive rate", "true positive rate", "&lt;60 (n=", "&gt;=60 (n=", "value (x100)"):
         assert text in svg, text
     assert "<dc:date>" not in svg  # no timestamp: the same cell gives the same SVG
 
@@ -72,7 +72,7 @@ def test_tradeoff_figure_labels_every_entry(figures):
     img = rgb(out / "synth_cxr" / "fairness_utility.png")
     assert img.shape[1] > 700 and img.shape[0] > 700 and img.std() > 20
     svg = (out / "synth_cxr" / "fairness_utility.svg").read_text()
-    for text in ("good / linear_probe", "biased / zeroshot", "overall AUC (0–1)", "ES-AUC for age (0–1)",
+    for text in ("good / linear_probe", "biased / zeroshot", "overall AUC (x100)", "ES-AUC for age (x100)",
                  "colour = model, marker = adapter", "SYNTHETIC"):
         assert text in svg, text
 
@@ -248,3 +248,66 @@ def test_titles_say_when_weights_are_random(tmp_path):
         (out / "synth_cxr" / "rnd" / "zeroshot" / "seed0" / "age.svg").read_text()
     assert "RANDOM" not in (out / "synth_cxr" / "trained" / "zeroshot" / "seed0" / "age.svg").read_text()
     assert "— RANDOM weights (untrained) in 1 of 2 cells" in (out / "synth_cxr" / "fairness_utility.svg").read_text()
+
+
+# -- one scale, readable labels (issue 21, item 11) ------------------------------------------------------------
+def test_figures_use_the_tables_scale_x100(figures, results):
+    """Every table shows metrics x100 with one decimal; the figures do too (axes, legends, titles)."""
+    import json
+    import re
+
+    out, _ = figures
+    svg = (out / "synth_cxr" / "good" / "linear_probe" / "seed0" / "age.svg").read_text()
+    doc = json.loads((results / "synth_cxr" / "good" / "linear_probe" / "seed0" / "metrics.json").read_text())
+    a = doc["metrics"]["attributes"]["age"]
+    for group, gm in a["groups"].items():
+        assert f"AUC {100 * gm['auc']:.1f})" in svg, group  # the ROC legend, as the group table prints it
+    assert f"ES-AUC {100 * a['es_auc']:.1f}" in svg and "x100" in svg
+    for text in ("false positive rate (x100)", "true positive rate (x100)", "value (x100)"):
+        assert text in svg, text
+    assert not re.search(r"\(0–1\)", svg)
+    ticks = [float(t) for t in re.findall(r">(\d+(?:\.\d+)?)</text>", svg)]
+    assert 100.0 in ticks  # the bar and ROC axes run to 100
+    trade = (out / "synth_cxr" / "fairness_utility.svg").read_text()
+    assert "overall AUC (x100)" in trade and "(0–1)" not in trade
+
+
+def test_tradeoff_with_one_model_colours_by_adapter_and_labels_cover_no_marker(tmp_path):
+    """With one model, colour = model says nothing: the adapters get the colours (and the legend says so). Point
+    labels never cover a marker."""
+    for adapt, strength in (("zeroshot", 0.3), ("linear_probe", 0.8), ("mlp", 0.79)):
+        fabricate_cell(tmp_path / "results", model="solo", adapt=adapt, strength=strength, n_boot=20)
+    written, _, _ = plot_results([tmp_path / "results"], tmp_path / "figs", attributes=["age"])
+    png = next(p for p in written if p.name == "fairness_utility.png")
+    img = rgb(png)
+    assert sum(has_colour(img, c) for c in OKABE_ITO[:3]) == 3  # three adapters, three colours
+    svg = png.with_suffix(".svg").read_text()
+    assert "colour = model" not in svg and "solo: colour and marker = adapter" in svg
+
+
+def test_point_labels_cover_no_marker_and_no_other_label():
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    from fairbench.report.plots import _label_points
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.set_xlim(40, 100)
+    ax.set_ylim(40, 100)
+    points = [(80.0, 80.0, "model a / linear_probe"), (84.0, 81.0, "model a / mlp"),
+              (88.0, 80.0, "model b / linear_probe"), (82.0, 76.0, "model b / zeroshot"), (60.0, 62.0, "c / zs")]
+    for x, y, _ in points:
+        ax.plot([x], [y], marker="o", markersize=8)
+    _label_points(ax, points)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    labels = [Text.get_window_extent(t, renderer=r) for t in ax.texts]  # the text itself, not a leader line
+    assert len(labels) == len(points)
+    rad = 4 * fig.dpi / 72  # markersize 8 pt: radius 4 pt
+    markers = [Bbox.from_extents(px - rad, py - rad, px + rad, py + rad)
+               for px, py in (ax.transData.transform((x, y)) for x, y, _ in points)]
+    for i, box in enumerate(labels):
+        assert not any(box.overlaps(m) for m in markers), (ax.texts[i].get_text(), box)
+        assert not any(box.overlaps(o) for j, o in enumerate(labels) if j != i), ax.texts[i].get_text()
+    plt.close(fig)

@@ -41,7 +41,7 @@ def results(tmp_path_factory) -> Path:
                        same_samples=True)
     trained = root / "synth_cxr" / "good" / "linear_probe" / "seed0" / "metrics.json"
     doc = json.loads(trained.read_text())
-    doc["adapt"]["fitted"] = {"epochs": EPOCHS, "best_epoch": 3}
+    doc["adapt"]["fitted"] = {"epochs": EPOCHS, "best_epoch": 3, "val_auc_by_C": {"0.001": 0.8039867109634552}}
     doc["data"] = {"allow_skip_unreadable": True, "n_skipped": 2, "skipped": SKIPPED}
     write_json(trained, doc)
     return root
@@ -186,7 +186,7 @@ def test_cell_page_shows_every_metric_with_its_interval_and_the_provenance(site,
     page = out / "cells" / "synth_cxr" / "good" / "linear_probe" / "seed0" / "index.html"
     parsed = parse(page)
     text = page.read_text()
-    overall = {r[0].split(" ")[0]: r[1:] for r in parsed.tables["overall"][1:]}
+    overall = {re.sub(r" [↑↓]$", "", r[0]): r[1:] for r in parsed.tables["overall"][1:]}
     m, ci = doc["metrics"]["overall"], doc["metrics"]["ci"]["overall"]
     # independent of the page's code: x100, one decimal, the bootstrap interval in brackets
     assert overall["AUC"] == [f"{100 * m['auc']:.1f}", f"[{100 * ci['auc'][0]:.1f}, {100 * ci['auc'][1]:.1f}]"]
@@ -376,3 +376,142 @@ def test_pages_say_when_weights_are_random_and_what_was_left_out(results, tmp_pa
     index = {r[0]: r for r in parse(out / "index.html").tables["tasks"][1:]}
     n = index["synth_cxr"][2]  # the cells column
     assert index["synth_cxr"][7] == f"RANDOM in {n} of {n} cells"  # every fabricated cell records random weights
+
+
+# -- structure: public modules, one slug, labels on the metric specs (issue 23) ---------------------------
+def test_report_modules_reach_no_private_name_of_another_module():
+    """The report side imports public names only (html.py took eight private names of leaderboard.py), and the
+    file-name slug the figures and the report's links share is one function."""
+    import ast
+
+    import fairbench.report as report_pkg
+    from fairbench.report import formatting, html, plots
+
+    reach_ins = []
+    for name in ("html", "leaderboard", "tables", "formatting", "plots", "reported"):
+        path = Path(report_pkg.__file__).parent / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fairbench"):
+                reach_ins += [f"{path.name}: {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and a.name != "__version__"]
+    assert not reach_ins, reach_ins
+    assert html.slug is formatting.slug and plots.slug is formatting.slug
+    assert formatting.slug("sex*age") == "sex_x_age" and formatting.slug("a b/c") == "a_b_c"
+
+
+def test_every_metric_names_its_label_and_direction_on_its_spec():
+    from fairbench.metrics import METRICS
+    from fairbench.report import leaderboard
+    from fairbench.report.formatting import arrow, metric_label
+
+    names = list(METRICS)
+    assert len(names) > 30
+    for name in names:
+        spec = METRICS.get(name)
+        assert spec.label, name
+        assert metric_label(name) == spec.label
+    assert not hasattr(leaderboard, "LABELS")  # no second table of labels
+    # a few labels and directions as docs/leaderboards.md states them
+    assert [metric_label(m) for m in ("es_auc", "auc_gap", "deodds", "eqodds_fairmedfm")] == [
+        "ES-AUC", "AUC gap", "DEOdds", "EqOdds (FairMedFM)"]
+    assert [arrow(m) for m in ("auc", "es_auc", "eqodds", "ece", "auc_gap", "dpd", "deodds")] == [" ↑"] * 3 + [" ↓"] * 4
+    assert arrow("selection_rate") == "" and arrow("n") == ""
+
+
+# -- the report as a reader sees it (issue 21, items 9-12) -------------------------------------------------
+def _x100(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def test_index_leads_with_each_tasks_headline_numbers_and_a_summary_per_model(site, results):
+    """The landing page shows numbers: per task the best and worst rows by AUC with each row's largest gap over
+    the protected attributes, and per model its best row on every task; the same numbers as the task pages."""
+    out, _ = site
+    tables = parse(out / "index.html").tables
+    utility = {(r[0], r[1]): r for r in parse(out / "tasks" / "synth_cxr.html").tables["utility"][1:]}
+    head = tables["headline-synth_cxr"]
+    labels = [h.replace(" ⇅", "") for h in head[0]]
+    assert labels[:2] == ["model", "adapter"] and any(h.startswith("AUC") for h in labels)
+    auc_col = next(i for i, h in enumerate(labels) if h.startswith("AUC"))
+    rows = head[1:]
+    assert rows[0][0].startswith("good")  # best first, as on the task page
+    for r in rows:  # the AUC entry is the task page's, cell for cell
+        assert r[auc_col] == utility[(r[0], r[1])][4]
+    # each row's largest AUC gap, with the attribute it occurs in, computed here from the cells themselves
+    cells = [c for c in collect([results]).cells if c.task == "synth_cxr"]
+    gap_col = next(i for i, h in enumerate(labels) if h.startswith("largest AUC gap"))
+    for r in rows:
+        cell = next(c for c in cells if c.adapt == r[1] and r[0].startswith(c.model))
+        gaps = {a: v["auc_gap"] for a, v in cell.metrics["attributes"].items() if v.get("auc_gap") is not None}
+        attr = max(gaps, key=gaps.get)
+        assert r[gap_col].split(" [")[0] == _x100(gaps[attr]) and f"({attr})" in r[gap_col], (r, gaps)
+    # a cross-task summary, one row per model
+    models = tables["models"]
+    assert sorted(r[0] for r in models[1:]) == ["biased", "good", "pair", "weak"]
+    good = next(r for r in models[1:] if r[0] == "good")
+    best_good = max((utility[k] for k in utility if k[0].startswith("good")), key=lambda r: float(r[4].split()[0]))
+    assert best_good[4].split()[0] in " ".join(good) and best_good[1] in " ".join(good)
+    text = (out / "index.html").read_text()
+    assert text.index('id="headline-synth_cxr"') < text.index('id="tasks"')  # numbers first
+
+
+def _widths_page(page: Path, tmp: Path) -> Path:
+    """A copy of ``page`` (same folder, so its links resolve) with a script that writes every table's width and
+    its scroll box's overflow into the DOM, for --dump-dom to read back."""
+    script = ("<script>const w=[];for(const t of document.querySelectorAll('table')){const r=t.getBoundingClientRect();"
+              "const box=t.parentElement;w.push([t.id||'?',Math.ceil(r.right),t.scrollWidth,box.scrollWidth-box.clientWidth]"
+              ".join(':'));}document.body.setAttribute('data-widths',w.join(';'));"
+              "document.body.setAttribute('data-vw',document.documentElement.clientWidth);</script>")
+    copy = page.parent / f"_widths_{page.name}"
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    return copy
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package chromium)")
+def test_no_table_is_wider_than_a_1280_px_window(site, tmp_path):
+    """At 1280 px every table fits: the race and intersection tables of a task page and a cell page's per-group
+    tables (which were cut at FPR) need no sideways scroll."""
+    out, _ = site
+    pages = [out / "index.html", out / "tasks" / "synth_cxr.html",
+             out / "cells" / "synth_cxr" / "good" / "linear_probe" / "seed0" / "index.html"]
+    checked = 0
+    for i, page in enumerate(pages):
+        copy = _widths_page(page, tmp_path)
+        try:
+            dom = chromium("--window-size=1280,1000", "--dump-dom", copy.resolve().as_uri(),
+                           profile=tmp_path / f"w{i}")
+        finally:
+            copy.unlink()
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        vw = int(re.search(r'data-vw="(\d+)"', dom.stdout).group(1))
+        assert 1200 <= vw <= 1280, vw
+        widths = re.search(r'data-widths="([^"]*)"', dom.stdout).group(1).split(";")
+        for entry in widths:
+            _, right, width, overflow = entry.rsplit(":", 3)
+            assert int(right) <= vw and int(width) <= vw and int(overflow) <= 0, (page.name, entry, vw)
+            checked += 1
+    assert checked >= 12
+
+
+def test_cell_page_formats_recorded_floats_names_metrics_by_their_labels_and_shows_a_coinciding_twin_once(site, results):
+    out, _ = site
+    doc = json.loads((results / "synth_cxr" / "good" / "linear_probe" / "seed0" / "metrics.json").read_text())
+    page = out / "cells" / "synth_cxr" / "good" / "linear_probe" / "seed0" / "index.html"
+    text = page.read_text()
+    tables = parse(page).tables
+    # a float the adapter recorded: 4 significant digits, not 16
+    assert "0.8039867109634552" not in text
+    fitted = [r for t in tables.values() for r in t if r and r[0] == "val_auc_by_C.0.001"]
+    assert fitted and fitted[0][1] == "0.804"
+    # EqOdds and FairMedFM's EqOdds agree on a binary task (TNR = 1 - FPR): one row that names both
+    a = doc["metrics"]["attributes"]["sex"]
+    assert abs(a["eqodds"] - a["eqodds_fairmedfm"]) < 1e-12  # the premise, from the file
+    rows = tables["attr-sex"][1:]
+    eq = [r for r in rows if r[0].startswith("EqOdds")]
+    assert len(eq) == 1 and "FairMedFM" in eq[0][0] and eq[0][1] == f"{100 * a['eqodds']:.1f}", eq
+    # labels, not snake_case keys, in the metric tables and the per-group tables' headers
+    labels = [r[0] for name in ("overall", "attr-sex", "attr-sex_x_age") for r in tables[name][1:]]
+    labels += [h.replace(" ⇅", "") for h in tables["groups-sex"][0]]
+    snake = [lbl for lbl in labels if re.search(r"\b[a-z0-9]+_[a-z0-9_]+\b", lbl)]
+    assert not snake, snake
+    assert "ES-AUC ↑" in labels and "n positive" in labels

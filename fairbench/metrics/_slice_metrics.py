@@ -19,7 +19,7 @@ _SKLEARN = "scikit-learn"
 
 # -- ranking ----------------------------------------------------------------------------------------
 @register_metric(
-    "auc", kind="slice", higher_is_better=True, needs_scores=True, source=f"ROC AUC ({_SKLEARN} roc_auc_score)",
+    "auc", kind="slice", label="AUC", higher_is_better=True, needs_scores=True, source=f"ROC AUC ({_SKLEARN} roc_auc_score)",
     description="ROC AUC; binary: of P(positive); multiclass: macro mean of one-vs-rest AUCs",
     undefined="only one class present (ROC AUC needs positives and negatives)",
 )
@@ -31,7 +31,7 @@ def auc(s: SliceStats) -> np.ndarray:
 
 
 @register_metric(
-    "auc_per_class", kind="slice", higher_is_better=True, needs_scores=True, tasks=MULTICLASS, per_class=True,
+    "auc_per_class", kind="slice", label="AUC per class", higher_is_better=True, needs_scores=True, tasks=MULTICLASS, per_class=True,
     source=f"{_SKLEARN} roc_auc_score, one-vs-rest",
     description="one-vs-rest ROC AUC of each class (multiclass)",
     undefined="class absent from the slice, or the only class present",
@@ -42,7 +42,7 @@ def auc_per_class(s: SliceStats) -> np.ndarray:
 
 # -- hard predictions -------------------------------------------------------------------------------
 @register_metric(
-    "acc", kind="slice", higher_is_better=True, needs_scores=False, source="mean(yhat == y)",
+    "acc", kind="slice", label="ACC", higher_is_better=True, needs_scores=False, source="mean(yhat == y)",
     description="accuracy at the recorded threshold (binary) or argmax (multiclass)", undefined="empty slice",
 )
 def acc(s: SliceStats) -> np.ndarray:
@@ -50,7 +50,7 @@ def acc(s: SliceStats) -> np.ndarray:
 
 
 @register_metric(
-    "balanced_accuracy", kind="slice", higher_is_better=True, needs_scores=False,
+    "balanced_accuracy", kind="slice", label="bal. ACC", higher_is_better=True, needs_scores=False,
     source=f"{_SKLEARN} balanced_accuracy_score",
     description="mean recall over the classes present in y_true", undefined="empty slice",
 )
@@ -60,7 +60,7 @@ def balanced_accuracy(s: SliceStats) -> np.ndarray:
 
 
 @register_metric(
-    "f1_per_class", kind="slice", higher_is_better=True, needs_scores=False, per_class=True,
+    "f1_per_class", kind="slice", label="F1 per class", higher_is_better=True, needs_scores=False, per_class=True,
     source=f"{_SKLEARN} f1_score(average=None)",
     description="F1 of each class, one vs rest",
     undefined="class neither present nor predicted (TP + FP + FN = 0)",
@@ -71,7 +71,7 @@ def f1_per_class(s: SliceStats) -> np.ndarray:
 
 
 @register_metric(
-    "f1", kind="slice", higher_is_better=True, needs_scores=False, tasks=BINARY,
+    "f1", kind="slice", label="F1", higher_is_better=True, needs_scores=False, tasks=BINARY,
     source=f"{_SKLEARN} f1_score (binary, positive class)", description="F1 of the positive class (binary)",
     undefined="no positives and no positive predictions (TP + FP + FN = 0)",
 )
@@ -80,7 +80,7 @@ def f1(s: SliceStats) -> np.ndarray:
 
 
 @register_metric(
-    "macro_f1", kind="slice", higher_is_better=True, needs_scores=False,
+    "macro_f1", kind="slice", label="macro F1", higher_is_better=True, needs_scores=False,
     source=f"{_SKLEARN} f1_score(average='macro'): mean over classes present in y_true or y_pred",
     description="unweighted mean of per-class F1 over classes present or predicted", undefined="empty slice",
 )
@@ -89,7 +89,7 @@ def macro_f1(s: SliceStats) -> np.ndarray:
 
 
 @register_metric(
-    "var_f1", kind="slice", higher_is_better=False, needs_scores=False, scopes=frozenset({"overall"}),
+    "var_f1", kind="slice", label="Var F1", higher_is_better=False, needs_scores=False, scopes=frozenset({"overall"}),
     source="Sun et al. 2025 (X-ray CLIP fairness): variance of F1 across disease classes",
     description="population variance (ddof=0) of per-class F1 across classes (fairness across diseases)",
     undefined="no class present or predicted",
@@ -100,7 +100,7 @@ def var_f1(s: SliceStats) -> np.ndarray:
 
 # -- calibration ------------------------------------------------------------------------------------
 @register_metric(
-    "ece", kind="slice", higher_is_better=False, needs_scores=True,
+    "ece", kind="slice", label="ECE", higher_is_better=False, needs_scores=True,
     source="Guo et al. 2017; equal-width bins on [0, 1] (count recorded as ece_bins)",
     description="expected calibration error: sum_b n_b/n |acc_b - conf_b|; binary: P(positive) vs y, "
     "multiclass: top-label confidence vs correctness",
@@ -152,21 +152,23 @@ def _positive_class(fn):  # type: ignore[no-untyped-def]
     return binary
 
 
+_RATE_LABELS = {"tpr": "TPR", "fpr": "FPR", "tnr": "TNR", "fnr": "FNR", "selection_rate": "selection rate"}
+
 for _name, _fn, _hib, _desc, _undef in _RATES:
     register_metric(
         _name, kind="slice", higher_is_better=_hib, needs_scores=False, tasks=BINARY, source="confusion counts",
-        description=f"{_desc} (binary, positive class)", undefined=_undef,
+        description=f"{_desc} (binary, positive class)", undefined=_undef, label=_RATE_LABELS[_name],
     )(_positive_class(_fn))
     register_metric(
         f"{_name}_per_class", kind="slice", higher_is_better=_hib, needs_scores=False, tasks=MULTICLASS,
         per_class=True, source="confusion counts, one vs rest", description=f"{_desc}, one vs rest per class",
-        undefined=_undef.replace("positives", "samples of the class"),
+        undefined=_undef.replace("positives", "samples of the class"), label=f"{_RATE_LABELS[_name]} per class",
     )(_fn)
 
 
 # -- underdiagnosis ---------------------------------------------------------------------------------
 @register_metric(
-    "underdiagnosis_rate", kind="slice", higher_is_better=False, needs_scores=False, needs_no_finding=True,
+    "underdiagnosis_rate", kind="slice", label="underdiagnosis", higher_is_better=False, needs_scores=False, needs_no_finding=True,
     source="Seyyed-Kalantari et al., Nature Medicine 2021",
     description="fraction of samples with a finding (true class != no_finding_class) predicted 'No Finding'",
     undefined="no samples with a finding",

@@ -48,6 +48,12 @@ class MetricSpec:
     uses_overall: bool = False  # summaries: also read the value on all evaluated rows
     needs_no_finding: bool = False
     undefined: str = ""  # when the value is undefined (slice metrics; summaries explain themselves)
+    label: str = ""  # how tables and figures name it ("ES-AUC"); empty: the name itself
+
+    @property
+    def display(self) -> str:
+        """The metric's label, or its name where it has none."""
+        return self.label or self.name
 
     def applies(self, task: str, has_no_finding: bool) -> bool:
         return task in self.tasks and (has_no_finding or not self.needs_no_finding)

@@ -34,42 +34,43 @@ def _equity_scaled(metric: str) -> Callable[[Arrays, Arrays], np.ndarray]:
 for _m in ("auc", "acc"):
     register_metric(
         f"es_{_m}", kind="summary", higher_is_better=True, needs_scores=_m == "auc", inputs=(_m,),
-        uses_overall=True, source=_FAIRCLIP,
+        uses_overall=True, source=_FAIRCLIP, label=f"ES-{_m.upper()}",
         description=f"equity-scaled {_m.upper()}: {_m.upper()} / (1 + sum_g |{_m.upper()} - {_m.upper()}_g|), "
         "unweighted sum over groups, alpha = 1",
     )(_equity_scaled(_m))
 
 
 @register_metric(
-    "worst_group_auc", kind="summary", higher_is_better=True, needs_scores=True, inputs=("auc",),
+    "worst_group_auc", kind="summary", label="worst-group AUC", higher_is_better=True, needs_scores=True, inputs=("auc",),
     source="min_g AUC_g (MEDFAIR, FairMedFM worst-auc)", description="lowest group AUC",
 )
 def worst_group_auc(groups: Arrays, overall: Arrays) -> np.ndarray:
     return nanmin(groups["auc"])
 
 
-def _gap(metric: str, name: str, hib: bool, scores: bool, source: str, description: str, **meta: object) -> None:
+def _gap(metric: str, name: str, label: str, hib: bool, scores: bool, source: str, description: str,
+         **meta: object) -> None:
     def gap(groups: Arrays, overall: Arrays) -> np.ndarray:
         return nanrange(groups[metric])
 
     gap.__name__ = name
     register_metric(
         name, kind="summary", higher_is_better=hib, needs_scores=scores, inputs=(metric,), min_groups=2,
-        source=source, description=description, **meta,
+        source=source, description=description, label=label, **meta,
     )(gap)
 
 
-_gap("auc", "auc_gap", False, True, "max_g AUC_g - min_g AUC_g (FairMedFM auc-gap)", "largest minus smallest group AUC")
-_gap("macro_f1", "f1_delta", False, False, "Sun et al. 2025 (code not found; this definition is fairbench's)",
+_gap("auc", "auc_gap", "AUC gap", False, True, "max_g AUC_g - min_g AUC_g (FairMedFM auc-gap)", "largest minus smallest group AUC")
+_gap("macro_f1", "f1_delta", "F1 Δ", False, False, "Sun et al. 2025 (code not found; this definition is fairbench's)",
      "largest minus smallest group macro F1")
-_gap("ece", "ece_delta", False, True, "max_g ECE_g - min_g ECE_g (FairMedFM ece-gap)",
+_gap("ece", "ece_delta", "ECE Δ", False, True, "max_g ECE_g - min_g ECE_g (FairMedFM ece-gap)",
      "largest minus smallest group ECE")
-_gap("underdiagnosis_rate", "underdiagnosis_gap", False, False, "Seyyed-Kalantari et al. 2021",
+_gap("underdiagnosis_rate", "underdiagnosis_gap", "underdiagnosis gap", False, False, "Seyyed-Kalantari et al. 2021",
      "largest minus smallest group underdiagnosis rate", needs_no_finding=True)
 
 
 @register_metric(
-    "worst_group_underdiagnosis", kind="summary", higher_is_better=False, needs_scores=False,
+    "worst_group_underdiagnosis", kind="summary", label="worst-group underdiagnosis", higher_is_better=False, needs_scores=False,
     inputs=("underdiagnosis_rate",), needs_no_finding=True, source="Seyyed-Kalantari et al. 2021",
     description="highest group underdiagnosis rate",
 )
@@ -122,14 +123,22 @@ def _mean_ovr(fn, inputs):  # type: ignore[no-untyped-def]
     return lambda groups, overall: nanmean(fn(*(groups[f"{i}_per_class"] for i in inputs), axis=-2))
 
 
+#: each family member's (label, label of its one-vs-rest mean)
+_FAMILY_LABELS = {"dpd": ("DPD", "DPD (mean OvR)"), "deodds": ("DEOdds", "DEOdds (mean OvR)"),
+                  "eqodds": ("EqOdds", "EqOdds (mean OvR)"),
+                  "eqodds_fairmedfm": ("EqOdds (FairMedFM)", "EqOdds FairMedFM (mean OvR)")}
+
 for _name, _f, _inputs, _hib, _source, _desc in _FAMILY:
     _pc = tuple(f"{i}_per_class" for i in _inputs)
+    _label, _ovr_label = _FAMILY_LABELS[_name]
     register_metric(_name, kind="summary", higher_is_better=_hib, needs_scores=False, tasks=BINARY,
-                    inputs=_inputs, min_groups=2, source=_source, description=_desc)(_binary(_f, _inputs))
+                    inputs=_inputs, min_groups=2, source=_source, description=_desc, label=_label)(
+                        _binary(_f, _inputs))
     register_metric(f"{_name}_per_class", kind="summary", higher_is_better=_hib, needs_scores=False,
                     tasks=MULTICLASS, per_class=True, inputs=_pc, min_groups=2, source=_source,
-                    description=f"{_desc}; one vs rest, per class")(_per_class(_f, _inputs))
+                    description=f"{_desc}; one vs rest, per class", label=f"{_label} per class")(
+                        _per_class(_f, _inputs))
     register_metric(f"{_name}_mean_ovr", kind="summary", higher_is_better=_hib, needs_scores=False,
-                    tasks=MULTICLASS, inputs=_pc, min_groups=2, source=_source,
+                    tasks=MULTICLASS, inputs=_pc, min_groups=2, source=_source, label=_ovr_label,
                     description=f"{_desc}; one vs rest, mean over classes with a defined value")(
                         _mean_ovr(_f, _inputs))

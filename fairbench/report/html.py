@@ -16,7 +16,6 @@ drawn once, as SVG, into SITE/figures.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -28,13 +27,13 @@ from typing import Any
 from fairbench import __version__
 from fairbench.errors import FairbenchError, ResultsError
 from fairbench.report.collect import Collection, ResultCell, collect
-from fairbench.report.leaderboard import (LABELS, Column, HeaderFacts, _card_extras, _digest, _distinct, _fmt,
-                                          _latest_version, _newest, _problem_task, _rows, attribute_columns,
-                                          attribute_groups, direction, small_groups, table_values, utility_columns,
-                                          versus_seeds_text)
-from fairbench.report.reported import ReportedSource, column_label, load_reported
-from fairbench.report.reported import _fmt as reported_fmt
+from fairbench.report.formatting import arrow, fmt_agg, fmt_raw, is_count, metric_label, number, pct, slug
+from fairbench.report.leaderboard import latest_version, problem_task, versus_seeds_text
+from fairbench.report.reported import ReportedSource, column_label, fmt_value, load_reported
 from fairbench.report.summary import lookup, random_weights
+from fairbench.report.tables import (Column, HeaderFacts, aggregate, attribute_columns, attribute_groups, card_extras,
+                                     digest, distinct, newest, resolve_key, small_groups, table_rows, table_values,
+                                     utility_columns)
 from fairbench.report.versus import Versus, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
 
@@ -77,33 +76,11 @@ class Figure:
     caption: str
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("*", "_x_"))
-
-
 def _col_key(path: tuple[str, ...]) -> str:
     """``("overall", "auc")`` -> ``auc``; a group column -> ``auc:<group>``."""
     if len(path) >= 5 and path[2] == "groups":
         return f"{path[-1]}:{path[3]}"
     return path[-1]
-
-
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-
-
-def _pct(value: Any, ci: Any = None) -> str:
-    v = _num(value)
-    if v is None:
-        return "n/a"
-    text = f"{100 * v:.1f}"
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
-        text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-    return text
-
-
-def _is_count(key: str) -> bool:
-    return key == "n" or key.startswith("n_")
 
 
 # -- figures: reuse what exists, draw what is missing ---------------------------------------------------------
@@ -151,8 +128,8 @@ class _Figures:
             problems.extend(probs)
             return files
 
-        found = self._get([f"{base}/{_slug(a)}.svg" for a in attrs], [cell], draw) if attrs else {}
-        return {a: found[f"{base}/{_slug(a)}.svg"] for a in attrs}, problems
+        found = self._get([f"{base}/{slug(a)}.svg" for a in attrs], [cell], draw) if attrs else {}
+        return {a: found[f"{base}/{slug(a)}.svg"] for a in attrs}, problems
 
     def training(self, cell: ResultCell) -> Path | None:
         epochs = lookup(cell.doc, "adapt", "fitted", "epochs")
@@ -171,7 +148,7 @@ class _Figures:
     def versus(self, v: Versus, cells: list[ResultCell], synthetic: bool) -> Path | None:
         if v.unavailable or not any(r.ok for r in v.rows):
             return None
-        rel = f"{v.task}/versus_{_slug(v.reference)}.svg"
+        rel = f"{v.task}/versus_{slug(v.reference)}.svg"
         return self._get([rel], cells,
                          lambda: _plots().plot_versus(v, self.draw_dir, ("svg",), synthetic=synthetic))[rel]
 
@@ -213,7 +190,7 @@ def _leaderboard_table(table_id: str, caption: str, rows: list[Any], columns: li
                            links=[(str(c.seed), cell_href[c.key], f"cell {c.key}") for c in r.cells])]
         for j, (_, _, _, ci) in enumerate(columns):
             a = aggs[i][j]
-            line.append(TCell(_fmt(a, ci), a.mean, best=i in best[j]))
+            line.append(TCell(fmt_agg(a, ci), a.mean, best=i in best[j]))
         out.append(line)
     return Table(table_id, caption, heads, out)
 
@@ -224,7 +201,7 @@ def _versus_tables(v: Versus) -> list[tuple[str, str, Table]]:
         t = v.table(attr)
         heads = [THead("model", "model", False), THead("adapter", "adapter", False),
                  THead("paired seeds", "seeds", False)]
-        heads += [THead(f"Δ {LABELS.get(p[-1], p[-1])}{_arrow(p[-1])}", p[-1]) for p in t.paths]
+        heads += [THead(f"Δ {metric_label(p[-1])}{arrow(p[-1])}", p[-1]) for p in t.paths]
         heads.append(THead("p (Holm)", "p_holm", False))
         rows = []
         for r, deltas, adjusted in t.rows:
@@ -238,14 +215,9 @@ def _versus_tables(v: Versus) -> list[tuple[str, str, Table]]:
         compared = [r for r, _, _ in t.rows if r.ok]
         caption = (f"{len(compared)} row{'s' if len(compared) != 1 else ''} compared; {t.n_comparisons} "
                    f"comparison{'s' if t.n_comparisons != 1 else ''} with a p-value, Holm-adjusted over this table.")
-        out.append((attr, caption, Table(f"versus-{_slug(attr)}", f"Versus {v.reference}: {attr} (Δ x100)",
+        out.append((attr, caption, Table(f"versus-{slug(attr)}", f"Versus {v.reference}: {attr} (Δ x100)",
                                          heads, rows)))
     return out
-
-
-def _arrow(metric: str) -> str:
-    d = direction(metric)
-    return " ↑" if d is True else " ↓" if d is False else ""
 
 
 def _reported(sources: list[ReportedSource]) -> list[dict[str, Any]]:
@@ -255,8 +227,8 @@ def _reported(sources: list[ReportedSource]) -> list[dict[str, Any]]:
         rows = []
         for method, values in s.rows:
             rows.append([TCell(f"{method} [{n}]", method)]
-                        + [TCell(reported_fmt(v, s.scale, s.decimals),
-                                 _num(v[0] if isinstance(v, list) else v)) for v in values])
+                        + [TCell(fmt_value(v, s.scale, s.decimals),
+                                 number(v[0] if isinstance(v, list) else v)) for v in values])
         out.append({"n": n, "source": s,
                     "table": Table(f"reported-{n}", f"[{n}] {s.citation}", heads, rows) if s.rows else None})
     return out
@@ -271,8 +243,8 @@ def _facts(task: str, cells: list[ResultCell], roots: list[str]) -> list[tuple[s
     return [
         ("Task version", ", ".join(version) or "?"),
         ("Generated by", f"fairbench {__version__} from {len(cells)} result cell{'s' if len(cells) != 1 else ''} "
-                         f"under {', '.join(roots)} (results digest {_digest(cells)})"),
-        ("As of", f"{_newest(cells)}: the start time of the newest result (not the time of generation)"),
+                         f"under {', '.join(roots)} (results digest {digest(cells)})"),
+        ("As of", f"{newest(cells)}: the start time of the newest result (not the time of generation)"),
         ("Produced by", f"fairbench {', '.join(produced) or '?'}"
                         + (f" at git commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}" if commits else "")),
         ("Evaluated on", f"the {', '.join(split)} split (n = {', '.join(map(str, ns)) or '?'}); threshold rule "
@@ -285,8 +257,8 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
                   tasks_dirs: Sequence[Path], reference: str | None, figs: _Figures,
                   cell_href: dict[str, str]) -> dict[str, Any]:
     synthetic = any(lookup(c.doc, "task", "synthetic") for c in cells)
-    util_extra, fair_extra, card_found = _card_extras(task, tasks_dirs)
-    rows = _rows(cells)
+    util_extra, fair_extra, card_found = card_extras(task, tasks_dirs)
+    rows = table_rows(cells)
     utility = _leaderboard_table("utility", f"{task}: utility (x100, mean over seeds)", rows,
                                  utility_columns(cells, util_extra), True, cell_href)
     attrs: dict[str, None] = {}
@@ -298,7 +270,7 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
         fairness.append({
             "attr": attr, "kind": "intersection" if "*" in attr else "attribute",
             "groups": attribute_groups(attr, cells), "small": small, "min_group_size": minimum,
-            "table": _leaderboard_table(f"fair-{_slug(attr)}", f"{task}: fairness by {attr} (x100, mean over seeds)",
+            "table": _leaderboard_table(f"fair-{slug(attr)}", f"{task}: fairness by {attr} (x100, mean over seeds)",
                                         rows, attribute_columns(attr, cells, fair_extra), False, cell_href)})
     tradeoff = _inline(figs.tradeoff(task, cells),
                        f"{task}: overall AUC against ES-AUC per protected attribute, one point per model and "
@@ -322,44 +294,157 @@ def _task_context(task: str, cells: list[ResultCell], col: Collection, reported:
                           TCell(str(lookup(c.doc, "model", "weights", "source") or "?")),
                           TCell(str(p.get("fairbench_version", "?"))), TCell(commit or "?"),
                           TCell(str(p.get("started_at", "?"))),
-                          TCell(str(p.get("duration_s", "?")), _num(p.get("duration_s")))])
+                          TCell(str(p.get("duration_s", "?")), number(p.get("duration_s")))])
     cells_table = Table("cells", f"{task}: the result cells", [
         THead("cell", "cell", False), THead("weights", "weights", False), THead("fairbench", "fairbench", False),
         THead("git commit", "commit", False), THead("started", "started", False),
         THead("duration (s)", "duration")], cell_rows)
-    left_out = [(p.as_posix(), why) for p, why in col.problems if _problem_task(p) in (task, None)]
+    left_out = [(p.as_posix(), why) for p, why in col.problems if problem_task(p) in (task, None)]
     return {"task": task, "synthetic": synthetic, "facts": _facts(task, cells, col.roots), "card_found": card_found,
             "n_random": sum(random_weights(c.doc) for c in cells), "n_cells": len(cells), "left_out": left_out,
-            "mixed_samples": len(_distinct(cells, "task", "samples_sha256")) > 1, "utility": utility,
+            "mixed_samples": len(distinct(cells, "task", "samples_sha256")) > 1, "utility": utility,
             "fairness": fairness, "tradeoff": tradeoff, "versus": versus, "reported": _reported(reported),
             "cells_table": cells_table}
 
 
-# -- per cell ------------------------------------------------------------------------------------------------
-def _metric_rows(metrics: dict[str, Any], ci: dict[str, Any]) -> list[list[TCell]]:
-    """(metric, value, interval) rows of one level of metrics.json (overall or an attribute): numbers x100
-    with their bootstrap interval, counts as they are, per-class dicts one row per class."""
-    rows = []
-    for key, value in metrics.items():
-        if key == "groups":
+# -- the index: headline numbers -----------------------------------------------------------------------------
+HEADLINE_ROWS = 3  # the index shows this many best and worst rows of each task (all when there are few)
+
+
+def _largest(r: Any, attrs: list[str], metric: str, worst_high: bool = True) -> tuple[Any, str | None]:
+    """The row's aggregate of ``metric`` in the attribute where it is worst (largest gap, lowest score)."""
+    found = []
+    for attr in attrs:
+        key = resolve_key(r.cells, ("attributes", attr), metric)
+        if key is None:
             continue
-        label = LABELS.get(key, key)
+        a = aggregate(r.cells, ("attributes", attr, key))
+        if a.mean is not None:
+            found.append((a, attr))
+    if not found:
+        return None, None
+    return (max if worst_high else min)(found, key=lambda f: f[0].mean)
+
+
+def _worst_text(found: tuple[Any, str | None]) -> TCell:
+    a, attr = found
+    return TCell("n/a") if a is None else TCell(f"{fmt_agg(a)} ({attr})", a.mean)
+
+
+def _headline(task: str, cells: list[ResultCell]) -> tuple[Table, int]:
+    """The task's best and worst rows by AUC (all rows when there are few), plus the row with the largest AUC gap,
+    each with its largest gaps over the protected attributes: the numbers a landing page leads with."""
+    rows = table_rows(cells)
+    attrs: dict[str, None] = {}
+    for c in cells:
+        attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
+    attr_list = list(attrs)
+    keep = list(range(len(rows))) if len(rows) <= 2 * HEADLINE_ROWS else \
+        list(range(HEADLINE_ROWS)) + list(range(len(rows) - HEADLINE_ROWS, len(rows)))
+    gaps = [_largest(r, attr_list, "auc_gap")[0] for r in rows]
+    widest = max((i for i, g in enumerate(gaps) if g is not None), key=lambda i: gaps[i].mean, default=None)
+    if widest is not None and widest not in keep:
+        keep = sorted([*keep, widest])
+    heads = [THead("model", "model", False), THead("adapter", "adapter", False), THead("seeds", "seeds"),
+             THead("AUC ↑", "auc"), THead("lowest ES-AUC ↑ (attribute)", "es_auc"),
+             THead("largest AUC gap ↓ (attribute)", "auc_gap"), THead("largest DEOdds ↓ (attribute)", "deodds")]
+    out = []
+    for i in keep:
+        r = rows[i]
+        auc = aggregate(r.cells, ("overall", "auc"))
+        out.append([TCell(r.label, r.label), TCell(r.adapt, r.adapt), TCell(str(len(r.cells)), len(r.cells)),
+                    TCell(fmt_agg(auc), auc.mean, best=i == 0 and auc.mean is not None),
+                    _worst_text(_largest(r, attr_list, "es_auc", worst_high=False)),
+                    _worst_text(_largest(r, attr_list, "auc_gap")), _worst_text(_largest(r, attr_list, "deodds"))])
+    shown = "every row" if len(keep) == len(rows) else (
+        f"the best and worst {HEADLINE_ROWS} of {len(rows)} rows by AUC"
+        + (" and the row with the largest AUC gap" if widest is not None and HEADLINE_ROWS <= widest
+           < len(rows) - HEADLINE_ROWS else ""))
+    caption = (f"{task}: {shown} (x100, mean over seeds [95% interval], as on the task page); each row's worst "
+               "value over the protected attributes, with the attribute")
+    return Table(f"headline-{slug(task)}", caption, heads, out), len(rows)
+
+
+def _models_table(by_task: dict[str, list[ResultCell]]) -> Table:
+    """One row per model: on each task its best row by AUC (the adapter), with that row's largest AUC gap."""
+    tasks = list(by_task)
+    best: dict[str, dict[str, Any]] = {}
+    for task, cells in by_task.items():
+        attrs: dict[str, None] = {}
+        for c in cells:
+            attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
+        for r in table_rows(cells):  # best first
+            if r.model in best.get(task, {}):
+                continue
+            auc = aggregate(r.cells, ("overall", "auc"))
+            gap, attr = _largest(r, list(attrs), "auc_gap")
+            text = f"AUC {fmt_agg(auc)} ({r.adapt})" + (f"; AUC gap {fmt_agg(gap)} ({attr})" if gap is not None
+                                                        else "")
+            best.setdefault(task, {})[r.model] = TCell(text, auc.mean)
+    models = sorted({m for t in best.values() for m in t})
+    heads = [THead("model", "model", False), THead("tasks", "tasks")]
+    heads += [THead(f"{t}: best adapter by AUC ↑; its largest AUC gap ↓", f"task:{t}") for t in tasks]
+    rows = [[TCell(m, m), TCell(str(sum(m in best.get(t, {}) for t in tasks)), sum(m in best.get(t, {}) for t in tasks))]
+            + [best.get(t, {}).get(m, TCell("–")) for t in tasks] for m in models]
+    return Table("models", "Each model across tasks: its best adapter by AUC on each task (x100, mean over seeds "
+                 "[95% interval]) and that row's largest AUC gap over the protected attributes", heads, rows)
+
+
+# -- per cell ------------------------------------------------------------------------------------------------
+#: pairs of metrics that agree by definition on binary tasks (TNR = 1 - FPR, so FairMedFM's TNR range is the
+#: FPR range): shown once when their values coincide, with both names
+_COINCIDE = {"eqodds_fairmedfm": "eqodds", "eqodds_fairmedfm_per_class": "eqodds_per_class",
+             "eqodds_fairmedfm_mean_ovr": "eqodds_mean_ovr"}
+_COINCIDE_NOTE = " = {other} (equal here: TNR = 1 − FPR)"
+_DIFFER_NOTE = " (TNR range where EqOdds has the FPR range)"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Two metrics.json values (numbers, [low, high] or per-class dicts) equal up to rounding noise."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    x, y = number(a), number(b)
+    if x is None or y is None:
+        return a is None and b is None
+    return abs(x - y) <= 1e-9
+
+
+def _metric_rows(metrics: dict[str, Any], ci: dict[str, Any]) -> list[list[TCell]]:
+    """(metric, value, interval) rows of one level of metrics.json (overall or an attribute), named by the
+    metric's spec: numbers x100 with their bootstrap interval, counts as they are, per-class dicts one row per
+    class. A metric that equals its definitional twin (EqOdds and FairMedFM's EqOdds on a binary task) is one
+    row that names both."""
+    rows = []
+    merged = {twin: key for key, twin in _COINCIDE.items()
+              if key in metrics and twin in metrics and _same(metrics[key], metrics[twin])
+              and _same(ci.get(key), ci.get(twin))}
+    for key, value in metrics.items():
+        if key == "groups" or key in _COINCIDE and _COINCIDE[key] in merged:
+            continue
+        label = metric_label(key)
+        note = ""
+        if key in merged:
+            note = _COINCIDE_NOTE.format(other=metric_label(merged[key]))
+        elif key in _COINCIDE and _COINCIDE[key] in metrics:
+            note = _DIFFER_NOTE
         if isinstance(value, dict):
             for cls, v in value.items():
                 c = (ci.get(key) or {}).get(cls) if isinstance(ci.get(key), dict) else None
-                rows.append(_metric_row(f"{label} ({cls})", key, v, c))
+                rows.append(_metric_row(f"{label} ({cls}){note}", key, v, c))
         else:
-            rows.append(_metric_row(label + _arrow(key), key, value, ci.get(key)))
+            rows.append(_metric_row(label + arrow(key) + note, key, value, ci.get(key)))
     return rows
 
 
 def _metric_row(label: str, key: str, value: Any, ci: Any) -> list[TCell]:
-    v = _num(value)
-    if _is_count(key):
+    v = number(value)
+    if is_count(key):
         return [TCell(label, key), TCell("" if value is None else str(value), v), TCell("")]
     ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
     interval = f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ok else "–"
-    return [TCell(label, key), TCell(_pct(value), v), TCell(interval, _num(ci[0]) if ok else None)]
+    return [TCell(label, key), TCell(pct(value), v), TCell(interval, number(ci[0]) if ok else None)]
 
 
 def _group_table(attr: str, a: dict[str, Any], ci: dict[str, Any], cell_key: str) -> Table | None:
@@ -369,7 +454,7 @@ def _group_table(attr: str, a: dict[str, Any], ci: dict[str, Any], cell_key: str
     keys: dict[str, None] = {}
     for gm in groups.values():
         keys.update(dict.fromkeys(k for k, v in (gm or {}).items() if not isinstance(v, dict)))
-    heads = [THead("group", "group", False)] + [THead(LABELS.get(k, k) + ("" if _is_count(k) else _arrow(k)), k)
+    heads = [THead("group", "group", False)] + [THead(metric_label(k) + ("" if is_count(k) else arrow(k)), k)
                                                 for k in keys]
     rows = []
     for g, gm in groups.items():
@@ -378,23 +463,25 @@ def _group_table(attr: str, a: dict[str, Any], ci: dict[str, Any], cell_key: str
         line = [TCell(g, g)]
         for k in keys:
             v = gm.get(k)
-            line.append(TCell("" if v is None else str(v), _num(v)) if _is_count(k)
-                        else TCell(_pct(v, gci.get(k)), _num(v)))
+            line.append(TCell("" if v is None else str(v), number(v)) if is_count(k)
+                        else TCell(pct(v, gci.get(k)), number(v)))
         rows.append(line)
-    return Table(f"groups-{_slug(attr)}", f"{cell_key}: groups of {attr} (x100; counts as they are; brackets: 95% "
+    return Table(f"groups-{slug(attr)}", f"{cell_key}: groups of {attr} (x100; counts as they are; brackets: 95% "
                  "bootstrap interval)", heads, rows)
 
 
 def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted path, value as text) of each leaf: floats to 4 significant digits (the metrics.json copy beside
+    the page has them in full), long lists cut."""
     if isinstance(tree, dict):
         out = []
         for k, v in tree.items():
             out += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
         return out or [(prefix, "{}")]
     if isinstance(tree, list):
-        text = json.dumps(tree, default=str)
+        text = fmt_raw(tree) if all(not isinstance(v, (dict, list)) for v in tree) else json.dumps(tree, default=str)
         return [(prefix, text if len(text) <= 300 else text[:300] + " …")]
-    return [(prefix, "null" if tree is None else str(tree))]
+    return [(prefix, fmt_raw(tree))]
 
 
 def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dict[str, Any], list[str]]:
@@ -407,14 +494,14 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
         aci = lookup(ci, "attributes", attr) or {}
         attributes.append({
             "attr": attr,
-            "metrics": Table(f"attr-{_slug(attr)}", f"{cell.key}: fairness by {attr}",
+            "metrics": Table(f"attr-{slug(attr)}", f"{cell.key}: fairness by {attr}",
                              [THead("metric", "metric", False), THead("value", "value"),
                               THead("95% interval", "interval")], _metric_rows(a, aci)),
             "groups": _group_table(attr, a, aci, cell.key),
             "figure": _inline(figures.get(attr), f"{cell.key}, protected attribute {attr}: group metrics with 95% "
                               "intervals, ROC curves and reliability diagrams per group",
                               f"{attr}: group metrics with 95% bootstrap intervals (left), ROC per group (middle), "
-                              "reliability per group (right).", f"fig-{_slug(attr)}"),
+                              "reliability per group (right).", f"fig-{slug(attr)}"),
         })
     overall = Table("overall", f"{cell.key}: overall metrics", [
         THead("metric", "metric", False), THead("value", "value"), THead("95% interval", "interval")],
@@ -433,7 +520,7 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
                 ("model.weights.source", str(lookup(cell.doc, "model", "weights", "source"))),
                 ("model.weights.sha256", str(lookup(cell.doc, "model", "weights", "sha256"))),
                 ("config_sha256", str(cell.doc.get("config_sha256")))]
-    counts = [(k, str(v)) for k, v in (m.get("overall") or {}).items() if _is_count(k)]
+    counts = [(k, str(v)) for k, v in (m.get("overall") or {}).items() if is_count(k)]
     counts += [(f"{attr}: unknown group", str((a or {}).get("n_unknown"))) for attr, a in
                (m.get("attributes") or {}).items() if (a or {}).get("n_unknown") is not None]
     ctx = {
@@ -506,10 +593,10 @@ def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None
     figs = _Figures(out, Path(figures) if figures is not None else None)
     problems: list[str] = []
     pages: list[Path] = []
-    by_task = {task: _latest_version(task, cells, col) for task, cells in sorted(col.by_task().items())}
-    cell_page = {c.key: f"cells/{_slug(c.task)}/{_slug(c.model)}/{_slug(c.adapt)}/seed{c.seed}/index.html"
+    by_task = {task: latest_version(task, cells, col) for task, cells in sorted(col.by_task().items())}
+    cell_page = {c.key: f"cells/{slug(c.task)}/{slug(c.model)}/{slug(c.adapt)}/seed{c.seed}/index.html"
                  for cells in by_task.values() for c in cells}
-    task_page = {task: f"tasks/{_slug(task)}.html" for task in by_task}
+    task_page = {task: f"tasks/{slug(task)}.html" for task in by_task}
 
     def render(name: str, page: str, **ctx: Any) -> None:
         root = _rel(".", page)
@@ -524,9 +611,10 @@ def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None
         render("task.html", task_page[task], **ctx)
         index.append({"task": task, "href": task_page[task], "synthetic": ctx["synthetic"], "n_cells": len(cells),
                       "n_random": ctx["n_random"],
-                      "version": ", ".join(_distinct(cells, "task", "version")),
+                      "version": ", ".join(distinct(cells, "task", "version")),
                       "models": sorted({c.model for c in cells}), "adapters": sorted({c.adapt for c in cells}),
-                      "seeds": sorted({c.seed for c in cells}), "reported": ctx["reported"]})
+                      "seeds": sorted({c.seed for c in cells}), "reported": ctx["reported"],
+                      "headline": _headline(task, cells)[0]})
         for c in cells:
             page = cell_page[c.key]
             cctx, probs = _cell_context(c, figs, _rel(task_page[task], page))
@@ -534,7 +622,7 @@ def write_site(results: Sequence[Path | str], out: Path, *, figures: Path | None
             (out / page).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(c.path / METRICS_FILE, (out / page).parent / METRICS_FILE)
             render("cell.html", page, metrics_href=METRICS_FILE, **cctx)
-    render("index.html", "index.html", tasks=index, roots=col.roots, n_cells=sum(len(c) for c in by_task.values()),
+    render("index.html", "index.html", tasks=index, models=_models_table(by_task), roots=col.roots, n_cells=sum(len(c) for c in by_task.values()),
            skipped=[f"{p}: {why}" for p, why in col.problems])
     assets = out / "assets"
     assets.mkdir(parents=True, exist_ok=True)

@@ -9,191 +9,34 @@ the clock, and every ordering is explicit, so regenerating from the same results
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fairbench import __version__
 from fairbench.report.collect import Collection, ResultCell, collect
+from fairbench.report.formatting import arrow, direction, fmt_agg, metric_label
 from fairbench.report.reported import ReportedSource, load_reported, render_reported
 from fairbench.report.summary import lookup, random_weights
+from fairbench.report.tables import (RANDOM_MARK, Agg, Column, HeaderFacts, Row, aggregate, attribute_columns,
+                                     attribute_groups, card_extras, small_groups, table_rows, table_values,
+                                     utility_columns)
+from fairbench.report.tables import digest as _digest
+from fairbench.report.tables import distinct as _distinct
+from fairbench.report.tables import newest as _newest
 from fairbench.report.versus import Versus, VersusRow, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
 
-__all__ = ["build_pages", "write_leaderboards", "LABELS", "direction", "Agg", "aggregate"]
+#: ``direction``, ``Agg`` and ``aggregate`` live in :mod:`fairbench.report.formatting` and
+#: :mod:`fairbench.report.tables`; they stay importable from here for existing callers
+__all__ = ["build_pages", "write_leaderboards", "versus_seeds_text", "latest_version", "problem_task", "direction",
+           "Agg", "aggregate"]
 
-LABELS = {"auc": "AUC", "acc": "ACC", "macro_f1": "macro F1", "ece": "ECE", "balanced_accuracy": "bal. ACC",
-          "f1": "F1", "var_f1": "Var F1", "tpr": "TPR", "fpr": "FPR", "tnr": "TNR", "fnr": "FNR",
-          "selection_rate": "selection rate", "es_auc": "ES-AUC", "es_acc": "ES-ACC", "auc_gap": "AUC gap",
-          "worst_group_auc": "worst-group AUC", "dpd": "DPD", "deodds": "DEOdds", "eqodds": "EqOdds",
-          "eqodds_fairmedfm": "EqOdds (FairMedFM)", "f1_delta": "F1 Δ", "ece_delta": "ECE Δ",
-          "dpd_mean_ovr": "DPD (mean OvR)", "deodds_mean_ovr": "DEOdds (mean OvR)",
-          "eqodds_mean_ovr": "EqOdds (mean OvR)", "eqodds_fairmedfm_mean_ovr": "EqOdds FairMedFM (mean OvR)",
-          "underdiagnosis_rate": "underdiagnosis", "underdiagnosis_gap": "underdiagnosis gap",
-          "worst_group_underdiagnosis": "worst-group underdiagnosis"}
-UTILITY = ("auc", "acc", "macro_f1", "ece")
-FAIRNESS = ("es_auc", "auc_gap", "dpd", "deodds")
-MAX_GROUP_COLUMNS = 6
-RANDOM_MARK = "(random weights)"
-
-
-def direction(metric: str) -> bool | None:
-    """True if higher is better, False if lower is, None if neither (from the metric registry)."""
-    from fairbench.metrics import METRICS
-
-    if metric not in METRICS:
-        return None
-    return METRICS.get(metric).higher_is_better
-
-
-def _arrow(metric: str) -> str:
-    d = direction(metric)
-    return " ↑" if d is True else " ↓" if d is False else ""
-
-
-# -- aggregation over seeds -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Agg:
-    mean: float | None
-    low: float | None = None
-    high: float | None = None
-    n: int = 0  # cells with a defined value
-    total: int = 0  # cells in the row
-    interval: str = ""  # "seeds" | "bootstrap" | ""
-
-
-def _t975(df: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
-
-
-def aggregate(cells: Sequence[ResultCell], path: tuple[str, ...]) -> Agg:
-    """Mean over seeds; a 95% t interval across seeds with 2+ defined values that differ, else the (first) cell's
-    bootstrap CI: seeds that all give the same value (a deterministic adapter on fixed weights) carry no
-    spread of their own, and the sampling uncertainty is the bootstrap's."""
-    values = []
-    for c in cells:
-        v = lookup(c.metrics, *path)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            values.append((float(v), c))
-    if not values:
-        return Agg(None, total=len(cells))
-    xs = [v for v, _ in values]
-    mean = math.fsum(xs) / len(xs)
-    if len(xs) >= 2 and max(xs) - min(xs) > 1e-12:
-        sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
-        half = _t975(len(xs) - 1) * sd / math.sqrt(len(xs))
-        # every tabulated metric lies in [0, 1]: so does its interval
-        return Agg(mean, max(0.0, mean - half), min(1.0, mean + half), len(xs), len(cells), "seeds")
-    ci = lookup(values[0][1].metrics.get("ci") or {}, *path)
-    if isinstance(ci, list) and len(ci) == 2 and None not in ci:
-        return Agg(mean, float(ci[0]), float(ci[1]), len(xs), len(cells), "bootstrap")
-    return Agg(mean, n=len(xs), total=len(cells))
-
-
-def _fmt(a: Agg, ci: bool = True) -> str:
-    if a.mean is None:
-        return "n/a"
-    text = f"{100 * a.mean:.1f}"
-    if ci and a.low is not None and a.high is not None:
-        text += f" [{100 * a.low:.1f}, {100 * a.high:.1f}]"
-    if a.n < a.total:
-        text += "*"
-    return text
-
-
-def _best(aggs: list[Agg], metric: str) -> set[int]:
-    d = direction(metric)
-    shown = [(i, round(100 * a.mean, 1)) for i, a in enumerate(aggs) if a.mean is not None]
-    if d is None or len(shown) < 2:
-        return set()
-    target = max(v for _, v in shown) if d else min(v for _, v in shown)
-    return {i for i, v in shown if v == target}
 
 
 # -- pages ---------------------------------------------------------------------------------------------------
-@dataclass
-class _Row:
-    model: str
-    adapt: str
-    cells: list[ResultCell]
-
-    @property
-    def label(self) -> str:
-        """The model as its rows name it, marked when its weights were random (untrained)."""
-        n = sum(random_weights(c.doc) for c in self.cells)
-        if not n:
-            return self.model
-        return f"{self.model} {RANDOM_MARK}" + ("" if n == len(self.cells) else f" in {n} of {len(self.cells)} seeds")
-
-
-def _rows(cells: list[ResultCell]) -> list[_Row]:
-    groups: dict[tuple[str, str], list[ResultCell]] = {}
-    for c in cells:
-        groups.setdefault((c.model, c.adapt), []).append(c)
-    rows = [_Row(m, a, sorted(cs, key=lambda c: c.seed)) for (m, a), cs in groups.items()]
-
-    def auc(r: _Row) -> float:
-        m = aggregate(r.cells, ("overall", "auc")).mean
-        return -m if m is not None else math.inf
-
-    return sorted(rows, key=lambda r: (auc(r), r.model, r.adapt))
-
-
-def _present(cells: list[ResultCell], *path: str) -> bool:
-    return any(lookup(c.metrics, *path) is not None for c in cells)
-
-
-def _resolve(cells: list[ResultCell], scope: tuple[str, ...], metric: str) -> str | None:
-    """The key a column reads: the metric itself, or its multiclass one-vs-rest mean."""
-    for key in (metric, f"{metric}_mean_ovr"):
-        if _present(cells, *scope, key):
-            return key
-    return None
-
-
-def _card_extras(task: str, tasks_dirs: Sequence[Path]) -> tuple[list[str], list[str], bool]:
-    """(utility extras, fairness extras, card found) from the task card's ``metrics`` list."""
-    from fairbench.errors import FairbenchError
-    from fairbench.metrics import METRICS
-
-    try:
-        from fairbench.data.task import get_task
-
-        card = get_task(task, tuple(tasks_dirs))
-    except FairbenchError:
-        return [], [], False
-    util, fair = [], []
-    base = set(UTILITY) | set(FAIRNESS) | {f"{m}_mean_ovr" for m in FAIRNESS}
-    for m in card.metrics:
-        if m in base or m not in METRICS:
-            continue
-        spec = METRICS.get(m)
-        if spec.per_class:
-            continue
-        (util if spec.kind == "slice" else fair).append(m)
-    return util, fair, True
-
-
-#: a table column: (header, metrics path, metric for direction/bold or None, show interval)
-Column = tuple[str, tuple[str, ...], str | None, bool]
-
-
-def table_values(rows: list[_Row], columns: list[Column]) -> tuple[list[list[Agg]], list[set[int]]]:
-    """Per row and column the aggregate over seeds, and per column the rows that are best (bold): what the
-    markdown tables and the HTML report (:mod:`fairbench.report.html`) both show."""
-    aggs = [[aggregate(r.cells, path) for _, path, _, _ in columns] for r in rows]
-    best = [_best([a[j] for a in aggs], metric) if metric else set() for j, (_, _, metric, _) in
-            enumerate(columns)]
-    return aggs, best
-
-
-def _table(rows: list[_Row], columns: list[Column], lead: bool) -> list[str]:
+def _table(rows: list[Row], columns: list[Column], lead: bool) -> list[str]:
     """columns: (header, path, metric for direction/bold or None, show interval)."""
     aggs, best = table_values(rows, columns)
     head = ["model", "adapter"] + (["seeds"] if lead else []) + [h for h, _, _, _ in columns]
@@ -201,53 +44,10 @@ def _table(rows: list[_Row], columns: list[Column], lead: bool) -> list[str]:
     for i, r in enumerate(rows):
         cells = [r.label, r.adapt] + ([str(len(r.cells))] if lead else [])
         for j, (_, _, _, ci) in enumerate(columns):
-            text = _fmt(aggs[i][j], ci)
+            text = fmt_agg(aggs[i][j], ci)
             cells.append(f"**{text}**" if i in best[j] else text)
         out.append("| " + " | ".join(cells) + " |")
     return out
-
-
-def _newest(cells: list[ResultCell]) -> str:
-    stamps = sorted(str(lookup(c.doc, "provenance", "started_at")) for c in cells
-                    if lookup(c.doc, "provenance", "started_at"))
-    return stamps[-1] if stamps else "unknown (no provenance.started_at in the results)"
-
-
-def _digest(cells: list[ResultCell]) -> str:
-    h = hashlib.sha256()
-    for c in sorted(cells, key=lambda c: c.key):
-        h.update(c.key.encode())
-        h.update(hashlib.sha256((c.path / METRICS_FILE).read_bytes()).digest())
-    return h.hexdigest()[:16]
-
-
-def _distinct(cells: list[ResultCell], *path: str) -> list[str]:
-    return sorted({str(lookup(c.doc, *path)) for c in cells if lookup(c.doc, *path) is not None})
-
-
-@dataclass
-class HeaderFacts:
-    """What a leaderboard page's header says of its cells (the markdown page and the HTML report both use it)."""
-
-    version: list[str]
-    commits: list[str]  # short commit, "-dirty" when the tree had changes
-    produced: list[str]  # fairbench versions
-    split: list[str]
-    ns: list[int]
-    boots: list[int]
-    thresholds: list[str]
-
-    @classmethod
-    def of(cls, cells: list[ResultCell]) -> HeaderFacts:
-        return cls(version=_distinct(cells, "task", "version"),
-                   commits=sorted({f"{str(lookup(c.doc, 'provenance', 'git_commit'))[:10]}"
-                                   f"{'-dirty' if lookup(c.doc, 'provenance', 'git_dirty') else ''}"
-                                   for c in cells if lookup(c.doc, "provenance", "git_commit")}),
-                   produced=_distinct(cells, "provenance", "fairbench_version"),
-                   split=_distinct(cells, "task", "eval_split") or ["test"],
-                   ns=sorted({int(n) for c in cells if (n := lookup(c.metrics, "overall", "n")) is not None}),
-                   boots=sorted({int(b) for c in cells if (b := c.metrics.get("n_boot")) is not None}),
-                   thresholds=_distinct(cells, "threshold", "rule"))
 
 
 def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: bool,
@@ -295,46 +95,7 @@ def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: boo
     return lines
 
 
-def attribute_groups(attr: str, cells: list[ResultCell]) -> dict[str, Any]:
-    """The attribute's groups in the order the cells list them, with their n in the evaluated split."""
-    groups: dict[str, Any] = {}
-    for c in cells:
-        for g, gm in (lookup(c.metrics, "attributes", attr, "groups") or {}).items():
-            groups.setdefault(g, (gm or {}).get("n"))
-    return groups
-
-
-def small_groups(attr: str, cells: list[ResultCell]) -> tuple[dict[str, Any], Any]:
-    """({group: n} flagged small in some cell, the minimum group size)."""
-    small: dict[str, Any] = {}
-    for c in cells:
-        small.update((lookup(c.metrics, "flags", "small_groups", attr) or {}))
-    minimum = next((lookup(c.metrics, "flags", "min_group_size") for c in cells), None)
-    return dict(sorted(small.items())), minimum
-
-
-def attribute_columns(attr: str, cells: list[ResultCell], extras: list[str]) -> list[Column]:
-    """A fairness table's columns: group AUCs (means only, up to MAX_GROUP_COLUMNS groups), then the fairness
-    metrics (and the task card's extras) with intervals."""
-    scope = ("attributes", attr)
-    groups = attribute_groups(attr, cells)
-    columns: list[Column] = []
-    if len(groups) <= MAX_GROUP_COLUMNS:
-        columns += [(f"AUC {g}", (*scope, "groups", g, "auc"), None, False) for g in groups]
-    for metric in [*FAIRNESS, *extras]:
-        key = _resolve(cells, scope, metric)
-        if key is not None and key not in [p[-1] for _, p, _, _ in columns]:
-            columns.append((LABELS.get(key, key) + _arrow(key), (*scope, key), key, True))
-    return columns
-
-
-def utility_columns(cells: list[ResultCell], extras: list[str]) -> list[Column]:
-    """The utility table's columns: the standard utility metrics and the task card's extras, where present."""
-    return [(LABELS.get(m, m) + _arrow(m), ("overall", m), m, True) for m in [*UTILITY, *extras]
-            if _present(cells, "overall", m)]
-
-
-def _attribute_section(attr: str, cells: list[ResultCell], rows: list[_Row], extras: list[str]) -> list[str]:
+def _attribute_section(attr: str, cells: list[ResultCell], rows: list[Row], extras: list[str]) -> list[str]:
     groups = attribute_groups(attr, cells)
     kind = "intersection" if "*" in attr else "attribute"
     lines = [f"## Fairness: {attr} ({kind})", ""]
@@ -412,7 +173,7 @@ def _versus_section(v: Versus) -> list[str]:
                         + (f", {t.n_cells - t.n_comparisons} without a p-value" if t.n_cells != t.n_comparisons
                            else "")
                         + "); `p (Holm)` adjusts over " + ("all of them." if t.n_comparisons != 1 else "it."))
-        heads = [f"Δ {LABELS.get(p[-1], p[-1])}{_arrow(p[-1])}" for p in t.paths]
+        heads = [f"Δ {metric_label(p[-1])}{arrow(p[-1])}" for p in t.paths]
         lines += [f"### Versus {ref}: {attr}", "", caption, "",
                   "| " + " | ".join(["model", "adapter", "paired seeds", *heads, "p (Holm)"]) + " |",
                   "|---|---|---|" + "---:|" * len(heads) + "---|"]
@@ -432,8 +193,8 @@ def task_page(task: str, cells: list[ResultCell], roots: list[str], reported: li
               tasks_dirs: Sequence[Path] = (), versus: Versus | None = None,
               left_out: Sequence[tuple[Path, str]] = ()) -> str:
     synthetic = any(lookup(c.doc, "task", "synthetic") for c in cells)
-    util_extra, fair_extra, card_found = _card_extras(task, tasks_dirs)
-    rows = _rows(cells)
+    util_extra, fair_extra, card_found = card_extras(task, tasks_dirs)
+    rows = table_rows(cells)
     lines = _header(task, cells, roots, synthetic, left_out)
     if not card_found:
         lines += [f"> The task card '{task}' was not found (pass `--tasks-dir`), so only the standard columns "
@@ -469,9 +230,9 @@ def build_pages(col: Collection, *, reported: dict[str, list[ReportedSource]], i
         check_reference(col.cells, reference)
     pages: dict[str, str] = {}
     for task, cells in sorted(col.by_task().items()):
-        cells = _latest_version(task, cells, col)
+        cells = latest_version(task, cells, col)
         versus = compute_versus(task, cells, reference, tasks_dirs=tasks_dirs) if reference is not None else None
-        left_out = [(path, why) for path, why in col.problems if _problem_task(path) in (task, None)]
+        left_out = [(path, why) for path, why in col.problems if problem_task(path) in (task, None)]
         pages[f"{task}.md"] = task_page(task, cells, col.roots, reported.get(task, []), tasks_dirs, versus,
                                         left_out)
     if include_reported_only:
@@ -480,7 +241,7 @@ def build_pages(col: Collection, *, reported: dict[str, list[ReportedSource]], i
     return pages
 
 
-def _problem_task(path: Path) -> str | None:
+def problem_task(path: Path) -> str | None:
     """The task of a cell that could not be used, from its place in the results layout
     (``task/model/adapt/seedN/metrics.json``); None when the path does not say."""
     cell = path.parent if path.name == METRICS_FILE else path
@@ -489,7 +250,7 @@ def _problem_task(path: Path) -> str | None:
     return None
 
 
-def _latest_version(task: str, cells: list[ResultCell], col: Collection) -> list[ResultCell]:
+def latest_version(task: str, cells: list[ResultCell], col: Collection) -> list[ResultCell]:
     """A page never mixes task versions: older versions are reported and left out."""
     def key(v: str) -> tuple[int, Any]:
         return (0, int(v)) if v.isdigit() else (1, v)

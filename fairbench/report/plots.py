@@ -12,7 +12,6 @@ flagged pairs with their mean weight, each panel where the cell recorded it.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ import pandas as pd  # noqa: E402
 
 from fairbench.errors import DataError  # noqa: E402
 from fairbench.report.collect import Collection, ResultCell, collect  # noqa: E402
-from fairbench.report.leaderboard import aggregate  # noqa: E402
+from fairbench.report.formatting import SCALE, SCALE_LABEL, arrow, direction, metric_label, slug  # noqa: E402
 from fairbench.report.summary import lookup, random_weights  # noqa: E402
+from fairbench.report.tables import aggregate  # noqa: E402
 from fairbench.report.versus import Versus, check_reference, compute_versus  # noqa: E402
 from fairbench.results import read_predictions  # noqa: E402
 
@@ -45,10 +45,6 @@ _STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.f
           "svg.fonttype": "none"}
 _BINARY_BARS = (("auc", "AUC"), ("acc", "ACC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ece", "ECE"))
 _MULTI_BARS = (("auc", "AUC"), ("acc", "ACC"), ("macro_f1", "macro F1"), ("ece", "ECE"))
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.replace("*", "_x_"))
 
 
 def _save(fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
@@ -94,7 +90,8 @@ def _style(i: int) -> str:
 
 
 def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{float(x):.2f}"
+    """A metric value as the tables show it: x100, one decimal."""
+    return "n/a" if x is None else f"{SCALE * float(x):.1f}"
 
 
 def _title(cell: ResultCell) -> str:
@@ -160,9 +157,10 @@ def _bars(ax: Any, cell: ResultCell, attr: str, groups: dict[str, Any], binary: 
         for key, _ in metrics:
             v = (gm or {}).get(key)
             ci = lookup(cell.metrics.get("ci") or {}, "attributes", attr, "groups", g, key)
-            vals.append(np.nan if v is None else float(v))
+            vals.append(np.nan if v is None else SCALE * float(v))
             ok = isinstance(ci, list) and None not in ci and v is not None
-            below, above, clipped = _clip_err(float(v), ci[0], ci[1]) if ok else (np.nan, np.nan, False)  # type: ignore
+            below, above, clipped = (_clip_err(SCALE * float(v), SCALE * ci[0], SCALE * ci[1]) if ok  # type: ignore
+                                     else (np.nan, np.nan, False))
             lo.append(below)
             hi.append(above)
             outside.append(clipped)
@@ -176,9 +174,9 @@ def _bars(ax: Any, cell: ResultCell, attr: str, groups: dict[str, Any], binary: 
         for j in np.flatnonzero(outside):
             _mark_outside(ax, float(xs[j]), vals[j])
     ax.set_xticks(x, [label for _, label in metrics])
-    ax.set_ylim(0, 1.0 + 0.07 * math.ceil(k / 3) + 0.05)
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("value (0–1)")
+    ax.set_ylim(0, SCALE * (1.0 + 0.07 * math.ceil(k / 3) + 0.05))
+    ax.set_yticks(np.linspace(0, SCALE, 6))
+    ax.set_ylabel(f"value ({SCALE_LABEL})")
     n_boot = cell.metrics.get("n_boot") or 0
     ax.set_title(f"Group metrics, 95% bootstrap CI (B={n_boot})" if any_ci else "Group metrics (no bootstrap CI)")
     ax.legend(loc="upper center", ncol=min(3, k), frameon=False, bbox_to_anchor=(0.5, 1.0),
@@ -201,13 +199,13 @@ def _roc(ax: Any, frame: pd.DataFrame, classes: list[str], attr: str, groups: di
             continue
         fpr, tpr, _ = roc_curve(y, s)
         auc = (groups[g] or {}).get("auc")
-        ax.plot(fpr, tpr, color=_color(i), linestyle=_style(i), linewidth=1.6,
+        ax.plot(SCALE * fpr, SCALE * tpr, color=_color(i), linestyle=_style(i), linewidth=1.6,
                 label=f"{g} (n={int(m.sum())}, {'AUC' if binary else 'macro AUC'} {_pct(auc)})")
-    ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle=":", label="chance")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
+    ax.plot([0, SCALE], [0, SCALE], color="#999999", linewidth=0.8, linestyle=":", label="chance")
+    ax.set_xlim(0, SCALE)
+    ax.set_ylim(0, 1.01 * SCALE)
+    ax.set_xlabel(f"false positive rate ({SCALE_LABEL})")
+    ax.set_ylabel(f"true positive rate ({SCALE_LABEL})")
     ax.set_title("ROC per group" if binary else f"ROC per group (one-vs-rest, {k} classes pooled)")
     ax.legend(loc="lower right", frameon=False)
     ax.set_aspect("equal")
@@ -218,7 +216,7 @@ def _reliability(ax: Any, frame: pd.DataFrame, classes: list[str], groups: dict[
     from fairbench.metrics import reliability_curve
 
     binary = len(classes) == 2
-    ax.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle=":", label="perfect calibration")
+    ax.plot([0, SCALE], [0, SCALE], color="#999999", linewidth=0.8, linestyle=":", label="perfect calibration")
     for i, g in enumerate(groups):
         m = masks.get(g)
         if m is None or not m.any():
@@ -230,13 +228,14 @@ def _reliability(ax: Any, frame: pd.DataFrame, classes: list[str], groups: dict[
                if c is not None and n >= MIN_BIN]
         if not pts:
             continue
-        xs, ys = zip(*pts, strict=True)
+        xs, ys = (np.asarray(v, dtype=float) * SCALE for v in zip(*pts, strict=True))
         ax.plot(xs, ys, color=_color(i), linestyle=_style(i), marker=MARKERS[i % len(MARKERS)], markersize=3.5,
                 linewidth=1.4, label=f"{g} (n={int(m.sum())}, ECE {_pct(curve['ece'])})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("mean predicted probability (positive class)" if binary else "mean top-label confidence")
-    ax.set_ylabel("observed fraction positive" if binary else "observed accuracy")
+    ax.set_xlim(0, SCALE)
+    ax.set_ylim(0, 1.01 * SCALE)
+    ax.set_xlabel(f"mean predicted probability, positive class ({SCALE_LABEL})" if binary
+                  else f"mean top-label confidence ({SCALE_LABEL})")
+    ax.set_ylabel(f"observed fraction positive ({SCALE_LABEL})" if binary else f"observed accuracy ({SCALE_LABEL})")
     ax.set_title(f"Reliability per group ({n_bins} bins, those with < {MIN_BIN} samples hidden)")
     ax.legend(loc="upper left", frameon=False)
     ax.set_aspect("equal")
@@ -274,10 +273,10 @@ def plot_cell(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
                                  (("es_auc", "ES-AUC"), ("auc_gap", "AUC gap"), ("dpd", "DPD"),
                                   ("dpd_mean_ovr", "DPD (mean OvR)"), ("deodds", "DEOdds"),
                                   ("deodds_mean_ovr", "DEOdds (mean OvR)")) if key in a)
-            fig.suptitle(f"{_title(cell)}\nprotected attribute: {attr}" + (f"   ({summary})" if summary else ""),
+            fig.suptitle(f"{_title(cell)}\nprotected attribute: {attr}" + (f"   (x100: {summary})" if summary else ""),
                          fontsize=12)
             fig.tight_layout()
-            written += _save(fig, base / _slug(attr), formats)
+            written += _save(fig, base / slug(attr), formats)
     return written, problems
 
 
@@ -288,8 +287,10 @@ def _series(epochs: list[dict[str, Any]], key: str) -> tuple[list[int], list[flo
     return [x for x, _ in pts], [y for _, y in pts]
 
 
-def _line(ax: Any, epochs: list[dict[str, Any]], key: str, label: str, i: int, positive: bool = False) -> bool:
+def _line(ax: Any, epochs: list[dict[str, Any]], key: str, label: str, i: int, positive: bool = False,
+          scale: float = 1.0) -> bool:
     xs, ys = _series(epochs, key)
+    ys = [scale * y for y in ys]
     if positive:
         xs, ys = [x for x, y in zip(xs, ys, strict=True) if y > 0], [y for y in ys if y > 0]
     if not xs:
@@ -327,11 +328,13 @@ def plot_training(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS)
                 ax.set_title("Loss (epoch mean)")
             elif panel == "auc":
                 if select == "val_worst_cell_acc":
-                    _line(ax, epochs, select, "val, worst cell accuracy", 0)
+                    _line(ax, epochs, select, "val, worst cell accuracy", 0, scale=SCALE)
+                    ax.set_ylabel(f"accuracy ({SCALE_LABEL})")
                     ax.set_title("Selection score (val, worst cell accuracy)")
                 else:
                     what = {"val_auc": "val", "test_auc": "test", "val_worst_group_auc": "val, worst group"}[select]
-                    _line(ax, epochs, select, f"{what} AUC", 0)  # type: ignore[arg-type]
+                    _line(ax, epochs, select, f"{what} AUC", 0, scale=SCALE)  # type: ignore[arg-type]
+                    ax.set_ylabel(f"AUC ({SCALE_LABEL})")
                     ax.set_title(f"Selection AUC ({what})")
             elif panel == "term":
                 drawn = _line(ax, epochs, "fair_term", "fairness term", 0, positive=True)
@@ -374,14 +377,14 @@ def plot_training(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS)
 
 # -- across cells -------------------------------------------------------------------------------------------
 def _spread(cells: list[ResultCell], path: tuple[str, ...]) -> tuple[float | None, float | None, float | None]:
-    """(mean, low, high): min-max over seeds with 2+ seeds, else the cell's bootstrap interval (if any)."""
+    """(mean, low, high) x100: min-max over seeds with 2+ seeds, else the cell's bootstrap interval (if any)."""
     a = aggregate(cells, path)
     if a.mean is None:
         return None, None, None
     values = [v for c in cells if isinstance(v := lookup(c.metrics, *path), (int, float))]
     if len(values) >= 2:
-        return a.mean, min(values), max(values)
-    return a.mean, a.low, a.high
+        return SCALE * a.mean, SCALE * min(values), SCALE * max(values)
+    return (SCALE * a.mean, None if a.low is None else SCALE * a.low, None if a.high is None else SCALE * a.high)
 
 
 def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequence[str] = FORMATS,
@@ -401,6 +404,11 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
         return []
     models = sorted({m for m, _ in rows})
     adapts = sorted({a for _, a in rows})
+    by_model = len(models) > 1  # colour carries the model only where models differ; else it repeats the adapter
+
+    def colour(model: str, adapt: str) -> str:
+        return _color(models.index(model) if by_model else adapts.index(adapt))
+
     ncols = min(2, len(attrs_list))
     nrows = math.ceil(len(attrs_list) / ncols)
     with plt.rc_context(_STYLE):
@@ -423,59 +431,86 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
                     below, above, y_out = _clip_err(y, ylo, yhi)
                     yerr = [[below], [above]]
                 ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=MARKERS[adapts.index(adapt) % len(MARKERS)],
-                            color=_color(models.index(model)), markersize=8, elinewidth=1.0, capsize=2.5,
+                            color=colour(model, adapt), markersize=8, elinewidth=1.0, capsize=2.5,
                             markeredgecolor="white", zorder=3)
                 if x_out or y_out:
                     _mark_outside(ax, x, y)
-                points.append((x, y, f"{model} / {adapt}"))
+                points.append((x, y, f"{model} / {adapt}" if by_model else adapt))
                 extent += [v for v in (x, y, xlo, xhi, ylo, yhi) if v is not None]
-            ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=0.8, linestyle=":", zorder=1)
-            ax.set_xlabel("overall AUC (0–1)")
-            ax.set_ylabel(f"ES-AUC for {attr} (0–1)")
+            ax.plot([0, SCALE], [0, SCALE], color="#bbbbbb", linewidth=0.8, linestyle=":", zorder=1)
+            ax.set_xlabel(f"overall AUC ({SCALE_LABEL})")
+            ax.set_ylabel(f"ES-AUC for {attr} ({SCALE_LABEL})")
             ax.set_title(f"{attr}: fairness vs utility")
             ax.grid(alpha=0.3)
             _fit_limits(ax, extent)
             _label_points(ax, points)
         for k in range(len(attrs_list), nrows * ncols):
             axes[k // ncols][k % ncols].set_axis_off()
-        handles: list[Any] = [Patch(color=_color(i), label=m) for i, m in enumerate(models)]
-        handles += [plt.Line2D([], [], color="#555555", marker=MARKERS[i % len(MARKERS)], linestyle="", label=a)
-                    for i, a in enumerate(adapts)]
-        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), frameon=False,
-                   title="colour = model, marker = adapter")
+        if by_model:
+            handles: list[Any] = [Patch(color=_color(i), label=m) for i, m in enumerate(models)]
+            handles += [plt.Line2D([], [], color="#555555", marker=MARKERS[i % len(MARKERS)], linestyle="",
+                                   label=a) for i, a in enumerate(adapts)]
+            title = "colour = model, marker = adapter"
+        else:
+            handles = [plt.Line2D([], [], color=_color(i), marker=MARKERS[i % len(MARKERS)], linestyle="", label=a)
+                       for i, a in enumerate(adapts)]
+            title = f"{models[0]}: colour and marker = adapter"
+        # beside the panels, at the top: it reads with them instead of under the last row
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False, title=title,
+                   alignment="left")
         synth = " — SYNTHETIC data" if any(lookup(c.doc, "task", "synthetic") for c in cells) else ""
         fig.suptitle(f"{task}: equity-scaled AUC against AUC{synth}{_random_note(cells)}\n"
                      "points: mean over seeds; bars: min–max over seeds (one seed: 95% bootstrap CI)\n"
                      "ES-AUC = AUC / (1 + Σ|AUC − AUC_g|); on the dotted diagonal every group has the overall AUC",
                      fontsize=10.5)
-        fig.tight_layout(rect=(0, 0.05 + 0.04 / nrows, 1, 1))
+        fig.tight_layout()
         return _save(fig, out / task / "fairness_utility", formats)
 
 
 def _fit_limits(ax: Any, extent: list[float]) -> None:
-    """Square limits around the points and their bars (the diagonal stays meaningful), within [0, 1]."""
+    """Square limits around the points and their bars (the diagonal stays meaningful), within [0, 100]."""
     if not extent:
         return
     lo, hi = min(extent), max(extent)
-    pad = max(0.03, 0.1 * (hi - lo))
-    lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
+    pad = max(0.03 * SCALE, 0.1 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(SCALE, hi + pad)
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
     ax.set_aspect("equal")
 
 
+#: where a point's label may go, in points from the point: beside it first, then further out with a leader line
+_LABEL_SPOTS = [(7, 4, "left"), (7, -12, "left"), (-7, 4, "right"), (-7, -12, "right")] + [
+    (dx, dy, ha) for r in range(1, 9) for dx, dy, ha in ((10, 10 + 11 * r, "left"), (10, -16 - 11 * r, "left"),
+                                                          (-10, 10 + 11 * r, "right"), (-10, -16 - 11 * r, "right"))]
+MARKER_CLEARANCE = 5.0  # points around a marker (radius 4 at markersize 8) that no label may cover
+
+
 def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
-    """Label each point; a label that would overlap one already placed moves down until it does not."""
+    """Label each point where the label covers no marker and no label already placed (first free spot of
+    :data:`_LABEL_SPOTS`; the last spot when none is free)."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
     fig = ax.figure
     fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    r = MARKER_CLEARANCE * fig.dpi / 72
     placed: list[Any] = []
+    for x, y, _ in points:
+        px, py = ax.transData.transform((x, y))
+        placed.append(Bbox.from_extents(px - r, py - r, px + r, py + r))
     for x, y, text in sorted(points, key=lambda p: (-p[1], p[0])):
-        for step in range(12):
-            ann = ax.annotate(text, (x, y), xytext=(7, 6 - 11 * step), textcoords="offset points", fontsize=8,
-                              color="#222222", zorder=4,
-                              arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.5} if step else None)
-            box = ann.get_window_extent(renderer=fig.canvas.get_renderer())
-            if not any(box.overlaps(b) for b in placed):
+        for k, (dx, dy, ha) in enumerate(_LABEL_SPOTS):
+            far = abs(dy) > 12
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, ha=ha,
+                              va="bottom", color="#222222", zorder=4,
+                              arrowprops={"arrowstyle": "-", "color": "#999999", "lw": 0.5} if far else None)
+            ann.update_positions(renderer)
+            box = Text.get_window_extent(ann, renderer=renderer)  # the text, without its leader line
+            inside = ax.get_window_extent(renderer=renderer).contains(box.x0, box.y0) and \
+                ax.get_window_extent(renderer=renderer).contains(box.x1, box.y1)
+            if (inside and not any(box.overlaps(b) for b in placed)) or k == len(_LABEL_SPOTS) - 1:
                 placed.append(box)
                 break
             ann.remove()
@@ -487,8 +522,6 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
     """Forest plot of the paired differences B - reference (:func:`fairbench.report.versus.compute_versus`): one
     panel per protected attribute, one row per (model, adapter) x metric, point = delta x100, bar = its 95%
     interval, a line at 0; a filled point and ``*`` where the interval excludes 0."""
-    from fairbench.report.leaderboard import LABELS, direction
-
     attrs = [a for a in v.attributes if not attributes or a in attributes]
     rows = [r for r in v.rows if r.ok]
     if v.unavailable or not rows or not attrs:
@@ -499,8 +532,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
         seeds = f"{len(r.seeds)} seeds, t" if r.method == "seeds" else f"seed {r.seeds[0]}, bootstrap"
         for path in tables[attrs[0]].paths:
             key = path[-1]
-            arrow = " ↓" if direction(key) is False else " ↑" if direction(key) else ""
-            labels.append(f"{r.model} / {r.adapt} · {LABELS.get(key, key)}{arrow} ({seeds})")
+            labels.append(f"{r.model} / {r.adapt} · {metric_label(key)}{arrow(key)} ({seeds})")
     n = len(labels)
     with plt.rc_context(_STYLE):
         fig, axes = plt.subplots(1, len(attrs), figsize=(3.6 * len(attrs) + 3.4, 0.27 * n + 2.6), sharey=True,
@@ -541,7 +573,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
         if skipped:
             fig.text(0.01, 0.005, "not shown: " + "; ".join(skipped), fontsize=8, color="#555555", ha="left",
                      va="bottom")
-        lower = ", ".join(LABELS.get(p[-1], p[-1]) for p in tables[attrs[0]].paths if direction(p[-1]) is False)
+        lower = ", ".join(metric_label(p[-1]) for p in tables[attrs[0]].paths if direction(p[-1]) is False)
         fig.suptitle(f"{v.task}: B − {v.reference}, paired on the same test samples"
                      f"{' — SYNTHETIC data' if synthetic else ''}{note}\n"
                      f"point: Δ; bar: 95% interval (one paired seed: paired bootstrap, B={v.n_boot}; 2+ seeds: t "
@@ -549,7 +581,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
                      f"↓ lower is better ({lower}): a negative Δ is better; ↑ higher is better: a positive Δ is "
                      "better\na difference on this task, not a ranking of methods across tasks", fontsize=10)
         fig.tight_layout(rect=(0, 0.03 if skipped else 0, 1, 1))
-        return _save(fig, out / v.task / f"versus_{_slug(v.reference)}", formats)
+        return _save(fig, out / v.task / f"versus_{slug(v.reference)}", formats)
 
 
 def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] = FORMATS,

@@ -15,7 +15,7 @@ import yaml
 
 from fairbench.errors import CardError
 
-__all__ = ["ReportedSource", "load_reported", "builtin_reported_dir", "render_reported", "column_label"]
+__all__ = ["ReportedSource", "load_reported", "builtin_reported_dir", "render_reported", "column_label", "fmt_value"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,8 @@ def _num(x: float, decimals: int | None = None) -> str:
     return f"{x:.4f}"
 
 
-def _fmt(v: Any, scale: float, decimals: int | None) -> str:
+def fmt_value(v: Any, scale: float, decimals: int | None) -> str:
+    """A reported value as the source gives it, x100 where the source used fractions: ``[mean, sd]`` as mean ± sd."""
     if v is None:
         return "–"
     if isinstance(v, list):
@@ -152,7 +153,7 @@ def render_reported(task: str, sources: list[ReportedSource], synthetic: bool) -
             lines.append("| method (reported) | " + " | ".join(column_label(c) for c in s.columns) + " |")
             lines.append("|---|" + "---|" * len(s.columns))
             for method, values in s.rows:
-                lines.append(f"| {method} [{n}] | " + " | ".join(_fmt(v, s.scale, s.decimals) for v in values) + " |")
+                lines.append(f"| {method} [{n}] | " + " | ".join(fmt_value(v, s.scale, s.decimals) for v in values) + " |")
             lines.append("")
         for c in s.claims:
             lines.append(f"- {c}")
