@@ -1,6 +1,7 @@
 """Randomised decisions (the ``p_decide_positive`` column, e.g. fairlearn's ThresholdOptimizer): every threshold
 metric is the rule's expected rate, computed here by hand; the score's AUC is kept; ``fairbench metrics`` on the
-saved file gives the same numbers; the bootstrap resamples the same rows."""
+saved file gives the same numbers; the bootstrap resamples the same rows; compare's paired pass scores each side
+by its own rule."""
 
 from __future__ import annotations
 
@@ -128,3 +129,22 @@ def test_bad_decision_columns_are_one_line_errors() -> None:
     three = frame.assign(prob_x=0.0)
     with pytest.raises(DataError, match="'p_decide_positive' .* needs a binary task"):
         compute_metrics(three, classes=["neg", "pos", "x"], n_boot=0)
+
+
+def test_paired_comparison_scores_each_side_by_its_own_rule() -> None:
+    """fairbench compare's paired pass: the randomised side gets its expected rates, the other its threshold."""
+    from fairbench.metrics._inputs import read_predictions
+    from fairbench.metrics._paired import paired_pass
+    from fairbench.metrics._suite import build_passes
+
+    frame = _toy(4)
+    plain = frame.drop(columns="p_decide_positive")
+    pa, pb = (read_predictions(f, CLASSES, None, None) for f in (plain, frame))
+    (pass_a, data_a), (_, data_b) = (build_passes(p, eval_split="test", threshold=t, ece_bins=15,
+                                                       no_finding=None)[1] for p, t in ((pa, 0.5), (pb, None)))
+    paired = paired_pass(pass_a, data_a, data_b, None, 50, 0)
+    own_a, own_b = (compute_metrics(f, classes=CLASSES, n_boot=0) for f in (plain, frame))
+    deodds = paired[("attributes", "g", "deodds")]
+    assert deodds.a == pytest.approx(own_a["attributes"]["g"]["deodds"], abs=1e-12)
+    assert deodds.b == pytest.approx(own_b["attributes"]["g"]["deodds"], abs=1e-12)
+    assert deodds.b != pytest.approx(deodds.a) and deodds.ci is not None
