@@ -142,6 +142,9 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
 
 
 def _stale(cfg: RunConfig, doc: dict[str, Any], task: TaskCard, card: Any, adapter: Any) -> str | None:
+    if getattr(adapter, "randomised_decisions", False) and (doc.get("threshold") or {}).get("rule") != "randomised":
+        return ("an older fairbench that scored this adapter's randomised rule with a threshold of P(yhat = 1) "
+                "instead of the rule's expected rates")
     return stale_reason(doc, task=task, card=card, adapt=adapter.name, params=adapter.params,
                         n_boot=task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot,
                         random_weights=cfg.weights == "random" if cfg.weights else None, precision=cfg.precision) \

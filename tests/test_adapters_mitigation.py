@@ -14,7 +14,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fairbench.errors import DataError, FairbenchError
+from fairbench.errors import DataError, FairbenchError, ResultsError
 from fairbench.pipeline import RunConfig, run_cell
 from fairbench.train.groups import (UNKNOWN, Cells, GroupDRO, Reweight, balanced_batches, group_labels,
                                     inverse_frequency_weights)
@@ -262,7 +262,15 @@ def test_fair_threshold_is_named_in_the_summary(tmp_path: Path, tasks: Path) -> 
     result = run_cell(config(tmp_path, tasks, "fair_threshold", attribute="sex"))
     console = Console(record=True, width=200)
     print_summary(result.metrics, result.path, console)
-    assert "used the protected attribute 'sex' of every test sample" in console.export_text()
+    text = console.export_text()
+    assert "used the protected attribute 'sex' of every test sample" in text
+    assert "ACC, F1, DPD and DEOdds are the expected rates of that rule" in text
+    # a cell written by an older fairbench (a 0.5 threshold of P(yhat = 1)) is not reused
+    doc = json.loads((result.path / "metrics.json").read_text())
+    doc["threshold"] = {"value": 0.5, "chosen_on": "fixed", "rule": "fixed"}
+    (result.path / "metrics.json").write_text(json.dumps(doc))
+    with pytest.raises(ResultsError, match="an older fairbench that scored this adapter's randomised rule"):
+        run_cell(config(tmp_path, tasks, "fair_threshold", attribute="sex"))
 
 
 def test_bad_input_is_one_clear_error_before_training(tmp_path: Path, tasks: Path) -> None:

@@ -72,6 +72,8 @@ class FairThreshold(Adapter):
                 "objective": "balanced_accuracy_score", "attribute": "auto", "grid_size": 1000}
     #: a post-processor of another adapter's scores (never the base of another post-processor)
     post_processor: ClassVar[bool] = True
+    #: its decisions are randomised (:attr:`decisions`): a cell scored otherwise (an older fairbench) is stale
+    randomised_decisions: ClassVar[bool] = True
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
