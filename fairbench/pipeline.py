@@ -116,7 +116,8 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
     probs = adapter.run(ctx)
     if not is_main_process():  # data-parallel training: only rank 0 writes results
         return CellResult(cell, {}, skipped=False, task=task)
-    frame = predictions_frame(task, [ctx.split(s) for s in adapter.predict_splits], probs)
+    frame = predictions_frame(task, [ctx.split(s) for s in adapter.predict_splits], probs,
+                              getattr(adapter, "decisions", None))
     atomic_write(cell / PREDICTIONS, lambda p: frame.to_parquet(p, index=False))
 
     n_boot = task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot
@@ -141,6 +142,9 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
 
 
 def _stale(cfg: RunConfig, doc: dict[str, Any], task: TaskCard, card: Any, adapter: Any) -> str | None:
+    if getattr(adapter, "randomised_decisions", False) and (doc.get("threshold") or {}).get("rule") != "randomised":
+        return ("an older fairbench that scored this adapter's randomised rule with a threshold of P(yhat = 1) "
+                "instead of the rule's expected rates")
     return stale_reason(doc, task=task, card=card, adapt=adapter.name, params=adapter.params,
                         n_boot=task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot,
                         random_weights=cfg.weights == "random" if cfg.weights else None, precision=cfg.precision) \
@@ -213,7 +217,12 @@ def _prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
                           allow_skip=cfg.allow_skip_unreadable, geometry=CacheGeometry(pre))
 
 
-def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray]) -> pd.DataFrame:
+def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray],
+                      decisions: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """The predictions table; ``decisions`` (an adapter's randomised rule: per split, each sample's probability
+    of a positive decision) becomes the ``p_decide_positive`` column the metrics read (docs/metrics.md)."""
+    from fairbench.metrics._inputs import DECISION_COLUMN
+
     frames = []
     for s in splits:
         p = probs[s.split]
@@ -224,6 +233,12 @@ def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, 
                                 "label": s.labels.astype(np.int64)}
         for j, c in enumerate(task.classes):
             cols[f"prob_{c}"] = p[:, j].astype(np.float64)
+        if decisions:
+            d = np.asarray(decisions[s.split], dtype=np.float64)
+            if d.shape != (len(s),):
+                raise ResultsError(f"adapter returned decision probabilities of shape {d.shape} for split "
+                                   f"'{s.split}', expected {(len(s),)}")
+            cols[DECISION_COLUMN] = d
         for a, groups in s.attributes.items():
             cols[f"attr_{a}"] = pd.array(groups, dtype="string")
         for k, v in s.extra.items():

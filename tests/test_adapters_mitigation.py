@@ -14,7 +14,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from fairbench.errors import DataError, FairbenchError
+from fairbench.errors import DataError, FairbenchError, ResultsError
 from fairbench.pipeline import RunConfig, run_cell
 from fairbench.train.groups import (UNKNOWN, Cells, GroupDRO, Reweight, balanced_batches, group_labels,
                                     inverse_frequency_weights)
@@ -162,27 +162,96 @@ def test_worst_group_selection(tmp_path: Path, tasks: Path) -> None:
         run_cell(config(tmp_path, tasks, "mlp", select_on="val_worst_group"))
 
 
-def test_fair_threshold_is_fairlearns_threshold_optimizer(tmp_path: Path, tasks: Path) -> None:
-    from fairlearn.postprocessing import ThresholdOptimizer
+class _Identity:
+    """The test's own stand-in for a fitted score model: ``predict(X)`` is the score column, unchanged."""
 
-    from fairbench.adapters.fair_threshold import _scores_estimator
+    def __new__(cls):  # type: ignore[no-untyped-def]
+        from sklearn.base import BaseEstimator, ClassifierMixin
+
+        class Identity(ClassifierMixin, BaseEstimator):
+            def fit(self, x, y):  # type: ignore[no-untyped-def]
+                self.classes_ = np.array([0, 1])
+                return self
+
+            def predict(self, x):  # type: ignore[no-untyped-def]
+                return np.asarray(x, dtype=np.float64)[:, 0]
+
+        return Identity().fit(None, None)
+
+
+def _mean_of_draws(opt, x: np.ndarray, groups: np.ndarray, k: int = 4000) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """P(yhat = 1) per sample from fairlearn's public API: the mean of ``k`` seeded ``predict`` draws."""
+    return np.mean([opt.predict(x, sensitive_features=groups, random_state=i) for i in range(k)], axis=0)
+
+
+def _by_hand(opt, scores: np.ndarray, groups: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """P(yhat = 1) from the fitted rule as fairlearn documents it (InterpolatedThresholder's
+    ``interpolation_dict``): operation0 with probability p0, operation1 with p1, then, where present, the
+    constant ``prediction_constant`` with probability ``p_ignore``. Each operation is ``score > t`` or
+    ``score < t`` (its public ``operator`` and ``threshold``)."""
+    def apply(op, s):  # type: ignore[no-untyped-def]
+        return (s > op.threshold) if op.operator == ">" else (s < op.threshold)
+
+    out = np.full(len(scores), np.nan)
+    for g, rule in opt.interpolated_thresholder_.interpolation_dict.items():
+        s = scores[groups == g]
+        p = rule["p0"] * apply(rule["operation0"], s) + rule["p1"] * apply(rule["operation1"], s)
+        if "p_ignore" in rule:
+            p = rule["p_ignore"] * rule["prediction_constant"] + (1 - rule["p_ignore"]) * p
+        out[groups == g] = p
+    return out
+
+
+def test_fair_threshold_is_fairlearns_threshold_optimizer(tmp_path: Path, tasks: Path) -> None:
+    """The reference is built here, from fairlearn's public API on the base model's own scores: the test's own
+    identity estimator, ``ThresholdOptimizer.fit`` and the mean of seeded ``predict`` draws. A score model that
+    hands fairlearn anything but the scores (e.g. hard labels, which collapse the thresholds to 0.5 and +-inf)
+    changes the predictions and fails. On validation, where it was fitted, the rule's expected TPR and FPR are
+    equal across groups (equalized odds), and metrics.json reports the rule's expected rates, by hand, with
+    p_ignore > 0 in play."""
+    from fairlearn.postprocessing import ThresholdOptimizer
 
     result = run_cell(config(tmp_path, tasks, "fair_threshold", attribute="sex"))
     fitted = result.metrics["adapt"]["fitted"]
     assert fitted["needs_attribute_at_prediction"] is True and fitted["base"]["name"] == "linear_probe"
     assert set(fitted["thresholds"]) == {"F", "M"}
+    assert result.metrics["threshold"]["rule"] == "randomised" and "expected rates" in fitted["decision_rule"]
     base = run_cell(config(tmp_path / "base", tasks, "linear_probe"))  # the same base model, run on its own
     frame = pd.read_parquet(base.path / "predictions.parquet")
-    val, test = frame[frame["split"] == "val"], frame[frame["split"] == "test"]
-    opt = ThresholdOptimizer(estimator=_scores_estimator(), constraints="equalized_odds",
+    ours = pd.read_parquet(result.path / "predictions.parquet")
+    assert ours["sample_id"].tolist() == frame["sample_id"].tolist()
+    val = (frame["split"] == "val").to_numpy()
+    opt = ThresholdOptimizer(estimator=_Identity(), constraints="equalized_odds",
                              objective="balanced_accuracy_score", prefit=True, predict_method="predict")
-    opt.fit(val[["prob_abnormal"]].to_numpy(), val["label"].to_numpy(),
-            sensitive_features=val["attr_sex"].astype(str).to_numpy())
-    expected = opt._pmf_predict(test[["prob_abnormal"]].to_numpy(),
-                                sensitive_features=test["attr_sex"].astype(str).to_numpy())[:, 1]
-    ours = pd.read_parquet(result.path / "predictions.parquet").query("split == 'test'")
-    assert ours["sample_id"].tolist() == test["sample_id"].tolist()
-    assert ours["prob_abnormal"].to_numpy() == pytest.approx(expected)
+    opt.fit(frame.loc[val, ["prob_abnormal"]].to_numpy(), frame.loc[val, "label"].to_numpy(),
+            sensitive_features=frame.loc[val, "attr_sex"].astype(str).to_numpy())
+    rules = opt.interpolated_thresholder_.interpolation_dict
+    assert max(float(r.get("p_ignore", 0.0)) for r in rules.values()) > 0.05  # the constant prediction is mixed in
+    x, groups = frame[["prob_abnormal"]].to_numpy(), frame["attr_sex"].astype(str).to_numpy()
+    drawn = _mean_of_draws(opt, x, groups)
+    by_hand = _by_hand(opt, x[:, 0], groups)
+    assert np.abs(drawn - by_hand).max() < 0.05  # 4000 draws: standard error <= 0.008
+    decided = ours["p_decide_positive"].to_numpy()
+    assert decided == pytest.approx(ours["prob_abnormal"].to_numpy())
+    assert decided == pytest.approx(by_hand, abs=1e-9)
+    assert np.abs(decided - drawn).max() < 0.05
+
+    y = frame["label"].to_numpy()
+    v = val
+    rates = {g: (by_hand[v & (groups == g) & (y == 1)].mean(), by_hand[v & (groups == g) & (y == 0)].mean())
+             for g in ("F", "M")}
+    assert rates["F"] == pytest.approx(rates["M"], abs=1e-9)  # equalized odds on the data it was fitted on
+
+    test = (frame["split"] == "test").to_numpy()
+    reported = result.metrics["metrics"]["attributes"]["sex"]
+    tpr = {g: by_hand[test & (groups == g) & (y == 1)].mean() for g in ("F", "M")}
+    fpr = {g: by_hand[test & (groups == g) & (y == 0)].mean() for g in ("F", "M")}
+    for g in ("F", "M"):
+        assert reported["groups"][g]["tpr"] == pytest.approx(tpr[g], abs=1e-12)
+        assert reported["groups"][g]["fpr"] == pytest.approx(fpr[g], abs=1e-12)
+    assert reported["deodds"] == pytest.approx(max(abs(tpr["F"] - tpr["M"]), abs(fpr["F"] - fpr["M"])), abs=1e-12)
+    acc = (by_hand * y + (1 - by_hand) * (1 - y))[test].mean()
+    assert result.metrics["metrics"]["overall"]["acc"] == pytest.approx(acc, abs=1e-12)
 
 
 def test_fair_threshold_is_named_in_the_summary(tmp_path: Path, tasks: Path) -> None:
@@ -193,7 +262,15 @@ def test_fair_threshold_is_named_in_the_summary(tmp_path: Path, tasks: Path) -> 
     result = run_cell(config(tmp_path, tasks, "fair_threshold", attribute="sex"))
     console = Console(record=True, width=200)
     print_summary(result.metrics, result.path, console)
-    assert "used the protected attribute 'sex' of every test sample" in console.export_text()
+    text = console.export_text()
+    assert "used the protected attribute 'sex' of every test sample" in text
+    assert "ACC, F1, DPD and DEOdds are the expected rates of that rule" in text
+    # a cell written by an older fairbench (a 0.5 threshold of P(yhat = 1)) is not reused
+    doc = json.loads((result.path / "metrics.json").read_text())
+    doc["threshold"] = {"value": 0.5, "chosen_on": "fixed", "rule": "fixed"}
+    (result.path / "metrics.json").write_text(json.dumps(doc))
+    with pytest.raises(ResultsError, match="an older fairbench that scored this adapter's randomised rule"):
+        run_cell(config(tmp_path, tasks, "fair_threshold", attribute="sex"))
 
 
 def test_bad_input_is_one_clear_error_before_training(tmp_path: Path, tasks: Path) -> None:

@@ -167,6 +167,10 @@ class Adapter(abc.ABC):
         self.params = parse_params(self.name, self.defaults, params or {})
         #: facts learned while fitting (chosen hyperparameters, selection scores), recorded in metrics.json
         self.fitted: dict[str, Any] = {}
+        #: a randomised decision rule (binary tasks), set by :meth:`run`: per split, each sample's probability of
+        #: a positive decision. Written as the predictions' ``p_decide_positive`` column; the metrics then
+        #: report the rule's expected rates instead of thresholding the probabilities. Empty: thresholded.
+        self.decisions: dict[str, np.ndarray] = {}
 
     @abc.abstractmethod
     def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:

@@ -6,9 +6,13 @@ gives validation and test probabilities of the positive class. ``ThresholdOptimi
 objective=objective, prefit=True, predict_method="predict")`` is fitted on the validation scores, labels and
 groups of ``attribute`` (``auto``: race when the task has it, else its first attribute; ``a*b`` an
 intersection; unknown is a group of its own), and its randomised per-group thresholds are applied to the test
-scores. fairbench's predictions are ``P(yhat = 1)`` under that randomised rule (fairlearn's ``_pmf_predict``);
-the metrics suite then thresholds them with the task card's rule (0.5: the deterministic rule nearest the
-randomised one).
+scores. fairlearn's rule is randomised: per group it mixes two thresholds (and, for equalized odds, a constant
+prediction with weight ``p_ignore``). Each sample's probability of a positive decision under it, ``P(yhat = 1)``
+(fairlearn's ``_pmf_predict``, whose ``predict(..., random_state=...)`` draws ``yhat = 1`` with exactly that
+probability), is both the probability column and the ``p_decide_positive`` column of the predictions, so every
+threshold metric (accuracy, F1, TPR, FPR, DPD, DEOdds, ...) is the fitted rule's expected rate, not a 0.5
+threshold of ``P(yhat = 1)`` (which can drop a whole group). AUC and ECE read ``P(yhat = 1)``, a coarse score
+with a handful of distinct values.
 
 **It needs the protected attribute at prediction time**: every test sample's group chooses its threshold. That
 is recorded in metrics.json (``adapt.fitted.needs_attribute_at_prediction``), said in the run summary, and
@@ -68,6 +72,8 @@ class FairThreshold(Adapter):
                 "objective": "balanced_accuracy_score", "attribute": "auto", "grid_size": 1000}
     #: a post-processor of another adapter's scores (never the base of another post-processor)
     post_processor: ClassVar[bool] = True
+    #: its decisions are randomised (:attr:`decisions`): a cell scored otherwise (an older fairbench) is stale
+    randomised_decisions: ClassVar[bool] = True
 
     def __init__(self, params: dict[str, Any] | None = None) -> None:
         super().__init__(params)
@@ -106,13 +112,18 @@ class FairThreshold(Adapter):
         opt.fit(scores["val"], ctx.split("val").labels, sensitive_features=groups["val"])
         out = {}
         for s in ("val", "test"):
-            p1 = np.asarray(opt._pmf_predict(scores[s], sensitive_features=groups[s]))[:, 1]
+            # P(yhat = 1) of fairlearn's randomised rule (private name; tests/test_adapters_mitigation.py checks
+            # it against the mean of many public predict(..., random_state=k) draws)
+            p1 = np.asarray(opt._pmf_predict(scores[s], sensitive_features=groups[s]), dtype=np.float64)[:, 1]
             out[s] = np.column_stack([1.0 - p1, p1])
+            self.decisions[s] = p1
         self.fitted.update({
             "needs_attribute_at_prediction": True, "attribute": attribute, "fitted_on": "val",
             "constraint": self.params["constraint"], "objective": self.params["objective"],
             "groups": {g: int((groups["val"] == g).sum()) for g in sorted(set(groups["val"]))},
             "thresholds": _thresholds(opt), "output": "P(yhat = 1) under fairlearn's randomised group thresholds",
+            "decision_rule": "fairlearn's randomised rule; threshold metrics are its expected rates (column "
+                             "p_decide_positive), AUC and ECE read P(yhat = 1), a coarse score",
             "base": {"name": self.base.name, "params": self.base.params, "fitted": self.base.fitted}})
         return out
 

@@ -10,9 +10,13 @@ import pandas as pd
 from fairbench.errors import DataError
 from fairbench.progress import warn
 
-__all__ = ["Predictions", "read_predictions", "group_codes", "INTERSECTION_SEP"]
+__all__ = ["Predictions", "read_predictions", "group_codes", "INTERSECTION_SEP", "DECISION_COLUMN"]
 
 INTERSECTION_SEP = "*"
+#: optional column of a binary predictions table: each row's probability of a positive decision under a
+#: randomised rule (e.g. fairlearn's ThresholdOptimizer). When present, the threshold metrics are the rule's
+#: expected rates and no threshold is applied (docs/metrics.md, "Randomised decisions").
+DECISION_COLUMN = "p_decide_positive"
 _PROB_TOLERANCE = 1e-6
 #: how far a row's probabilities may sum from 1 (float32 softmax outputs are within ~1e-6)
 _SUM_TOLERANCE = 1e-3
@@ -29,6 +33,9 @@ class Predictions:
     attributes: dict[str, np.ndarray]  # name -> (n,) object array of str, None = unknown
     #: notes on the input for the metrics document (e.g. probabilities that do not sum to 1)
     notes: dict[str, str] = field(default_factory=dict)
+    #: (n,) probability of a positive decision under a randomised rule (DECISION_COLUMN), NaN kept; None: the
+    #: decisions are the recorded threshold (binary) or argmax (multiclass)
+    decide: np.ndarray | None = None
 
 
 def _label(v: object) -> str:
@@ -130,6 +137,7 @@ def read_predictions(
     if out_of_range.any():
         raise DataError(f"probability columns must lie in [0, 1]; {int(out_of_range.any(axis=1).sum())} row(s) do not")
     probs = np.clip(probs, 0.0, 1.0)
+    decide = _decisions(df, classes)
     _check_unique_ids(df)
     sums_note = _check_sums(df, probs, prob_cols)
 
@@ -150,8 +158,23 @@ def read_predictions(
         attrs[INTERSECTION_SEP.join(combo)] = _intersect(parts)
     return Predictions(
         classes=classes, split=df["split"].astype(str).to_numpy(), y=label.astype(np.int64), probs=probs,
-        attributes=attrs, notes={"probabilities": sums_note} if sums_note else {},
+        attributes=attrs, notes={"probabilities": sums_note} if sums_note else {}, decide=decide,
     )
+
+
+def _decisions(df: pd.DataFrame, classes: list[str]) -> np.ndarray | None:
+    """The randomised rule's probability of a positive decision per row, or None without the column."""
+    if DECISION_COLUMN not in df.columns:
+        return None
+    if len(classes) != 2:
+        raise DataError(f"column '{DECISION_COLUMN}' (randomised binary decisions) needs a binary task; the "
+                        f"classes are {classes}")
+    p = pd.to_numeric(df[DECISION_COLUMN], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    outside = (p < -_PROB_TOLERANCE) | (p > 1 + _PROB_TOLERANCE)
+    if outside.any():
+        raise DataError(f"column '{DECISION_COLUMN}' must lie in [0, 1] (a probability of a positive decision); "
+                        f"{int(outside.sum())} row(s) do not, e.g. {p[np.flatnonzero(outside)[0]]!r}")
+    return np.clip(p, 0.0, 1.0)
 
 
 def group_codes(labels: np.ndarray) -> tuple[np.ndarray, list[str]]:

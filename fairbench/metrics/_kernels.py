@@ -98,7 +98,11 @@ def pass_stats(w: np.ndarray, plan: Plan, no_finding: int | None) -> SliceStats:
     k, m, s = plan.n_classes, plan.n_bins, plan.n_groups + 1
     cell_w = np.add.reduceat(w, plan.cell_starts, axis=1).astype(np.float64)
     cell_wc = np.add.reduceat(w * plan.conf_sorted, plan.cell_starts, axis=1)
-    conf = plan.conf_sum(cell_w).reshape(b, s, k, k)
+    if plan.decide_sorted is None:
+        conf = plan.conf_sum(cell_w).reshape(b, s, k, k)
+    else:  # randomised decisions: expected counts, each row decided positive with its probability
+        cell_w1 = np.add.reduceat(w * plan.decide_sorted, plan.cell_starts, axis=1)
+        conf = plan.conf_sum(np.concatenate([cell_w1, cell_w - cell_w1], axis=1)).reshape(b, s, k, k)
     cal_n = plan.cal_sum(cell_w).reshape(b, s, m)
     cal_d = plan.cal_sum(cell_w * plan.cell_target - cell_wc).reshape(b, s, m)
     auc = np.full((b, s, k), np.nan)

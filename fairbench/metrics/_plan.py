@@ -39,6 +39,9 @@ class PassData:
     group: np.ndarray  # (n,) group index in [0, G), -1 = unknown
     n_groups: int
     n_bins: int
+    #: (n,) binary tasks with randomised decisions: each row's probability of a positive decision (NaN replaced
+    #: by 0; ``yhat`` is then 1 everywhere and the confusion counts are expected counts); None: ``yhat`` decides
+    decide: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class Plan:
     conf_sorted: np.ndarray  # (n,) calibration confidence in sorted order
     auc: tuple[AucPlan, ...]
     slice_bad: np.ndarray  # (S,) number of rows with NaN probabilities per slice
+    #: randomised decisions: (n,) probability of a positive decision in sorted order; ``conf_sum`` then takes
+    #: 2C columns, each cell's expected weight decided positive, then its weight decided negative
+    decide_sorted: np.ndarray | None = None
 
 
 def _runs(*keys: np.ndarray) -> np.ndarray:
@@ -185,11 +191,14 @@ def build_plan(d: PassData) -> Plan:
     binary = k_classes == 2
     if binary:  # yhat and bin are monotone in P(positive): sorting by it keeps cells contiguous
         keys = (d.probs[:, 0], d.bad, d.probs[:, 1], block, d.y)  # ties only between identical rows
+        if d.decide is not None:  # yhat is constant; the decision probability breaks the remaining ties
+            keys = (d.decide, *keys)
     else:
         keys = (d.row_key, d.bad, d.bins, d.yhat, block, d.y)
     order = np.lexsort(keys)
     y, yhat, blk, bins = d.y[order], d.yhat[order], block[order], d.bins[order]
     probs, bad, target = d.probs[order], d.bad[order], d.target[order]
+    decide = None if d.decide is None else d.decide[order].astype(np.float64)
 
     starts = _runs(y, blk)
     sizes = np.diff(np.append(starts, n))
@@ -199,6 +208,8 @@ def build_plan(d: PassData) -> Plan:
         h.update(np.int64(y[a]).tobytes())
         h.update(np.ascontiguousarray(probs[a:a + m]).tobytes())
         h.update(bad[a:a + m].tobytes())
+        if decide is not None:
+            h.update(decide[a:a + m].tobytes())
         digests.append(h.digest())
     # a stratum's key: its own content and its group's content (names and row order play no part)
     group_digest: dict[int, Any] = {}
@@ -217,8 +228,15 @@ def build_plan(d: PassData) -> Plan:
     known = cb < g_count
     cell_ids = np.concatenate([rows, rows[known]])  # every cell counts for slice 0 and, if known, its group
     slice_ids = np.concatenate([np.zeros(len(cells), dtype=np.int64), cb[known] + 1])
-    conf_sum = SegmentSum.build(cell_ids, slice_ids * kk + np.concatenate([cy * k_classes + chat,
-                                (cy * k_classes + chat)[known]]), n_slices * kk)
+    entry = cy * k_classes + chat
+    if d.decide is not None:  # columns 0..C-1: expected weight decided positive (chat = 1); C..2C-1: negative
+        c = len(cells)
+        conf_sum = SegmentSum.build(np.concatenate([cell_ids, cell_ids + c]), np.concatenate(
+            [slice_ids * kk + np.concatenate([entry, entry[known]]),
+             slice_ids * kk + np.concatenate([entry - 1, (entry - 1)[known]])]), n_slices * kk)
+    else:
+        conf_sum = SegmentSum.build(cell_ids, slice_ids * kk + np.concatenate([entry, entry[known]]),
+                                    n_slices * kk)
     cal_sum = SegmentSum.build(cell_ids, slice_ids * m_bins + np.concatenate([cbin, cbin[known]]), n_slices * m_bins)
 
     auc_classes = [1] if binary else range(k_classes)
@@ -228,4 +246,5 @@ def build_plan(d: PassData) -> Plan:
                 strata=strata,
                 cell_starts=cells, cell_target=target[cells].astype(np.float64), conf_sum=conf_sum,
                 cal_sum=cal_sum, conf_sorted=d.conf[order].astype(np.float64), auc=plans,
-                slice_bad=slice_bad.astype(np.int64))
+                slice_bad=slice_bad.astype(np.int64),
+                decide_sorted=decide)

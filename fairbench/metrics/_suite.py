@@ -12,7 +12,7 @@ import pandas as pd
 from fairbench.errors import DataError
 from fairbench.metrics._bootstrap import CI_LEVEL
 from fairbench.metrics._calibration import bin_index
-from fairbench.metrics._inputs import Predictions, group_codes, read_predictions
+from fairbench.metrics._inputs import DECISION_COLUMN, Predictions, group_codes, read_predictions
 from fairbench.metrics._passes import Pass, PassResult, run_pass
 from fairbench.metrics._plan import PassData
 from fairbench.metrics._spec import METRICS, MetricSpec
@@ -21,6 +21,11 @@ from fairbench.metrics._threshold import THRESHOLD_RULES, choose_threshold
 __all__ = ["compute_metrics", "build_passes"]
 
 CI_METHOD = "percentile; resampled within strata of true class x group (per attribute; true class for overall)"
+#: how the threshold metrics are computed when the predictions carry randomised decisions
+RANDOMISED_RULE = (f"expected rates of the randomised rule in column {DECISION_COLUMN} (each row decided positive "
+                   "with that probability): TPR_g = mean of p over g's positives, FPR_g over g's negatives, "
+                   "selection rate = mean p, accuracy = mean of p y + (1 - p)(1 - y), F1 from the expected "
+                   "TP, FP, FN; no threshold is applied")
 
 
 def _specs(kind: str, task: str, has_nf: bool) -> list[MetricSpec]:
@@ -35,6 +40,8 @@ def _resolve_threshold(
         if isinstance(threshold, str) or threshold != 0.5:
             raise DataError(f"threshold={threshold!r} applies to binary tasks only; multiclass predictions use argmax")
         return None, {"value": None, "chosen_on": "argmax", "rule": "argmax"}
+    if pred.decide is not None:
+        return None, _randomised_record(threshold, pred, eval_split, notes)
     if isinstance(threshold, str):
         if threshold not in THRESHOLD_RULES:
             raise DataError(f"unknown threshold {threshold!r}; use a number or one of {list(THRESHOLD_RULES)}")
@@ -53,6 +60,21 @@ def _resolve_threshold(
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
         raise DataError(f"threshold must be a finite number or one of {list(THRESHOLD_RULES)}, got {threshold!r}")
     return float(threshold), {"value": float(threshold), "chosen_on": "fixed", "rule": "fixed"}
+
+
+def _randomised_record(
+    threshold: str | float, pred: Predictions, eval_split: str, notes: dict[str, str],
+) -> dict[str, Any]:
+    """The threshold record of predictions with randomised decisions, and the note on their score."""
+    ev = pred.split == eval_split
+    score = pred.probs[ev, 1]
+    distinct = len(np.unique(score[~np.isnan(score)]))
+    notes["decisions"] = (f"threshold metrics are the expected rates of the randomised rule in column "
+                          f"{DECISION_COLUMN}; AUC and ECE read prob_{pred.classes[1]}, which takes {distinct} "
+                          f"distinct value(s) on the evaluated split (a coarse score when it is the rule's "
+                          f"P(yhat = 1))")
+    return {"value": None, "chosen_on": "predictions", "rule": "randomised", "column": DECISION_COLUMN,
+            "decisions": RANDOMISED_RULE, "task_rule_not_applied": threshold}
 
 
 def _set(tree: dict[str, Any], path: tuple[str, ...], value: object) -> None:
@@ -80,7 +102,13 @@ def build_passes(
     y, raw = pred.y[ev], pred.probs[ev]
     bad = np.isnan(raw).any(axis=1)
     probs = np.nan_to_num(raw, nan=0.0)
-    if task == "binary":
+    decide = None
+    if task == "binary" and pred.decide is not None:  # randomised decisions: expected counts, no threshold
+        bad = bad | np.isnan(pred.decide[ev])
+        decide = np.nan_to_num(pred.decide[ev], nan=0.0)
+        yhat = np.ones(len(y), dtype=np.int64)
+        conf, target = probs[:, 1], (y == 1).astype(np.float64)
+    elif task == "binary":
         assert threshold is not None
         yhat = (probs[:, 1] >= threshold).astype(np.int64)
         conf, target = probs[:, 1], (y == 1).astype(np.float64)
@@ -96,7 +124,7 @@ def build_passes(
 
     def data(group: np.ndarray, n_groups: int) -> PassData:
         return PassData(y=y, yhat=yhat, probs=probs, bad=bad, conf=conf, target=target, bins=bins,
-                        row_key=row_key, group=group, n_groups=n_groups, n_bins=ece_bins)
+                        row_key=row_key, group=group, n_groups=n_groups, n_bins=ece_bins, decide=decide)
 
     has_nf = no_finding is not None
     slice_specs, summary_specs = _specs("slice", task, has_nf), _specs("summary", task, has_nf)

@@ -74,6 +74,10 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
         console.print(f"[bold]note:[/bold] this adapter used the protected attribute "
                       f"'{fitted.get('attribute')}' of every test sample to make its prediction (per-group "
                       f"thresholds): it cannot be deployed where that attribute may not decide")
+    if (doc.get("threshold") or {}).get("rule") == "randomised":
+        console.print("[bold]note:[/bold] its decisions are randomised: ACC, F1, DPD and DEOdds are the expected "
+                      "rates of that rule (no threshold applied); its AUC and ECE read P(yhat = 1), a coarse score",
+                      soft_wrap=True)
     overall = Table(title="Overall", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("n", "AUC", "ACC", "macro F1", "ECE"):
         overall.add_column(col, justify="right", min_width=9, no_wrap=True)
