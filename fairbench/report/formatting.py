@@ -84,14 +84,27 @@ def interval(ci: Any) -> str:
     return ""
 
 
+#: marks an interval that does not contain its own value (a percentile bootstrap interval of a gap statistic can
+#: miss it: docs/metrics.md, "Which interval")
+OUTSIDE_MARK = "‡"
+
+
+def outside(value: Any, ci: Any) -> bool:
+    """Whether ``ci`` is an interval that does not contain ``value``."""
+    v = number(value)
+    return (v is not None and isinstance(ci, (list, tuple)) and len(ci) == 2
+            and all(number(c) is not None for c in ci) and not ci[0] <= v <= ci[1])
+
+
 def pct(value: Any, ci: Any = None) -> str:
-    """A metric value x100 with one decimal, and its interval in brackets where there is one; n/a if undefined."""
+    """A metric value x100 with one decimal, and its interval in brackets where there is one (marked
+    :data:`OUTSIDE_MARK` when it does not contain the value); n/a if undefined."""
     v = number(value)
     if v is None:
         return "n/a"
     text = f"{SCALE * v:.1f}"
     iv = interval(ci)
-    return f"{text} {iv}" if iv else text
+    return (f"{text} {iv}" + (OUTSIDE_MARK if outside(v, ci) else "")) if iv else text
 
 
 def fmt_agg(a: Any, ci: bool = True) -> str:
@@ -102,6 +115,8 @@ def fmt_agg(a: Any, ci: bool = True) -> str:
     text = f"{SCALE * a.mean:.1f}"
     if ci and a.low is not None and a.high is not None:
         text += f" [{SCALE * a.low:.1f}, {SCALE * a.high:.1f}]"
+        if not a.low <= a.mean <= a.high:
+            text += OUTSIDE_MARK
     if a.n < a.total:
         text += "*"
     return text

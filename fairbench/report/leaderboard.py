@@ -72,8 +72,9 @@ def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: boo
         f"{', '.join(thresholds) or '?'}; bootstrap resamples B = {', '.join(map(str, boots)) or '0'}.",
         "- **Values are x100.** Each entry is the mean over seeds. Brackets: a 95% interval, across seeds (t "
         "distribution, clipped to [0, 100]) when a row's seeds give different values, else the (first) cell's "
-        "bootstrap percentile interval; none when neither exists. `*` = undefined in some seeds (mean over the rest); "
-        "n/a = undefined.",
+        "bootstrap percentile interval; none when neither exists. `‡` = the interval does not contain the value (a "
+        "percentile interval of a gap statistic can miss its estimate; docs/metrics.md, \"Which interval\"). "
+        "`*` = undefined in some seeds (mean over the rest); n/a = undefined.",
         "- **Bold** = best in its column (↑ higher is better, ↓ lower is better); ties are all bold. Rows are "
         "sorted by AUC. Group AUC columns show means only.",
         "",
@@ -143,8 +144,8 @@ def _versus_section(v: Versus) -> list[str]:
              f"- **Pairing**: seed by seed, over the seeds present on both sides (`paired seeds`). `(bootstrap)`: one "
              f"paired seed, its paired bootstrap (B = {v.n_boot} shared resamples of the evaluated samples, seed 0; "
              "95% percentile interval, two-sided bootstrap p). `(t)`: two or more paired seeds, the mean of the "
-             "per-seed Δ with a Student t 95% interval across seeds (clipped to [−100, 100]) and a one-sample t-test "
-             "p; `†` marks a Δ that every seed gave alike, shown with the first seed's paired bootstrap instead.",
+             "per-seed Δ with a 95% t interval whose standard error combines the seeds' spread with each seed's "
+             "paired-bootstrap variance (clipped to [−100, 100]) and the matching t-test p; `†` marks a Δ that every seed gave alike, shown with the first seed's paired bootstrap instead.",
              "- **`*`** = the 95% interval excludes 0: a difference on this task, not a ranking of methods across "
              "tasks. With many comparisons some intervals exclude 0 by chance: read `p (Holm)`, the row's p-values "
              "in the order of its Δ columns, Holm-adjusted over the comparisons of its table.",
@@ -162,7 +163,7 @@ def _versus_section(v: Versus) -> list[str]:
         parts = []
         if n_t:
             parts.append(f"{n_t} row{'s' if n_t != 1 else ''} with two or more paired seeds (t): mean Δ, t interval "
-                         "and t-test p across seeds")
+                         "(seeds' spread and paired-bootstrap variance combined) and t-test p")
         if n_b:
             parts.append(f"{n_b} row{'s' if n_b != 1 else ''} with one paired seed (bootstrap): that seed's paired "
                          "bootstrap Δ, interval and p")

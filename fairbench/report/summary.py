@@ -11,11 +11,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from fairbench.progress import stdout_console
+from fairbench.report.formatting import OUTSIDE_MARK, outside
 
 __all__ = ["print_summary", "fmt100", "lookup", "random_weights", "outside", "OUTSIDE_MARK", "OUTSIDE_LEGEND"]
 
 #: after an interval that does not contain its own point estimate (docs/metrics.md, "Which interval")
-OUTSIDE_MARK = "‡"
 OUTSIDE_LEGEND = ("‡ the 95% percentile interval does not contain the point estimate: resampling inflates gaps, DPD, "
                   "DEOdds, ECE and other absolute-value statistics; read it as their spread (docs/metrics.md)")
 
@@ -28,10 +28,6 @@ def lookup(tree: Any, *path: str) -> Any:
     return tree
 
 
-def outside(value: Any, ci: Any) -> bool:
-    """Whether ``ci`` is an interval that does not contain ``value``."""
-    return (isinstance(value, (int, float)) and isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci
-            and not ci[0] <= value <= ci[1])
 
 
 def fmt100(value: Any, ci: Any = None, *, stacked: bool = False) -> str:
