@@ -26,5 +26,5 @@ def resolve_device(device: str) -> torch.device:
 def build_model(card: ModelCard, weights: str | None, device: torch.device) -> VLModel:
     """``weights`` overrides the card's source (a file, ``local-dir:``, ``hf-hub:``, ``random``...)."""
     source = parse_weights(weights or card.weights_source)
-    build = FAMILIES.get(card.family)
-    return build(card, source, device)
+    return FAMILIES.get(card.family).build(card, source, device)
+

@@ -26,16 +26,20 @@ import json
 import logging
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.inputs import resolve_inputs
+from fairbench.models.family import Family
+from fairbench.models.inputs import INSTEAD, locate_aux, resolve_inputs, weights_dir_holds
 from fairbench.models.weights import WeightsSource, files_info
 
-__all__ = ["OpenCLIPModel", "build_open_clip", "create_architecture", "load_state_file",
+if TYPE_CHECKING:
+    from fairbench.models.inputs import ModelInputs
+
+__all__ = ["OpenCLIPModel", "FAMILY", "build_open_clip", "open_clip_inputs", "create_architecture", "load_state_file",
            "load_strict", "load_openai_torchscript", "is_torchscript", "open_clip_model_cfg"]
 
 
@@ -285,3 +289,34 @@ def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device
         if is_torchscript(path):
             info["format"] = "openai-torchscript"
     return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})
+
+
+def open_clip_inputs(inputs: ModelInputs) -> None:
+    """open_clip's tokenizer and configuration: a built-in config (``architecture.model_name``) uses open_clip's
+    bundled BPE vocabulary; a custom ``model_cfg`` with a Hugging Face text tower reads a tokenizer directory
+    (the weights directory when it holds the files, else the card's ``weights.tokenizer``; ``tiny``: the test
+    vocabulary). ``open_clip_config.json`` beside the weights is the configuration file."""
+    from fairbench.models.tiny import tiny_vocab_dir
+
+    card, source, wdir = inputs.card, inputs.source, inputs.weights_dir
+    if "model_cfg" not in card.architecture:
+        from open_clip.tokenizer import default_bpe
+
+        inputs.tokenizer, inputs.tokenizer_source = Path(default_bpe()), "open_clip"
+    else:
+        tok_files = ("tokenizer_config.json", "tokenizer.json|vocab.txt")
+        if weights_dir_holds(wdir, tok_files):
+            inputs.tokenizer, inputs.tokenizer_source = wdir, source.describe()
+        elif card.tokenizer_source == "tiny":
+            inputs.tokenizer, inputs.tokenizer_source = tiny_vocab_dir(), "tiny"
+        elif card.tokenizer_source:
+            inputs.tokenizer = locate_aux(inputs, card.tokenizer_source, tok_files, "tokenizer", instead=INSTEAD)
+            inputs.tokenizer_source = card.tokenizer_source
+        else:
+            inputs.problems.append(f"{card.path}: field 'weights.tokenizer' is required for a Hugging Face "
+                                   f"text tower")
+    if wdir is not None and (wdir / "open_clip_config.json").is_file():
+        inputs.config = wdir / "open_clip_config.json"
+
+
+FAMILY = Family(build=build_open_clip, inputs=open_clip_inputs)
