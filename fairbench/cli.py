@@ -93,6 +93,11 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """fairbench: fairness benchmarks for medical vision-language models."""
 
 
+ModelArgOpt = Annotated[Optional[list[str]], typer.Option(
+    "--model-arg", help="Model argument KEY=VALUE for a generic model (open_clip: arch=NAME); repeatable. "
+    "Recorded in metrics.json and the config hash.", rich_help_panel="Data and weights")]
+
+
 @app.command()
 def run(
     task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")] = "synth_cxr",
@@ -112,6 +117,7 @@ def run(
         = False,
     adapt_arg: Annotated[Optional[list[str]], typer.Option(
         "--adapt-arg", help="Adapter parameter KEY=VALUE; repeatable (see `fairbench ls adapters`).")] = None,
+    model_arg: ModelArgOpt = None,
     n_boot: NBootOpt = None,
     tasks_dir: TasksDirOpt = None,
     allow_download: Annotated[bool, typer.Option(
@@ -152,7 +158,8 @@ def run(
                     weights=weights, device=device, overwrite=overwrite, tasks_dirs=tuple(tasks_dir or ()),
                     n_boot=n_boot, adapt_args=adapt_args,
                     allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
-                    embedding_cache=embedding_cache, precision=precision)
+                    embedding_cache=embedding_cache, precision=precision,
+                    model_args=_parse_kv(model_arg or [], "--model-arg"))
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
@@ -287,6 +294,7 @@ def sweep(
     adapt_arg: Annotated[Optional[list[str]], typer.Option(
         "--adapt-arg", help="Adapter parameter KEY=VALUE (every adapter) or ADAPTER.KEY=VALUE; repeatable.",
         rich_help_panel="Run options")] = None,
+    model_arg: ModelArgOpt = None,
     overwrite: Annotated[Optional[bool], typer.Option(
         "--overwrite/--no-overwrite", help="Recompute complete cells too (default: the sweep file's, else no).",
         rich_help_panel="Run options")] = None,
@@ -308,7 +316,8 @@ def sweep(
 
     options = {"out": out, "data_root": data_root, "weights": weights, "device": device, "n_boot": n_boot,
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
-               "precision": precision}
+               "precision": precision,
+               "model_args": _parse_kv(model_arg, "--model-arg") if model_arg else None}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
                       workers=workers, executor_args=_parse_kv(executor_arg or [], "--executor-arg"),
                       threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,

@@ -181,6 +181,8 @@ FAMILIES.register_lazy("tinyclip", "fairbench.models.tinyclip:FAMILY")
 FAMILIES.register_lazy("medclip", "fairbench.models.medclip:FAMILY")
 FAMILIES.register_lazy("gloria", "fairbench.models.gloria:FAMILY")
 FAMILIES.register_lazy("blip2", "fairbench.models.blip2:FAMILY")
+FAMILIES.register_lazy("hf_clip", "fairbench.models.hf:HF_CLIP")
+FAMILIES.register_lazy("hf_vision", "fairbench.models.hf:HF_VISION")
 
 MODELS: Registry[ModelCard] = Registry("model")
 

@@ -52,6 +52,8 @@ class ModelInputs:
     tokenizer_source: str = ""
     #: a configuration file read besides the card (open_clip_config.json, BLIP-2's config.json)
     config: Path | None = None
+    #: an image preprocessing configuration read besides the card (a transformers preprocessor_config.json)
+    preprocessor: Path | None = None
     problems: list[str] = field(default_factory=list)
 
     def raise_if_missing(self) -> None:
@@ -77,6 +79,11 @@ class ModelInputs:
             if hub_revision(self.config):
                 cfg["revision"] = hub_revision(self.config)
             out["config"] = cfg
+        if self.preprocessor is not None:
+            pre: dict[str, Any] = {"file": self.preprocessor.name, "sha256": sha256_file(self.preprocessor)}
+            if hub_revision(self.preprocessor):
+                pre["revision"] = hub_revision(self.preprocessor)
+            out["preprocessor"] = pre
         return out
 
 
@@ -209,7 +216,7 @@ def inputs_changes(recorded: dict[str, Any], card: ModelCard, weights: str | Non
     """How the tokenizer, configuration file or Hugging Face revision the run would read now differ from those
     ``recorded`` (a metrics.json ``model.weights``); None when they agree, when nothing was recorded, or when
     they cannot be resolved now (the run itself reports that)."""
-    if not any(k in recorded for k in ("tokenizer", "config", "revision")):
+    if not any(k in recorded for k in ("tokenizer", "config", "preprocessor", "revision")):
         return None
     try:
         inputs = resolve_inputs(card, weights)
@@ -218,7 +225,8 @@ def inputs_changes(recorded: dict[str, Any], card: ModelCard, weights: str | Non
         now = inputs.info()
     except (FairbenchError, OSError):
         return None
-    for key, label in (("tokenizer", "tokenizer files"), ("config", "configuration file")):
+    for key, label in (("tokenizer", "tokenizer files"), ("config", "configuration file"),
+                       ("preprocessor", "image preprocessing file")):
         old, new = (recorded.get(key) or {}).get("sha256"), (now.get(key) or {}).get("sha256")
         if old != new:
             return f"other {label} (sha256 {str(old)[:12]}, now {str(new)[:12]})"
@@ -230,7 +238,7 @@ def inputs_changes(recorded: dict[str, Any], card: ModelCard, weights: str | Non
 def inputs_digest(weights_info: dict[str, Any]) -> str | None:
     """One sha256 over the tokenizer, configuration and revision entries of ``weights_info`` (for
     ``config_sha256``); None when there are none."""
-    parts = {k: weights_info[k] for k in ("tokenizer", "config", "revision") if k in weights_info}
+    parts = {k: weights_info[k] for k in ("tokenizer", "config", "preprocessor", "revision") if k in weights_info}
     if not parts:
         return None
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
