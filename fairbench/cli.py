@@ -177,6 +177,45 @@ class ListWhat(str, Enum):
     metrics = "metrics"
 
 
+@app.command()
+def embed(
+    model: Annotated[str, typer.Option(help="Model card name (see `fairbench ls models`).")],
+    task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")],
+    out: Annotated[Path, typer.Option(help="The parquet file to write.")],
+    split: Annotated[Optional[list[str]], typer.Option(
+        "--split", help="Split to embed, repeatable (default: every split of the task).")] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
+        rich_help_panel="Data and weights")] = None,
+    model_arg: ModelArgOpt = None,
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel="Data and weights")]
+        = None,
+    tasks_dir: TasksDirOpt = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    allow_download: Annotated[bool, typer.Option(
+        "--allow-download", help="Let an hf-hub: weights source missing from the local Hugging Face cache be "
+        "downloaded (never while HF_HUB_OFFLINE is set).", rich_help_panel="Data and weights")] = False,
+    embedding_cache: Annotated[bool, typer.Option(
+        "--embedding-cache/--no-embedding-cache", help="Reuse (and store) cached image embeddings.")] = True,
+) -> None:
+    """Write a model's image embeddings of a task's samples to parquet (one row per sample; attributes, labels,
+    and the class prompts' text embeddings and provenance in the file's metadata; see docs/models.md)."""
+    from fairbench.embed import EmbedConfig
+    from fairbench.embed import embed as run_embed
+    from fairbench.models.weights import allow_downloads
+
+    cfg = EmbedConfig(task=task, model=model, out=out, splits=tuple(split or ()), weights=weights,
+                      model_args=_parse_kv(model_arg or [], "--model-arg"), data_root=data_root,
+                      tasks_dirs=tuple(tasks_dir or ()), device=device, embedding_cache=embedding_cache)
+    with allow_downloads(allow_download):
+        meta = run_embed(cfg)
+    cache = meta["embedding_cache"]
+    events = ", ".join(f"{e['split']} {e['event']}" for e in cache.get("events", []))
+    err_console.print(f"wrote {out} (embedding cache: {events if cache.get('enabled') else 'off'})",
+                      markup=False, soft_wrap=True)
+
+
 @app.command("ls")
 def ls_(what: Annotated[ListWhat, typer.Argument(help="What to list.")],
         tasks_dir: TasksDirOpt = None) -> None:

@@ -1,4 +1,4 @@
-"""Generic models (issue 18 item 1): any transformers CLIPModel/SiglipModel
+"""Generic models (issue 18 item 1) and ``fairbench embed`` (item 3): any transformers CLIPModel/SiglipModel
 directory through ``hf_clip``, an image-only encoder through ``hf_vision``, any built-in open_clip architecture
 through ``open_clip --model-arg arch=``. References come from transformers and open_clip themselves (their own
 ``get_image_features``/``get_text_features``, ``logits_per_image``, image processors and transforms), never from
@@ -270,3 +270,76 @@ def test_open_clip_any_architecture_from_a_file(tasks_dir: Path, tmp_path: Path)
         resolve_model_card(get_model_card("open_clip"), str(path), {})
     with pytest.raises(FairbenchError, match="not an open_clip architecture"):
         resolve_model_card(get_model_card("open_clip"), str(path), {"arch": "RN5O"})
+
+
+# -- fairbench embed -----------------------------------------------------------------------------------
+def _read(path: Path) -> tuple[pd.DataFrame, dict]:  # type: ignore[type-arg]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    return table.to_pandas(), json.loads(table.schema.metadata[b"fairbench"])
+
+
+def test_embed_hf_clip_equals_get_image_features_and_reuses_the_cache(dirs: dict[str, Path], tasks_dir: Path,
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoModel
+
+    from fairbench.adapters.base import AdaptContext
+    from fairbench.embed import EmbedConfig, embed
+
+    d = dirs["clip"]
+    cfg = EmbedConfig(task=TASK, model="hf_clip", out=tmp_path / "e.parquet", splits=("test",),
+                      weights=f"local-dir:{d}", tasks_dirs=(tasks_dir,), device="cpu")
+    embed(cfg)
+    frame, meta = _read(cfg.out)
+    samples, images = _test_images(tasks_dir)
+    assert list(frame["sample_id"]) == list(samples.sample_ids.astype(str))
+    assert list(frame["label"]) == list(samples.labels)
+    assert {f"attr_{a}" for a in samples.attributes} <= set(frame.columns)
+    ref = AutoModel.from_pretrained(str(d)).eval()
+    with torch.no_grad():
+        theirs = ref.get_image_features(pixel_values=_pixels(d, images)).pooler_output.numpy()
+    ours = np.stack(frame["image_embedding"].to_list())
+    assert np.abs(ours - theirs).max() <= 1e-4 * np.abs(theirs).max()
+    assert meta["similarity"]["normalises"] is True and meta["model"]["architecture"]["model_type"] == "clip"
+    assert set(meta["text_embeddings"]) == {"normal", "abnormal"}
+    assert meta["model"]["weights"]["preprocessor"]["sha256"]
+
+    # a second call encodes nothing
+    def no_encoding(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("encoded images although the embedding cache holds them")
+
+    monkeypatch.setattr(AdaptContext, "_encode_images", no_encoding)
+    cfg.out = tmp_path / "again.parquet"
+    embed(cfg)
+    frame2, meta2 = _read(cfg.out)
+    assert [e["event"] for e in meta2["embedding_cache"]["events"]] == ["hit"]
+    np.testing.assert_array_equal(np.stack(frame2["image_embedding"].to_list()), ours)
+
+
+def test_embed_tinyclip_is_open_clips_encode_image(tasks_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """tinyclip (pretrained on synth_cxr; cached): the file holds open_clip's own encode_image(normalize=False)."""
+    from fairbench.adapters.base import AdaptContext
+    from fairbench.embed import EmbedConfig, embed
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+
+    cfg = EmbedConfig(task=TASK, model="tinyclip", out=tmp_path / "t.parquet", splits=("test",),
+                      tasks_dirs=(tasks_dir,), device="cpu")
+    embed(cfg)
+    frame, meta = _read(cfg.out)
+    model = build_model(get_model_card("tinyclip"), None, torch.device("cpu"))
+    assert meta["model"]["weights"]["sha256"] == model.weights_info["sha256"]
+    _, images = _test_images(tasks_dir)
+    with torch.no_grad():
+        ref = model.model.encode_image(model.preprocess(images), normalize=False).numpy()
+    ours = np.stack(frame["image_embedding"].to_list())
+    assert np.abs(ours - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert not np.allclose(np.linalg.norm(ours, axis=1), 1.0)  # unnormalised, as encode_image returns it
+    assert meta["similarity"]["normalises"] is True
+    monkeypatch.setattr(AdaptContext, "_encode_images", lambda *a, **k: (_ for _ in ()).throw(AssertionError()))
+    cfg.out = tmp_path / "t2.parquet"
+    embed(cfg)
+    assert [e["event"] for e in _read(cfg.out)[1]["embedding_cache"]["events"]] == ["hit"]
