@@ -343,3 +343,25 @@ def test_embed_tinyclip_is_open_clips_encode_image(tasks_dir: Path, tmp_path: Pa
     cfg.out = tmp_path / "t2.parquet"
     embed(cfg)
     assert [e["event"] for e in _read(cfg.out)[1]["embedding_cache"]["events"]] == ["hit"]
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "vision"])
+def test_lora_targets_hit_the_vision_tower_only(kind: str, dirs: dict[str, Path]) -> None:
+    import re
+
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model, resolve_model_card
+
+    name = "hf_vision" if kind == "vision" else "hf_clip"
+    card = resolve_model_card(get_model_card(name), f"local-dir:{dirs[kind]}")
+    model = build_model(card, f"local-dir:{dirs[kind]}", torch.device("cpu"))
+    pattern = re.compile(model.lora_target_modules())
+    hit = [n for n, _ in model.module.named_modules() if pattern.fullmatch(n)]
+    assert len(hit) == 4  # two layers x (query, value)
+    assert not any(n.startswith("text_model") for n in hit)
+
+
+def test_hf_vision_lora_trains(dirs: dict[str, Path], tasks_dir: Path, tmp_path: Path) -> None:
+    result = _run(tasks_dir, tmp_path, "hf_vision", f"local-dir:{dirs['vision']}", "lora",
+                  adapt_args={"epochs": 1, "batch_size": 16})
+    assert result.metrics["metrics"]["overall"]["auc"] is not None
