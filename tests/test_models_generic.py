@@ -365,3 +365,16 @@ def test_hf_vision_lora_trains(dirs: dict[str, Path], tasks_dir: Path, tmp_path:
     result = _run(tasks_dir, tmp_path, "hf_vision", f"local-dir:{dirs['vision']}", "lora",
                   adapt_args={"epochs": 1, "batch_size": 16})
     assert result.metrics["metrics"]["overall"]["auc"] is not None
+
+
+def test_open_clip_model_args_are_recorded_and_part_of_the_config(tasks_dir: Path, tmp_path: Path) -> None:
+    from fairbench.errors import ResultsError
+
+    result = _run(tasks_dir, tmp_path, "open_clip", "random", "zeroshot", model_args={"arch": "RN50"})
+    doc = json.loads((result.path / "metrics.json").read_text())
+    assert doc["model"]["args"] == {"arch": "RN50"} and len(doc["config_sha256"]) == 64
+    assert doc["model"]["architecture"] == {"model_name": "RN50"}
+    assert doc["model"]["preprocessing"]["image_size"] == 224
+    # another architecture under the same cell is another model, not a cell to skip
+    with pytest.raises(ResultsError, match="model card 'open_clip'"):
+        _run(tasks_dir, tmp_path, "open_clip", "random", "zeroshot", model_args={"arch": "RN101"})
