@@ -378,3 +378,35 @@ def test_open_clip_model_args_are_recorded_and_part_of_the_config(tasks_dir: Pat
     # another architecture under the same cell is another model, not a cell to skip
     with pytest.raises(ResultsError, match="model card 'open_clip'"):
         _run(tasks_dir, tmp_path, "open_clip", "random", "zeroshot", model_args={"arch": "RN101"})
+
+
+def test_a_new_family_is_one_module_and_one_register_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """resolve_inputs knows nothing about families: a family registered with one line brings its own default
+    weights files and its own tokenizer/config resolution (issue 23: family knowledge inside the family)."""
+    from fairbench.models.base import FAMILIES, load_model_card
+    from fairbench.models.family import Family
+    from fairbench.models.inputs import resolve_inputs
+
+    def my_inputs(inputs):  # type: ignore[no-untyped-def]
+        if inputs.weights_dir is None:
+            return
+        inputs.tokenizer, inputs.tokenizer_source = inputs.weights_dir / "my_vocab.txt", "mine"
+        inputs.config = inputs.weights_dir / "my_config.json"
+
+    monkeypatch.setitem(FAMILIES._entries, "my_family",
+                        Family(build=lambda card, source, device: None, default_files=("my_weights.bin",),
+                               inputs=my_inputs))
+    card_path = tmp_path / "my_model.yaml"
+    card_path.write_text("name: my_model\nfamily: my_family\ndescription: test\nweights: {source: random}\n"
+                         "preprocessing: {image_size: 32}\nlora_targets: [q]\n")
+    card = load_model_card(card_path)
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    missing = resolve_inputs(card, f"local-dir:{wdir}")
+    assert any("my_weights.bin" in p for p in missing.problems)
+    for name in ("my_weights.bin", "my_vocab.txt", "my_config.json"):
+        (wdir / name).write_text("{}")
+    inputs = resolve_inputs(card, f"local-dir:{wdir}")
+    assert not inputs.problems and inputs.tokenizer_source == "mine"
+    info = inputs.info()
+    assert info["tokenizer"]["source"] == "mine" and info["config"]["file"] == "my_config.json"
