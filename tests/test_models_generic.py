@@ -410,3 +410,21 @@ def test_a_new_family_is_one_module_and_one_register_line(tmp_path: Path, monkey
     assert not inputs.problems and inputs.tokenizer_source == "mine"
     info = inputs.info()
     assert info["tokenizer"]["source"] == "mine" and info["config"]["file"] == "my_config.json"
+
+
+def test_embed_command_line(dirs: dict[str, Path], tasks_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fairbench.cli import app
+
+    out = tmp_path / "cli.parquet"
+    result = CliRunner().invoke(app, ["embed", "--model", "hf_clip", "--task", TASK, "--split", "val", "--out",
+                                      str(out), "--weights", f"local-dir:{dirs['siglip']}", "--tasks-dir",
+                                      str(tasks_dir), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    frame, meta = _read(out)
+    assert set(frame["split"]) == {"val"} and meta["model"]["architecture"]["model_type"] == "siglip"
+    assert "logit_bias" in meta["similarity"]["rule"]
+    bad = CliRunner().invoke(app, ["embed", "--model", "hf_clip", "--task", TASK, "--split", "nope", "--out",
+                                   str(out), "--weights", f"local-dir:{dirs['siglip']}", "--tasks-dir", str(tasks_dir)])
+    assert bad.exit_code != 0 and "--split nope" in str(bad.exception) and "\n" not in str(bad.exception)
