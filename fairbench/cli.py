@@ -93,6 +93,11 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """fairbench: fairness benchmarks for medical vision-language models."""
 
 
+ModelArgOpt = Annotated[Optional[list[str]], typer.Option(
+    "--model-arg", help="Model argument KEY=VALUE for a generic model (open_clip: arch=NAME); repeatable. "
+    "Recorded in metrics.json and the config hash.", rich_help_panel="Data and weights")]
+
+
 @app.command()
 def run(
     task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")] = "synth_cxr",
@@ -112,6 +117,7 @@ def run(
         = False,
     adapt_arg: Annotated[Optional[list[str]], typer.Option(
         "--adapt-arg", help="Adapter parameter KEY=VALUE; repeatable (see `fairbench ls adapters`).")] = None,
+    model_arg: ModelArgOpt = None,
     n_boot: NBootOpt = None,
     tasks_dir: TasksDirOpt = None,
     allow_download: Annotated[bool, typer.Option(
@@ -152,7 +158,8 @@ def run(
                     weights=weights, device=device, overwrite=overwrite, tasks_dirs=tuple(tasks_dir or ()),
                     n_boot=n_boot, adapt_args=adapt_args,
                     allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
-                    embedding_cache=embedding_cache, precision=precision)
+                    embedding_cache=embedding_cache, precision=precision,
+                    model_args=_parse_kv(model_arg or [], "--model-arg"))
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
@@ -168,6 +175,45 @@ class ListWhat(str, Enum):
     adapters = "adapters"
     tasks = "tasks"
     metrics = "metrics"
+
+
+@app.command()
+def embed(
+    model: Annotated[str, typer.Option(help="Model card name (see `fairbench ls models`).")],
+    task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")],
+    out: Annotated[Path, typer.Option(help="The parquet file to write.")],
+    split: Annotated[Optional[list[str]], typer.Option(
+        "--split", help="Split to embed, repeatable (default: every split of the task).")] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
+        rich_help_panel="Data and weights")] = None,
+    model_arg: ModelArgOpt = None,
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel="Data and weights")]
+        = None,
+    tasks_dir: TasksDirOpt = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    allow_download: Annotated[bool, typer.Option(
+        "--allow-download", help="Let an hf-hub: weights source missing from the local Hugging Face cache be "
+        "downloaded (never while HF_HUB_OFFLINE is set).", rich_help_panel="Data and weights")] = False,
+    embedding_cache: Annotated[bool, typer.Option(
+        "--embedding-cache/--no-embedding-cache", help="Reuse (and store) cached image embeddings.")] = True,
+) -> None:
+    """Write a model's image embeddings of a task's samples to parquet (one row per sample; attributes, labels,
+    and the class prompts' text embeddings and provenance in the file's metadata; see docs/models.md)."""
+    from fairbench.embed import EmbedConfig
+    from fairbench.embed import embed as run_embed
+    from fairbench.models.weights import allow_downloads
+
+    cfg = EmbedConfig(task=task, model=model, out=out, splits=tuple(split or ()), weights=weights,
+                      model_args=_parse_kv(model_arg or [], "--model-arg"), data_root=data_root,
+                      tasks_dirs=tuple(tasks_dir or ()), device=device, embedding_cache=embedding_cache)
+    with allow_downloads(allow_download):
+        meta = run_embed(cfg)
+    cache = meta["embedding_cache"]
+    events = ", ".join(f"{e['split']} {e['event']}" for e in cache.get("events", []))
+    err_console.print(f"wrote {out} (embedding cache: {events if cache.get('enabled') else 'off'})",
+                      markup=False, soft_wrap=True)
 
 
 @app.command("ls")
@@ -287,6 +333,7 @@ def sweep(
     adapt_arg: Annotated[Optional[list[str]], typer.Option(
         "--adapt-arg", help="Adapter parameter KEY=VALUE (every adapter) or ADAPTER.KEY=VALUE; repeatable.",
         rich_help_panel="Run options")] = None,
+    model_arg: ModelArgOpt = None,
     overwrite: Annotated[Optional[bool], typer.Option(
         "--overwrite/--no-overwrite", help="Recompute complete cells too (default: the sweep file's, else no).",
         rich_help_panel="Run options")] = None,
@@ -308,7 +355,8 @@ def sweep(
 
     options = {"out": out, "data_root": data_root, "weights": weights, "device": device, "n_boot": n_boot,
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
-               "precision": precision}
+               "precision": precision,
+               "model_args": _parse_kv(model_arg, "--model-arg") if model_arg else None}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
                       workers=workers, executor_args=_parse_kv(executor_arg or [], "--executor-arg"),
                       threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,

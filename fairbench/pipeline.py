@@ -23,7 +23,7 @@ from fairbench.data.task import TaskCard, get_task
 from fairbench.errors import FairbenchError, ResultsError
 from fairbench.metrics import compute_metrics
 from fairbench.models.base import get_model_card
-from fairbench.models.build import build_model, resolve_device
+from fairbench.models.build import build_model, resolve_device, resolve_model_card
 from fairbench.locking import cell_lock
 from fairbench.models.inputs import check_run_inputs, inputs_changes, inputs_digest
 from fairbench.precision import check_precision, inference_batch_size
@@ -58,6 +58,8 @@ class RunConfig:
     embedding_cache: bool = True
     # [speed] frozen-encoder inference precision: fp32, bf16 (CPU, CUDA) or fp16 (CUDA) autocast
     precision: str = "fp32"
+    # [model] --model-arg KEY=VALUE for generic models (open_clip arch=NAME); recorded in metrics.json
+    model_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,12 +80,13 @@ def run_cell(cfg: RunConfig) -> CellResult:
     # resolve every name before any heavy work, so a typo fails at once
     check_seed(cfg.seed)
     task = get_task(cfg.task, cfg.tasks_dirs)
-    card = get_model_card(cfg.model)
+    # a generic model's card is completed from its checkpoint and --model-arg (architecture, preprocessing)
+    card = resolve_model_card(get_model_card(cfg.model), cfg.weights, cfg.model_args)
     adapter_cls = ADAPTERS.get(cfg.adapt)
     adapter = adapter_cls(cfg.adapt_args)
     device = local_device(resolve_device(cfg.device))
     check_precision(cfg.precision, device)
-    data = _prepared_loader(cfg, task, card)
+    data = prepared_loader(cfg, task, card)
     cell = cell_dir(cfg.out, task.name, card.name, adapter.name, cfg.seed)
     if is_complete(cell) and not cfg.overwrite:
         doc = read_metrics(cell / METRICS)
@@ -125,11 +128,13 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
         metrics = metrics_document(
             frame, task, n_boot=n_boot, seed=cfg.seed,
             samples_sha256=_samples_sha256(frame, task.evaluation.split),
-            model={"name": card.name, "card_sha256": card.sha256, "weights": model.weights_info},
+            model={"name": card.name, "card_sha256": card.sha256, "weights": model.weights_info,
+                   **_resolved_record(cfg, card)},
             adapt={"name": adapter.name, "params": adapter.params, "fitted": _jsonable(adapter.fitted)},
             config={"task_card": task.sha256, "model_card": card.sha256, "adapt": adapter.params, "seed": cfg.seed,
                     "weights": model.weights_info.get("sha256"), "n_boot": n_boot,
                     "model_inputs": inputs_digest(model.weights_info),
+                    **({"model_args": dict(cfg.model_args)} if cfg.model_args else {}),
                     **({"precision": cfg.precision} if cfg.precision != "fp32" else {})},
         )
     metrics["data"] = data.report()
@@ -139,6 +144,15 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
     write_json(cell / METRICS, metrics)
     adapter.finish(ctx)  # e.g. remove training checkpoints, now that the cell is complete
     return CellResult(cell, metrics, skipped=False, task=task)
+
+
+def _resolved_record(cfg: RunConfig, card: Any) -> dict[str, Any]:
+    """For a generic model (a card whose architecture the checkpoint completes): the resolved architecture and
+    preprocessing, and the --model-arg values, for metrics.json ``model``."""
+    out: dict[str, Any] = {"args": dict(cfg.model_args)} if cfg.model_args else {}
+    if not get_model_card(card.name).architecture:
+        out.update(architecture=card.architecture, preprocessing=dict(card.preprocessing.__dict__))
+    return out
 
 
 def _stale(cfg: RunConfig, doc: dict[str, Any], task: TaskCard, card: Any, adapter: Any) -> str | None:
@@ -161,7 +175,8 @@ def stale_cell(cfg: RunConfig) -> str | None:
     try:
         task = get_task(cfg.task, cfg.tasks_dirs)
         adapter = ADAPTERS.get(cfg.adapt)(cfg.adapt_args)
-        return _stale(cfg, read_metrics(cell / METRICS), task, get_model_card(cfg.model), adapter)
+        card = resolve_model_card(get_model_card(cfg.model), cfg.weights, cfg.model_args)
+        return _stale(cfg, read_metrics(cell / METRICS), task, card, adapter)
     except FairbenchError:
         return None
 
@@ -205,7 +220,7 @@ def stale_reason(doc: dict[str, Any], *, task: TaskCard, card: Any, adapt: str, 
     return None
 
 
-def _prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
+def prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
     """[data] The task's loader as a run uses it: image cache, unreadable-sample screen (fairbench.data.prepare)."""
     from fairbench.data.prepare import PreparedLoader, parse_image_cache
     from fairbench.models.preprocess import CacheGeometry

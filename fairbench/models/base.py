@@ -173,12 +173,16 @@ class VLModel(abc.ABC):
         return "|".join(f"(?:{p})" for p in parts)
 
 
+#: one line per family: its module's ``FAMILY`` (:class:`fairbench.models.family.Family`: build, inputs,
+#: default files and, for generic families, how a card is completed from the checkpoint)
 FAMILIES: Registry[Any] = Registry("model family")
-FAMILIES.register_lazy("open_clip", "fairbench.models.openclip:build_open_clip")
-FAMILIES.register_lazy("tinyclip", "fairbench.models.tinyclip:build_tinyclip")
-FAMILIES.register_lazy("medclip", "fairbench.models.medclip:build_medclip")
-FAMILIES.register_lazy("gloria", "fairbench.models.gloria:build_gloria")
-FAMILIES.register_lazy("blip2", "fairbench.models.blip2:build_blip2")
+FAMILIES.register_lazy("open_clip", "fairbench.models.openclip:FAMILY")
+FAMILIES.register_lazy("tinyclip", "fairbench.models.tinyclip:FAMILY")
+FAMILIES.register_lazy("medclip", "fairbench.models.medclip:FAMILY")
+FAMILIES.register_lazy("gloria", "fairbench.models.gloria:FAMILY")
+FAMILIES.register_lazy("blip2", "fairbench.models.blip2:FAMILY")
+FAMILIES.register_lazy("hf_clip", "fairbench.models.hf:HF_CLIP")
+FAMILIES.register_lazy("hf_vision", "fairbench.models.hf:HF_VISION")
 
 MODELS: Registry[ModelCard] = Registry("model")
 

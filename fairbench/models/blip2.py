@@ -29,10 +29,11 @@ from torch import nn
 
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.inputs import resolve_inputs
+from fairbench.models.family import Family
+from fairbench.models.inputs import INSTEAD, ModelInputs, locate_aux, resolve_inputs, weights_dir_holds
 from fairbench.models.weights import WeightsSource, files_info
 
-__all__ = ["BLIP2Model", "build_blip2", "blip2_weight_files"]
+__all__ = ["FAMILY", "BLIP2Model", "blip2_inputs", "build_blip2", "blip2_weight_files"]
 
 
 class BLIP2Model(VLModel):
@@ -149,3 +150,30 @@ def build_blip2(card: ModelCard, source: WeightsSource, device: torch.device) ->
                           blip2_weight_files(directory), model)
     tokenizer = AutoTokenizer.from_pretrained(str(inputs.tokenizer), local_files_only=True)
     return BLIP2Model(card, model.float(), tokenizer, device, {**info, **inputs.info()})
+
+
+def blip2_inputs(inputs: ModelInputs) -> None:
+    """BLIP-2's ``config.json`` (the weights directory's; with ``--weights random`` and ``architecture.config:
+    weights`` the card's tokenizer or weights source's) and its Hugging Face tokenizer (``tiny``: the test
+    vocabulary; else the weights directory's, else the card's ``weights.tokenizer`` or weights source)."""
+    from fairbench.models.tiny import tiny_vocab_dir
+
+    card, source, wdir = inputs.card, inputs.source, inputs.weights_dir
+    aux = card.tokenizer_source or card.weights_source
+    if source.scheme == "random" and card.architecture.get("config") == "weights":
+        found = locate_aux(inputs, aux, ("config.json",), "config", instead=INSTEAD)
+        inputs.config = found / "config.json" if found is not None and found.is_dir() else found
+    elif wdir is not None:
+        inputs.config = wdir / "config.json"
+    if card.tokenizer_source == "tiny":
+        inputs.tokenizer, inputs.tokenizer_source = tiny_vocab_dir(), "tiny"
+    elif weights_dir_holds(wdir, ("tokenizer_config.json",)):
+        inputs.tokenizer, inputs.tokenizer_source = wdir, source.describe()
+    else:
+        tok_files = ("tokenizer_config.json", "tokenizer.json|vocab.txt", "special_tokens_map.json")
+        inputs.tokenizer = locate_aux(inputs, aux, tok_files, "tokenizer", instead=INSTEAD)
+        inputs.tokenizer_source = aux
+
+
+FAMILY = Family(build=build_blip2, default_files=("config.json", "model.safetensors|model.safetensors.index.json"),
+                inputs=blip2_inputs)

@@ -45,11 +45,12 @@ from torch import nn
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
 from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet, resnet_channels
-from fairbench.models.inputs import resolve_inputs
+from fairbench.models.family import Family
+from fairbench.models.inputs import resolve_inputs, vocab_tokenizer_inputs
 from fairbench.models.weights import WeightsSource, files_info
 from fairbench.models.zeroshot import ZeroShotHead, family_prompts, reduce_prompts, resolve_rule
 
-__all__ = ["GLoRIAModule", "GLoRIAModel", "build_gloria", "clean_text", "attention_fn", "convert_gloria_state_dict"]
+__all__ = ["FAMILY", "GLoRIAModule", "GLoRIAModel", "build_gloria", "clean_text", "attention_fn", "convert_gloria_state_dict"]
 
 
 class GLoRIAImageEncoder(nn.Module):
@@ -364,3 +365,8 @@ def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -
         if config:
             info["checkpoint_config"] = config
     return GLoRIAModel(card, module, tokenizer, device, {**info, **inputs.info()})
+
+
+#: the official checkpoint file; the tokenizer is a BERT vocab.txt (in the weights directory or the card's
+#: ``weights.tokenizer``)
+FAMILY = Family(build=build_gloria, default_files=("chexpert_resnet50.ckpt",), inputs=vocab_tokenizer_inputs)

@@ -5,16 +5,13 @@ missing piece instead of stopping at the first, so that a run can say in one mes
 (:func:`check_run_inputs` adds ``--data-root``). The family builders take their paths from it, so what the
 check finds is what the build reads.
 
-Where each family looks:
-
-- weights: the source's file, or the card's ``weights.files`` in a ``local-dir:``/``hf-hub:`` directory
-  (nothing for ``random`` and ``pretrain:``);
-- tokenizer: open_clip built-in configs (``architecture.model_name``) use open_clip's bundled BPE vocabulary;
-  everything else reads a Hugging Face tokenizer directory: the weights directory when it holds the tokenizer
-  files, else the card's ``weights.tokenizer`` source (``tiny``: the test vocabulary). ``--weights random``
-  replaces only the weights: the tokenizer (and BLIP-2's ``config.json`` with ``architecture.config:
-  weights``) still come from their source, usually the local Hugging Face cache;
-- configuration: ``open_clip_config.json`` beside open_clip weights, BLIP-2's ``config.json``.
+Where the weights are: the source's file, or the card's ``weights.files`` (else the family's
+``default_files``) in a ``local-dir:``/``hf-hub:`` directory (nothing for ``random`` and ``pretrain:``). The
+tokenizer and configuration files are each family's own (:attr:`fairbench.models.family.Family.inputs`, defined
+in the family's module beside its build); this module only provides the shared helpers (:func:`locate_aux`,
+:func:`weights_dir_holds`, :func:`vocab_tokenizer_inputs`). ``--weights random`` replaces only the weights: the
+tokenizer (and any configuration the card reads from its source) still come from their source, usually the
+local Hugging Face cache.
 
 :meth:`ModelInputs.info` hashes the tokenizer files and the configuration file and records the Hugging Face
 snapshot (revision) each came from; metrics.json keeps it under ``model.weights`` and the stale-cell check
@@ -35,16 +32,12 @@ from fairbench.models.weights import WeightsSource, find_in_dir, locate, parse_w
 if TYPE_CHECKING:
     from fairbench.models.base import ModelCard
 
-__all__ = ["ModelInputs", "resolve_inputs", "check_run_inputs", "inputs_changes", "inputs_digest", "TOKENIZER_FILES"]
+__all__ = ["ModelInputs", "resolve_inputs", "check_run_inputs", "inputs_changes", "inputs_digest", "TOKENIZER_FILES",
+           "locate_aux", "weights_dir_holds", "vocab_tokenizer_inputs", "INSTEAD"]
 
 #: the files a tokenizer directory may hold that decide how text is tokenised (those present are hashed)
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
-
-#: weights files per family when the card lists none
-_DEFAULT_FILES = {"medclip": ("pytorch_model.bin",), "gloria": ("chexpert_resnet50.ckpt",),
-                  "blip2": ("config.json", "model.safetensors|model.safetensors.index.json")}
-
 
 @dataclass
 class ModelInputs:
@@ -59,6 +52,8 @@ class ModelInputs:
     tokenizer_source: str = ""
     #: a configuration file read besides the card (open_clip_config.json, BLIP-2's config.json)
     config: Path | None = None
+    #: an image preprocessing configuration read besides the card (a transformers preprocessor_config.json)
+    preprocessor: Path | None = None
     problems: list[str] = field(default_factory=list)
 
     def raise_if_missing(self) -> None:
@@ -84,6 +79,11 @@ class ModelInputs:
             if hub_revision(self.config):
                 cfg["revision"] = hub_revision(self.config)
             out["config"] = cfg
+        if self.preprocessor is not None:
+            pre: dict[str, Any] = {"file": self.preprocessor.name, "sha256": sha256_file(self.preprocessor)}
+            if hub_revision(self.preprocessor):
+                pre["revision"] = hub_revision(self.preprocessor)
+            out["preprocessor"] = pre
         return out
 
 
@@ -124,7 +124,7 @@ def _random_note(source: WeightsSource) -> str:
     return "--weights random replaces only the weights; " if source.scheme == "random" else ""
 
 
-def _locate_aux(inputs: ModelInputs, spec: str, files: tuple[str, ...], what: str, *, instead: str) -> Path | None:
+def locate_aux(inputs: ModelInputs, spec: str, files: tuple[str, ...], what: str, *, instead: str) -> Path | None:
     """A tokenizer or config source; with ``--weights random`` the message says that it is still needed (and
     no weights directory is there to hold it instead)."""
     card, source = inputs.card, inputs.source
@@ -141,72 +141,52 @@ def _locate_aux(inputs: ModelInputs, spec: str, files: tuple[str, ...], what: st
     return _attempt(inputs, find)
 
 
-def _weights_dir_holds(directory: Path | None, entries: tuple[str, ...]) -> bool:
+def weights_dir_holds(directory: Path | None, entries: tuple[str, ...]) -> bool:
     return directory is not None and all(find_in_dir(directory, e) for e in entries)
 
 
 def resolve_inputs(card: ModelCard, source: WeightsSource | str | None) -> ModelInputs:
-    """What ``card`` with ``source`` (None: the card's) reads from disk; every missing piece in ``problems``."""
-    from fairbench.models.tiny import tiny_vocab_dir
+    """What ``card`` with ``source`` (None: the card's) reads from disk; every missing piece in ``problems``.
+
+    The weights are located here (the card's ``weights.files``, else the family's ``default_files``); the
+    tokenizer and configuration files are the family's own business (:attr:`Family.inputs`)."""
+    from fairbench.models.base import FAMILIES
 
     if source is None or isinstance(source, str):
         source = parse_weights(source or card.weights_source)
     inputs = ModelInputs(card, source)
-    family = "open_clip" if card.family == "tinyclip" else card.family
-    files = tuple(card.weights_files) or _DEFAULT_FILES.get(family, ())
+    family = FAMILIES.get(card.family)
+    files = tuple(card.weights_files) or family.default_files
     if source.scheme in ("file", "local-dir", "hf-hub"):
         inputs.weights = _attempt(inputs, lambda: locate(source, card=card, files=files))
         if inputs.weights is not None and inputs.weights.is_dir():
             inputs.weights_dir = inputs.weights
-    wdir = inputs.weights_dir
-    instead = "or put them in the weights directory given as --weights local-dir:PATH"
-    if family == "open_clip":
-        if "model_cfg" not in card.architecture:
-            from open_clip.tokenizer import default_bpe
-
-            inputs.tokenizer, inputs.tokenizer_source = Path(default_bpe()), "open_clip"
-        else:
-            tok_files = ("tokenizer_config.json", "tokenizer.json|vocab.txt")
-            if _weights_dir_holds(wdir, tok_files):
-                inputs.tokenizer, inputs.tokenizer_source = wdir, source.describe()
-            elif card.tokenizer_source == "tiny":
-                inputs.tokenizer, inputs.tokenizer_source = tiny_vocab_dir(), "tiny"
-            elif card.tokenizer_source:
-                inputs.tokenizer = _locate_aux(inputs, card.tokenizer_source, tok_files, "tokenizer", instead=instead)
-                inputs.tokenizer_source = card.tokenizer_source
-            else:
-                inputs.problems.append(f"{card.path}: field 'weights.tokenizer' is required for a Hugging Face "
-                                       f"text tower")
-        if wdir is not None and (wdir / "open_clip_config.json").is_file():
-            inputs.config = wdir / "open_clip_config.json"
-    elif family in ("medclip", "gloria"):
-        if _weights_dir_holds(wdir, ("vocab.txt",)):
-            inputs.tokenizer, inputs.tokenizer_source = wdir, source.describe()
-        elif card.tokenizer_source == "tiny":
-            inputs.tokenizer, inputs.tokenizer_source = tiny_vocab_dir(), "tiny"
-        elif card.tokenizer_source:
-            found = _locate_aux(inputs, card.tokenizer_source, ("vocab.txt",), "tokenizer", instead=instead)
-            inputs.tokenizer = found.parent if found is not None and found.is_file() else found
-            inputs.tokenizer_source = card.tokenizer_source
-        else:
-            inputs.problems.append(f"{card.path}: field 'weights.tokenizer' is required (the tokenizer is not "
-                                   f"inside the weights)")
-    elif family == "blip2":
-        aux = card.tokenizer_source or card.weights_source
-        if source.scheme == "random" and card.architecture.get("config") == "weights":
-            found = _locate_aux(inputs, aux, ("config.json",), "config", instead=instead)
-            inputs.config = found / "config.json" if found is not None and found.is_dir() else found
-        elif wdir is not None:
-            inputs.config = wdir / "config.json"
-        if card.tokenizer_source == "tiny":
-            inputs.tokenizer, inputs.tokenizer_source = tiny_vocab_dir(), "tiny"
-        elif _weights_dir_holds(wdir, ("tokenizer_config.json",)):
-            inputs.tokenizer, inputs.tokenizer_source = wdir, source.describe()
-        else:
-            tok_files = ("tokenizer_config.json", "tokenizer.json|vocab.txt", "special_tokens_map.json")
-            inputs.tokenizer = _locate_aux(inputs, aux, tok_files, "tokenizer", instead=instead)
-            inputs.tokenizer_source = aux
+    family.inputs(inputs)
     return inputs
+
+
+#: how a missing tokenizer or configuration file may be supplied besides its source
+INSTEAD = "or put them in the weights directory given as --weights local-dir:PATH"
+
+
+def vocab_tokenizer_inputs(inputs: ModelInputs) -> None:
+    """A BERT word-piece tokenizer (``vocab.txt``): in the weights directory, else the card's
+    ``weights.tokenizer`` source (``tiny``: the test vocabulary). Used by families whose checkpoint is a bare
+    state dict beside a BERT text tower (MedCLIP, GLoRIA)."""
+    from fairbench.models.tiny import tiny_vocab_dir
+
+    card, wdir = inputs.card, inputs.weights_dir
+    if weights_dir_holds(wdir, ("vocab.txt",)):
+        inputs.tokenizer, inputs.tokenizer_source = wdir, inputs.source.describe()
+    elif card.tokenizer_source == "tiny":
+        inputs.tokenizer, inputs.tokenizer_source = tiny_vocab_dir(), "tiny"
+    elif card.tokenizer_source:
+        found = locate_aux(inputs, card.tokenizer_source, ("vocab.txt",), "tokenizer", instead=INSTEAD)
+        inputs.tokenizer = found.parent if found is not None and found.is_file() else found
+        inputs.tokenizer_source = card.tokenizer_source
+    else:
+        inputs.problems.append(f"{card.path}: field 'weights.tokenizer' is required (the tokenizer is not "
+                               f"inside the weights)")
 
 
 def check_run_inputs(card: ModelCard, weights: str | None, *, task: Any = None, loader: Any = None,
@@ -236,7 +216,7 @@ def inputs_changes(recorded: dict[str, Any], card: ModelCard, weights: str | Non
     """How the tokenizer, configuration file or Hugging Face revision the run would read now differ from those
     ``recorded`` (a metrics.json ``model.weights``); None when they agree, when nothing was recorded, or when
     they cannot be resolved now (the run itself reports that)."""
-    if not any(k in recorded for k in ("tokenizer", "config", "revision")):
+    if not any(k in recorded for k in ("tokenizer", "config", "preprocessor", "revision")):
         return None
     try:
         inputs = resolve_inputs(card, weights)
@@ -245,7 +225,8 @@ def inputs_changes(recorded: dict[str, Any], card: ModelCard, weights: str | Non
         now = inputs.info()
     except (FairbenchError, OSError):
         return None
-    for key, label in (("tokenizer", "tokenizer files"), ("config", "configuration file")):
+    for key, label in (("tokenizer", "tokenizer files"), ("config", "configuration file"),
+                       ("preprocessor", "image preprocessing file")):
         old, new = (recorded.get(key) or {}).get("sha256"), (now.get(key) or {}).get("sha256")
         if old != new:
             return f"other {label} (sha256 {str(old)[:12]}, now {str(new)[:12]})"
@@ -257,7 +238,7 @@ def inputs_changes(recorded: dict[str, Any], card: ModelCard, weights: str | Non
 def inputs_digest(weights_info: dict[str, Any]) -> str | None:
     """One sha256 over the tokenizer, configuration and revision entries of ``weights_info`` (for
     ``config_sha256``); None when there are none."""
-    parts = {k: weights_info[k] for k in ("tokenizer", "config", "revision") if k in weights_info}
+    parts = {k: weights_info[k] for k in ("tokenizer", "config", "preprocessor", "revision") if k in weights_info}
     if not parts:
         return None
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

@@ -41,10 +41,11 @@ from torch import nn
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
 from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet
-from fairbench.models.inputs import resolve_inputs
+from fairbench.models.family import Family
+from fairbench.models.inputs import resolve_inputs, vocab_tokenizer_inputs
 from fairbench.models.weights import WeightsSource, files_info
 
-__all__ = ["MedCLIPModule", "MedCLIPModel", "build_medclip", "convert_medclip_state_dict", "SWIN_TINY",
+__all__ = ["FAMILY", "MedCLIPModule", "MedCLIPModel", "build_medclip", "convert_medclip_state_dict", "SWIN_TINY",
            "LOGIT_SCALE_MAX"]
 
 #: ``microsoft/swin-tiny-patch4-window7-224`` (the values that differ from nothing: all of them, for the record)
@@ -203,3 +204,8 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     from fairbench.models.openclip import load_state_file
 
     return load_state_file(path)
+
+
+#: the official checkpoint file; the tokenizer is a BERT vocab.txt (in the weights directory or the card's
+#: ``weights.tokenizer``)
+FAMILY = Family(build=build_medclip, default_files=("pytorch_model.bin",), inputs=vocab_tokenizer_inputs)

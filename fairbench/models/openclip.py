@@ -26,16 +26,21 @@ import json
 import logging
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.inputs import resolve_inputs
-from fairbench.models.weights import WeightsSource, files_info
+from fairbench.models.family import Family
+from fairbench.models.inputs import INSTEAD, locate_aux, resolve_inputs, weights_dir_holds
+from fairbench.models.preprocess import OPENAI_MEAN, OPENAI_STD, Preprocessing
+from fairbench.models.weights import WeightsSource, files_info, locate
 
-__all__ = ["OpenCLIPModel", "build_open_clip", "create_architecture", "load_state_file",
+if TYPE_CHECKING:
+    from fairbench.models.inputs import ModelInputs
+
+__all__ = ["OpenCLIPModel", "FAMILY", "build_open_clip", "open_clip_inputs", "create_architecture", "load_state_file",
            "load_strict", "load_openai_torchscript", "is_torchscript", "open_clip_model_cfg"]
 
 
@@ -264,6 +269,8 @@ def read_open_clip_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
+    if not card.architecture:
+        raise CardError(f"model '{card.name}' needs --model-arg arch=NAME (the generic open_clip model)")
     if source.scheme not in ("random", "file", "local-dir", "hf-hub"):
         raise WeightsError(f"model '{card.name}': weights source '{source.describe()}' is not supported by the "
                            f"open_clip family (use a checkpoint file, local-dir:, hf-hub: or 'random')")
@@ -285,3 +292,104 @@ def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device
         if is_torchscript(path):
             info["format"] = "openai-torchscript"
     return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})
+
+
+def open_clip_inputs(inputs: ModelInputs) -> None:
+    """open_clip's tokenizer and configuration: a built-in config (``architecture.model_name``) uses open_clip's
+    bundled BPE vocabulary; a custom ``model_cfg`` with a Hugging Face text tower reads a tokenizer directory
+    (the weights directory when it holds the files, else the card's ``weights.tokenizer``; ``tiny``: the test
+    vocabulary). ``open_clip_config.json`` beside the weights is the configuration file."""
+    from fairbench.models.tiny import tiny_vocab_dir
+
+    card, source, wdir = inputs.card, inputs.source, inputs.weights_dir
+    if "model_cfg" not in card.architecture:
+        from open_clip.tokenizer import default_bpe
+
+        inputs.tokenizer, inputs.tokenizer_source = Path(default_bpe()), "open_clip"
+    else:
+        tok_files = ("tokenizer_config.json", "tokenizer.json|vocab.txt")
+        if weights_dir_holds(wdir, tok_files):
+            inputs.tokenizer, inputs.tokenizer_source = wdir, source.describe()
+        elif card.tokenizer_source == "tiny":
+            inputs.tokenizer, inputs.tokenizer_source = tiny_vocab_dir(), "tiny"
+        elif card.tokenizer_source:
+            inputs.tokenizer = locate_aux(inputs, card.tokenizer_source, tok_files, "tokenizer", instead=INSTEAD)
+            inputs.tokenizer_source = card.tokenizer_source
+        else:
+            inputs.problems.append(f"{card.path}: field 'weights.tokenizer' is required for a Hugging Face "
+                                   f"text tower")
+    if wdir is not None and (wdir / "open_clip_config.json").is_file():
+        inputs.config = wdir / "open_clip_config.json"
+
+
+#: the generic card's model arguments
+OPEN_CLIP_ARGS = ("arch",)
+
+
+def resolve_open_clip_card(card: ModelCard, source: WeightsSource, args: dict[str, Any]) -> ModelCard:
+    """A complete open_clip card is returned as it is (and takes no model arguments). The generic card
+    ``open_clip`` (empty ``architecture``) is completed from ``--model-arg arch=NAME`` (one of open_clip's
+    built-in configs, e.g. ViT-B-16) and that config's own preprocessing: image size from ``vision_cfg``, mean,
+    std, interpolation and resize mode from its ``preprocess_cfg`` (open_clip's defaults: OpenAI mean/std,
+    bicubic, shortest side), overridden by ``preprocess_cfg`` of an ``open_clip_config.json`` beside the weights
+    (the hub layout)."""
+    import dataclasses
+
+    if card.architecture:
+        if args:
+            raise CardError(f"--model-arg {next(iter(args))}: model '{card.name}' takes no model arguments (its card "
+                            f"fixes the architecture; the generic open_clip model takes arch=NAME)")
+        return card
+    import open_clip
+
+    if source.scheme == "file" and not source.value:
+        raise WeightsError(f"model '{card.name}' needs --weights: a checkpoint FILE of the architecture, "
+                           f"local-dir:DIR or hf-hub:ORG/REPO in open_clip's hub layout, or random")
+    unknown = sorted(set(args) - set(OPEN_CLIP_ARGS))
+    if unknown:
+        raise CardError(f"--model-arg {unknown[0]}: model '{card.name}' takes {', '.join(OPEN_CLIP_ARGS)}")
+    arch = str(args.get("arch", ""))
+    if not arch:
+        raise CardError(f"model '{card.name}' needs --model-arg arch=NAME, one of open_clip's architectures "
+                        f"(e.g. ViT-B-16, ViT-B-32-quickgelu, RN50; open_clip.list_models() lists them)")
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        import difflib
+
+        close = difflib.get_close_matches(arch, open_clip.list_models(), n=3)
+        raise CardError(f"--model-arg arch={arch}: not an open_clip architecture"
+                        f"{' (did you mean ' + ', '.join(close) + '?)' if close else ''}")
+    text = cfg.get("text_cfg", {})
+    if text.get("hf_tokenizer_name") or text.get("hf_model_name"):
+        raise CardError(f"--model-arg arch={arch}: its text tower or tokenizer is a Hugging Face model that open_clip "
+                        f"would fetch by name; write a model card with the tokenizer and text config instead "
+                        f"(docs/adding-a-model.md)")
+    pre_cfg = dict(cfg.get("preprocess_cfg", {}))
+    if source.scheme in ("local-dir", "hf-hub"):
+        directory = locate(source, card=card, files=card.weights_files)
+        if (directory / "open_clip_config.json").is_file():
+            try:
+                pre_cfg.update(json.loads((directory / "open_clip_config.json").read_text()).get("preprocess_cfg", {}))
+            except (OSError, ValueError) as exc:
+                raise WeightsError(f"{directory / 'open_clip_config.json'}: not an open_clip config ({exc})") from None
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    resize = {"shortest": "shortest", "squash": "square"}.get(str(pre_cfg.get("resize_mode", "shortest")))
+    if resize is None:
+        raise CardError(f"--model-arg arch={arch}: resize_mode {pre_cfg.get('resize_mode')!r} is not supported "
+                        f"(shortest or squash)")
+    interp = str(pre_cfg.get("interpolation", "bicubic"))
+    if interp not in ("bicubic", "bilinear", "nearest"):
+        raise CardError(f"--model-arg arch={arch}: interpolation {interp!r} is not supported")
+    pre = Preprocessing(image_size=int(pre_cfg.get("size", size)) if not isinstance(pre_cfg.get("size"), list)
+                        else int(pre_cfg["size"][0]),
+                        mean=tuple(pre_cfg.get("mean", OPENAI_MEAN)), std=tuple(pre_cfg.get("std", OPENAI_STD)),
+                        resize=resize, interpolation=interp)
+    architecture = {"model_name": arch}
+    raw = {**card.raw, "architecture": architecture, "preprocessing": dict(pre.__dict__), "model_args": dict(args),
+           "weights": {**card.raw.get("weights", {}), "source": source.describe()}}
+    return dataclasses.replace(card, architecture=architecture, preprocessing=pre, raw=raw,
+                               weights_source=source.describe())
+
+
+FAMILY = Family(build=build_open_clip, inputs=open_clip_inputs, resolve_card=resolve_open_clip_card)

@@ -19,6 +19,8 @@ def _missing_in(directory: Path, card: ModelCard) -> list[str]:
 
 
 def weights_status(card: ModelCard) -> str:
+    if not card.weights_source:
+        return "generic: pass --weights (a checkpoint of your own)"
     try:
         source = parse_weights(card.weights_source)
     except Exception:  # noqa: BLE001 - listing must not fail on one card

@@ -29,12 +29,13 @@ from fairbench.cards import card_sha256
 from fairbench.errors import WeightsError
 from fairbench.models.base import ModelCard
 from fairbench.models.inputs import resolve_inputs
-from fairbench.models.openclip import (OpenCLIPModel, _tokenizer, build_open_clip, create_architecture, load_state_file,
+from fairbench.models.family import Family
+from fairbench.models.openclip import (OpenCLIPModel, _tokenizer, open_clip_inputs, build_open_clip, create_architecture, load_state_file,
                                        load_strict)
 from fairbench.models.weights import WeightsSource, cache_root, files_info
 from fairbench.progress import bar, info, warn
 
-__all__ = ["build_tinyclip", "PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "pretrain_cache_path",
+__all__ = ["FAMILY", "build_tinyclip", "PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "pretrain_cache_path",
            "pretrain_provenance", "pretrained_weights"]
 
 #: bump when the pretraining procedure changes in a way that changes the weights
@@ -233,3 +234,7 @@ def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device)
     inputs = resolve_inputs(card, source)
     inputs.raise_if_missing()
     return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})
+
+
+#: tinyclip reads its inputs as the open_clip family does
+FAMILY = Family(build=build_tinyclip, inputs=open_clip_inputs)

@@ -33,7 +33,8 @@ def run_options() -> tuple[str, ...]:
 _PATH_OPTIONS = ("out", "data_root")
 _OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "weights": str, "device": str, "overwrite": bool,
                                  "n_boot": int, "allow_skip_unreadable": bool, "image_cache": (str, int),
-                                 "precision": str, "embedding_cache": bool}
+                                 "precision": str, "embedding_cache": bool,
+                                 "model_args": dict}
 
 
 @dataclass(frozen=True, order=True)
