@@ -333,13 +333,20 @@ def leaderboard(
         "--reference", metavar="ADAPTER", help="Also write, per task and protected attribute, a 'versus ADAPTER' "
         "table: each (model, adapter) against the same model's ADAPTER cells, paired on the same test samples "
         "(paired bootstrap; t interval across 2+ seeds), with Holm-adjusted p-values.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace pages in OUT that were generated from other results (by default nothing is "
+        "written and the pages that would be replaced are listed).")] = False,
 ) -> None:
-    """Write one markdown leaderboard per task from result cells (deterministic: same results, same bytes)."""
+    """Write one markdown leaderboard per task from result cells (deterministic: same results, same bytes).
+
+    A page in OUT generated from other results (the committed leaderboards included) is replaced only with
+    --overwrite.
+    """
     from fairbench.report.leaderboard import write_leaderboards
 
     written, col = write_leaderboards(results or [Path("results")], out, reported_dir=reported,
                                       include_reported_only=include_reported_only, tasks_dirs=tuple(tasks_dir or ()),
-                                      reference=reference)
+                                      reference=reference, overwrite=overwrite)
     for path, why in col.problems:
         err_console.print(f"skipped {path}: {why}", style="yellow", markup=False, soft_wrap=True)
     for path in written:
