@@ -247,7 +247,25 @@ class HeaderFacts:
                    split=_distinct(cells, "task", "eval_split") or ["test"],
                    ns=sorted({int(n) for c in cells if (n := lookup(c.metrics, "overall", "n")) is not None}),
                    boots=sorted({int(b) for c in cells if (b := c.metrics.get("n_boot")) is not None}),
-                   thresholds=_distinct(cells, "threshold", "rule"))
+                   thresholds=_threshold_rules(cells))
+
+
+def _threshold_rules(cells: list[ResultCell]) -> list[str]:
+    """Each distinct threshold rule as a reader needs it: a fixed threshold with its value ("fixed at 0.5"), a
+    rule chosen on the validation split by name and split ("youden on val"), argmax for multiclass."""
+    out = set()
+    for c in cells:
+        t = c.doc.get("threshold") if isinstance(c.doc.get("threshold"), dict) else {}
+        rule, value, on = t.get("rule"), t.get("value"), t.get("chosen_on")
+        if rule is None:
+            continue
+        if rule == "fixed" and isinstance(value, (int, float)):
+            out.add(f"fixed at {value:g}")
+        elif on not in (None, "fixed", rule):
+            out.add(f"{rule} on {on}")
+        else:
+            out.add(str(rule))
+    return sorted(out)
 
 
 def _header(task: str, cells: list[ResultCell], roots: list[str], synthetic: bool,
