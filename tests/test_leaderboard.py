@@ -424,3 +424,16 @@ def test_header_gives_the_fixed_threshold_value(results, tmp_path):
     assert rules == {"fixed"} and len(values) == 1
     header = next(ln for ln in written[0].read_text().splitlines() if ln.startswith("- **Evaluated on**"))
     assert f"threshold rule fixed at {values.pop():g};" in header, header
+
+
+def test_a_misspelt_reference_gets_a_did_you_mean(results, versus_results, tmp_path, monkeypatch, capsys):
+    """issue 21 item 15: `--reference zero_shot` named the adapters present but suggested none."""
+    code, err = run_main(monkeypatch, capsys, "leaderboard", str(results), "--out", str(tmp_path / "lb"),
+                         "--reference", "zero_shot")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Did you mean 'zeroshot'?" in err
+    # not among these results but a registered adapter: the suggestion comes from the adapter registry
+    from fairbench.errors import FairbenchError
+
+    with pytest.raises(FairbenchError, match=r"Did you mean 'linear_probe'\?"):
+        write_leaderboards([versus_results], tmp_path / "lb2", reference="linear_prob")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError
+from fairbench.registry import did_you_mean
 from fairbench.report.collect import ResultCell
 from fairbench.report.summary import lookup
 
@@ -148,8 +149,13 @@ def check_reference(cells: Sequence[ResultCell], reference: str) -> None:
     """One clear error when no cell has the reference adapter, naming the adapters present."""
     present = sorted({c.adapt for c in cells})
     if reference not in present:
+        from fairbench.adapters.base import ADAPTERS
+
+        # the registry's did-you-mean, over the adapters these results have (then over every registered one)
+        hint = did_you_mean(reference, present) or (
+            did_you_mean(reference, ADAPTERS.names()) if reference not in ADAPTERS else "")
         raise FairbenchError(f"--reference {reference}: no result cell has adapter '{reference}' (adapters "
-                             f"present: {', '.join(present) or 'none'})")
+                             f"present: {', '.join(present) or 'none'})" + (f".{hint}" if hint else ""))
 
 
 def _paths(attr: str, cells: Sequence[ResultCell]) -> tuple[tuple[str, ...], ...]:
