@@ -471,8 +471,25 @@ def _switch_given_a_value(argv: list[str]) -> None:
                                  f"without a value")
 
 
+#: width of --help written to a pipe or file (rich would use 80 columns there)
+PIPED_HELP_WIDTH = 200
+
+
+def _piped_help_width() -> None:
+    """--help written to a pipe or a file, with neither $COLUMNS nor $TERMINAL_WIDTH set, is laid out
+    :data:`PIPED_HELP_WIDTH` columns wide: at rich's default 80, help texts wrap mid-sentence in a narrow column
+    and long option names (``--allow-skip-unreadable/--no-allow-skip-unreadable``) are cut with an ellipsis."""
+    import os
+
+    from typer import rich_utils
+
+    if rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS") and not sys.stdout.isatty():
+        rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
+
+
 def main() -> None:
     try:
+        _piped_help_width()
         _switch_given_a_value(sys.argv[1:])
         app()
     except FairbenchError as exc:
