@@ -265,3 +265,34 @@ def test_run_with_a_subfolder_as_data_root_is_a_one_line_error(tmp_path):
     proc = fairbench("run", "--task", "chk_deep_run", "--tasks-dir", str(tasks),
                      "--data-root", str(root / "images_001"), "--weights", "random", "--out", str(tmp_path / "out"))
     assert_one_line_error(proc, f"pass --data-root {root} (the dataset root holds images_001/images/")
+
+
+@pytest.mark.parametrize("where", ["deep", "shallow"])
+def test_a_data_root_one_level_off_is_found_before_the_model_is_built(tmp_path, monkeypatch, where):
+    """issue 21 item 14: a --data-root one level too deep or too shallow was found only after the model was built
+    (6.5 s for MedCLIP). Building the model here fails the test; the one-line error names the right folder."""
+    import fairbench.pipeline as pipeline
+    from fairbench.pipeline import RunConfig, run_cell
+
+    rows = nih_rows(n_patients=16)
+    parent = tmp_path / "datasets"
+    root = parent / "nih"
+    write_nih_metadata(root / "meta.csv", rows)
+    write_nih_images(root, [r["Image Index"] for r in rows], layout="batches")
+    name = f"chk_level_{where}"
+    tasks = tmp_path / "tasks"
+    (tasks / name).mkdir(parents=True)
+    (tasks / name / f"{name}.yaml").write_text(CARD.format(name=name))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before --data-root was checked")
+
+    monkeypatch.setattr(pipeline, "build_model", no_build)
+    given = root / "images_001" if where == "deep" else parent
+    with pytest.raises(DataError) as err:
+        run_cell(RunConfig(task=name, model="tinyclip", weights="random", data_root=given, out=tmp_path / "out",
+                           tasks_dirs=(tasks,)))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"pass --data-root {root}" in msg, msg
+    assert f"--data-root {given} " in msg
