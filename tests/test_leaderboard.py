@@ -437,3 +437,18 @@ def test_a_misspelt_reference_gets_a_did_you_mean(results, versus_results, tmp_p
 
     with pytest.raises(FairbenchError, match=r"Did you mean 'linear_probe'\?"):
         write_leaderboards([versus_results], tmp_path / "lb2", reference="linear_prob")
+
+
+def test_header_commit_list_covers_cells_without_a_commit(tmp_path):
+    """issue 21 item 8: cells from a non-editable install (no commit) showed `?` in the cell table while the
+    header named the other cells' commit as if it were all of them'."""
+    root = tmp_path / "r"
+    for s in (0, 1):
+        fabricate_cell(root, model="m", adapt="zeroshot", seed=s)
+    doc_path = root / "synth_cxr" / "m" / "zeroshot" / "seed1" / "metrics.json"
+    doc = json.loads(doc_path.read_text())
+    doc["provenance"]["git_commit"] = None
+    doc_path.write_text(json.dumps(doc))
+    written, _ = write_leaderboards([root], tmp_path / "lb")
+    header = next(ln for ln in written[0].read_text().splitlines() if ln.startswith("- **Produced by**"))
+    assert "`0123456789`" in header and "none recorded for 1 of 2 cells" in header, header

@@ -242,12 +242,20 @@ class HeaderFacts:
         return cls(version=_distinct(cells, "task", "version"),
                    commits=sorted({f"{str(lookup(c.doc, 'provenance', 'git_commit'))[:10]}"
                                    f"{'-dirty' if lookup(c.doc, 'provenance', 'git_dirty') else ''}"
-                                   for c in cells if lookup(c.doc, "provenance", "git_commit")}),
+                                   for c in cells if lookup(c.doc, "provenance", "git_commit")})
+                   + _no_commit(cells),
                    produced=_distinct(cells, "provenance", "fairbench_version"),
                    split=_distinct(cells, "task", "eval_split") or ["test"],
                    ns=sorted({int(n) for c in cells if (n := lookup(c.metrics, "overall", "n")) is not None}),
                    boots=sorted({int(b) for c in cells if (b := c.metrics.get("n_boot")) is not None}),
                    thresholds=_threshold_rules(cells))
+
+
+def _no_commit(cells: list[ResultCell]) -> list[str]:
+    """The header's commit list must describe every cell it lists: cells that recorded no commit are counted
+    (never covered by another cell's commit)."""
+    k = sum(1 for c in cells if not lookup(c.doc, "provenance", "git_commit"))
+    return [f"none recorded for {k} of {len(cells)} cells"] if k else []
 
 
 def _threshold_rules(cells: list[ResultCell]) -> list[str]:
