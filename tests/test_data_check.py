@@ -271,7 +271,7 @@ def test_run_with_a_subfolder_as_data_root_is_a_one_line_error(tmp_path):
 def test_a_data_root_one_level_off_is_found_before_the_model_is_built(tmp_path, monkeypatch, where):
     """issue 21 item 14: a --data-root one level too deep or too shallow was found only after the model was built
     (6.5 s for MedCLIP). Building the model here fails the test; the one-line error names the right folder."""
-    import fairbench.pipeline as pipeline
+    from fairbench import pipeline
     from fairbench.pipeline import RunConfig, run_cell
 
     rows = nih_rows(n_patients=16)
