@@ -381,13 +381,20 @@ def leaderboard(
         "--reference", metavar="ADAPTER", help="Also write, per task and protected attribute, a 'versus ADAPTER' "
         "table: each (model, adapter) against the same model's ADAPTER cells, paired on the same test samples "
         "(paired bootstrap; t interval across 2+ seeds), with Holm-adjusted p-values.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace pages in OUT that were generated from other results (by default nothing is "
+        "written and the pages that would be replaced are listed).")] = False,
 ) -> None:
-    """Write one markdown leaderboard per task from result cells (deterministic: same results, same bytes)."""
+    """Write one markdown leaderboard per task from result cells (deterministic: same results, same bytes).
+
+    A page in OUT generated from other results (the committed leaderboards included) is replaced only with
+    --overwrite.
+    """
     from fairbench.report.leaderboard import write_leaderboards
 
     written, col = write_leaderboards(results or [Path("results")], out, reported_dir=reported,
                                       include_reported_only=include_reported_only, tasks_dirs=tuple(tasks_dir or ()),
-                                      reference=reference)
+                                      reference=reference, overwrite=overwrite)
     for path, why in col.problems:
         err_console.print(f"skipped {path}: {why}", style="yellow", markup=False, soft_wrap=True)
     for path in written:
@@ -512,8 +519,25 @@ def _switch_given_a_value(argv: list[str]) -> None:
                                  f"without a value")
 
 
+#: width of --help written to a pipe or file (rich would use 80 columns there)
+PIPED_HELP_WIDTH = 200
+
+
+def _piped_help_width() -> None:
+    """--help written to a pipe or a file, with neither $COLUMNS nor $TERMINAL_WIDTH set, is laid out
+    :data:`PIPED_HELP_WIDTH` columns wide: at rich's default 80, help texts wrap mid-sentence in a narrow column
+    and long option names (``--allow-skip-unreadable/--no-allow-skip-unreadable``) are cut with an ellipsis."""
+    import os
+
+    from typer import rich_utils
+
+    if rich_utils.MAX_WIDTH is None and not os.environ.get("COLUMNS") and not sys.stdout.isatty():
+        rich_utils.MAX_WIDTH = PIPED_HELP_WIDTH
+
+
 def main() -> None:
     try:
+        _piped_help_width()
         _switch_given_a_value(sys.argv[1:])
         app()
     except FairbenchError as exc:

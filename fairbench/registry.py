@@ -15,7 +15,13 @@ from typing import Generic, TypeVar, overload
 
 from fairbench.errors import UnknownNameError
 
-__all__ = ["Registry", "DuplicateNameError"]
+__all__ = ["Registry", "DuplicateNameError", "did_you_mean"]
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """" Did you mean 'a', 'b'?" for the known names close to ``name`` (difflib, cutoff 0.5); "" if none."""
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 T = TypeVar("T")
 
@@ -101,8 +107,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         known = sorted(self._entries)
-        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, known)
         listing = ", ".join(known) if known else "(none registered)"
         return f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {listing}"
 

@@ -283,3 +283,30 @@ def test_sweep_switches_can_be_turned_off(tmp_path):
     assert spec.options["overwrite"] is False  # what --no-overwrite passes overrides the file
     proc = fairbench("sweep", str(sweep_file), "--dry-run", "--no-overwrite")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_piped_help_keeps_option_names_and_sentences_whole():
+    """issue 21 item 15: `fairbench sweep --help | cat` (no $COLUMNS) cut option names with an ellipsis and broke
+    help texts mid-sentence at 80 columns."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH", "LINES")}
+    proc = subprocess.run([sys.executable, "-m", "fairbench", "sweep", "--help"], capture_output=True, text=True,
+                          env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    assert "--allow-skip-unreadable" in proc.stdout and "--no-allow-skip-unreadable" in proc.stdout
+    lines = proc.stdout.splitlines()
+    for sentence in ("Weights source for every model: a file, local-dir:PATH, hf-hub:ORG/REPO or random.",
+                     "Run a grid of cells (tasks x models x adapters x seeds); complete cells are skipped."):
+        assert any(sentence in ln for ln in lines), sentence
+
+
+def test_readme_gives_a_cpu_only_install_before_pip_install():
+    """issue 21 item 7: `pip install .` pulls CUDA torch though the README says CPU is fine. The quick start must
+    install torch from torch's CPU wheel index before installing fairbench (in that order, so pip keeps it)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quick = readme[readme.index("## Quick start"):readme.index("## What the default run shows")]
+    cpu = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    assert cpu in quick
+    assert quick.index(cpu) < quick.index("pip install . && fairbench run", quick.index(cpu))

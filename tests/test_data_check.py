@@ -100,6 +100,41 @@ def test_values_outside_the_encoding_are_errors(tmp_path):
     assert "(outside encoding)" in result.output
 
 
+def test_one_label_outside_the_map_counts_the_valid_rows_and_names_the_bad_one(tmp_path):
+    """issue 21 item 6: one label value outside the card's map made the whole split count as empty."""
+    rows = nih_rows(n_patients=16)
+    rows[5]["Finding Labels"] = "Bogus"
+    root, tasks, _ = make_nih(tmp_path, "chk_label", rows=rows)
+    card = tasks / "chk_label" / "chk_label.yaml"
+    card.write_text(card.read_text().replace('"*": finding', 'Effusion: finding, Mass: finding, "Effusion|Mass": finding'))
+    report = check_task(get_task("chk_label", [tasks]), root)
+    by_split = {s.split: s for s in report.splits}
+    bad = [s for s in report.splits if s.errors]
+    assert len(bad) == 1, [s.errors for s in report.splits]
+    s = bad[0]
+    # independent count: the fixture's rows in that split, by their finding
+    expected = {"no_finding": 0, "finding": 0}
+    split_rows = [r for r in rows if r["Image Index"] in _split_ids(get_task("chk_label", [tasks]), root, s.split)]
+    for r in split_rows:
+        if r["Finding Labels"] != "Bogus":
+            expected["no_finding" if r["Finding Labels"] == "No Finding" else "finding"] += 1
+    assert s.class_counts["no_finding"] == expected["no_finding"] and s.class_counts["finding"] == expected["finding"]
+    assert expected["no_finding"] + expected["finding"] == s.n - 1
+    assert s.class_counts["(outside encoding)"] == 1
+    assert rows[5]["Image Index"].removesuffix(".png") in s.errors[0] or rows[5]["Image Index"] in s.errors[0]
+    assert "'Bogus'" in s.errors[0]
+    assert not any("no sample of class" in w for w in s.warnings), s.warnings
+    assert all(not x.errors for k, x in by_split.items() if k != s.split)
+    result = run_check("--task", "chk_label", "--data-root", str(root), "--tasks-dir", str(tasks))
+    assert result.exit_code == 1
+    assert "no sample of class" not in result.output and "Bogus" in result.output
+
+
+def _split_ids(task, root, split):
+    raw = task.loader().load(task.splits[split], root)
+    return {str(i) for i in raw.sample_ids} | {str(i) + ".png" for i in raw.sample_ids}
+
+
 def test_unreadable_npz_is_reported_by_check(tmp_path):
     write_fairvlmed(tmp_path)
     bad = tmp_path / "Validation" / "data_00014.npz"
@@ -230,3 +265,34 @@ def test_run_with_a_subfolder_as_data_root_is_a_one_line_error(tmp_path):
     proc = fairbench("run", "--task", "chk_deep_run", "--tasks-dir", str(tasks),
                      "--data-root", str(root / "images_001"), "--weights", "random", "--out", str(tmp_path / "out"))
     assert_one_line_error(proc, f"pass --data-root {root} (the dataset root holds images_001/images/")
+
+
+@pytest.mark.parametrize("where", ["deep", "shallow"])
+def test_a_data_root_one_level_off_is_found_before_the_model_is_built(tmp_path, monkeypatch, where):
+    """issue 21 item 14: a --data-root one level too deep or too shallow was found only after the model was built
+    (6.5 s for MedCLIP). Building the model here fails the test; the one-line error names the right folder."""
+    from fairbench import pipeline
+    from fairbench.pipeline import RunConfig, run_cell
+
+    rows = nih_rows(n_patients=16)
+    parent = tmp_path / "datasets"
+    root = parent / "nih"
+    write_nih_metadata(root / "meta.csv", rows)
+    write_nih_images(root, [r["Image Index"] for r in rows], layout="batches")
+    name = f"chk_level_{where}"
+    tasks = tmp_path / "tasks"
+    (tasks / name).mkdir(parents=True)
+    (tasks / name / f"{name}.yaml").write_text(CARD.format(name=name))
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before --data-root was checked")
+
+    monkeypatch.setattr(pipeline, "build_model", no_build)
+    given = root / "images_001" if where == "deep" else parent
+    with pytest.raises(DataError) as err:
+        run_cell(RunConfig(task=name, model="tinyclip", weights="random", data_root=given, out=tmp_path / "out",
+                           tasks_dirs=(tasks,)))
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"pass --data-root {root}" in msg, msg
+    assert f"--data-root {given} " in msg

@@ -143,7 +143,7 @@ def test_cli_run_without_weights_is_one_line_error(tmp_path: Path, monkeypatch: 
     # every missing piece in one message: the weights directory and the tokenizer from the HF cache
     assert err.startswith("error: 2 things are missing: (1) model 'medclip_resnet': weights directory not found")
     assert "(2) model 'medclip_resnet': tokenizer 'hf-hub:emilyalsentzer/Bio_ClinicalBERT'" in err
-    assert "`huggingface-cli download emilyalsentzer/Bio_ClinicalBERT vocab.txt`" in err
+    assert "`hf download emilyalsentzer/Bio_ClinicalBERT vocab.txt`" in err
     assert not (tmp_path / "out" / "synth_cxr" / "medclip_resnet").exists() or not list(
         (tmp_path / "out").rglob("metrics.json"))
 

@@ -95,8 +95,31 @@ def test_random_weights_say_which_tokenizer_is_still_needed(tmp_path: Path, monk
     msg = str(err.value)
     assert "--weights random replaces only the weights" in msg
     assert "hf-hub:emilyalsentzer/Bio_ClinicalBERT" in msg and str(tmp_path / "hub") in msg
-    assert "`huggingface-cli download emilyalsentzer/Bio_ClinicalBERT vocab.txt`" in msg
+    assert "`hf download emilyalsentzer/Bio_ClinicalBERT vocab.txt`" in msg
     assert "local-dir" not in msg  # no weights directory to put it in when the weights are random
+
+
+def test_the_download_hint_names_a_command_the_installed_huggingface_hub_provides(tmp_path: Path, monkeypatch) -> None:
+    """issue 21 item 14: the hint said `huggingface-cli download`, which huggingface_hub 1.x no longer installs.
+    The command in the hint must run: its program is on PATH and its subcommand answers --help."""
+    import re
+    import shutil
+    import subprocess
+
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsError) as err:
+        build_model(get_model_card("gloria"), "random", CPU)
+    command = re.search(r"\(e\.g\. `([^`]+)`", str(err.value)).group(1).split()
+    program = shutil.which(command[0])
+    assert program is not None, f"{command[0]} is not installed"
+    proc = subprocess.run([program, command[1], "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and "REPO_ID" in proc.stdout, proc.stdout + proc.stderr
+    cards = Path(__file__).resolve().parents[1] / "fairbench" / "models" / "cards"
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    stale = [p.name for p in [*cards.glob("*.yaml"), *docs.glob("*.md")] if "huggingface-cli" in p.read_text()]
+    assert stale == []
 
 
 def test_gloria_reads_the_tokenizer_from_its_weights_directory(tmp_path: Path) -> None:

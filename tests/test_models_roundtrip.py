@@ -397,3 +397,48 @@ def test_blip2_hf_directory_roundtrip_and_transformers(tmp_path: Path, shard: st
                             use_image_text_matching_head=False)
         ours = loaded.similarity(loaded.image_outputs(x)["embedding"], loaded.encode_text(tokens))
     torch.testing.assert_close(ours, ref.logits_per_image, rtol=0, atol=1e-6)
+
+
+def test_checkpoint_of_another_architecture_is_one_line_naming_tensors_and_the_card_it_fits(tmp_path: Path) -> None:
+    """issue 21 item 4: a tinyclip file given to an OpenAI-CLIP card. load_state_dict raises a multi-line
+    RuntimeError on shape mismatches; fairbench names the first differing tensor with both shapes and the card the
+    file fits. The expected shapes are read from open_clip's own models, not from fairbench."""
+    import subprocess
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    tiny = get_model_card("tinyclip")
+    arch = {k: v for k, v in tiny.architecture.items() if k != "model_name"}
+    other = open_clip.create_model(tiny.architecture["model_name"], pretrained=None, **arch)
+    path = tmp_path / "tinyclip.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    card = get_model_card("tiny_openai_clip")
+    arch = {k: v for k, v in card.architecture.items() if k != "model_name"}
+    ours = open_clip.create_model(card.architecture["model_name"], pretrained=None, **arch).state_dict()
+    key = next(k for k, v in other.state_dict().items() if k in ours and ours[k].shape != v.shape)
+    with pytest.raises(WeightsError) as err:
+        build_model(card, str(path), CPU)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert f"{key}: card ({', '.join(map(str, ours[key].shape))}), file " \
+           f"({', '.join(map(str, other.state_dict()[key].shape))})" in msg, msg
+    assert "fits model card 'tinyclip'" in msg, msg
+    proc = subprocess.run([sys.executable, "-m", "fairbench", "run", "--model", "tiny_openai_clip", "--weights",
+                           str(path), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600, check=False)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "fits model card 'tinyclip'" in lines[0]
+
+
+def test_checkpoint_that_fits_no_card_says_which_cards_were_compared(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    card = get_model_card("tiny_openai_clip")
+    state = {k: v.contiguous() for k, v in build_model(card, "random", CPU).module.state_dict().items()}
+    state["visual.proj"] = torch.zeros(3, 3)
+    path = tmp_path / "odd.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsError, match=r"visual\.proj: card \(64, 32\), file \(3, 3\).*fits none of the cards "
+                                           r"with the same key layout \(.*tinyclip"):
+        build_model(card, str(path), CPU)

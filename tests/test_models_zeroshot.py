@@ -32,6 +32,13 @@ def tasks_dir(micro_task_dir) -> Path:
                          "classnames": {"Atelectasis": ["atelectasis"], "Pleural Effusion": ["pleural effusion"]}})
     (root / "synth_chexpert_names").mkdir()
     (root / "synth_chexpert_names" / "synth_chexpert_names.yaml").write_text(yaml.safe_dump(card))
+    # one CheXpert class beside one that is not (nih6x200's Atelectasis beside Mass, Nodule, ...)
+    card.update(name="synth_mixed_names", classes=["Atelectasis", "Mass"],
+                label={"column": "finding", "map": {"normal": "Atelectasis", "*": "Mass"}},
+                prompts={"templates": ["a chest x-ray showing {}", "chest radiograph with {}"],
+                         "classnames": {"Atelectasis": ["atelectasis"], "Mass": ["mass", "lung mass"]}})
+    (root / "synth_mixed_names").mkdir()
+    (root / "synth_mixed_names" / "synth_mixed_names.yaml").write_text(yaml.safe_dump(card))
     return root
 
 
@@ -70,6 +77,23 @@ def test_chexpert_style_uses_generator_for_chexpert_classes_only(tasks_dir: Path
     prompts, record = family_prompts(model, _task("synth_models_small", tasks_dir))
     assert record["sources"] == {"normal": "templates", "abnormal": "templates"}  # 'abnormal' is no CheXpert class
     assert prompts[0][0] == "a chest x-ray showing no acute cardiopulmonary abnormality"
+
+
+def test_chexpert_style_never_mixes_generated_prompts_with_templates(tasks_dir: Path) -> None:
+    """issue 21 item 13: on nih6x200 Atelectasis got ten generated CheXpert prompts and the other classes the
+    task templates. With one class outside CheXpert's five, every class takes the task's templates x names
+    (built here from the card text, not by fairbench), and the record says so per class."""
+    from fairbench.models.zeroshot import family_prompts
+
+    for name in ("tiny_medclip_vit", "tiny_gloria"):
+        model = build_model(get_model_card(name), "random", CPU)
+        prompts, record = family_prompts(model, _task("synth_mixed_names", tasks_dir))
+        templates = ["a chest x-ray showing {}", "chest radiograph with {}"]
+        assert prompts == [[t.format(n) for t in templates for n in ["atelectasis"]],
+                           [t.format(n) for t in templates for n in ["mass", "lung mass"]]]
+        assert record["sources"] == {"Atelectasis": "templates", "Mass": "templates"}
+        assert record["n_prompts"] == {"Atelectasis": 2, "Mass": 4}
+        assert "Mass have no CheXpert prompts" in record["note"]
 
 
 # -- ensembling rules --------------------------------------------------------------------------------

@@ -621,3 +621,16 @@ def test_precision_is_a_sweep_option(tmp_path):
     proc = fairbench("sweep", str(sweep_file), "--dry-run", "--precision", "fp8")
     assert_one_line_error(proc, "precision 'fp8'")
     assert not (tmp_path / "out").exists()
+
+
+def test_sweep_summary_counts_read_as_english():
+    """issue 21 item 15: "1 were already complete"."""
+    from fairbench.progress import console
+    from fairbench.sweep.progress import SweepProgress
+    from fairbench.sweep.report import SweepReport
+
+    report = SweepReport(cells=["a", "b"], already_complete=["a"])
+    with console.capture() as cap:
+        SweepProgress(live=False).finish(report)
+    line = cap.get().splitlines()[0]
+    assert line.startswith("sweep: 0 ran, 1 already complete, 0 failed, 1 remaining"), line

@@ -48,3 +48,24 @@ def test_unpacked_wheel_finds_its_bundled_tasks(wheel, tmp_path):
     first, tasks = proc.stdout.splitlines()[:2]
     assert Path(first) == tmp_path / "fairbench" / "_tasks"
     assert "'synth_cxr'" in tasks and "'synth_cxr_fair'" in tasks
+
+
+def test_wheel_bakes_in_the_commit_it_was_built_from(wheel, tmp_path):
+    """issue 21 item 8: a non-editable install recorded provenance.git_commit null. The wheel carries the commit
+    (read here from git itself) and an installed copy records it, saying where it came from."""
+    import json
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "fairbench/_build_info.py" in names
+    zipfile.ZipFile(wheel).extractall(tmp_path)
+    code = ("import json; from fairbench.results import provenance; "
+            "p = provenance(device='cpu', started_at='x', duration_s=0); "
+            "print(json.dumps({k: p[k] for k in ('git_commit', 'git_dirty', 'git_commit_source')}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["git_commit"] == head and got["git_commit_source"] == "build"
+    assert isinstance(got["git_dirty"], bool)

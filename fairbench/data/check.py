@@ -13,6 +13,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -97,11 +98,19 @@ def _check_split(task: TaskCard, loader: Any, split: str, data_root: Path | None
     try:
         labels = np.asarray([task.classes[i] for i in task._map_labels(raw, where)], dtype=object)
     except DataError as exc:
-        out.errors.append(str(exc))
-        labels = np.full(out.n, "?", dtype=object)
+        labels = _tolerant_labels(task, raw, where)
+        bad = [i for i, y in enumerate(labels) if y == INVALID]
+        if bad:
+            values = raw.columns[task.label_column]
+            named = ", ".join(f"{raw.sample_ids[i]} ({values[i]!r})" for i in bad[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            out.errors.append(f"{exc}; {len(bad)} of {out.n} rows: {named}{more} (the other {out.n - len(bad)} "
+                              f"are counted below)")
+        else:
+            out.errors.append(str(exc))
     out.class_counts = Counter(labels.tolist())
     for c in task.classes:
-        if out.class_counts[c] == 0:
+        if out.class_counts[c] == 0 and out.class_counts[INVALID] < out.n:
             out.warnings.append(f"{where}: no sample of class '{c}'")
 
     for name, spec in task.attributes.items():
@@ -140,6 +149,25 @@ def _check_split(task: TaskCard, loader: Any, split: str, data_root: Path | None
     return out
 
 
+def _tolerant_labels(task: TaskCard, raw: Any, where: str) -> np.ndarray:
+    """Each row's class through the card's own label map, one value at a time; :data:`INVALID` where the value is
+    outside it (or every row, when the label column itself is absent)."""
+    if task.label_column not in raw.columns:
+        return np.full(len(raw.sample_ids), INVALID, dtype=object)
+    memo: dict[tuple[str, str], str] = {}
+    out = []
+    for v in raw.columns[task.label_column]:
+        k = (type(v).__name__, str(v))
+        if k not in memo:
+            one = SimpleNamespace(columns={task.label_column: np.asarray([v], dtype=object)})
+            try:
+                memo[k] = task.classes[int(task._map_labels(one, where)[0])]
+            except DataError:
+                memo[k] = INVALID
+        out.append(memo[k])
+    return np.asarray(out, dtype=object)
+
+
 def _tolerant_groups(spec: Any, column: np.ndarray) -> list[Any]:
     memo: dict[tuple[str, str], Any] = {}
     out = []
@@ -161,14 +189,15 @@ def render_report(report: CheckReport, console: Console, *, max_listed: int = 20
         table = Table(title=title, title_justify="left", show_lines=False)
         table.add_column("attribute")
         table.add_column("group")
-        for c in s.classes:
-            table.add_column(c, justify="right")
+        shown = s.classes + ([INVALID] if s.class_counts.get(INVALID) else [])
+        for c in shown:
+            table.add_column(c, justify="right", style="red" if c == INVALID else None)
         table.add_column("total", justify="right")
-        table.add_row("(all)", "", *[str(s.class_counts.get(c, 0)) for c in s.classes], str(s.n))
+        table.add_row("(all)", "", *[str(s.class_counts.get(c, 0)) for c in shown], str(s.n))
         for attr, groups in s.groups.items():
             for i, (g, counts) in enumerate(groups.items()):
                 style = "red" if g == INVALID else ("dim" if g == UNKNOWN else None)
-                table.add_row(escape(attr) if i == 0 else "", escape(g), *[str(counts.get(c, 0)) for c in s.classes],
+                table.add_row(escape(attr) if i == 0 else "", escape(g), *[str(counts.get(c, 0)) for c in shown],
                               str(sum(counts.values())), style=style)
         if s.n:
             console.print(table)

@@ -76,6 +76,11 @@ class CheXpertLoader:
         return card_sha256({"loader": "chexpert", "version": LOADER_VERSION, "options": self.options})
 
     # -- files ----------------------------------------------------------------------------------
+    def check_root(self, data_root: Path) -> None:
+        """The data root's layout, before anything heavy runs (the CheXpert folder and its CSV); raises a
+        DataError."""
+        self.csv_path(data_root)
+
     def csv_path(self, data_root: Path) -> Path:
         tried = [Path(data_root) / d / self.csv for d in _FOLDERS]
         for p in tried:

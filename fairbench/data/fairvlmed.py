@@ -80,6 +80,11 @@ class FairVLMedLoader:
     def fingerprint(self) -> str:
         return card_sha256({"loader": "fairvlmed", "version": LOADER_VERSION, "options": self.options})
 
+    def check_root(self, data_root: Path) -> None:
+        """The data root's layout, before anything heavy runs (the split folders); raises a DataError."""
+        for split in ("Training", "Validation", "Test"):
+            self.split_dir(split, data_root)
+
     def split_dir(self, split: str, data_root: Path) -> Path:
         names = _TEST_NAMES if split in _TEST_NAMES else (split,)
         for name in names:

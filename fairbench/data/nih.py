@@ -185,6 +185,14 @@ class NIHLoader:
                             "split_file_sha256": content})
 
     # -- loading --------------------------------------------------------------------------------
+    def check_root(self, data_root: Path) -> None:
+        """The data root's layout, before anything heavy runs (metadata beside it, image folders under it);
+        raises the loader's own DataError."""
+        meta = self.metadata_path(data_root)
+        resolve_image_paths(data_root, [])
+        if not meta.is_file():
+            raise DataError(f"{self.source}: metadata file not found: {meta}")
+
     def metadata_path(self, data_root: Path | None) -> Path:
         if self.metadata in (None, "torchxrayvision"):
             return packaged_metadata()

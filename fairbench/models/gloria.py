@@ -360,7 +360,7 @@ def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -
                                f"chexpert_resnet50.ckpt")
         config = _checkpoint_config(card, ckpt.get("hyper_parameters"))
         module = GLoRIAModule(card.architecture)
-        load_strict(module, convert_gloria_state_dict(state, set(module.state_dict())), where=str(path))
+        load_strict(module, convert_gloria_state_dict(state, set(module.state_dict())), where=str(path), card=card)
         info = files_info(source.describe() if source.scheme != "file" else str(path), [path], module)
         if config:
             info["checkpoint_config"] = config

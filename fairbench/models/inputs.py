@@ -207,9 +207,35 @@ def check_run_inputs(card: ModelCard, weights: str | None, *, task: Any = None, 
                             f"folder (see tasks/{task.name}/README.md)")
         elif getattr(loader, "needs_data_root", False) and data_root is not None and not Path(data_root).is_dir():
             problems.append(f"--data-root {data_root}: not a directory")
+        elif getattr(loader, "needs_data_root", False) and data_root is not None:
+            problem = check_data_root(loader, Path(data_root))
+            if problem:
+                problems.append(problem)
     if problems:
         raise (WeightsError if n_model else DataError)(join_problems(problems))
     return inputs
+
+
+def check_data_root(loader: Any, data_root: Path, *, max_children: int = 64) -> str | None:
+    """The loader's layout check of ``--data-root`` (``check_root``: the same files ``load`` looks for, a folder
+    one or two levels too deep named by the loader itself), run before the model is built; when the root is one
+    level too shallow, the message names the subfolder that holds the dataset. None when the layout is right or
+    the loader has no check."""
+    check = getattr(getattr(loader, "inner", loader), "check_root", None)
+    if check is None:
+        return None
+    try:
+        check(data_root)
+    except DataError as exc:
+        children = sorted(p for p in data_root.iterdir() if p.is_dir())[:max_children]
+        for child in children:
+            try:
+                check(child)
+            except (DataError, OSError):
+                continue
+            return f"--data-root {data_root} is the folder above the dataset: pass --data-root {child}"
+        return str(exc)
+    return None
 
 
 def inputs_changes(recorded: dict[str, Any], card: ModelCard, weights: str | None) -> str | None:

@@ -195,7 +195,7 @@ def build_medclip(card: ModelCard, source: WeightsSource, device: torch.device) 
         state = convert_medclip_state_dict(state, target)
         from fairbench.models.openclip import load_strict
 
-        load_strict(module, state, where=str(path))
+        load_strict(module, state, where=str(path), card=card)
         info = files_info(source.describe() if source.scheme != "file" else str(path), [path], module)
     return MedCLIPModel(card, module, tokenizer, device, {**info, **inputs.info()})
 

@@ -196,12 +196,17 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, where: str) -> None:
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(f"{where}: checkpoint does not match the architecture: "
-                           f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}), "
-                           f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]})")
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, where: str,
+                card: ModelCard | None = None) -> None:
+    """Load ``state`` into ``model`` when names and shapes match exactly; otherwise one :class:`WeightsError`
+    line naming the first differing tensors and the model card(s) the file fits (checked before loading, as
+    ``load_state_dict`` raises a multi-line error on shape mismatches)."""
+    from fairbench.models.fit import mismatch_message
+
+    msg = mismatch_message(model, state, where=where, card=card)
+    if msg:
+        raise WeightsError(msg)
+    model.load_state_dict(state, strict=True)
 
 
 def _tokenizer(card: ModelCard, location: Path) -> Any:
@@ -287,7 +292,7 @@ def build_open_clip(card: ModelCard, source: WeightsSource, device: torch.device
         path = _weights_file(card, location)
         model = create_architecture(card)
         state = drop_stale_position_ids(read_open_clip_weights(path), set(model.state_dict()))
-        load_strict(model, state, where=str(path))
+        load_strict(model, state, where=str(path), card=card)
         info = files_info(source.describe() if source.scheme != "file" else str(path), [path], model)
         if is_torchscript(path):
             info["format"] = "openai-torchscript"

@@ -228,7 +228,7 @@ def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device)
         return build_open_clip(card, source, device)
     path = pretrained_weights(card, task_name=source.value)
     model = create_architecture(card)
-    load_strict(model, load_state_file(path), where=str(path))
+    load_strict(model, load_state_file(path), where=str(path), card=card)
     info = {**files_info(f"pretrain:{source.value}", [path], model), "file": str(path)}
     info.update(pretrain_provenance(path))
     inputs = resolve_inputs(card, source)

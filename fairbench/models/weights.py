@@ -245,12 +245,12 @@ def locate(source: WeightsSource, *, card: ModelCard | None, files: Sequence[str
         needed = ", ".join(" or ".join(e.split("|")) for e in files) or "its files"
         repo, revision = _split_repo(source.value)
         if tail:  # weights: the whole repository, or other weights
-            fetch = f"`huggingface-cli download {repo}`; or pass --weights local-dir:PATH; --weights random for an " \
+            fetch = f"`hf download {repo}`; or pass --weights local-dir:PATH; --weights random for an " \
                     f"untrained model"
         else:  # a tokenizer or config: just its files
             names = " ".join(e.split("|")[0] for e in files)
             rev = f" --revision {revision}" if revision else ""
-            fetch = f"`huggingface-cli download {repo}{rev} {names}`" + (f"; {instead}" if instead else "")
+            fetch = f"`hf download {repo}{rev} {names}`" + (f"; {instead}" if instead else "")
         raise WeightsError(f"{who}{what} 'hf-hub:{source.value}' {state} in the local Hugging Face cache "
                            f"({constants.HF_HUB_CACHE}; needs {needed}); {why}.{hint} (e.g. {fetch})")
     raise WeightsError(f"{who}{what} source '{source.describe()}' does not name a file or directory")

@@ -9,8 +9,10 @@ Prompts (the card's ``prompt_style``):
 - ``templates``: the task card's templates x class-name synonyms.
 - ``chexpert``: the CheXpert generator (:mod:`fairbench.models.chexpert_prompts`) for every task class that
   is a CheXpert class by its id (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion), with the card's
-  ``options.prompts`` ``{n, seed}``; other classes fall back to the task templates. Which source each class
-  used, the seed and the prompts are recorded in metrics.json (``adapt.fitted``).
+  ``options.prompts`` ``{n, seed}``, when every class of the task is one; otherwise every class uses the task
+  templates (never a mix: one class with generated prompts beside others with templates compares unlike prompt
+  sets). Which source each class used, the number of prompts per class, the seed and the prompts are recorded
+  in metrics.json (``adapt.fitted``).
 
 Ensembling (``ensemble``; ``family`` = the family's :attr:`VLModel.default_ensemble`):
 
@@ -103,22 +105,27 @@ def family_prompts(model: VLModel, task: TaskCard) -> tuple[list[list[str]], dic
                         f"got {style!r}")
     opts = dict(model.card.options.get("prompts", {}))
     n, seed = opts.get("n"), int(opts.get("seed", 0))
-    generated = generate_chexpert_prompts(None if n is None else int(n), seed)
-    out, sources, fallback = [], {}, None
-    for c in task.classes:
-        key = chexpert_class_for(c)
-        if key is not None:
-            out.append(list(generated[key]))
-            sources[c] = f"chexpert:{key}"
-            continue
-        if fallback is None:
-            if task.prompts is None:
-                raise CardError(f"{task.path}: class '{c}' has no CheXpert prompts and the task card has no "
-                                f"'prompts' section to fall back on (model '{model.card.name}')")
-            fallback = task_prompts(task)
-        out.append(fallback[task.classes.index(c)])
-        sources[c] = "templates"
-    return out, {"style": "chexpert", "n": n, "seed": seed, "sources": sources}
+    keys = {c: chexpert_class_for(c) for c in task.classes}
+    record: dict[str, Any] = {"style": "chexpert", "n": n, "seed": seed}
+    if all(k is not None for k in keys.values()):
+        generated = generate_chexpert_prompts(None if n is None else int(n), seed)
+        out = [list(generated[keys[c]]) for c in task.classes]
+        return out, {**record, "sources": {c: f"chexpert:{keys[c]}" for c in task.classes},
+                     "n_prompts": {c: len(p) for c, p in zip(task.classes, out)}}
+    # Not every class is a CheXpert class: the generator cannot cover them all, and one class with ten generated
+    # report phrases beside others with the task's templates would compare unlike prompt sets (with text averaged
+    # per class this can favour either side). Every class then uses the task templates.
+    bare = [c for c, k in keys.items() if k is None]
+    if task.prompts is None:
+        raise CardError(f"{task.path}: class '{bare[0]}' has no CheXpert prompts and the task card has no "
+                        f"'prompts' section to fall back on (model '{model.card.name}')")
+    out = task_prompts(task)
+    if len(bare) < len(task.classes):
+        record["note"] = (f"task templates for every class: {', '.join(bare)} have no CheXpert prompts, and mixing "
+                          f"generated prompts for {', '.join(c for c in task.classes if c not in bare)} with "
+                          f"templates for the others would give the classes unlike prompt sets")
+    return out, {**record, "sources": {c: "templates" for c in task.classes},
+                 "n_prompts": {c: len(p) for c, p in zip(task.classes, out)}}
 
 
 def reduce_prompts(rule: str) -> Callable[[torch.Tensor], torch.Tensor]:

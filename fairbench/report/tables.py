@@ -213,13 +213,38 @@ class HeaderFacts:
         return cls(version=distinct(cells, "task", "version"),
                    commits=sorted({f"{str(lookup(c.doc, 'provenance', 'git_commit'))[:10]}"
                                    f"{'-dirty' if lookup(c.doc, 'provenance', 'git_dirty') else ''}"
-                                   for c in cells if lookup(c.doc, "provenance", "git_commit")}),
+                                   for c in cells if lookup(c.doc, "provenance", "git_commit")})
+                   + _no_commit(cells),
                    produced=distinct(cells, "provenance", "fairbench_version"),
                    split=distinct(cells, "task", "eval_split") or ["test"],
                    ns=sorted({int(n) for c in cells if (n := lookup(c.metrics, "overall", "n")) is not None}),
                    boots=sorted({int(b) for c in cells if (b := c.metrics.get("n_boot")) is not None}),
-                   thresholds=distinct(cells, "threshold", "rule"))
+                   thresholds=_threshold_rules(cells))
 
+
+def _no_commit(cells: list[ResultCell]) -> list[str]:
+    """The header's commit list must describe every cell it lists: cells that recorded no commit are counted
+    (never covered by another cell's commit)."""
+    k = sum(1 for c in cells if not lookup(c.doc, "provenance", "git_commit"))
+    return [f"none recorded for {k} of {len(cells)} cells"] if k else []
+
+
+def _threshold_rules(cells: list[ResultCell]) -> list[str]:
+    """Each distinct threshold rule as a reader needs it: a fixed threshold with its value ("fixed at 0.5"), a
+    rule chosen on the validation split by name and split ("youden on val"), argmax for multiclass."""
+    out = set()
+    for c in cells:
+        t = c.doc.get("threshold") if isinstance(c.doc.get("threshold"), dict) else {}
+        rule, value, on = t.get("rule"), t.get("value"), t.get("chosen_on")
+        if rule is None:
+            continue
+        if rule == "fixed" and isinstance(value, (int, float)):
+            out.add(f"fixed at {value:g}")
+        elif on not in (None, "fixed", rule):
+            out.add(f"{rule} on {on}")
+        else:
+            out.add(str(rule))
+    return sorted(out)
 
 
 def attribute_groups(attr: str, cells: list[ResultCell]) -> dict[str, Any]:

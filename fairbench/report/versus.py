@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError
-from fairbench.results import ResultCell
+from fairbench.registry import did_you_mean
 from fairbench.report.summary import OUTSIDE_MARK, lookup
+from fairbench.results import ResultCell
 
 __all__ = ["VERSUS_METRICS", "Delta", "VersusRow", "VersusTable", "Versus", "compute_versus", "check_reference",
            "holm", "fmt_delta", "fmt_p"]
@@ -149,8 +150,13 @@ def check_reference(cells: Sequence[ResultCell], reference: str) -> None:
     """One clear error when no cell has the reference adapter, naming the adapters present."""
     present = sorted({c.adapt for c in cells})
     if reference not in present:
+        from fairbench.adapters.base import ADAPTERS
+
+        # the registry's did-you-mean, over the adapters these results have (then over every registered one)
+        hint = did_you_mean(reference, present) or (
+            did_you_mean(reference, ADAPTERS.names()) if reference not in ADAPTERS else "")
         raise FairbenchError(f"--reference {reference}: no result cell has adapter '{reference}' (adapters "
-                             f"present: {', '.join(present) or 'none'})")
+                             f"present: {', '.join(present) or 'none'})" + (f".{hint}" if hint else ""))
 
 
 def _paths(attr: str, cells: Sequence[ResultCell]) -> tuple[tuple[str, ...], ...]:

@@ -137,12 +137,37 @@ def _package_versions() -> dict[str, str | None]:
     return out
 
 
-def provenance(*, device: str, started_at: str, duration_s: float) -> dict[str, Any]:
+def _build_state() -> tuple[str | None, bool | None]:
+    """The commit an installed (non-editable) copy was built from: ``fairbench/_build_info.py``, written into the
+    wheel by ``hatch_build.py``; (None, None) when it is absent (built outside a git checkout)."""
+    try:
+        from fairbench import _build_info  # type: ignore[attr-defined]
+    except ImportError:
+        return None, None
+    commit = getattr(_build_info, "BUILD_COMMIT", None)
+    dirty = getattr(_build_info, "BUILD_DIRTY", None)
+    return (str(commit) if commit else None), (bool(dirty) if dirty is not None else None)
+
+
+def source_state() -> tuple[str | None, bool | None, str]:
+    """(commit, dirty, where it came from): ``checkout`` (git, live), ``build`` (the commit baked into the
+    installed package at build time) or ``unknown``."""
     commit, dirty = _git_state()
+    if commit is not None:
+        return commit, dirty, "checkout"
+    commit, dirty = _build_state()
+    if commit is not None:
+        return commit, dirty, "build"
+    return None, None, "unknown"
+
+
+def provenance(*, device: str, started_at: str, duration_s: float) -> dict[str, Any]:
+    commit, dirty, source = source_state()
     return {
         "fairbench_version": __version__,
         "git_commit": commit,
         "git_dirty": dirty,
+        "git_commit_source": source,
         "packages": _package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -63,7 +63,7 @@ class SweepProgress:
             self._progress = None
         failed = report.failed
         remaining = report.remaining
-        console.print(f"sweep: {len(report.ran)} ran, {len(report.already_complete)} were already complete, "
+        console.print(f"sweep: {len(report.ran)} ran, {len(report.already_complete)} already complete, "
                       f"{len(failed)} failed, {remaining} remaining"
                       + (f", {len(report.busy)} held by another process" if report.busy else ""),
                       markup=False, soft_wrap=True)
