@@ -12,6 +12,59 @@ from fairbench.models.base import get_model_card
 REAL = ["clip_vit_b16", "clip_vit_b32", "biomedclip", "medclip_vit", "medclip_resnet", "gloria", "blip2"]
 TINY = ["tiny_openai_clip", "tiny_biomedclip", "tiny_medclip_vit", "tiny_medclip_resnet", "tiny_gloria", "tiny_blip2"]
 
+# Normalisation constants of each family, from the upstream code (never from the card under test):
+# open_clip's own pretrained config for OpenAI's checkpoints (and its OPENAI_DATASET_MEAN/STD, which BiomedCLIP's
+# open_clip_config.json preprocess_cfg names), transformers' BlipImageProcessor defaults (OPENAI_CLIP_MEAN/STD,
+# as Salesforce/blip2-itm-vit-g's preprocessor_config.json), MedCLIP's medclip/constants.py (IMG_MEAN, IMG_STD:
+# one channel) and GLoRIA's transforms (Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), gloria/datasets/transforms.py).
+MEDCLIP_MEAN, MEDCLIP_STD = 0.5862785803043838, 0.27950088968644304
+GLORIA_MEAN = GLORIA_STD = (0.5, 0.5, 0.5)
+REFERENCE_OF = {"tiny_openai_clip": "clip_vit_b16", "tiny_biomedclip": "biomedclip", "tiny_medclip_vit": "medclip_vit",
+                "tiny_medclip_resnet": "medclip_resnet", "tiny_gloria": "gloria", "tiny_blip2": "blip2",
+                "tinyclip": "clip_vit_b16"}  # tinyclip: an open_clip CLIP, normalised as OpenAI's
+
+
+def reference_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of ``name``'s upstream pipeline, three channels."""
+    name = REFERENCE_OF.get(name, name)
+    if name in ("clip_vit_b16", "clip_vit_b32"):
+        from open_clip.pretrained import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg("ViT-B-16" if name == "clip_vit_b16" else "ViT-B-32", "openai")
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    if name == "biomedclip":
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
+    if name == "blip2":
+        from transformers import BlipImageProcessor
+
+        proc = BlipImageProcessor()
+        return tuple(proc.image_mean), tuple(proc.image_std)
+    if name in ("medclip_vit", "medclip_resnet"):
+        return (MEDCLIP_MEAN,) * 3, (MEDCLIP_STD,) * 3
+    if name == "gloria":
+        return GLORIA_MEAN, GLORIA_STD
+    raise KeyError(name)
+
+
+def open_clip_eval_transform(image_size: int):  # type: ignore[no-untyped-def]
+    """open_clip's eval transform with open_clip's own defaults (OpenAI mean/std, bicubic, shortest)."""
+    import open_clip
+
+    return open_clip.image_transform(image_size, is_train=False)
+
+
+@pytest.mark.parametrize("name", REAL + TINY + ["tinyclip"])
+def test_normalisation_constants_are_upstream(name: str) -> None:
+    """A flat grey square normalises to (g - mean) / std with the family's upstream constants."""
+    pre = get_model_card(name).preprocessing
+    mean, std = reference_norm(name)
+    g = 77
+    x = pre([np.full((pre.image_size + 8, pre.image_size + 8), g, np.uint8)])[0]  # square: no padding
+    ref = (g / 255.0 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    torch.testing.assert_close(x, ref.expand_as(x).float(), rtol=0, atol=1e-5)
+
 
 def _smooth(h: int, w: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -53,14 +106,14 @@ def test_medclip_matches_upstream_pipeline(shape: tuple[int, ...]) -> None:
     pre = get_model_card("medclip_vit").preprocessing
     img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
     ours = pre([img])[0]
-    ref = _medclip_upstream(img, 224, pre.mean[0], pre.std[0])
+    ref = _medclip_upstream(img, 224, MEDCLIP_MEAN, MEDCLIP_STD)
     assert torch.equal(ours, ref)
 
 
 def test_medclip_pads_small_images_instead_of_upscaling() -> None:
     pre = get_model_card("medclip_vit").preprocessing
     img = np.full((100, 50), 255, np.uint8)
-    x = pre([img])[0, 0] * pre.std[0] + pre.mean[0]
+    x = pre([img])[0, 0] * MEDCLIP_STD + MEDCLIP_MEAN
     assert torch.allclose(x[62:162, 87:137], torch.ones(100, 50), atol=1e-6)  # pasted at (87, 62), unscaled
     assert float(x[:60].abs().max()) < 1e-6 and float(x[:, :85].abs().max()) < 1e-6
 
@@ -88,7 +141,7 @@ def _gloria_upstream(img: np.ndarray, scale: int, crop: int) -> torch.Tensor:
         pads = [(int(np.floor(pad / 2)), int(np.ceil(pad / 2))), (0, 0)]
     padded = np.pad(resized, pads, "constant", constant_values=0)
     t = transforms.Compose([transforms.CenterCrop(crop), transforms.ToTensor(),
-                            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+                            transforms.Normalize(GLORIA_MEAN, GLORIA_STD)])
     return t(Image.fromarray(padded).convert("RGB"))
 
 
@@ -153,9 +206,10 @@ def test_open_clip_preprocessing_matches_open_clip_transform(name: str, shape: t
 
     pre = get_model_card(name).preprocessing
     img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
-    t = open_clip.image_transform(pre.image_size, is_train=False, mean=pre.mean, std=pre.std,
+    mean, std = reference_norm(name)
+    t = open_clip.image_transform(pre.image_size, is_train=False, mean=mean, std=std,
                                   interpolation="bicubic", resize_mode="shortest")
-    assert _grey_levels(pre([img])[0], t(Image.fromarray(img)), pre.std) <= 1.5
+    assert _grey_levels(pre([img])[0], t(Image.fromarray(img)), std) <= 1.5
 
 
 def _noisy(h: int, w: int, channels: int = 1, seed: int = 3) -> np.ndarray:
@@ -176,13 +230,14 @@ def test_open_clip_shortest_resize_is_torchvision_geometry_on_noise(name: str, s
 
     pre = get_model_card(name).preprocessing
     img = _noisy(shape[0], shape[1], len(shape) == 3 and 3 or 1)
-    t = open_clip.image_transform(pre.image_size, is_train=False, mean=pre.mean, std=pre.std,
+    mean, std = reference_norm(name)
+    t = open_clip.image_transform(pre.image_size, is_train=False, mean=mean, std=std,
                                   interpolation="bicubic", resize_mode="shortest")
     resize, crop, normalize = t.transforms[0], t.transforms[1], t.transforms[-1]
     x = torch.from_numpy(img if img.ndim == 3 else np.repeat(img[..., None], 3, -1)).permute(2, 0, 1)
     ref = normalize(crop(resize(x)).float() / 255.0)
     assert ref.shape == (3, pre.image_size, pre.image_size)
-    assert _grey_levels(pre([img])[0], ref, pre.std) <= 0.51
+    assert _grey_levels(pre([img])[0], ref, std) <= 0.51
 
 
 @pytest.mark.parametrize("shape", SHIFT_SHAPES)
@@ -192,9 +247,8 @@ def test_open_clip_shortest_resize_matches_open_clip_pil_transform(shape: tuple[
 
     pre = get_model_card("clip_vit_b16").preprocessing
     img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
-    t = open_clip.image_transform(pre.image_size, is_train=False, mean=pre.mean, std=pre.std,
-                                  interpolation="bicubic", resize_mode="shortest")
-    assert _grey_levels(pre([img])[0], t(Image.fromarray(img)), pre.std) <= 1.5
+    t = open_clip_eval_transform(pre.image_size)
+    assert _grey_levels(pre([img])[0], t(Image.fromarray(img)), reference_norm("clip_vit_b16")[1]) <= 1.5
 
 
 @pytest.mark.parametrize("shape", [(300, 260), (260, 300, 3)])
@@ -204,6 +258,6 @@ def test_blip2_preprocessing_matches_blip_image_processor(shape: tuple[int, ...]
     pre = get_model_card("blip2").preprocessing
     img = _rgb(*shape[:2]) if len(shape) == 3 else _smooth(*shape)
     proc = BlipImageProcessor(size={"height": 224, "width": 224}, resample=Image.Resampling.BICUBIC,
-                              image_mean=list(pre.mean), image_std=list(pre.std), do_convert_rgb=True)
+                              do_convert_rgb=True)  # its default mean/std: OpenAI's, as the checkpoint's config
     ref = proc(Image.fromarray(img).convert("RGB"), return_tensors="pt")["pixel_values"][0]
-    assert _grey_levels(pre([img])[0], ref, pre.std) <= 1.5
+    assert _grey_levels(pre([img])[0], ref, tuple(proc.image_std)) <= 1.5
