@@ -106,7 +106,7 @@ class Preprocessing:
         for i, img in enumerate(images):
             px = resize_crop_pil(img, self)
             # torchvision ToTensor (uint8 -> float32 / 255), then Normalize ((x - mean) / std)
-            x = torch.from_numpy(px).float().div_(255.0)
+            x = torch.tensor(px, dtype=torch.float32).div_(255.0)  # a copy: PIL's arrays are read-only
             x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
             if x.shape[0] == 1 and c == 3:
                 x = x.expand(3, -1, -1)  # grayscale as RGB (open_clip's convert("RGB") after the crop)
