@@ -143,31 +143,84 @@ def _grey_levels(a, b, std) -> float:
 CACHE_SHAPES = [(1000, 800), (640, 1000), (517, 389), (180, 260), (300, 300)]
 
 
-@pytest.mark.parametrize("model, bound", [("medclip_vit", 0.0), ("gloria", 0.0), ("clip_vit_b16", 0.51),
-                                          ("blip2", 0.51)])
-@pytest.mark.parametrize("mode", ["L", "RGB"])
-def test_default_cache_serves_what_the_model_pipeline_makes_of_the_full_image(tmp_path, model, bound, mode):
-    """The uncached path (full-resolution decode, the model's own preprocessing) against the default cache:
-    identical tensors for the PIL pipelines (MedCLIP, GLoRIA), within half a grey level (uint8 rounding) for the
-    torch ones (open_clip, BLIP-2)."""
+def _noise_png(path, size, seed=0, mode="L"):
+    from PIL import Image
+
+    w, h = size
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img, mode).save(path)
+    return path
+
+
+def _cached_and_direct(tmp_path, pre, kind, mode, shapes):
+    """(uncached tensors, tensors from the default image cache, the files) for one model preprocessing."""
     from fairbench.data.prepare import PreparedLoader
-    from fairbench.models.base import get_model_card
     from fairbench.models.preprocess import CacheGeometry
 
-    pre = get_model_card(model).preprocessing
-    paths = [_smooth_png(tmp_path / "img" / f"{i}.png", s, seed=i, mode=mode) for i, s in enumerate(CACHE_SHAPES)]
+    make = _smooth_png if kind == "smooth" else _noise_png
+    paths = [make(tmp_path / "img" / f"{i}.png", s, seed=i, mode=mode) for i, s in enumerate(shapes)]
     src = FileImages(paths, prefix="test:exact:train", sample_ids=[f"s{i}" for i in range(len(paths))], mode=mode)
     loader = PreparedLoader(_Inner(src), image_cache="auto", model_input=max(pre.image_size, pre.load_size or 0),
                             geometry=CacheGeometry(pre), cache_root=tmp_path / "cache")
     cached = loader.load("train", None).images
     assert isinstance(cached, CachedImages) and cached.geometry is not None
     idx = np.arange(len(paths))
-    direct = pre(src.load(idx))
-    served = pre(cached.load(idx))
-    assert served.shape == direct.shape
-    assert _grey_levels(served, direct, pre.std) <= bound
     again = CachedImages(src, 0, root=tmp_path / "cache", geometry=loader.geometry)
     assert again.hit and again.path == cached.path
+    return pre(src.load(idx)), pre(cached.load(idx)), paths
+
+
+@pytest.mark.parametrize("model", ["medclip_vit", "gloria", "clip_vit_b16", "biomedclip", "blip2"])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("kind", ["smooth", "noise"])
+def test_default_cache_serves_what_the_model_pipeline_makes_of_the_full_image(tmp_path, model, mode, kind):
+    """The uncached path (full-resolution decode, the model's own preprocessing) against the default cache:
+    identical tensors for every family (all resize with PIL on uint8 and the cache stores PIL's output)."""
+    from fairbench.models.base import get_model_card
+
+    pre = get_model_card(model).preprocessing
+    direct, served, _ = _cached_and_direct(tmp_path, pre, kind, mode, CACHE_SHAPES)
+    assert served.shape == direct.shape
+    assert torch_equal(served, direct)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+# short side below, near and above 224, both orientations
+REFERENCE_SHAPES = [(150, 100), (100, 150), (230, 230), (180, 260), (300, 224), (517, 389), (640, 1000)]
+
+
+@pytest.mark.parametrize("model", ["clip_vit_b16", "biomedclip", "blip2"])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("kind", ["smooth", "noise"])
+def test_default_cache_equals_the_upstream_transform(tmp_path, model, mode, kind):
+    """Through ``--image-cache auto`` the model sees what open_clip's ``image_transform(224, is_train=False)``
+    (CLIP, BiomedCLIP) or transformers' PIL BLIP processor (BLIP-2) makes of the file, with their own constants:
+    exact up to float32 rounding (<= 0.01 grey level)."""
+    import open_clip
+    import torch
+    from open_clip.constants import OPENAI_DATASET_STD
+    from PIL import Image
+    from transformers import BlipImageProcessorPil
+
+    from fairbench.models.base import get_model_card
+
+    pre = get_model_card(model).preprocessing
+    _, served, paths = _cached_and_direct(tmp_path, pre, kind, mode, REFERENCE_SHAPES)
+    if model == "blip2":
+        proc = BlipImageProcessorPil(size={"height": 224, "width": 224}, resample=Image.Resampling.BICUBIC)
+        refs = [proc(Image.open(p), return_tensors="pt")["pixel_values"][0] for p in paths]
+        std = proc.image_std
+    else:
+        t = open_clip.image_transform(224, is_train=False)
+        refs = [t(Image.open(p)) for p in paths]
+        std = OPENAI_DATASET_STD
+    assert _grey_levels(served, torch.stack(refs), std) <= 0.01
 
 
 class _Inner:
@@ -195,3 +248,21 @@ def test_default_cache_entries_are_keyed_by_the_model_pipeline(tmp_path):
     entries = {CachedImages(src, 0, root=tmp_path / "cache", geometry=CacheGeometry(get_model_card(m).preprocessing))
                for m in ("medclip_vit", "gloria", "clip_vit_b16", "blip2")}
     assert len({e.path for e in entries}) == 4 and len({e.key for e in entries}) == 4
+
+
+def test_cache_key_changes_with_the_pipeline_version(tmp_path):
+    """Entries built by another implementation of the same card settings (PIPELINE_VERSION: 1 resized in float
+    with torch) are other entries, and so are the embeddings computed from them (the image source key)."""
+    import dataclasses
+
+    from fairbench.models.base import get_model_card
+    from fairbench.models.preprocess import PIPELINE_VERSION, CacheGeometry
+
+    pre = get_model_card("clip_vit_b16").preprocessing
+    assert pre.version == PIPELINE_VERSION >= 2
+    old = dataclasses.replace(pre, version=1)
+    assert old.key() != pre.key()
+    src = make_source(tmp_path, n=2)
+    a = CachedImages(src, 0, root=tmp_path / "cache", geometry=CacheGeometry(pre))
+    b = CachedImages(src, 0, root=tmp_path / "cache", geometry=CacheGeometry(old))
+    assert a.path != b.path and a.key != b.key

@@ -114,6 +114,24 @@ def test_hits_and_misses_exactly_when_a_key_part_changes(micro_tasks: Path, priv
     assert _event(_context(micro_tasks)) == "hit"  # and the original is still there
 
 
+@pytest.mark.parametrize("option", [{"image_size": 96}, {"seed": 7}])
+def test_a_changed_dataset_option_misses(micro_tasks: Path, private_cache: Path, option: dict) -> None:
+    """Same task name and version, same sample ids, other dataset options (other pixels): a miss, and the
+    embeddings are those of the new images, not the stale ones."""
+    first = _context(micro_tasks, card="tiny_openai_clip")
+    assert _event(first) == "miss"
+    options = {**first.task.dataset_options, **option}
+    changed = _context(micro_tasks, card="tiny_openai_clip", dataset_options=options)
+    assert changed.task.name == first.task.name and changed.task.version == first.task.version
+    assert np.array_equal(changed.split("val").sample_ids, first.split("val").sample_ids)
+    assert _event(changed) == "miss"
+    fresh = changed.encode("val")["feature"]
+    assert not np.allclose(fresh, first.encode("val")["feature"])
+    uncached = _context(micro_tasks, card="tiny_openai_clip", dataset_options=options)
+    uncached.embedding_cache = None
+    assert np.array_equal(fresh, uncached.encode("val")["feature"])
+
+
 def test_key_covers_sample_ids_and_pixels(micro_tasks: Path) -> None:
     ctx = _context(micro_tasks)
     samples = ctx.split("val")

@@ -83,8 +83,17 @@ def test_skip_existing_then_overwrite(zeroshot_cell, tiny_tasks_dir):
     assert again.skipped and again.metrics["metrics"] == json.loads(before)["metrics"]
     redo = run_cell(tiny_config(tmp, tiny_tasks_dir, overwrite=True))
     assert not redo.skipped
-    # same seed, same everything: identical numbers
-    assert redo.metrics["metrics"] == json.loads(before)["metrics"]
+
+
+def test_same_seed_recomputed_gives_identical_numbers(tmp_path, tiny_tasks_dir):
+    """Same seed, same everything: identical numbers, with the embedding cache off so that both runs encode
+    every image (with it on, the second run would replay the first run's embeddings)."""
+    runs = [run_cell(tiny_config(tmp_path / name, tiny_tasks_dir, embedding_cache=False)) for name in ("a", "b")]
+    for r in runs:
+        assert not r.skipped and r.metrics["embedding_cache"] == {"enabled": False}
+    a, b = (pd.read_parquet(r.path / "predictions.parquet") for r in runs)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert runs[0].metrics["metrics"] == runs[1].metrics["metrics"]
 
 
 def test_partial_cell_is_redone(tmp_path, tiny_tasks_dir):

@@ -6,8 +6,9 @@ array. Two kinds of entry:
 - with a ``geometry`` (:class:`fairbench.models.preprocess.CacheGeometry`; what a run uses by default): each
   full-resolution image after the geometric part of the model's own pipeline (MedCLIP's padding and bilinear
   resize, GLoRIA's INTER_AREA resize and padding, CLIP's resize and crop), a square the same pipeline then maps
-  onto itself. The model sees exactly what it would see uncached (up to half a grey level for the torch
-  pipelines, rounded to uint8). One entry per model preprocessing.
+  onto itself. The model sees exactly what it would see uncached (every pipeline resizes with PIL on uint8 and
+  the entry stores PIL's output). One entry per model preprocessing (its key includes the pipeline's
+  :meth:`~fairbench.models.preprocess.Preprocessing.key`, so a new ``PIPELINE_VERSION`` makes new entries).
 - with a ``size`` only (``--image-cache SIZE``): shrunk with Pillow bicubic so the longer side is at most
   ``size``; the model's pipeline then resizes again (an approximation, shared by all models).
 

@@ -1,7 +1,15 @@
-"""The PIL-based preprocessing pipelines of MedCLIP and GLoRIA, step for step as their official code does it.
+"""Every family's preprocessing, step for step as its official code does it, on PIL images.
 
-Both official pipelines work on single grayscale PIL images; so do these (per image, then stacked). The
-batched torch pipelines (``shortest``, ``square``) are in :class:`Preprocessing` itself, defined here too.
+All official pipelines resize single PIL images; so do these (per image, then stacked):
+
+- ``shortest`` (open_clip: CLIP, BiomedCLIP; ``open_clip.image_transform(224, is_train=False)``): torchvision
+  ``Resize(224)`` on a PIL image (the short side becomes 224, the long side ``int(224 * long / short)``,
+  PIL's resize with the card's filter), ``CenterCrop(224)`` (offsets ``int(round((side - 224) / 2))``),
+  RGB, ``ToTensor``, ``Normalize``. PIL resizes an 8-bit image in two passes (horizontal, then vertical)
+  and rounds and clips to uint8 after each, so the tensor equals open_clip's exactly (a float resize
+  differed by up to 22 grey levels on noise, where bicubic overshoots; docs/models.md).
+- ``square`` (BLIP-2: LAVIS ``Resize((224, 224))`` on a PIL image, transformers' ``BlipImageProcessor``):
+  PIL's resize to 224 x 224, no crop.
 
 - ``pad_square`` (MedCLIP, ``medclip/dataset.py``): the image is pasted, centred, on a black ``L`` canvas of
   side ``max(h, w, image_size)`` (pasting an RGB image into an ``L`` canvas converts it with PIL's ITU-R 601-2
@@ -25,13 +33,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from fairbench.cards import card_sha256
 
-__all__ = ["Preprocessing", "PIL_PIPELINES", "OPENAI_MEAN", "OPENAI_STD", "pil_pipeline", "to_gray_pil",
-           "pad_square_pil", "longest_pad_pil", "longest_pad_square", "area_resize", "CacheGeometry"]
+__all__ = [
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "PIL_PIPELINES",
+    "PIPELINE_VERSION",
+    "CacheGeometry",
+    "Preprocessing",
+    "area_resize",
+    "longest_pad_pil",
+    "longest_pad_square",
+    "pad_square_pil",
+    "pil_pipeline",
+    "resize_crop_pil",
+    "shortest_geometry",
+    "to_gray_pil",
+]
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST}
@@ -40,16 +61,21 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
+#: the version of fairbench's implementation of the pipelines: part of :meth:`Preprocessing.key` (so of the
+#: embedding cache's and the image cache's keys, and of tinyclip's pretraining key), bumped whenever the same
+#: card settings give other pixels. 2: ``shortest``/``square`` resize with PIL on uint8 (1: torch, float).
+PIPELINE_VERSION = 2
+
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Batched preprocessing for uint8 grayscale/RGB arrays.
+    """Preprocessing of a list of uint8 grayscale/RGB arrays into one normalised batch.
 
     ``resize``:
 
-    - ``shortest``: resize the shortest side, then center crop (CLIP-style; torch, batched), with torchvision's
-      ``Resize``/``CenterCrop`` size and offset rules (open_clip's eval transform).
-    - ``square``: resize to size x size, no crop (BLIP-2; torch, batched).
+    - ``shortest``: resize the shortest side, then center crop (CLIP-style): open_clip's eval transform,
+      torchvision's ``Resize``/``CenterCrop`` rules on a PIL image (PIL, per image; :func:`shortest_crop_pil`).
+    - ``square``: resize to size x size, no crop (BLIP-2; PIL, per image).
     - ``pad_square``: MedCLIP's pipeline: grayscale, zero-pad to a square of side max(h, w, image_size),
       resize to size x size (PIL, per image; :func:`pil_pipeline`).
     - ``longest_pad``: GLoRIA's pipeline: grayscale, resize the longest side to ``load_size`` with zero
@@ -65,6 +91,7 @@ class Preprocessing:
     interpolation: str = "bicubic"
     channels: int = 3
     load_size: int | None = None
+    version: int = PIPELINE_VERSION  # not a card field: fairbench's implementation (PIPELINE_VERSION)
 
     def key(self) -> str:
         return card_sha256(self.__dict__)[:16]
@@ -72,44 +99,65 @@ class Preprocessing:
     def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
         if self.resize in PIL_PIPELINES:
             return pil_pipeline(self, images)
-        out = torch.empty(len(images), self.channels, self.image_size, self.image_size)
-        # group equal shapes so a batch of same-size images is resized in one call
-        by_shape: dict[tuple[int, ...], list[int]] = {}
+        s, c = self.image_size, self.channels
+        out = torch.empty(len(images), c, s, s)
+        mean = torch.tensor(self.mean[:c]).view(-1, 1, 1)
+        std = torch.tensor(self.std[:c]).view(-1, 1, 1)
         for i, img in enumerate(images):
-            by_shape.setdefault(img.shape, []).append(i)
-        mean = torch.tensor(self.mean[: self.channels]).view(1, -1, 1, 1)
-        std = torch.tensor(self.std[: self.channels]).view(1, -1, 1, 1)
-        for shape, idx in by_shape.items():
-            x = torch.from_numpy(np.stack([images[i] for i in idx])).float().div_(255.0)
-            x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-            if x.shape[1] == 1 and self.channels == 3:
-                x = x.expand(-1, 3, -1, -1)
-            elif x.shape[1] == 3 and self.channels == 1:
-                x = x.mean(dim=1, keepdim=True)
-            x = self._resize(x)
-            out[idx] = (x - mean) / std
+            px = resize_crop_pil(img, self)
+            # torchvision ToTensor (uint8 -> float32 / 255), then Normalize ((x - mean) / std)
+            x = torch.tensor(px, dtype=torch.float32).div_(255.0)  # a copy: PIL's arrays are read-only
+            x = x.unsqueeze(0) if x.ndim == 2 else x.permute(2, 0, 1)
+            if x.shape[0] == 1 and c == 3:
+                x = x.expand(3, -1, -1)  # grayscale as RGB (open_clip's convert("RGB") after the crop)
+            elif x.shape[0] == 3 and c == 1:
+                x = x.mean(dim=0, keepdim=True)
+            out[i] = (x - mean) / std
         return out
-
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        s = self.image_size
-        kw = dict(mode=self.interpolation, antialias=True) if self.interpolation in ("bilinear", "bicubic") \
-            else dict(mode=self.interpolation)
-        if self.resize == "square":
-            return F.interpolate(x, size=(s, s), **kw).clamp_(0, 1)
-        # torchvision Resize(s) (open_clip's eval transform): the short side becomes s, the long side
-        # int(s * long / short) (truncated); CenterCrop(s) offsets are int(round((side - s) / 2))
-        if h <= w:
-            nh, nw = s, int(s * w / h)
-        else:
-            nh, nw = int(s * h / w), s
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), **kw).clamp_(0, 1)
-        top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
-        return x[..., top:top + s, left:left + s]
 
 
 PIL_PIPELINES = ("pad_square", "longest_pad")
+
+
+def _as_pil(img: np.ndarray) -> Image.Image:
+    """A uint8 HxW, HxWx1 or HxWx3 array as a PIL ``L`` or ``RGB`` image (no conversion)."""
+    arr = np.ascontiguousarray(img)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 arrays, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f"images must be HxW or HxWx3 arrays, got shape {arr.shape}")
+    return Image.fromarray(arr)
+
+
+def shortest_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """torchvision ``Resize(size)`` then ``CenterCrop(size)`` (open_clip's eval transform): the resized
+    ``(height, width)`` (short side ``size``, long side ``int(size * long / short)``, truncated) and the crop's
+    ``(top, left)`` (``int(round((side - size) / 2))``)."""
+    if h <= w:
+        nh, nw = size, int(size * w / h)
+    else:
+        nh, nw = int(size * h / w), size
+    return nh, nw, round((nh - size) / 2.0), round((nw - size) / 2.0)
+
+
+def resize_crop_pil(img: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """``shortest``/``square``: the uint8 ``size`` x ``size`` (x 3 for RGB input) that open_clip's (BLIP-2's)
+    transform makes of ``img`` before ``ToTensor``: PIL's resize of the 8-bit image with the card's filter
+    (what torchvision's ``Resize`` calls on a PIL image), then the center crop."""
+    pil = _as_pil(img)
+    s = pre.image_size
+    if pre.resize == "square":
+        if pil.size != (s, s):
+            pil = pil.resize((s, s), resample=_RESAMPLE[pre.interpolation])
+        return np.asarray(pil)
+    if pre.resize != "shortest":  # pragma: no cover - guarded by the card schema
+        raise ValueError(f"not a resize/crop pipeline: {pre.resize}")
+    nh, nw, top, left = shortest_geometry(pil.height, pil.width, s)
+    if (pil.height, pil.width) != (nh, nw):
+        pil = pil.resize((nw, nh), resample=_RESAMPLE[pre.interpolation])
+    return np.asarray(pil)[top:top + s, left:left + s]
 
 
 def _area_axis0(x: np.ndarray, m: int) -> np.ndarray:
@@ -224,9 +272,8 @@ class CacheGeometry:
 
     - ``pad_square`` (MedCLIP): the padded, resized ``image_size`` square (PIL's output: exact);
     - ``longest_pad`` (GLoRIA): the padded ``load_size`` square before the center crop (exact);
-    - ``shortest`` / ``square`` (open_clip, BLIP-2): the resized and cropped ``image_size`` square, rounded to
-      uint8 (torch computes it in float: within half a grey level of the uncached path; open_clip's and
-      BLIP-2's own PIL pipelines round to uint8 at this point too).
+    - ``shortest`` / ``square`` (open_clip, BLIP-2): the resized and cropped ``image_size`` square (PIL's
+      uint8 output, :func:`resize_crop_pil`: exact).
     """
 
     pre: Preprocessing
@@ -251,7 +298,4 @@ class CacheGeometry:
             return np.asarray(pad_square_pil(img, p.image_size, p.interpolation), dtype=np.uint8)
         if p.resize == "longest_pad":
             return longest_pad_square(img, self.side, p.interpolation)
-        x = torch.from_numpy(np.ascontiguousarray(img)).float().div_(255.0)
-        x = x[None, None] if x.ndim == 2 else x.permute(2, 0, 1)[None]
-        out = p._resize(x)[0].mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-        return (out[0] if img.ndim == 2 else out.permute(1, 2, 0)).contiguous().numpy()
+        return np.ascontiguousarray(resize_crop_pil(img, p))
