@@ -14,6 +14,11 @@ from typing import Annotated, Any, Optional, get_args, get_origin
 import typer
 
 from fairbench import __version__
+from fairbench.kv import parse_kv
+from fairbench.options import (AdaptArgOpt, AllowDownloadOpt, AllowSkipUnreadableOpt, DataRootOpt, DeviceOpt,
+                               EmbeddingCacheOpt, ImageCacheOpt, ModelArgOpt, NBootOpt, OutOpt, OverwriteOpt,
+                               PrecisionOpt, SweepAllowSkipUnreadableOpt, SweepOverwriteOpt, TasksDirOpt,
+                               WeightsOpt)
 from fairbench.errors import FairbenchError
 from fairbench.progress import console as err_console
 
@@ -65,15 +70,6 @@ def _readable_help_types() -> None:
 
 _readable_help_types()
 
-# -- shared option definitions ---------------------------------------------------------------------
-TasksDirOpt = Annotated[Optional[list[Path]], typer.Option(
-    "--tasks-dir", help="Extra folder of task folders (<dir>/<task>/<task>.yaml); repeatable.",
-    rich_help_panel="Tasks")]
-NBootOpt = Annotated[Optional[int], typer.Option(
-    "--n-boot", min=0, help="Bootstrap resamples for confidence intervals (0 = none; default: the task card's).",
-    rich_help_panel="Metrics")]
-
-
 def _mount_subcommands() -> None:
     from fairbench.data.commands import data_app, tasks_app
 
@@ -93,53 +89,30 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
     """fairbench: fairness benchmarks for medical vision-language models."""
 
 
-ModelArgOpt = Annotated[Optional[list[str]], typer.Option(
-    "--model-arg", help="Model argument KEY=VALUE for a generic model (open_clip: arch=NAME); repeatable. "
-    "Recorded in metrics.json and the config hash.", rich_help_panel="Data and weights")]
-
-
 @app.command()
 def run(
     task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")] = "synth_cxr",
     model: Annotated[str, typer.Option(help="Model card name (see `fairbench ls models`).")] = "tinyclip",
     adapt: Annotated[str, typer.Option(help="Adaptation strategy (see `fairbench ls adapters`).")] = "zeroshot",
     seed: Annotated[int, typer.Option(help="Seed for everything random in this cell (0 to 2**32-1).")] = 0,
-    out: Annotated[Path, typer.Option(help="Results root; the cell goes to OUT/task/model/adapt/seedN.")]
-        = Path("results"),
-    data_root: Annotated[Optional[Path], typer.Option(
-        help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel="Data and weights")]
-        = None,
-    weights: Annotated[Optional[str], typer.Option(
-        help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
-        rich_help_panel="Data and weights")] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute a cell that is already complete.")]
-        = False,
-    adapt_arg: Annotated[Optional[list[str]], typer.Option(
-        "--adapt-arg", help="Adapter parameter KEY=VALUE; repeatable (see `fairbench ls adapters`).")] = None,
+    out: OutOpt = Path("results"),
+    data_root: DataRootOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    adapt_arg: AdaptArgOpt = None,
     model_arg: ModelArgOpt = None,
     n_boot: NBootOpt = None,
     tasks_dir: TasksDirOpt = None,
-    allow_download: Annotated[bool, typer.Option(
-        "--allow-download", help="Let an hf-hub: weights source missing from the local Hugging Face cache be "
-        "downloaded (never while HF_HUB_OFFLINE is set).", rich_help_panel="Data and weights")] = False,
-    allow_skip_unreadable: Annotated[bool, typer.Option(
-        "--allow-skip-unreadable", help="Leave out samples whose image is missing or unreadable (each is listed "
-        "in metrics.json under data.skipped) instead of stopping.", rich_help_panel="Data and weights")] = False,
-    image_cache: Annotated[str, typer.Option(
-        help="Preprocessed-image cache for real datasets: auto (the model's own resize/pad/crop, exact), off, "
-             "or a size in pixels (a shared bicubic shrink, approximate).",
-        rich_help_panel="Data and weights")] = "auto",
+    allow_download: AllowDownloadOpt = False,
+    allow_skip_unreadable: AllowSkipUnreadableOpt = False,
+    image_cache: ImageCacheOpt = "auto",
     select_on: Annotated[Optional[str], typer.Option(
         "--select-on", help="Split that selects the epoch of a trainable adapter: val (default) or test "
         "(FairCLIP's published protocol: warned, recorded, test metrics biased). Same as --adapt-arg select_on=.",
         rich_help_panel="Training")] = None,
-    embedding_cache: Annotated[bool, typer.Option(
-        "--embedding-cache/--no-embedding-cache", help="Reuse frozen image embeddings across runs (zeroshot, "
-        "linear_probe, mlp).", rich_help_panel="Training")] = True,
-    precision: Annotated[str, typer.Option(
-        help="Frozen-encoder inference precision: fp32, bf16 (autocast; CPU and CUDA) or fp16 (CUDA). Recorded "
-             "with its measured effect in metrics.json.", rich_help_panel="Training")] = "fp32",
+    embedding_cache: EmbeddingCacheOpt = True,
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Run one cell (task x model x adapter x seed) and print its fairness summary.
 
@@ -151,7 +124,7 @@ def run(
     from fairbench.results import check_seed
 
     check_seed(seed, "--seed")
-    adapt_args = _parse_kv(adapt_arg or [], "--adapt-arg")
+    adapt_args = parse_kv(adapt_arg or [], "--adapt-arg")
     if select_on is not None:
         adapt_args["select_on"] = select_on
     cfg = RunConfig(task=task, model=model, adapt=adapt, seed=seed, out=out, data_root=data_root,
@@ -159,7 +132,7 @@ def run(
                     n_boot=n_boot, adapt_args=adapt_args,
                     allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
                     embedding_cache=embedding_cache, precision=precision,
-                    model_args=_parse_kv(model_arg or [], "--model-arg"))
+                    model_args=parse_kv(model_arg or [], "--model-arg"))
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
@@ -184,20 +157,13 @@ def embed(
     out: Annotated[Path, typer.Option(help="The parquet file to write.")],
     split: Annotated[Optional[list[str]], typer.Option(
         "--split", help="Split to embed, repeatable (default: every split of the task).")] = None,
-    weights: Annotated[Optional[str], typer.Option(
-        help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
-        rich_help_panel="Data and weights")] = None,
+    weights: WeightsOpt = None,
     model_arg: ModelArgOpt = None,
-    data_root: Annotated[Optional[Path], typer.Option(
-        help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel="Data and weights")]
-        = None,
+    data_root: DataRootOpt = None,
     tasks_dir: TasksDirOpt = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
-    allow_download: Annotated[bool, typer.Option(
-        "--allow-download", help="Let an hf-hub: weights source missing from the local Hugging Face cache be "
-        "downloaded (never while HF_HUB_OFFLINE is set).", rich_help_panel="Data and weights")] = False,
-    embedding_cache: Annotated[bool, typer.Option(
-        "--embedding-cache/--no-embedding-cache", help="Reuse (and store) cached image embeddings.")] = True,
+    device: DeviceOpt = "auto",
+    allow_download: AllowDownloadOpt = False,
+    embedding_cache: EmbeddingCacheOpt = True,
 ) -> None:
     """Write a model's image embeddings of a task's samples to parquet (one row per sample; attributes, labels,
     and the class prompts' text embeddings and provenance in the file's metadata; see docs/models.md)."""
@@ -206,7 +172,7 @@ def embed(
     from fairbench.models.weights import allow_downloads
 
     cfg = EmbedConfig(task=task, model=model, out=out, splits=tuple(split or ()), weights=weights,
-                      model_args=_parse_kv(model_arg or [], "--model-arg"), data_root=data_root,
+                      model_args=parse_kv(model_arg or [], "--model-arg"), data_root=data_root,
                       tasks_dirs=tuple(tasks_dir or ()), device=device, embedding_cache=embedding_cache)
     with allow_downloads(allow_download):
         meta = run_embed(cfg)
@@ -316,35 +282,18 @@ def sweep(
         "sweep starts a Ray instance of its own, even where one is running.", rich_help_panel="Executor")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their status; run nothing.")]
         = False,
-    out: Annotated[Optional[Path], typer.Option(help="Results root (default results).",
-                                                rich_help_panel="Run options")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (real tasks).",
-                                                      rich_help_panel="Run options")] = None,
-    weights: Annotated[Optional[str], typer.Option(
-        help="Weights source for every model: a file, local-dir:PATH, hf-hub:ORG/REPO or random.",
-        rich_help_panel="Run options")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.",
-                                                  rich_help_panel="Run options")] = None,
-    n_boot: Annotated[Optional[int], typer.Option(
-        "--n-boot", min=0, help="Bootstrap resamples (default: each task card's).", rich_help_panel="Run options")]
-        = None,
-    tasks_dir: Annotated[Optional[list[Path]], typer.Option(
-        "--tasks-dir", help="Extra folder of task folders; repeatable.", rich_help_panel="Run options")] = None,
-    adapt_arg: Annotated[Optional[list[str]], typer.Option(
-        "--adapt-arg", help="Adapter parameter KEY=VALUE (every adapter) or ADAPTER.KEY=VALUE; repeatable.",
-        rich_help_panel="Run options")] = None,
+    out: OutOpt = None,
+    data_root: DataRootOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = None,
+    n_boot: NBootOpt = None,
+    tasks_dir: TasksDirOpt = None,
+    adapt_arg: AdaptArgOpt = None,
     model_arg: ModelArgOpt = None,
-    overwrite: Annotated[Optional[bool], typer.Option(
-        "--overwrite/--no-overwrite", help="Recompute complete cells too (default: the sweep file's, else no).",
-        rich_help_panel="Run options")] = None,
-    allow_skip_unreadable: Annotated[Optional[bool], typer.Option(
-        "--allow-skip-unreadable/--no-allow-skip-unreadable", help="Leave out samples whose image is unreadable "
-        "(listed in metrics.json; default: the sweep file's, else no).", rich_help_panel="Run options")] = None,
-    image_cache: Annotated[Optional[str], typer.Option(
-        help="Preprocessed-image cache: auto, off or a size in pixels.", rich_help_panel="Run options")] = None,
-    precision: Annotated[Optional[str], typer.Option(
-        help="Frozen-encoder inference precision of every cell: fp32, bf16 or fp16 (CUDA) (default: the sweep "
-        "file's, else fp32).", rich_help_panel="Run options")] = None,
+    overwrite: SweepOverwriteOpt = None,
+    allow_skip_unreadable: SweepAllowSkipUnreadableOpt = None,
+    image_cache: ImageCacheOpt = None,
+    precision: PrecisionOpt = None,
 ) -> None:
     """Run a grid of cells (tasks x models x adapters x seeds); complete cells are skipped.
 
@@ -356,9 +305,9 @@ def sweep(
     options = {"out": out, "data_root": data_root, "weights": weights, "device": device, "n_boot": n_boot,
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
                "precision": precision,
-               "model_args": _parse_kv(model_arg, "--model-arg") if model_arg else None}
+               "model_args": parse_kv(model_arg, "--model-arg") if model_arg else None}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
-                      workers=workers, executor_args=_parse_kv(executor_arg or [], "--executor-arg"),
+                      workers=workers, executor_args=parse_kv(executor_arg or [], "--executor-arg"),
                       threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,
                       ray_address=ray_address)
     report = sweep_command(spec, dry_run=dry_run)
@@ -481,16 +430,6 @@ def check(
     code = run_check(results, baseline, tolerance=tolerance or (), update=update, verbose=verbose)
     if code:
         raise typer.Exit(code=code)
-
-
-def _parse_kv(items: list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise FairbenchError(f"{flag} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
 
 
 _mount_subcommands()

@@ -295,7 +295,7 @@ def test_piped_help_keeps_option_names_and_sentences_whole():
     assert "…" not in proc.stdout
     assert "--allow-skip-unreadable" in proc.stdout and "--no-allow-skip-unreadable" in proc.stdout
     lines = proc.stdout.splitlines()
-    for sentence in ("Weights source for every model: a file, local-dir:PATH, hf-hub:ORG/REPO or random.",
+    for sentence in ("Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
                      "Run a grid of cells (tasks x models x adapters x seeds); complete cells are skipped."):
         assert any(sentence in ln for ln in lines), sentence
 
@@ -310,3 +310,40 @@ def test_readme_gives_a_cpu_only_install_before_pip_install():
     cpu = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
     assert cpu in quick
     assert quick.index(cpu) < quick.index("pip install . && fairbench run", quick.index(cpu))
+
+
+def test_run_sweep_and_embed_share_one_declaration_per_option():
+    """Options that several commands take are declared once (fairbench/options.py): the same flag, help text and
+    panel on every command, so a fix to one cannot leave the other behind."""
+    import typer.main
+
+    from fairbench.cli import app
+
+    commands = typer.main.get_command(app).commands
+    def params(name: str) -> dict[str, tuple]:
+        return {p.name: (tuple(p.opts), p.help, getattr(p, "rich_help_panel", None))
+                for p in commands[name].params}
+    run, sweep, embed = params("run"), params("sweep"), params("embed")
+    shared = ("out", "data_root", "weights", "device", "n_boot", "tasks_dir", "adapt_arg", "model_arg",
+              "image_cache", "precision")
+    for name in shared:
+        assert run[name] == sweep[name], name
+    for name in ("weights", "model_arg", "data_root", "tasks_dir", "device", "allow_download", "embedding_cache"):
+        assert run[name] == embed[name], name
+    # the two switches a sweep can turn off: same help text up to the sweep's default note
+    for name in ("overwrite", "allow_skip_unreadable"):
+        assert run[name][1].rstrip(".") in sweep[name][1], name
+
+
+def test_one_key_value_parser():
+    """Every KEY=VALUE option splits in fairbench.kv (the same one-line error for the same mistake)."""
+    import ast
+    from pathlib import Path
+
+    import fairbench
+
+    root = Path(fairbench.__file__).parent
+    splitters = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                       if 'partition("=")' in p.read_text() and p.name != "cli.py")  # cli.py: --flag=value words
+    assert splitters == ["kv.py"], splitters
+    assert ast.parse((root / "kv.py").read_text())

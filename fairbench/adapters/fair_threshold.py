@@ -27,6 +27,7 @@ import numpy as np
 
 from fairbench.adapters._trainable import resolve_attribute
 from fairbench.adapters.base import ADAPTERS, AdaptContext, Adapter
+from fairbench.kv import parse_kv
 from fairbench.errors import FairbenchError
 from fairbench.train.groups import group_labels
 
@@ -53,15 +54,7 @@ def _scores_estimator() -> Any:
 
 
 def _parse_base_params(adapter: str, items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        if not item:
-            continue
-        key, sep, value = str(item).partition("=")
-        if not sep or not key:
-            raise FairbenchError(f"adapter '{adapter}': base_params items must be KEY=VALUE, got {item!r}")
-        out[key.strip()] = value.strip()
-    return out
+    return parse_kv((item for item in items if item), f"adapter '{adapter}': base_params item")
 
 
 class FairThreshold(Adapter):

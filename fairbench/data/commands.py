@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from fairbench.errors import CardError, FairbenchError
+from fairbench.options import TasksDirOpt
 from fairbench.progress import stdout_console
 
 __all__ = ["tasks_app", "data_app"]
@@ -20,8 +21,6 @@ __all__ = ["tasks_app", "data_app"]
 tasks_app = typer.Typer(help="Build and inspect task definitions.", no_args_is_help=True)
 data_app = typer.Typer(help="Check datasets on disk against their task cards.", no_args_is_help=True)
 
-TasksDirOpt = Annotated[Optional[list[Path]], typer.Option(
-    "--tasks-dir", help="Extra folder of task folders (<dir>/<task>/<task>.yaml); repeatable.")]
 
 
 @tasks_app.command("build")

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fairbench import __version__
+from fairbench.kv import split_kv
 from fairbench.errors import FairbenchError, ResultsError
 from fairbench.progress import stdout_console
 from fairbench.report.collect import Collection, ResultCell, collect
@@ -203,8 +204,7 @@ def parse_tolerances(items: Sequence[str]) -> dict[str, float]:
     """``0.02`` (the default) or ``METRIC=0.005`` (one metric name, e.g. auc, es_auc, dpd)."""
     out: dict[str, float] = {}
     for item in items:
-        key, sep, value = item.partition("=")
-        name, text = (key.strip(), value) if sep else ("default", key)
+        name, text = split_kv(item, "--tolerance", expected="a number or METRIC=NUMBER", bare_key="default")
         try:
             tol = float(text)
         except ValueError:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.cards import Fields, read_yaml_with_includes
+from fairbench.kv import split_kv
 from fairbench.errors import CardError, FairbenchError
 from fairbench.results import cell_dir, check_seed
 
@@ -195,13 +196,10 @@ def parse_adapt_args(items: list[str] | None) -> dict[str, dict[str, Any]]:
     """``KEY=VALUE`` (every adapter of the sweep) or ``ADAPTER.KEY=VALUE`` (that adapter only)."""
     out: dict[str, dict[str, Any]] = {}
     for item in items or []:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise FairbenchError(f"--adapt-arg {item!r}: expected KEY=VALUE or ADAPTER.KEY=VALUE")
+        key, value = split_kv(item, "--adapt-arg", expected="KEY=VALUE or ADAPTER.KEY=VALUE")
         adapter, dot, param = key.rpartition(".")
         scope = adapter if dot else "*"
-        out.setdefault(scope, {})[param if dot else key] = value.strip()
+        out.setdefault(scope, {})[param if dot else key] = value
     return out
 
 

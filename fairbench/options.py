@@ -1,0 +1,68 @@
+"""The command line's shared option definitions: every option that more than one command takes is declared once
+here (``run``, ``sweep``, ``embed``, ``metrics``, ``compare``, ``leaderboard``, ``plot``, ``report``, ``ls``,
+``validate`` and the ``tasks``/``data`` subcommands), so their names, help texts, panels and checks never drift.
+
+A sweep's run options are ``None`` when not given (the sweep file's value, else the run default, applies), so the
+shared types are ``Optional`` and each command sets its own default; switches that a sweep must be able to turn
+off (``--overwrite/--no-overwrite``) come in a run form and a sweep form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+__all__ = ["AdaptArgOpt", "AllowDownloadOpt", "AllowSkipUnreadableOpt", "DataRootOpt", "DeviceOpt",
+           "EmbeddingCacheOpt", "ImageCacheOpt", "ModelArgOpt", "NBootOpt", "OutOpt", "OverwriteOpt", "PrecisionOpt",
+           "SweepAllowSkipUnreadableOpt", "SweepOverwriteOpt", "TasksDirOpt", "WeightsOpt"]
+
+DATA = "Data and weights"
+TRAINING = "Training"
+
+TasksDirOpt = Annotated[Optional[list[Path]], typer.Option(  # noqa: UP045 - typer reads the annotation
+    "--tasks-dir", help="Extra folder of task folders (<dir>/<task>/<task>.yaml); repeatable.",
+    rich_help_panel="Tasks")]
+NBootOpt = Annotated[Optional[int], typer.Option(  # noqa: UP045
+    "--n-boot", min=0, help="Bootstrap resamples for confidence intervals (0 = none; default: the task card's).",
+    rich_help_panel="Metrics")]
+OutOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--out", help="Results root (default results); a cell goes to OUT/task/model/adapt/seedN.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+DataRootOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--data-root", help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel=DATA)]
+WeightsOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--weights", help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
+    rich_help_panel=DATA)]
+ModelArgOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+    "--model-arg", help="Model argument KEY=VALUE for a generic model (open_clip: arch=NAME); repeatable. "
+    "Recorded in metrics.json and the config hash.", rich_help_panel=DATA)]
+AdaptArgOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+    "--adapt-arg", help="Adapter parameter KEY=VALUE; repeatable (see `fairbench ls adapters`). In a sweep, "
+    "ADAPTER.KEY=VALUE sets it for that adapter only.", rich_help_panel=TRAINING)]
+ImageCacheOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--image-cache", help="Preprocessed-image cache for real datasets: auto (the model's own resize/pad/crop, "
+    "exact), off, or a size in pixels (a shared bicubic shrink, approximate).", rich_help_panel=DATA)]
+PrecisionOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--precision", help="Frozen-encoder inference precision: fp32, bf16 (autocast; CPU and CUDA) or fp16 (CUDA). "
+    "Recorded with its measured effect in metrics.json.", rich_help_panel=TRAINING)]
+AllowDownloadOpt = Annotated[bool, typer.Option(
+    "--allow-download", help="Let an hf-hub: weights source missing from the local Hugging Face cache be "
+    "downloaded (never while HF_HUB_OFFLINE is set).", rich_help_panel=DATA)]
+EmbeddingCacheOpt = Annotated[bool, typer.Option(
+    "--embedding-cache/--no-embedding-cache", help="Reuse (and store) frozen image embeddings across runs "
+    "(zeroshot, linear_probe, mlp and the other frozen-encoder adapters).", rich_help_panel=TRAINING)]
+# switches: a run turns them on; a sweep may also turn off what its file turns on
+_OVERWRITE = "Recompute a cell that is already complete"
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE + ".")]
+SweepOverwriteOpt = Annotated[Optional[bool], typer.Option(  # noqa: UP045
+    "--overwrite/--no-overwrite", help=_OVERWRITE + " (default: the sweep file's, else no).")]
+_SKIP = ("Leave out samples whose image is missing or unreadable (each is listed in metrics.json under "
+         "data.skipped) instead of stopping")
+AllowSkipUnreadableOpt = Annotated[bool, typer.Option(
+    "--allow-skip-unreadable", help=_SKIP + ".", rich_help_panel=DATA)]
+SweepAllowSkipUnreadableOpt = Annotated[Optional[bool], typer.Option(  # noqa: UP045
+    "--allow-skip-unreadable/--no-allow-skip-unreadable", help=_SKIP + " (default: the sweep file's, else no).",
+    rich_help_panel=DATA)]
