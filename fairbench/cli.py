@@ -419,15 +419,20 @@ def check(
         "METRIC=NUMBER (e.g. auc=0.005, es_auc=0.02); repeatable. Overrides the baseline's tolerances.")] = None,
     update: Annotated[bool, typer.Option("--update", help="Write the baseline from the results instead.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Also list moves within tolerance.")] = False,
+    two_sided: Annotated[bool, typer.Option(
+        "--two-sided/--one-sided", help="Two-sided (default): any move beyond tolerance fails, improvements "
+        "included. One-sided: only moves the bad way fail; improvements are listed and pass.")] = True,
 ) -> None:
-    """Compare results with a baseline; exit 1 on a regression.
+    """Compare results with a baseline; exit 1 on a move beyond tolerance.
 
-    Direction-aware: an AUC falling or a fairness gap growing beyond tolerance fails, and so does a missing or
-    unreadable cell; improvements are reported and pass. --update writes the baseline.
+    Direction-aware: an AUC falling or a fairness gap growing beyond tolerance is a regression and fails, and so
+    does a missing or unreadable cell; an improvement beyond tolerance fails too (two-sided, the default) or is
+    reported and passes (--one-sided). --update writes the baseline.
     """
     from fairbench.report.check import run_check
 
-    code = run_check(results, baseline, tolerance=tolerance or (), update=update, verbose=verbose)
+    code = run_check(results, baseline, tolerance=tolerance or (), update=update, verbose=verbose,
+                     two_sided=two_sided)
     if code:
         raise typer.Exit(code=code)
 

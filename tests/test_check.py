@@ -1,4 +1,5 @@
-"""`fairbench check` on fabricated cells: passing, regressions and improvements in both directions,
+"""`fairbench check` on fabricated cells: passing, regressions and improvements in both directions (two-sided
+and one-sided),
 tolerances, missing/new/unreadable cells, changed data, and a deterministic baseline."""
 
 from __future__ import annotations
@@ -85,12 +86,38 @@ def test_direction_aware_verdicts(setup, metric, delta, verdict):
         node[metric[-1]] += delta
 
     edit(root, move)
-    res = check(root, "--baseline", baseline)
     path = ".".join(metric)
+    # one-sided: only a move the bad way fails; an improvement is listed and passes
+    res = check(root, "--baseline", baseline, "--one-sided")
     line = next(ln for ln in res.output.splitlines() if path in ln)
-    assert verdict in line and f"{delta:+.4f}" in line, res.output
+    assert verdict in line and "two-sided" not in line and f"{delta:+.4f}" in line, res.output
     assert res.exit_code == (1 if verdict == "regression" else 0), res.output
     assert ("FAILED" in res.output) == (verdict == "regression")
+    # two-sided (the default, and what .ci/run runs): a regression test of numbers fails on either move
+    for args in ((), ("--two-sided",)):
+        res = check(root, "--baseline", baseline, *args)
+        line = next(ln for ln in res.output.splitlines() if path in ln)
+        assert verdict in line and f"{delta:+.4f}" in line, res.output
+        assert ("(two-sided)" in line) == (verdict == "improvement"), line
+        assert res.exit_code == 1 and "FAILED" in res.output, res.output
+
+
+def test_two_sided_fails_on_a_null_that_became_a_number(setup):
+    root, baseline = setup
+    edit(root, lambda m, d: m["attributes"]["age"].update(es_auc=None))
+    check(root, "--baseline", baseline, "--update")
+    edit(root, lambda m, d: m["attributes"]["age"].update(es_auc=0.6))
+    res = check(root, "--baseline", baseline, "--one-sided")
+    assert res.exit_code == 0 and "newly defined" in res.output, res.output
+    res = check(root, "--baseline", baseline)
+    assert res.exit_code == 1 and "newly defined (two-sided)" in res.output, res.output
+
+
+def test_the_ci_check_is_two_sided():
+    """.ci/run checks the committed baseline two-sided (its numbers must not move either way)."""
+    lines = [ln for ln in (Path(__file__).parents[1] / ".ci" / "run").read_text().splitlines()
+             if "fairbench check" in ln and not ln.lstrip().startswith("#")]
+    assert lines and all("--two-sided" in ln and "--one-sided" not in ln for ln in lines), lines
 
 
 def test_moves_within_tolerance_pass_and_tolerances_apply_per_metric(setup):

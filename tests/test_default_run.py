@@ -175,3 +175,151 @@ def test_pretraining_gives_the_same_weights_under_any_thread_count(tiny_tasks_di
                                                                           "max_samples": 128}})
     model = build_model(card, "pretrain:synth_tiny", torch.device("cpu"))
     assert model.weights_info["file"] == str(built[2]) and model.weights_info["pretrain_threads"] == 1
+
+
+# -- identical numbers on every machine (issue 22 item 4) ------------------------------------------------------
+def _shipped_files():
+    from fairbench.models.tinyclip import SHIPPED_DIR
+
+    return SHIPPED_DIR / "tinyclip-synth_cxr.safetensors", SHIPPED_DIR / "tinyclip-synth_cxr.json"
+
+
+def test_shipped_weights_are_the_shipped_cards_and_intact():
+    """The package ships tinyclip's pretrain:synth_cxr weights (fp16), built for exactly the key that the card and
+    generator as shipped give; a change to either without `--rebuild` fails here, not silently at a user's."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    from fairbench.models.base import get_model_card
+    from fairbench.models.tinyclip import pretrain_key, shipped_weights
+
+    weights, manifest_path = _shipped_files()
+    manifest = json.loads(manifest_path.read_text())
+    card = get_model_card("tinyclip")
+    assert card.weights_source == "pretrain:synth_cxr"
+    assert manifest["key"] == pretrain_key(card, "synth_cxr"), "rebuild: python -m fairbench.models.tinyclip --rebuild"
+    assert manifest["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert weights.stat().st_size < 12e6  # a few MB in the wheel
+    with safe_open(str(weights), framework="pt") as fh:
+        dtypes = {fh.get_slice(k).get_dtype() for k in fh.keys()}  # noqa: SIM118 - safe_open is not iterable
+    assert "F16" in dtypes and "F32" not in dtypes, dtypes
+    found = shipped_weights(card, "synth_cxr")
+    assert found is not None and found[0] == weights
+
+
+def test_a_changed_shipped_file_is_a_one_line_error(tmp_path, monkeypatch):
+    import shutil
+
+    from fairbench.errors import WeightsError
+    from fairbench.models import tinyclip
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+
+    weights, manifest = _shipped_files()
+    copy = tmp_path / "shipped"
+    copy.mkdir()
+    shutil.copy(manifest, copy / manifest.name)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    (copy / weights.name).write_bytes(bytes(data))
+    monkeypatch.setattr(tinyclip, "SHIPPED_DIR", copy)
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(WeightsError) as exc:
+        build_model(get_model_card("tinyclip"), None, torch.device("cpu"))
+    msg = str(exc.value)
+    assert "\n" not in msg and str(copy / weights.name) in msg and "sha256" in msg and "--rebuild" in msg
+    assert not (tmp_path / "cache" / "tinyclip").exists()  # no silent fallback to pretraining
+
+
+def test_pretrained_cache_files_follow_the_umask(tiny_tasks_dir, tmp_path, monkeypatch):
+    """Cached weights are written like other files: 0666 less the umask (mkstemp made them 0600)."""
+    import dataclasses
+    import os
+    import stat
+
+    from fairbench.models.base import get_model_card
+    from fairbench.models.tinyclip import pretrained_weights
+
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path))
+    get_task("synth_tiny", [tiny_tasks_dir])
+    card = get_model_card("tinyclip")
+    card = dataclasses.replace(card, options={**card.options, "pretrain": {"epochs": 1, "batch_size": 32,
+                                                                          "max_samples": 64}})
+    old = os.umask(0o022)
+    try:
+        path = pretrained_weights(card, "synth_tiny")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644, oct(path.stat().st_mode)
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+_CELLS = """
+import sys
+from pathlib import Path
+from fairbench.pipeline import RunConfig, run_cell
+for adapt in ("zeroshot", "linear_probe"):
+    run_cell(RunConfig(task="synth_cxr", model="tinyclip", adapt=adapt, seed=0, out=Path(sys.argv[1]), device="cpu",
+                       n_boot=50))
+"""
+
+
+def _numbers(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _numbers(v, f"{prefix}.{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _numbers(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, tree
+
+
+@pytest.mark.slow
+def test_default_cells_are_identical_under_other_vector_kernels(tmp_path):
+    """The default cell (tinyclip zero-shot on synth_cxr) and a linear probe give the same predictions
+    (max |dp| <= 1e-5) and the same reported metrics under the machine's own vector kernels and under AVX2
+    ones (torch's and MKL's), each from a fresh cache: the weights are shipped, not pretrained per machine, and
+    the probe is solved to its optimum. OPENBLAS_CORETYPE is left as the machine sets it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pandas as pd
+
+    runs, procs = {}, {}
+    for name, extra in (("default", {}), ("avx2", {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"})):
+        env = {**{k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")},
+               "FAIRBENCH_CACHE": str(tmp_path / f"cache-{name}"), "FAIRBENCH_PROGRESS": "0", **extra}
+        runs[name] = tmp_path / f"out-{name}"
+        procs[name] = subprocess.Popen([sys.executable, "-c", _CELLS, str(runs[name])], env=env, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for proc in procs.values():  # both ran at once
+        _, err = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, err[-3000:]
+        assert "pretraining" not in err, "the default run pretrained instead of using the shipped weights"
+    for adapt in ("zeroshot", "linear_probe"):
+        cells = [runs[name] / "synth_cxr" / "tinyclip" / adapt / "seed0" for name in ("default", "avx2")]
+        a, b = (pd.read_parquet(c / "predictions.parquet") for c in cells)
+        assert a["sample_id"].tolist() == b["sample_id"].tolist()
+        probs = [c for c in a.columns if c.startswith("prob_")]
+        dp = float(np.max(np.abs(a[probs].to_numpy() - b[probs].to_numpy())))
+        assert dp <= 1e-5, (adapt, dp)
+        ma, mb = (json.loads((c / "metrics.json").read_text()) for c in cells)
+        assert ma["model"]["weights"]["shipped"] is True
+        assert ma["model"]["weights"]["file_sha256"] == json.loads(_shipped_files()[1].read_text())["sha256"]
+        assert ma["model"]["weights"]["sha256"] == mb["model"]["weights"]["sha256"]
+        assert ma["threshold"] == mb["threshold"] or abs(ma["threshold"]["value"] - mb["threshold"]["value"]) <= 1e-5
+        if adapt == "linear_probe":
+            fa, fb = ma["adapt"]["fitted"], mb["adapt"]["fitted"]
+            assert fa["C"] == fb["C"] and fa["converged"] and fb["converged"]
+        na, nb = dict(_numbers(ma["metrics"])), dict(_numbers(mb["metrics"]))
+        assert na.keys() == nb.keys()
+        moved = {k: (na[k], nb[k]) for k in na
+                 if not (na[k] == nb[k] or (isinstance(na[k], float) and isinstance(nb[k], float)
+                                            and abs(na[k] - nb[k]) <= 1e-5))}
+        assert not moved, (adapt, dict(list(moved.items())[:5]))

@@ -1,4 +1,5 @@
-"""The built wheel carries the task cards and model cards, and an installed copy finds them."""
+"""The built wheel carries the task cards, model cards and shipped tinyclip weights, and an installed copy finds
+them."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def test_wheel_contains_task_and_model_cards(wheel):
     for name in ("base.html", "index.html", "task.html", "cell.html", "macros.html", "site.css", "sort.js"):
         assert (templates / name).is_file(), name
         assert f"fairbench/report/templates/{name}" in names, name  # fairbench report needs them installed
+    # the pretrained tinyclip weights of the default run, and their manifest (sha256 checked at load)
+    for name in ("tinyclip-synth_cxr.safetensors", "tinyclip-synth_cxr.json"):
+        assert (ROOT / "fairbench" / "models" / "shipped" / name).is_file(), name
+        assert f"fairbench/models/shipped/{name}" in names, name
 
 
 def test_unpacked_wheel_finds_its_bundled_tasks(wheel, tmp_path):
@@ -48,6 +53,13 @@ def test_unpacked_wheel_finds_its_bundled_tasks(wheel, tmp_path):
     first, tasks = proc.stdout.splitlines()[:2]
     assert Path(first) == tmp_path / "fairbench" / "_tasks"
     assert "'synth_cxr'" in tasks and "'synth_cxr_fair'" in tasks
+    # an installed copy finds its shipped tinyclip weights, intact, for the shipped card (no pretraining)
+    code = ("from fairbench.models.base import get_model_card; from fairbench.models.tinyclip import shipped_weights; "
+            "print(shipped_weights(get_model_card('tinyclip'), 'synth_cxr')[0])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == tmp_path / "fairbench" / "models" / "shipped" / "tinyclip-synth_cxr.safetensors"
 
 
 def test_wheel_bakes_in_the_commit_it_was_built_from(wheel, tmp_path):

@@ -200,7 +200,7 @@ PARAM_RANGES: dict[str, tuple[float, bool, float, bool]] = {
                                                 "fair_batch_size", "max_iter", "hidden", "warm_epochs")},
     **{k: (0, True, math.inf, False) for k in ("warmup_steps", "patience", "weight_decay", "max_grad_norm",
                                                 "adjustment", "lambda_fair", "beta_np", "beta_fp")},
-    **{k: (0, False, math.inf, False) for k in ("lr", "head_lr", "eps", "alpha", "eta", "blur", "c_grid")},
+    **{k: (0, False, math.inf, False) for k in ("lr", "head_lr", "eps", "alpha", "eta", "blur", "c_grid", "tol")},
     **{k: (0, True, 1, False) for k in ("dropout", "lora_dropout", "betas")},
     "sinkhorn_scaling": (0, False, 1, False),
     "grid_size": (2, True, math.inf, False),

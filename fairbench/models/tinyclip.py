@@ -1,7 +1,12 @@
 """Contrastive pretraining of ``tinyclip`` on a synthetic task's training image-report pairs.
 
-The weights are built once on first use (CPU, well under two minutes) and cached as safetensors under
-``<cache>/tinyclip/``. The cache key covers the architecture, preprocessing, the pretraining settings, the
+The weights of the shipped card (``pretrain:synth_cxr`` with the card's settings) come with fairbench, as fp16
+safetensors under ``fairbench/models/shipped/`` (sha256-checked at load), so no user machine pretrains and every
+machine runs the same weights: pretraining in floating point depends on the CPU's vector kernels. They are rebuilt
+only with a bump of ``PRETRAIN_VERSION``, by ``python -m fairbench.models.tinyclip --rebuild`` (docs/models.md).
+
+Any other pretraining (another synthetic task, other settings in a card) is built on first use (CPU, well under
+two minutes) and cached as safetensors under ``<cache>/tinyclip/``. The cache key covers the architecture, preprocessing, the pretraining settings, the
 synthetic data's fingerprint (options, seed, generator version), the torch thread count and this module's
 version, so any change rebuilds. A cache file that cannot be read is rebuilt, and the user is told.
 
@@ -13,10 +18,11 @@ with them, would otherwise depend on which executor built the cache first.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import math
-import os
-import tempfile
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,11 +38,19 @@ from fairbench.models.inputs import resolve_inputs
 from fairbench.models.family import Family
 from fairbench.models.openclip import (OpenCLIPModel, _tokenizer, open_clip_inputs, build_open_clip, create_architecture, load_state_file,
                                        load_strict)
-from fairbench.models.weights import WeightsSource, cache_root, files_info
+from fairbench.models.weights import WeightsSource, cache_root, files_info, sha256_file
 from fairbench.progress import bar, info, warn
+from fairbench.results import atomic_write
 
-__all__ = ["FAMILY", "build_tinyclip", "PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "pretrain_cache_path",
-           "pretrain_provenance", "pretrained_weights"]
+__all__ = ["FAMILY", "build_tinyclip", "PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "SHIPPED_DIR",
+           "pretrain_cache_path", "pretrain_key", "pretrain_provenance", "pretrained_weights", "rebuild_shipped",
+           "shipped_weights"]
+
+#: the pretrained weights that come with fairbench: ``<card>-<task>.safetensors`` (fp16) and a manifest
+#: ``<card>-<task>.json`` {key, sha256, pretrain_version, ...} beside each
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+#: (card, task) pairs whose weights are shipped; ``--rebuild`` builds these
+SHIPPED = (("tinyclip", "synth_cxr"),)
 
 #: bump when the pretraining procedure changes in a way that changes the weights
 PRETRAIN_VERSION = "2"
@@ -62,14 +76,16 @@ def _settings(card: ModelCard) -> dict[str, Any]:
     return {**PRETRAIN_DEFAULTS, **given}
 
 
-def pretrain_cache_path(card: ModelCard, task_name: str) -> Path:
+def pretrain_key(card: ModelCard, task_name: str) -> str:
+    """What the pretrained weights depend on, hashed: architecture, preprocessing, pretraining settings, the
+    synthetic data's fingerprint, this module's version and the thread count."""
     from fairbench.data.task import get_task
 
     task = get_task(task_name)
     if not task.synthetic:
         raise WeightsError(f"model '{card.name}': 'pretrain:{task_name}' needs a synthetic task; "
                            f"'{task_name}' is not marked synthetic")
-    key = card_sha256({
+    return card_sha256({
         "architecture": card.architecture,
         "preprocessing": card.preprocessing.__dict__,
         "pretrain": _settings(card),
@@ -77,11 +93,45 @@ def pretrain_cache_path(card: ModelCard, task_name: str) -> Path:
         "code": PRETRAIN_VERSION,
         "threads": PRETRAIN_THREADS,
     })[:16]
-    return cache_root() / "tinyclip" / f"{card.name}-{task_name}-{key}.safetensors"
+
+
+def pretrain_cache_path(card: ModelCard, task_name: str) -> Path:
+    return cache_root() / "tinyclip" / f"{card.name}-{task_name}-{pretrain_key(card, task_name)}.safetensors"
+
+
+def _shipped_paths(card_name: str, task_name: str) -> tuple[Path, Path]:
+    stem = SHIPPED_DIR / f"{card_name}-{task_name}"
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def shipped_weights(card: ModelCard, task_name: str) -> tuple[Path, dict[str, Any]] | None:
+    """The shipped weights file and its manifest when fairbench ships the weights that ``pretrain:<task>``
+    with this card's settings would build (same pretraining key), else None. The file's sha256 must equal the
+    manifest's: a mismatch is a WeightsError (a damaged or changed installation), never a silent rebuild."""
+    path, manifest_path = _shipped_paths(card.name, task_name)
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        key, want = str(manifest["key"]), str(manifest["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"{manifest_path}: not a readable manifest of shipped weights ({exc}); reinstall "
+                           f"fairbench") from None
+    if key != pretrain_key(card, task_name):
+        return None  # other settings or data than the shipped build: pretrain (cached) as for any other task
+    if not path.is_file():
+        raise WeightsError(f"{path}: shipped weights file is missing (its manifest {manifest_path.name} is "
+                           f"there); reinstall fairbench")
+    got = sha256_file(path)
+    if got != want:
+        raise WeightsError(f"{path}: sha256 {got[:16]}... does not match the manifest's {want[:16]}... (a damaged "
+                           f"or changed file); reinstall fairbench, or rebuild it with "
+                           f"`python -m fairbench.models.tinyclip --rebuild`")
+    return path, manifest
 
 
 def pretrained_weights(card: ModelCard, task_name: str) -> Path:
-    """The cached weights file, pretraining first when it is missing or unreadable. Processes that need the
+    """The cached weights file (never the shipped one), pretraining first when it is missing or unreadable. Processes that need the
     same file at once (a sweep's workers) build it once: the others wait on a lock file beside it."""
     path = pretrain_cache_path(card, task_name)
     if _readable(path):
@@ -151,8 +201,17 @@ def _exclusive(lock: Path, name: str) -> Iterator[None]:
 
 
 def _pretrain(card: ModelCard, task_name: str, path: Path) -> None:
+    from safetensors.torch import save
+
+    state, meta = _pretrain_state(card, task_name, where=f"first use only; cached in {path.parent}")
+    # the bytes into atomic_write's file (0666 less the umask, as open() makes it); save_file would write 0600
+    atomic_write(path, lambda tmp: tmp.write_bytes(save(state, metadata=meta)))
+
+
+def _pretrain_state(card: ModelCard, task_name: str, *, where: str) -> tuple[dict[str, torch.Tensor],
+                                                                             dict[str, str]]:
+    """Pretrain from scratch: the state dict (fp32) and the metadata written beside it."""
     import open_clip
-    from safetensors.torch import save_file
 
     from fairbench.data.task import get_task
 
@@ -163,7 +222,7 @@ def _pretrain(card: ModelCard, task_name: str, path: Path) -> None:
         raise WeightsError(f"task '{task_name}' has no paired texts to pretrain '{card.name}' on")
     n = len(train) if settings["max_samples"] is None else min(len(train), int(settings["max_samples"]))
     info(f"pretraining '{card.name}' contrastively on {n} synthetic image-report pairs of '{task_name}' "
-         f"(first use only; cached in {path.parent})")
+         f"({where})")
     t0 = time.time()
     torch.manual_seed(settings["seed"])
     gen = torch.Generator().manual_seed(settings["seed"])
@@ -208,29 +267,26 @@ def _pretrain(card: ModelCard, task_name: str, path: Path) -> None:
                 b.advance()
                 b.postfix(f"loss {loss.item():.3f}")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"card": card.name, "task": task_name, "final_loss": f"{loss.item():.4f}",
-                                        "pretrain_version": PRETRAIN_VERSION,
-                                        "threads": str(torch.get_num_threads())})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     info(f"pretrained '{card.name}' in {time.time() - t0:.0f} s (final contrastive loss {loss.item():.3f})")
+    return state, {"card": card.name, "task": task_name, "final_loss": f"{loss.item():.4f}",
+                   "pretrain_version": PRETRAIN_VERSION, "threads": str(torch.get_num_threads())}
 
 
 def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device) -> OpenCLIPModel:
     """tinyclip: an open_clip CLIP pretrained by fairbench on a synthetic task's image-report pairs."""
     if source.scheme != "pretrain":
         return build_open_clip(card, source, device)
-    path = pretrained_weights(card, task_name=source.value)
+    shipped = shipped_weights(card, source.value)
+    path = shipped[0] if shipped is not None else pretrained_weights(card, task_name=source.value)
     model = create_architecture(card)
-    load_strict(model, load_state_file(path), where=str(path), card=card)
+    load_strict(model, load_state_file(path), where=str(path), card=card)  # fp16 -> fp32 is exact
     info = {**files_info(f"pretrain:{source.value}", [path], model), "file": str(path)}
-    info.update(pretrain_provenance(path))
+    if shipped is not None:
+        # the shipped file: its bytes' sha256 (checked against the manifest above) and how it was built
+        info.update({"shipped": True, "file_sha256": shipped[1]["sha256"], "dtype": shipped[1].get("dtype"),
+                     "pretrain_threads": shipped[1].get("threads")})
+    else:
+        info.update({"shipped": False, **pretrain_provenance(path)})
     inputs = resolve_inputs(card, source)
     inputs.raise_if_missing()
     return OpenCLIPModel(card, model, _tokenizer(card, inputs.tokenizer), device, {**info, **inputs.info()})
@@ -238,3 +294,69 @@ def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device)
 
 #: tinyclip reads its inputs as the open_clip family does
 FAMILY = Family(build=build_tinyclip, inputs=open_clip_inputs)
+
+
+# -- the shipped weights: rebuilt only with a version bump ------------------------------------------------------
+def rebuild_shipped(card_name: str = "tinyclip", task_name: str = "synth_cxr", *, out_dir: Path | None = None) -> Path:
+    """Pretrain ``card_name`` on ``task_name`` (on ``PRETRAIN_THREADS`` threads, through the cache like any
+    ``pretrain:`` source: a cache that already holds this key's build is used, so release builds run with a fresh
+    ``FAIRBENCH_CACHE``), round to fp16 and write the shipped file and its manifest into ``out_dir`` (default
+    :data:`SHIPPED_DIR`). Refuses to replace shipped
+    weights built for the same pretraining key: bump ``PRETRAIN_VERSION`` first (the shipped weights are part of
+    a release; every number measured with them changes)."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from fairbench.models.base import get_model_card
+
+    card = get_model_card(card_name)
+    key = pretrain_key(card, task_name)
+    out_dir = SHIPPED_DIR if out_dir is None else Path(out_dir)
+    path = out_dir / f"{card.name}-{task_name}.safetensors"
+    manifest_path = path.with_suffix(".json")
+    if manifest_path.is_file():
+        try:
+            old_key = json.loads(manifest_path.read_text(encoding="utf-8")).get("key")
+        except (OSError, ValueError, AttributeError):
+            old_key = None
+        if old_key == key:
+            raise WeightsError(f"{manifest_path}: shipped weights for this pretraining key ({key}) exist; bump "
+                               f"PRETRAIN_VERSION in fairbench/models/tinyclip.py to rebuild them")
+    # the fp32 build is the cache's (pretrained here, on PRETRAIN_THREADS threads, unless the cache already holds
+    # the build for this key): run with a fresh FAIRBENCH_CACHE to pretrain from scratch
+    built = pretrained_weights(card, task_name)
+    with safe_open(str(built), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+    state = load_state_file(built)
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    atomic_write(path, lambda tmp: tmp.write_bytes(save(half, metadata={**meta, "dtype": "float16"})))
+    manifest = {"card": card.name, "task": task_name, "key": key, "sha256": sha256_file(path),
+                "dtype": "float16", "pretrain_version": PRETRAIN_VERSION, "threads": PRETRAIN_THREADS,
+                "final_loss": meta.get("final_loss"), "built_from": built.name, "torch": torch.__version__,
+                "rebuild": "python -m fairbench.models.tinyclip --rebuild"}
+    atomic_write(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8"))
+    info(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {manifest['sha256']}) and {manifest_path.name}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fairbench.models.tinyclip",
+                                     description="Rebuild the tinyclip weights shipped with fairbench.")
+    parser.add_argument("--rebuild", action="store_true", help="pretrain and write the shipped weights "
+                        "(refused unless PRETRAIN_VERSION was bumped since the last build)")
+    parser.add_argument("--out-dir", type=Path, default=None, help=f"where to write them (default {SHIPPED_DIR})")
+    args = parser.parse_args(argv)
+    if not args.rebuild:
+        parser.print_help()
+        return 2
+    try:
+        for card_name, task_name in SHIPPED:
+            rebuild_shipped(card_name, task_name, out_dir=args.out_dir)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,8 +4,10 @@ A baseline (JSON) holds, per cell (``task/model/adapt/seedN``), the evaluated sa
 comparable number: overall metrics, each attribute's summaries, and each group's n and AUC. Tolerances are
 absolute, in the units of metrics.json (fractions), per metric name with a default. The comparison is
 direction-aware (the metric registry's ``higher_is_better``): an AUC falling or a fairness gap growing by
-more than its tolerance is a regression and fails; the same move the other way is an improvement, reported
-but passing. A metric without a direction fails on any move beyond tolerance; counts must match exactly.
+more than its tolerance is a regression and fails. The same move the other way is an improvement: by default
+(two-sided, a regression test of numbers) it fails too, since a bug can raise an AUC or shrink a gap as easily as
+the opposite; one-sided (``--one-sided``) it is reported and passes. A metric without a direction fails on any
+move beyond tolerance; counts must match exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ DEFAULT_TOLERANCES: dict[str, float] = {"default": 0.01}
 _COUNTS = ("n", "n_pos", "n_neg", "n_unknown", "n_per_class")
 _GROUP_KEYS = ("n", "auc")
 FAILING = ("regression", "changed", "undefined", "missing", "data changed", "missing cell", "unreadable")
+#: verdicts that fail only in a two-sided check (the default): a move the good way, a null that became a number
+TWO_SIDED = {"improvement": "improvement (two-sided)", "newly defined": "newly defined (two-sided)"}
+FAILING_TWO_SIDED = tuple(TWO_SIDED.values())
 
 
 # -- what is compared -----------------------------------------------------------------------------------------
@@ -113,7 +118,7 @@ class Move:
 
     @property
     def failing(self) -> bool:
-        return self.verdict.split(":")[0] in FAILING
+        return self.verdict.split(":")[0] in FAILING + FAILING_TWO_SIDED
 
 
 @dataclass
@@ -140,7 +145,9 @@ def _tolerance(metric: str, tolerances: dict[str, float]) -> float:
 
 
 def compare(col: Collection, baseline: dict[str, Any], tolerances: dict[str, float],
-            verbose: bool = False) -> CheckResult:
+            verbose: bool = False, *, two_sided: bool = True) -> CheckResult:
+    """Every baseline number against the results. ``two_sided`` (default): a move the good way beyond
+    tolerance fails too; one-sided it passes and is listed."""
     res = CheckResult(cells=len(col.cells))
     for path, why in col.problems:
         res.moves.append(Move(str(path), "metrics.json", None, None, None, f"unreadable: {why}"))
@@ -159,6 +166,9 @@ def compare(col: Collection, baseline: dict[str, Any], tolerances: dict[str, flo
         current = extract(cell)
         for metric, b in (base.get("metrics") or {}).items():
             _compare_one(res, key, metric, b, current, tolerances, verbose)
+    if two_sided:
+        for m in res.moves:
+            m.verdict = TWO_SIDED.get(m.verdict, m.verdict)
     return res
 
 
@@ -235,7 +245,8 @@ def _fmt(v: Any) -> str:
 
 
 def print_result(res: CheckResult, console: Console, *, baseline: Path) -> None:
-    order = {v: i for i, v in enumerate((*FAILING, "newly defined", "improvement", "new cell", "within"))}
+    order = {v: i for i, v in enumerate((*FAILING, *FAILING_TWO_SIDED, "newly defined", "improvement", "new cell",
+                                          "within"))}
     moves = sorted(res.moves, key=lambda m: (order.get(m.verdict.split(":")[0], 99), m.cell, m.metric))
     if moves:
         table = Table(title=f"What moved against {baseline} (values as in metrics.json: fractions)",
@@ -252,7 +263,8 @@ def print_result(res: CheckResult, console: Console, *, baseline: Path) -> None:
                           "" if m.tolerance is None else _fmt(m.tolerance), m.verdict, style=style)
         console.print(table)
     fails = sum(1 for m in res.moves if m.failing)
-    console.print(f"check: {res.cells} cells; {fails} failing, {res.count('improvement', 'newly defined')} "
+    improved = res.count("improvement", "newly defined", *FAILING_TWO_SIDED)
+    console.print(f"check: {res.cells} cells; {fails} failing, {improved} "
                   f"improved beyond tolerance, {res.within} within tolerance (largest move "
                   f"{res.largest_within:.2g}); {'FAILED' if res.failed else 'passed'}", markup=False, soft_wrap=True)
     if res.count("new cell"):
@@ -260,8 +272,9 @@ def print_result(res: CheckResult, console: Console, *, baseline: Path) -> None:
 
 
 def run_check(results: Sequence[Path | str], baseline: Path, *, tolerance: Sequence[str] = (), update: bool = False,
-              verbose: bool = False, console: Console | None = None) -> int:
-    """Exit code: 0 passed (or baseline written), 1 regression or unreadable results."""
+              verbose: bool = False, two_sided: bool = True, console: Console | None = None) -> int:
+    """Exit code: 0 passed (or baseline written), 1 regression (or, two-sided, any move beyond tolerance) or
+    unreadable results."""
     if console is None:
         console = stdout_console()  # CI logs: never wrap a path or a metric name
     col = collect(results)
@@ -271,13 +284,13 @@ def run_check(results: Sequence[Path | str], baseline: Path, *, tolerance: Seque
     if update:
         doc = make_baseline(col, tolerances)
         if old is not None:
-            print_result(compare(col, old, tolerances), console, baseline=baseline)
+            print_result(compare(col, old, tolerances, two_sided=two_sided), console, baseline=baseline)
         write_json(Path(baseline), doc)
         console.print(f"wrote baseline {baseline}: {len(doc['cells'])} cells, "
                       f"{sum(len(c['metrics']) for c in doc['cells'].values())} numbers", markup=False)
         return 0
     if old is None:
         read_baseline(baseline)  # raises the "no such baseline" error
-    res = compare(col, old, tolerances, verbose)  # type: ignore[arg-type]
+    res = compare(col, old, tolerances, verbose, two_sided=two_sided)  # type: ignore[arg-type]
     print_result(res, console, baseline=baseline)
     return 1 if res.failed else 0
