@@ -325,3 +325,21 @@ def test_a_missing_sentencepiece_is_a_one_line_error(dirs: dict[str, Path], monk
         _build("siglip_b16", dirs["siglip_b16"])
     msg = str(err.value)
     assert "\n" not in msg and "pip install sentencepiece protobuf" in msg and "protobuf library" in msg
+
+
+@pytest.mark.parametrize("name", ["siglip_b16", "medsiglip", "monet"])
+def test_missing_weights_are_a_one_line_error_naming_the_release(name: str, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hc
+
+    from fairbench.errors import FairbenchError
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    card = get_model_card(name)
+    with pytest.raises(FairbenchError) as err:
+        build_model(card, None, torch.device("cpu"))
+    msg = str(err.value)
+    assert "\n" not in msg and f"model '{name}'" in msg and card.weights_source in msg
+    assert "hf download" in msg
