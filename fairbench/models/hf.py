@@ -129,11 +129,31 @@ def resolve_hf_card(card: ModelCard, source: WeightsSource, args: dict[str, Any]
         raise WeightsError(f"{directory / 'config.json'}: model_type {model_type!r} is an image-text model: use "
                            f"--model hf_clip")
     pre = hf_preprocessing(directory / "preprocessor_config.json")
+    _check_released_preprocessing(card, pre, directory / "preprocessor_config.json")
     arch = {"model_type": model_type, "config_sha256": sha256_file(directory / "config.json"),
             "preprocessor_sha256": sha256_file(directory / "preprocessor_config.json")}
     raw = {**card.raw, "architecture": arch, "preprocessing": dict(pre.__dict__),
            "weights": {**card.raw.get("weights", {}), "source": source.describe()}}
     return dataclasses.replace(card, architecture=arch, preprocessing=pre, weights_source=source.describe(), raw=raw)
+
+
+def _check_released_preprocessing(card: ModelCard, pre: Preprocessing, path: Path) -> None:
+    """A named card (one with its own ``weights.source``) states the release's preprocessing; a directory whose
+    ``preprocessor_config.json`` says otherwise (an older hub revision, an edited copy) is refused rather than
+    silently run with other pixels. The generic cards state nothing and take the directory's word."""
+    if not card.raw.get("weights", {}).get("source"):
+        return
+    stated = card.raw.get("preprocessing", {})
+    for key in ("image_size", "resize", "interpolation", "mean", "std"):
+        if key not in stated:
+            continue
+        want, got = stated[key], getattr(pre, key)
+        same = (len(want) == len(got) and all(abs(float(a) - float(b)) < 1e-6 for a, b in zip(want, got))
+                if isinstance(want, list | tuple) else want == got)
+        if not same:
+            raise WeightsError(f"{path}: {key} {list(got) if isinstance(got, tuple) else got!r}, but model "
+                               f"'{card.name}' was released with {want!r} (its card, fairbench/models/cards/"
+                               f"{card.name}.yaml): use the release's preprocessor_config.json, or --model hf_clip")
 
 
 def hf_inputs(inputs: ModelInputs) -> None:
@@ -295,7 +315,13 @@ def _build(card: ModelCard, source: WeightsSource, device: torch.device) -> VLMo
     processor = AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
     if card.family == "hf_clip":
         model = _load(card, directory)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        except ImportError as exc:  # SiglipTokenizer (spiece.model) needs sentencepiece and protobuf
+            first = str(exc).strip().splitlines()[0]
+            raise WeightsError(f"model '{card.name}': the tokenizer in {directory} needs a package that is not "
+                               f"installed ({first}); SigLIP's spiece.model needs `pip install sentencepiece "
+                               f"protobuf` (or `pip install fairbench[siglip]`)") from None
     else:
         model = _load(card, directory, allow_missing=("pooler.",))
     info = {**files_info(source.describe(), hf_weight_files(directory), model), **inputs.info(),
