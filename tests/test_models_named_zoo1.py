@@ -172,3 +172,120 @@ def test_chexzero_zero_shot_is_the_released_pair_softmax(checkpoint: Path, tasks
     frame = pd.read_parquet(result.path / "predictions.parquet")
     test = frame[frame["split"] == "test"].set_index("sample_id").loc[samples.sample_ids.astype(str)]
     np.testing.assert_allclose(test[["prob_normal", "prob_abnormal"]].to_numpy(), expected, atol=1e-5)
+
+
+# -- pubmedclip, plip (transformers CLIPModel directories) and quiltnet (open_clip hub layout) ---------------------
+#: the legacy preprocessor_config.json both hub repositories carry (CLIPFeatureExtractor, integer sizes)
+LEGACY_CLIP_PROCESSOR = {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+                         "feature_extractor_type": "CLIPFeatureExtractor",
+                         "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                         "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}
+
+
+def _hub_snapshot(root: Path, repo: str, rev: str = "0123abcd") -> Path:
+    snap = root / f"models--{repo.replace('/', '--')}" / "snapshots" / rev
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text(rev)
+    return snap
+
+
+def _save_clip_model(directory: Path) -> None:
+    """A CLIPModel at ViT-B/32 geometry (224 px, patch 32) with toy widths: the release's key names."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz0123456789.,-'()/&":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
+            "pad_token_id": 1}
+    vision = {"image_size": 224, "patch_size": 32, "hidden_size": 32, "intermediate_size": 37,
+              "num_hidden_layers": 2, "num_attention_heads": 2}
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(LEGACY_CLIP_PROCESSOR))
+
+
+@pytest.mark.parametrize(("name", "repo"), [("pubmedclip", "flaviagiammarino/pubmed-clip-vit-base-patch32"),
+                                            ("plip", "vinid/plip")])
+def test_hf_clip_named_cards_load_their_hub_repository(name: str, repo: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as hc
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+
+    from fairbench.models.build import resolve_model_card
+
+    snap = _hub_snapshot(tmp_path / "hub", repo)
+    _save_clip_model(snap)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    card = resolve_model_card(get_model_card(name), None, {})
+    assert card.weights_source == f"hf-hub:{repo}"
+    pre = card.preprocessing
+    assert (pre.image_size, pre.resize, pre.interpolation) == (224, "shortest", "bicubic")
+    assert pre.mean == tuple(LEGACY_CLIP_PROCESSOR["image_mean"])
+    assert pre.std == tuple(LEGACY_CLIP_PROCESSOR["image_std"])
+    model = build_model(card, None, CPU)
+    assert model.weights_info["revision"] == "0123abcd"
+    ref, proc = AutoModel.from_pretrained(str(snap)).eval(), AutoProcessor.from_pretrained(str(snap))
+    rng = np.random.default_rng(3)
+    imgs = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in [(300, 200), (180, 260, 3), (224, 224), (97, 400)]]
+    pix = proc(images=[Image.fromarray(a).convert("RGB") for a in imgs], return_tensors="pt")["pixel_values"]
+    ours = model.preprocess(imgs)
+    torch.testing.assert_close(ours, pix, rtol=0, atol=1e-5)
+    texts = ["pleural effusion", "an h&e image patch of tumor."]
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(ours), ref.get_image_features(pixel_values=pix).pooler_output,
+                                   rtol=1e-5, atol=1e-6)
+        t = proc.tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        torch.testing.assert_close(model.encode_text(model.tokenize(texts)),
+                                   ref.get_text_features(**t).pooler_output, rtol=1e-5, atol=1e-6)
+
+
+#: open_clip's plain ViT-B-32 config with an OpenAI mean/std preprocess_cfg: 469 bytes as open_clip's
+#: push_to_hf_hub writes it (indent 2), the size of QuiltNet-B-32's open_clip_config.json on the hub (its content
+#: is inferred from that, not read; with "quick_gelu": true it would be 493 bytes)
+QUILT_CONFIG = {"model_cfg": {"embed_dim": 512,
+                              "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
+                              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8,
+                                           "layers": 12}},
+                "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                                   "std": [0.26862954, 0.26130258, 0.27577711]}}
+
+
+def test_quiltnet_card_matches_open_clips_hub_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real ViT-B-32 size (random weights): open_clip.create_model_and_transforms('hf-hub:...') on the same
+    directory (offline, from the local cache) is the reference for the weights, the forward and the pixels."""
+    import huggingface_hub.constants as hc
+    import open_clip
+    from PIL import Image
+
+    assert len(json.dumps(QUILT_CONFIG, indent=2)) == 469
+    repo = "wisdomik/QuiltNet-B-32"
+    snap = _hub_snapshot(tmp_path / "hub", repo)
+    (snap / "open_clip_config.json").write_text(json.dumps(QUILT_CONFIG, indent=2))
+    torch.manual_seed(0)
+    src = open_clip.create_model("ViT-B-32", pretrained=None)
+    torch.save(src.state_dict(), snap / "open_clip_pytorch_model.bin")
+    del src
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    ref, _, transform = open_clip.create_model_and_transforms(f"hf-hub:{repo}", cache_dir=str(tmp_path / "hub"))
+    ref.eval()
+    model = build_model(get_model_card("quiltnet"), None, CPU)
+    assert model.weights_info["source"] == f"hf-hub:{repo}"
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in [(300, 200, 3), (180, 260), (97, 400, 3)]]
+    pix = torch.stack([transform(Image.fromarray(a)) for a in imgs])
+    ours = model.preprocess(imgs)
+    torch.testing.assert_close(ours, pix, rtol=0, atol=1e-5)
+    tokens = open_clip.get_tokenizer(f"hf-hub:{repo}", cache_dir=str(tmp_path / "hub"))(["tumor", "normal tissue"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(pix), ref.encode_image(pix), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.encode_text(model.tokenize(["tumor", "normal tissue"])),
+                                   ref.encode_text(tokens), rtol=1e-5, atol=1e-6)
