@@ -257,6 +257,7 @@ QUILT_CONFIG = {"model_cfg": {"embed_dim": 512,
                                    "std": [0.26862954, 0.26130258, 0.27577711]}}
 
 
+@pytest.mark.slow  # the real ViT-B-32 twice: about 1 minute and 2.7 GB
 def test_quiltnet_card_matches_open_clips_hub_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real ViT-B-32 size (random weights): open_clip.create_model_and_transforms('hf-hub:...') on the same
     directory (offline, from the local cache) is the reference for the weights, the forward and the pixels."""
