@@ -183,6 +183,7 @@ FAMILIES.register_lazy("gloria", "fairbench.models.gloria:FAMILY")
 FAMILIES.register_lazy("blip2", "fairbench.models.blip2:FAMILY")
 FAMILIES.register_lazy("hf_clip", "fairbench.models.hf:HF_CLIP")
 FAMILIES.register_lazy("hf_vision", "fairbench.models.hf:HF_VISION")
+FAMILIES.register_lazy("chexzero", "fairbench.models.chexzero:FAMILY")
 
 MODELS: Registry[ModelCard] = Registry("model")
 

@@ -25,6 +25,13 @@ All official pipelines resize single PIL images; so do these (per image, then st
   rounding of a grey level (OpenCV's integer-factor SIMD paths round halves up; fixed-point arithmetic).
   Grayscale conversion of RGB input uses PIL's ITU-R 601-2 luma (OpenCV's ``imread(path, 0)`` uses the same
   weights in fixed point).
+- ``chexzero`` (CheXzero, ``data_process.py: preprocess`` then ``zero_shot.py: make``): the longest side
+  resized to ``load_size`` (320; the other side ``int(side * ratio)``) with PIL's LANCZOS (upstream's
+  ``Image.ANTIALIAS``, RGB images resized before the conversion), pasted on a black ``L`` canvas of side
+  ``load_size`` at ``((320 - w) // 2, (320 - h) // 2)`` (the paste converts RGB with ITU-R 601-2 luma), kept on
+  the 0-255 scale (no ``ToTensor``), repeated to three channels, normalised with the card's mean/std **on the
+  0-255 scale**, then resized as a float tensor to ``image_size`` (224) with ``interpolate(mode=bicubic,
+  align_corners=False)``, no antialiasing (torchvision 0.11's tensor ``Resize``, which CheXzero pins).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ __all__ = [
     "CacheGeometry",
     "Preprocessing",
     "area_resize",
+    "chexzero_pad_pil",
     "longest_pad_pil",
     "longest_pad_square",
     "pad_square_pil",
@@ -116,7 +124,7 @@ class Preprocessing:
         return out
 
 
-PIL_PIPELINES = ("pad_square", "longest_pad")
+PIL_PIPELINES = ("pad_square", "longest_pad", "chexzero")
 
 
 def _as_pil(img: np.ndarray) -> Image.Image:
@@ -245,8 +253,36 @@ def longest_pad_square(img: np.ndarray, load_size: int, resample: str = "area") 
                   mode="constant", constant_values=0)
 
 
+def chexzero_pad_pil(img: np.ndarray, size: int) -> Image.Image:
+    """CheXzero's ``preprocess(img, desired_size=size)``: longest side to ``size`` (PIL LANCZOS, upstream's
+    ``Image.ANTIALIAS``), pasted on a black ``L`` square (RGB converted by the paste, after the resize)."""
+    src = _as_pil(img)
+    ratio = float(size) / max(src.size)
+    new = tuple(int(x * ratio) for x in src.size)
+    src = src.resize(new, Image.Resampling.LANCZOS)  # PIL returns a copy when the size is unchanged
+    canvas = Image.new("L", (size, size))
+    canvas.paste(src, ((size - new[0]) // 2, (size - new[1]) // 2))
+    return canvas
+
+
+def _chexzero_tensor(pre: Preprocessing, images: list[np.ndarray]) -> torch.Tensor:
+    side = int(pre.load_size or 320)
+    x = torch.from_numpy(np.stack([np.asarray(chexzero_pad_pil(img, side), dtype=np.float32) for img in images]))
+    x = x.unsqueeze(1).expand(-1, 3, -1, -1)  # np.repeat(img, 3, axis=0): the values stay on 0-255
+    mean = torch.tensor(pre.mean[:3], dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std[:3], dtype=torch.float32).view(1, -1, 1, 1)
+    x = (x - mean) / std  # Normalize(101.48761, 83.43944) on the 0-255 scale, BEFORE the resize
+    if side != pre.image_size:
+        x = torch.nn.functional.interpolate(x, size=(pre.image_size, pre.image_size), mode=pre.interpolation,
+                                            align_corners=False)
+    return x.contiguous()
+
+
 def pil_pipeline(pre: Preprocessing, images: list[np.ndarray]) -> torch.Tensor:
-    """``[n, channels, size, size]`` float32 for the PIL pipelines (``pad_square``, ``longest_pad``)."""
+    """``[n, channels, size, size]`` float32 for the PIL pipelines (``pad_square``, ``longest_pad``,
+    ``chexzero``)."""
+    if pre.resize == "chexzero":
+        return _chexzero_tensor(pre, images)
     s = pre.image_size
     out = np.empty((len(images), s, s), dtype=np.float32)
     for i, img in enumerate(images):
@@ -272,6 +308,8 @@ class CacheGeometry:
 
     - ``pad_square`` (MedCLIP): the padded, resized ``image_size`` square (PIL's output: exact);
     - ``longest_pad`` (GLoRIA): the padded ``load_size`` square before the center crop (exact);
+    - ``chexzero``: the padded ``load_size`` (320) square, as CheXzero's HDF5 file stores it (exact: the
+      pipeline maps it onto itself);
     - ``shortest`` / ``square`` (open_clip, BLIP-2): the resized and cropped ``image_size`` square (PIL's
       uint8 output, :func:`resize_crop_pil`: exact).
     """
@@ -281,7 +319,7 @@ class CacheGeometry:
     @property
     def side(self) -> int:
         p = self.pre
-        return int(p.load_size or p.image_size) if p.resize == "longest_pad" else int(p.image_size)
+        return int(p.load_size or p.image_size) if p.resize in ("longest_pad", "chexzero") else int(p.image_size)
 
     @property
     def gray(self) -> bool:
@@ -298,4 +336,6 @@ class CacheGeometry:
             return np.asarray(pad_square_pil(img, p.image_size, p.interpolation), dtype=np.uint8)
         if p.resize == "longest_pad":
             return longest_pad_square(img, self.side, p.interpolation)
+        if p.resize == "chexzero":
+            return np.asarray(chexzero_pad_pil(img, self.side), dtype=np.uint8)
         return np.ascontiguousarray(resize_crop_pil(img, p))
