@@ -375,3 +375,29 @@ def test_tiny_flair_runs_zero_shot_and_probe(micro_task_dir, tmp_path: Path) -> 
             assert fitted["zeroshot"]["rule"] == "flair_mean"
             assert fitted["prompts"]["normal"][0] == "A fundus photograph of healthy"
             assert fitted["zeroshot"]["sources"] == {"normal": "definitions", "abnormal": "class name"}
+
+
+def test_flair_lora_targets_adapt_the_vision_tower_only() -> None:
+    import re
+
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+    from fairbench.models.flair import FLAIRModule
+
+    model = build_model(get_model_card("tiny_flair"), "random", torch.device("cpu"))
+    module = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=model.lora_target_modules()),
+                                     model.module)
+    adapted = [n for n, m in module.named_modules() if isinstance(m, LoraLayer)]
+    assert len(adapted) == 6 and all(n.startswith("vision_model.model.layer") for n in adapted)  # 2 blocks x 3
+    with torch.no_grad():
+        assert torch.isfinite(model.image_outputs(torch.rand(1, 3, 64, 64))["embedding"]).all()
+    # the released architecture (meta device): ResNet-50's layer3 (6 blocks) and layer4 (3), conv1-3 each
+    card = get_model_card("flair")
+    with torch.device("meta"):
+        names = [n for n, _ in FLAIRModule(card.architecture).named_modules()]
+    pattern = re.compile(model.lora_target_modules())
+    hits = [n for n in names if pattern.fullmatch(n)]
+    assert len(hits) == 27 and not any(n.startswith("text_model.") for n in hits)
