@@ -74,7 +74,7 @@ def load_model_card(path: Path) -> ModelCard:
         image_size=p.get("image_size", int),
         mean=tuple(p.get("mean", list, list(OPENAI_MEAN))),
         std=tuple(p.get("std", list, list(OPENAI_STD))),
-        resize=p.get("resize", str, "shortest", choices=("shortest", "square", *PIL_PIPELINES)),
+        resize=p.get("resize", str, "shortest", choices=("shortest", "square", "canvas", *PIL_PIPELINES)),
         interpolation=p.get("interpolation", str, "bicubic", choices=("bicubic", "bilinear", "nearest", "area")),
         channels=p.get("channels", int, 3, choices=(1, 3)),
         load_size=p.get("load_size", int, None),
@@ -184,6 +184,7 @@ FAMILIES.register_lazy("blip2", "fairbench.models.blip2:FAMILY")
 FAMILIES.register_lazy("hf_clip", "fairbench.models.hf:HF_CLIP")
 FAMILIES.register_lazy("hf_vision", "fairbench.models.hf:HF_VISION")
 FAMILIES.register_lazy("chexzero", "fairbench.models.chexzero:FAMILY")
+FAMILIES.register_lazy("flair", "fairbench.models.flair:FAMILY")
 
 MODELS: Registry[ModelCard] = Registry("model")
 

@@ -92,9 +92,11 @@ def hf_preprocessing(path: Path) -> Preprocessing:
         raise WeightsError(f"{path}: field 'size' must be a mapping (shortest_edge, or height and width)")
     if isinstance(crop, int):
         crop = {"height": crop, "width": crop}
+    load_size = None
     if "shortest_edge" in size:
         resize = "shortest"
         side = crop["height"] if isinstance(crop, dict) else size["shortest_edge"]
+        load_size = int(size["shortest_edge"])  # the resize before the crop (DINOv2: 256 -> 224)
     elif "height" in size and "width" in size:
         if size["height"] != size["width"]:
             raise WeightsError(f"{path}: field 'size' {size} is not square; fairbench models take square inputs")
@@ -105,12 +107,30 @@ def hf_preprocessing(path: Path) -> Preprocessing:
     std = cfg.get("image_std", [0.5, 0.5, 0.5]) if cfg.get("do_normalize", True) else [1.0, 1.0, 1.0]
     interp = _RESAMPLE.get(int(cfg.get("resample", 3)), "bicubic")
     return Preprocessing(image_size=int(side), mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-                         resize=resize, interpolation=interp)
+                         resize=resize, interpolation=interp, load_size=load_size)
 
 
 def _locate_dir(card: ModelCard, source: WeightsSource) -> Path:
     _need_directory(card, source)
     return locate(source, card=card, files=("config.json", "preprocessor_config.json"))
+
+
+def _check_declared(card: ModelCard, pre: Preprocessing, path: Path) -> None:
+    """A named card (one that declares its release's mean and std) refuses a directory whose image processor
+    differs from what the card says the release does."""
+    declared = card.raw.get("preprocessing") or {}
+    if "mean" not in declared:
+        return  # the generic cards take whatever the directory says
+    for name in ("image_size", "load_size", "mean", "std", "resize", "interpolation"):
+        if name not in declared:
+            continue  # what the card does not state, the directory decides
+        want, got = getattr(card.preprocessing, name), getattr(pre, name)
+        same = np.allclose(want, got, rtol=0, atol=1e-7) if isinstance(want, tuple) else want == got
+        if same:
+            continue
+        raise WeightsError(f"{path}: {name} {list(got) if isinstance(got, tuple) else got!r}, but model "
+                           f"'{card.name}' is the release with {name} ({list(want) if isinstance(want, tuple) else want!r}, "
+                           f"{card.path.name}); use --model {card.family} for another checkpoint")
 
 
 def resolve_hf_card(card: ModelCard, source: WeightsSource, args: dict[str, Any]) -> ModelCard:
@@ -129,31 +149,12 @@ def resolve_hf_card(card: ModelCard, source: WeightsSource, args: dict[str, Any]
         raise WeightsError(f"{directory / 'config.json'}: model_type {model_type!r} is an image-text model: use "
                            f"--model hf_clip")
     pre = hf_preprocessing(directory / "preprocessor_config.json")
-    _check_released_preprocessing(card, pre, directory / "preprocessor_config.json")
+    _check_declared(card, pre, directory / "preprocessor_config.json")
     arch = {"model_type": model_type, "config_sha256": sha256_file(directory / "config.json"),
             "preprocessor_sha256": sha256_file(directory / "preprocessor_config.json")}
     raw = {**card.raw, "architecture": arch, "preprocessing": dict(pre.__dict__),
            "weights": {**card.raw.get("weights", {}), "source": source.describe()}}
     return dataclasses.replace(card, architecture=arch, preprocessing=pre, weights_source=source.describe(), raw=raw)
-
-
-def _check_released_preprocessing(card: ModelCard, pre: Preprocessing, path: Path) -> None:
-    """A named card (one with its own ``weights.source``) states the release's preprocessing; a directory whose
-    ``preprocessor_config.json`` says otherwise (an older hub revision, an edited copy) is refused rather than
-    silently run with other pixels. The generic cards state nothing and take the directory's word."""
-    if not card.raw.get("weights", {}).get("source"):
-        return
-    stated = card.raw.get("preprocessing", {})
-    for key in ("image_size", "resize", "interpolation", "mean", "std"):
-        if key not in stated:
-            continue
-        want, got = stated[key], getattr(pre, key)
-        same = (len(want) == len(got) and all(abs(float(a) - float(b)) < 1e-6 for a, b in zip(want, got))
-                if isinstance(want, list | tuple) else want == got)
-        if not same:
-            raise WeightsError(f"{path}: {key} {list(got) if isinstance(got, tuple) else got!r}, but model "
-                               f"'{card.name}' was released with {want!r} (its card, fairbench/models/cards/"
-                               f"{card.name}.yaml): use the release's preprocessor_config.json, or --model hf_clip")
 
 
 def hf_inputs(inputs: ModelInputs) -> None:
@@ -300,6 +301,17 @@ class HFVisionModel(_HFBase):
         return {"embedding": cls, "feature": cls}
 
 
+def _backend(card: ModelCard) -> dict[str, str]:
+    """``options.image_processor_backend`` (pil | torchvision): the image processor the release's own code used;
+    transformers 5 picks torchvision when it is installed, and the two differ by up to ~0.02 normalised units."""
+    backend = card.options.get("image_processor_backend")
+    if backend is None:
+        return {}
+    if backend not in ("pil", "torchvision"):
+        raise CardError(f"{card.path}: options.image_processor_backend must be pil or torchvision, got {backend!r}")
+    return {"backend": backend}
+
+
 def _build(card: ModelCard, source: WeightsSource, device: torch.device) -> VLModel:
     _need_directory(card, source)
     if "model_type" not in card.architecture:
@@ -312,7 +324,8 @@ def _build(card: ModelCard, source: WeightsSource, device: torch.device) -> VLMo
     assert directory is not None
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    processor = AutoImageProcessor.from_pretrained(str(directory), local_files_only=True)
+    processor = AutoImageProcessor.from_pretrained(str(directory), local_files_only=True,
+                                                   **_backend(card))
     if card.family == "hf_clip":
         model = _load(card, directory)
         try:

@@ -107,6 +107,8 @@ class Preprocessing:
     def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
         if self.resize in PIL_PIPELINES:
             return pil_pipeline(self, images)
+        if self.resize == "canvas":
+            return canvas_pipeline(self, images)
         s, c = self.image_size, self.channels
         out = torch.empty(len(images), c, s, s)
         mean = torch.tensor(self.mean[:c]).view(-1, 1, 1)
@@ -125,6 +127,41 @@ class Preprocessing:
 
 
 PIL_PIPELINES = ("pad_square", "longest_pad", "chexzero")
+
+
+def canvas_resize(img: np.ndarray, size: int) -> torch.Tensor:
+    """FLAIR's ``ImageScaling(canvas=True)`` after its ``LoadImage`` (jusiro/FLAIR
+    ``flair/pretraining/data/transforms.py``): RGB (gray repeated) as float64, divided by 255 when its maximum
+    exceeds 1; a square image resized straight to ``size`` x ``size``, any other to ``(int(h / scale),
+    int(w / scale))`` with ``scale = max(h, w) / size`` and zero-padded at the right and bottom; torchvision's
+    ``Resize`` on the tensor (bilinear, antialiased). Returns ``[3, size, size]`` float64 in [0, 1]."""
+    from torchvision.transforms.functional import InterpolationMode, resize
+
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    x = np.array(arr, dtype=np.float64)
+    if x.max() > 1:
+        x /= 255
+    x = np.repeat(x[None], 3, axis=0) if x.ndim == 2 else np.transpose(x, (2, 0, 1))
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    h, w = t.shape[-2:]
+    if h == w:
+        return resize(t, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    scale = max(h, w) / size
+    t = resize(t, [int(h / scale), int(w / scale)], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return torch.nn.functional.pad(t, (0, size - t.shape[-1], 0, size - t.shape[-2]))
+
+
+def canvas_pipeline(pre: Preprocessing, images: list[np.ndarray]) -> torch.Tensor:
+    """``resize: canvas`` (FLAIR): :func:`canvas_resize`, then ``(x - mean) / std`` (FLAIR: mean 0, std 1)."""
+    s = pre.image_size
+    mean = torch.tensor(pre.mean[:3], dtype=torch.float64).view(-1, 1, 1)
+    std = torch.tensor(pre.std[:3], dtype=torch.float64).view(-1, 1, 1)
+    out = torch.empty(len(images), 3, s, s)
+    for i, img in enumerate(images):
+        out[i] = ((canvas_resize(img, s) - mean) / std).float()
+    return out
 
 
 def _as_pil(img: np.ndarray) -> Image.Image:
@@ -311,7 +348,15 @@ class CacheGeometry:
     - ``chexzero``: the padded ``load_size`` (320) square, as CheXzero's HDF5 file stores it (exact: the
       pipeline maps it onto itself);
     - ``shortest`` / ``square`` (open_clip, BLIP-2): the resized and cropped ``image_size`` square (PIL's
-      uint8 output, :func:`resize_crop_pil`: exact).
+      uint8 output, :func:`resize_crop_pil`: exact);
+    - ``canvas`` (FLAIR): the uint8 ``image_size`` canvas (:func:`canvas_resize`, rounded to grey levels),
+      which the pipeline resizes onto itself (a square input: resized straight to the same size): within half a
+      grey level of the direct pipeline;
+    - ``shortest`` with a ``load_size`` (a transformers image processor: ``size.shortest_edge``, which may exceed
+      ``crop_size``, e.g. DINOv2's 256 -> 224; :func:`fairbench.models.hf.hf_preprocessing`): the centre
+      ``load_size`` square of the image resized to ``load_size`` (PIL, uint8), cut at transformers'
+      ``center_crop`` offsets (``(side - size) // 2``), so the processor's resize leaves it as is and its crop
+      takes the same pixels as from the full image.
     """
 
     pre: Preprocessing
@@ -319,7 +364,7 @@ class CacheGeometry:
     @property
     def side(self) -> int:
         p = self.pre
-        return int(p.load_size or p.image_size) if p.resize in ("longest_pad", "chexzero") else int(p.image_size)
+        return int(p.load_size or p.image_size) if p.resize in ("longest_pad", "chexzero", "shortest") else int(p.image_size)
 
     @property
     def gray(self) -> bool:
@@ -338,4 +383,14 @@ class CacheGeometry:
             return longest_pad_square(img, self.side, p.interpolation)
         if p.resize == "chexzero":
             return np.asarray(chexzero_pad_pil(img, self.side), dtype=np.uint8)
+        if p.resize == "canvas":
+            x = canvas_resize(img, p.image_size).mul(255).round().clamp(0, 255).to(torch.uint8)
+            return np.ascontiguousarray(x.permute(1, 2, 0).numpy())
+        if p.resize == "shortest" and p.load_size:
+            pil, s = _as_pil(img), int(p.load_size)
+            nh, nw, _, _ = shortest_geometry(pil.height, pil.width, s)
+            if (pil.height, pil.width) != (nh, nw):
+                pil = pil.resize((nw, nh), resample=_RESAMPLE[p.interpolation])
+            top, left = (nh - s) // 2, (nw - s) // 2
+            return np.ascontiguousarray(np.asarray(pil)[top:top + s, left:left + s])
         return np.ascontiguousarray(resize_crop_pil(img, p))
