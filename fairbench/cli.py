@@ -203,6 +203,9 @@ def metrics(
         = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here (default: print it).")] = None,
     tasks_dir: TasksDirOpt = None,
+    variants: Annotated[Optional[list[str]], typer.Option(
+        "--variants", help="Also write another benchmark's metric definitions under variants.<name> (binary tasks): "
+                           "fairmedfm (its best-F1 threshold is chosen on the evaluated labels).")] = None,
 ) -> None:
     """Recompute metrics from a predictions file alone (the same function `run` uses)."""
     from fairbench.report.recompute import recompute
@@ -210,7 +213,8 @@ def metrics(
 
     if seed is not None:
         check_seed(seed, "--seed")
-    recompute(predictions, task=task, n_boot=n_boot, seed=seed, out=out, tasks_dirs=tuple(tasks_dir or ()))
+    recompute(predictions, task=task, n_boot=n_boot, seed=seed, out=out, tasks_dirs=tuple(tasks_dir or ()),
+              variants=list(variants) if variants else None)
 
 
 @app.command()

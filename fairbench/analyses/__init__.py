@@ -1,0 +1,67 @@
+"""Analyses beyond the metric suite, computed from a cell's metrics and predictions (docs/metrics.md, "Analyses").
+
+One module per analysis; :func:`compute_analyses` is the one entry the pipeline (``metrics_document``) calls, so
+``fairbench run`` and ``fairbench metrics`` record the same ``analyses`` in metrics.json:
+
+- ``power.<attribute>``: the minimum detectable AUC gap, DPD and DEOdds at 80% power (:mod:`.power`);
+- ``underdiagnosis.<attribute>``: per-group underdiagnosis rates with intervals (:mod:`.underdiagnosis`), on tasks
+  whose card names a ``no_finding_class``.
+
+:func:`compute_variants` gives other benchmarks' metric definitions on request (``--variants fairmedfm``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairbench.analyses.fairmedfm import NOTE as FAIRMEDFM_NOTE
+from fairbench.analyses.fairmedfm import fairmedfm_variants
+from fairbench.analyses.power import power_for_attribute
+from fairbench.analyses.underdiagnosis import underdiagnosis
+from fairbench.errors import DataError
+
+__all__ = ["compute_analyses", "compute_variants", "VARIANTS"]
+
+VARIANTS = ("fairmedfm",)
+
+
+def compute_analyses(metrics: dict[str, Any], *, no_finding_class: str | None) -> dict[str, Any]:
+    """``analyses`` of one cell from its :func:`fairbench.metrics.compute_metrics` result."""
+    out: dict[str, Any] = {}
+    if metrics.get("task") == "binary":
+        out["power"] = {attr: power_for_attribute(a.get("groups") or {})
+                        for attr, a in (metrics.get("attributes") or {}).items()}
+    if no_finding_class is not None:
+        out["underdiagnosis"] = underdiagnosis(metrics, no_finding_class)
+    return out
+
+
+def _group_column(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    cols = [frame[f"attr_{n}"].astype(object).where(frame[f"attr_{n}"].notna(), None).to_numpy() for n in names]
+    out = np.empty(len(frame), dtype=object)
+    for i in range(len(frame)):
+        parts = [c[i] for c in cols]
+        out[i] = None if any(p is None for p in parts) else "*".join(str(p) for p in parts)
+    return out
+
+
+def compute_variants(frame: pd.DataFrame, *, classes: list[str], attributes: list[str],
+                     intersections: list[list[str]], eval_split: str, variants: list[str]) -> dict[str, Any]:
+    """``variants``: other benchmarks' definitions of the fairness summary, on the evaluated split."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise DataError(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+    if len(classes) != 2:
+        raise DataError(f"--variants fairmedfm applies to binary tasks only; this task has {len(classes)} classes")
+    ev = frame[frame["split"] == eval_split]
+    prob = ev[f"prob_{classes[1]}"].to_numpy(dtype=np.float64)
+    label = ev["label"].to_numpy(dtype=np.float64)
+    if np.isnan(prob).any():
+        raise DataError(f"--variants fairmedfm: {int(np.isnan(prob).sum())} evaluated row(s) have NaN "
+                        f"prob_{classes[1]}; FairMedFM's definitions need every probability")
+    groups = {a: _group_column(ev, [a]) for a in attributes}
+    groups.update({"*".join(i): _group_column(ev, list(i)) for i in intersections})
+    return {"fairmedfm": fairmedfm_variants(prob, label, groups), "notes": {"fairmedfm": FAIRMEDFM_NOTE}}
