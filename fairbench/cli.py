@@ -218,6 +218,26 @@ def metrics(
 
 
 @app.command()
+def power(
+    task: Annotated[str, typer.Option(help="Task card name or path.")],
+    n_test: Annotated[Optional[int], typer.Option(
+        help="Plan for N evaluated samples with the task's group shares and prevalences (default: the split's size).")]
+        = None,
+    auc: Annotated[float, typer.Option(help="Planning AUC of the better group, in (0.5, 1).")] = 0.8,
+    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (real tasks).")] = None,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Before anything runs: the smallest AUC gap, DPD and DEOdds the task's test groups could detect (80% power,
+    two-sided alpha 0.05; docs/metrics.md, "Statistical power")."""
+    from fairbench.analyses.power import plan_power
+    from fairbench.data.task import get_task
+    from fairbench.report.summary import print_power_plan
+
+    plan = plan_power(get_task(task, tuple(tasks_dir or ())), data_root=data_root, n_test=n_test, auc=auc)
+    print_power_plan(plan)
+
+
+@app.command()
 def compare(
     a: Annotated[Path, typer.Argument(help="Cell A (the reference): a cell folder, predictions.parquet, metrics.json "
                                       "or a folder of seed<N> cells.")],

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 from scipy.stats import norm, rankdata
 
-from fairbench.analyses.power import mde_auc, mde_rate, power_for_attribute, underpowered
+from fairbench.analyses.power import (
+    mde_auc,
+    mde_rate,
+    power_for_attribute,
+    underpowered,
+)
 
 R = 4000  # replicates: Monte Carlo SE of a power near 0.8 is about 0.6 points
 
@@ -91,3 +96,30 @@ def test_underpowered_rule() -> None:
     assert not underpowered(0.03, [0.01, 0.07], 0.10)  # interval excludes 0: the gap was seen
     assert not underpowered(0.12, [-0.01, 0.25], 0.10)  # above the MDE
     assert not underpowered(None, [-0.01, 0.07], 0.10)
+
+
+def test_power_command_and_summary_lines() -> None:
+    from typer.testing import CliRunner
+
+    from fairbench.cli import app
+    from fairbench.data.task import get_task
+    from fairbench.report.summary import analyses_lines
+
+    res = CliRunner().invoke(app, ["power", "--task", "synth_cxr", "--n-test", "240", "--auc", "0.8"])
+    assert res.exit_code == 0, res.output
+    # the sex groups of the generated test split, counted here and rescaled to 240 samples
+    s = get_task("synth_cxr").load_split("test")
+    sex = np.asarray(s.attributes["sex"], dtype=object)
+    counts = {g: (round(int(((sex == g) & (s.labels == 1)).sum()) * 240 / len(s)),
+                  round(int(((sex == g) & (s.labels == 0)).sum()) * 240 / len(s))) for g in ("F", "M")}
+    expected = max(mde_auc(0.8, counts["F"], counts["M"]), mde_auc(0.8, counts["M"], counts["F"]))
+    line = next(ln for ln in res.output.splitlines() if ln.strip().startswith("sex "))
+    assert f"{100 * expected:.1f}" in line
+    bad = CliRunner().invoke(app, ["power", "--task", "synth_cxr", "--auc", "0.4"])
+    assert bad.exit_code != 0 and "--auc must be a number in (0.5, 1)" in str(bad.exception)
+
+    lines = analyses_lines({"power": {"sex": {"mde_auc_gap": 0.1, "observed_gap": 0.03,
+                                              "observed_gap_ci": [-0.01, 0.07]},
+                                      "age": {"mde_auc_gap": 0.1, "observed_gap": 0.2, "observed_gap_ci": [0.1, 0.3]}}})
+    assert any("sex" in ln and "underpowered: gaps below 10.0 could not be seen" in ln for ln in lines)
+    assert not any("age" in ln and "underpowered" in ln for ln in lines)

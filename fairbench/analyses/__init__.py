@@ -23,7 +23,7 @@ from fairbench.analyses.power import power_for_attribute
 from fairbench.analyses.underdiagnosis import underdiagnosis
 from fairbench.errors import DataError
 
-__all__ = ["compute_analyses", "compute_variants", "VARIANTS"]
+__all__ = ["VARIANTS", "compute_analyses", "compute_variants"]
 
 VARIANTS = ("fairmedfm",)
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-__all__ = ["fairmedfm_variants", "best_f1_threshold", "fmfm_ece", "fmfm_bce", "NAMES"]
+__all__ = ["NAMES", "best_f1_threshold", "fairmedfm_variants", "fmfm_bce", "fmfm_ece"]
 
 NAMES = ("overall-auc", "overall-acc", "overall-bce", "overall-ece", "worst-auc", "auc-gap", "acc-gap", "bce-gap",
          "ece-gap", "eod", "eo")
@@ -71,7 +71,7 @@ def _one(prob: np.ndarray, label: np.ndarray, group: np.ndarray) -> dict[str, An
             skipped[v] = f"only label {int(lab[0])}"
         else:
             valid.append(v)
-    rec: dict[str, Any] = {"n": int(len(y)), "n_groups": len(valid), "n_unknown": int((~present).sum())}
+    rec: dict[str, Any] = {"n": len(y), "n_groups": len(valid), "n_unknown": int((~present).sum())}
     if skipped:
         rec["skipped"] = skipped
     if len(np.unique(y)) < 2 or len(valid) < 2:

@@ -24,8 +24,20 @@ from typing import Any
 
 from scipy.stats import norm
 
-__all__ = ["hanley_mcneil_var", "proportion_var", "solve_mde", "mde_auc", "mde_rate", "power_for_attribute",
-           "ALPHA", "POWER", "METHOD_AUC", "METHOD_RATE", "underpowered"]
+__all__ = [
+    "ALPHA",
+    "METHOD_AUC",
+    "METHOD_RATE",
+    "POWER",
+    "hanley_mcneil_var",
+    "mde_auc",
+    "mde_rate",
+    "plan_power",
+    "power_for_attribute",
+    "proportion_var",
+    "solve_mde",
+    "underpowered",
+]
 
 ALPHA = 0.05
 POWER = 0.80
@@ -56,7 +68,7 @@ def proportion_var(p: float, n: int) -> float:
 
 def solve_mde(var_hi: float, var_lo: Callable[[float], float], high: float, z: float) -> float | None:
     """The ``d`` in ``[0, high]`` with ``d = z * sqrt(var_hi + var_lo(d))``; None when even ``high`` is not enough."""
-    f = lambda d: d - z * math.sqrt(max(var_hi + var_lo(d), 0.0))  # noqa: E731
+    f = lambda d: d - z * math.sqrt(max(var_hi + var_lo(d), 0.0))
     if high <= 0 or f(high) < 0:
         return None
     lo, hi = 0.0, high
@@ -166,7 +178,7 @@ def _rate_mde(usable: dict[str, dict[str, Any]], key: str, size: Callable[[dict[
 
 
 def _rate_mdes(usable: dict[str, dict[str, Any]], observed: bool, alpha: float, power: float) -> dict[str, Any]:
-    n_all = lambda v: int(v["n_pos"]) + int(v["n_neg"])  # noqa: E731
+    n_all = lambda v: int(v["n_pos"]) + int(v["n_neg"])
     dpd, dpd_pair, dpd_ref = _rate_mde(usable, "selection_rate", n_all, observed, alpha, power)
     tpr, tpr_pair, tpr_ref = _rate_mde(usable, "tpr", lambda v: int(v["n_pos"]), observed, alpha, power)
     fpr, fpr_pair, fpr_ref = _rate_mde(usable, "fpr", lambda v: int(v["n_neg"]), observed, alpha, power)
@@ -181,3 +193,54 @@ def underpowered(gap: Any, ci: Any, mde: Any) -> bool:
     """An observed gap whose interval includes 0 and that lies below the MDE: the test could not have seen it."""
     return (isinstance(gap, (int, float)) and isinstance(mde, (int, float)) and isinstance(ci, (list, tuple))
             and len(ci) == 2 and None not in ci and ci[0] <= 0 <= ci[1] and gap < mde)
+
+
+def _counts(labels: Any, groups: Any) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for y, g in zip(labels, groups):
+        if g is None:
+            continue
+        rec = out.setdefault(str(g), {"n_pos": 0, "n_neg": 0})
+        rec["n_pos" if int(y) == 1 else "n_neg"] += 1
+    return dict(sorted(out.items()))
+
+
+def _scaled(counts: dict[str, dict[str, int]], n_test: int) -> dict[str, dict[str, int]]:
+    total = sum(v["n_pos"] + v["n_neg"] for v in counts.values())
+    return {g: {k: max(round(c * n_test / total), 0) for k, c in v.items()} for g, v in counts.items()}
+
+
+def plan_power(task: Any, *, data_root: Any = None, n_test: int | None = None,
+               auc: float = PLANNING_AUC) -> dict[str, Any]:
+    """``fairbench power``: the detectable gaps of a task's evaluated split before any model runs.
+
+    Group sizes and prevalences come from the card's evaluated split (generated for synthetic tasks, read from
+    ``data_root`` otherwise); ``n_test`` rescales them to ``n_test`` samples with the same group shares."""
+    from fairbench.errors import DataError
+
+    if len(task.classes) != 2:
+        raise DataError(f"fairbench power: task '{task.name}' has {len(task.classes)} classes; the AUC-gap power "
+                        "analysis is for binary tasks")
+    if isinstance(auc, bool) or not 0.5 < float(auc) < 1:
+        raise DataError(f"--auc must be a number in (0.5, 1), got {auc!r}")
+    if n_test is not None and n_test < 4:
+        raise DataError(f"--n-test must be an integer >= 4, got {n_test!r}")
+    split = task.evaluation.split
+    try:
+        s = task.load_split(split, data_root)
+    except DataError as e:
+        raise DataError(f"fairbench power needs the group sizes and prevalences of the '{split}' split of task "
+                        f"'{task.name}': {e} (with --n-test N the group shares still come from the data)") from None
+    attrs: dict[str, Any] = dict(s.attributes)
+    for combo in task.evaluation.intersections:
+        cols = [s.attributes[a] for a in combo]
+        attrs["*".join(combo)] = [None if any(c[i] is None for c in cols) else "*".join(str(c[i]) for c in cols)
+                                  for i in range(len(s))]
+    out: dict[str, Any] = {"task": task.name, "split": split, "n": len(s) if n_test is None else int(n_test),
+                           "n_observed": len(s), "planning_auc": float(auc), "attributes": {}}
+    for name, groups in attrs.items():
+        counts = _counts(s.labels, groups)
+        if n_test is not None:
+            counts = _scaled(counts, n_test)
+        out["attributes"][name] = power_for_attribute(counts, planning_auc=float(auc))
+    return out
