@@ -72,8 +72,9 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
     fitted = lookup(doc, "adapt", "fitted") or {}
     if fitted.get("needs_attribute_at_prediction"):
         console.print(f"[bold]note:[/bold] this adapter used the protected attribute "
-                      f"'{fitted.get('attribute')}' of every test sample to make its prediction (per-group "
-                      f"thresholds): it cannot be deployed where that attribute may not decide")
+                      f"'{fitted.get('attribute')}' of every test sample to make its prediction "
+                      f"({fitted.get('uses', 'per-group thresholds')}): it cannot be deployed where that attribute "
+                      f"may not decide")
     overall = Table(title="Overall", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("n", "AUC", "ACC", "macro F1", "ECE"):
         overall.add_column(col, justify="right", min_width=9, no_wrap=True)
