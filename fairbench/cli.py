@@ -215,6 +215,9 @@ def metrics(
         = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here (default: print it).")] = None,
     tasks_dir: TasksDirOpt = None,
+    variants: Annotated[Optional[list[str]], typer.Option(
+        "--variants", help="Also write another benchmark's metric definitions under variants.<name> (binary tasks): "
+                           "fairmedfm (its best-F1 threshold is chosen on the evaluated labels).")] = None,
 ) -> None:
     """Recompute metrics from a predictions file alone (the same function `run` uses)."""
     from fairbench.report.recompute import recompute
@@ -222,7 +225,28 @@ def metrics(
 
     if seed is not None:
         check_seed(seed, "--seed")
-    recompute(predictions, task=task, n_boot=n_boot, seed=seed, out=out, tasks_dirs=tuple(tasks_dir or ()))
+    recompute(predictions, task=task, n_boot=n_boot, seed=seed, out=out, tasks_dirs=tuple(tasks_dir or ()),
+              variants=list(variants) if variants else None)
+
+
+@app.command()
+def power(
+    task: Annotated[str, typer.Option(help="Task card name or path.")],
+    n_test: Annotated[Optional[int], typer.Option(
+        help="Plan for N evaluated samples with the task's group shares and prevalences (default: the split's size).")]
+        = None,
+    auc: Annotated[float, typer.Option(help="Planning AUC of the better group, in (0.5, 1).")] = 0.8,
+    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (real tasks).")] = None,
+    tasks_dir: TasksDirOpt = None,
+) -> None:
+    """Before anything runs: the smallest AUC gap, DPD and DEOdds the task's test groups could detect (80% power,
+    two-sided alpha 0.05; docs/metrics.md, "Statistical power")."""
+    from fairbench.analyses.power import plan_power
+    from fairbench.data.task import get_task
+    from fairbench.report.summary import print_power_plan
+
+    plan = plan_power(get_task(task, tuple(tasks_dir or ())), data_root=data_root, n_test=n_test, auc=auc)
+    print_power_plan(plan)
 
 
 @app.command()

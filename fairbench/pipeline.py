@@ -264,7 +264,9 @@ def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, 
 
 def metrics_document(frame: pd.DataFrame, task: TaskCard, *, n_boot: int, seed: int, samples_sha256: str,
                      model: dict[str, Any] | None = None, adapt: dict[str, Any] | None = None,
-                     config: dict[str, Any] | None = None) -> dict[str, Any]:
+                     config: dict[str, Any] | None = None, variants: list[str] | None = None) -> dict[str, Any]:
+    from fairbench.analyses import compute_analyses, compute_variants
+
     ev = task.evaluation
     result = compute_metrics(
         frame, classes=list(task.classes), attributes=list(task.attributes), eval_split=ev.split,
@@ -272,6 +274,11 @@ def metrics_document(frame: pd.DataFrame, task: TaskCard, *, n_boot: int, seed: 
         min_group_size=ev.min_group_size, intersections=[list(i) for i in ev.intersections] or None,
         no_finding_class=ev.no_finding_class)
     threshold = result.pop("threshold", None)
+    analyses = compute_analyses(result, no_finding_class=ev.no_finding_class, frame=frame,
+                                attributes=list(task.attributes), intersections=[list(i) for i in ev.intersections])
+    extra = {"variants": compute_variants(
+        frame, classes=list(task.classes), attributes=list(task.attributes), eval_split=ev.split,
+        intersections=[list(i) for i in ev.intersections], variants=variants)} if variants else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "task": {"name": task.name, "version": task.version, "synthetic": task.synthetic,
@@ -282,6 +289,8 @@ def metrics_document(frame: pd.DataFrame, task: TaskCard, *, n_boot: int, seed: 
         "config_sha256": card_sha256(config or {}),
         "threshold": threshold,
         "metrics": result,
+        "analyses": analyses,
+        **extra,
     }
 
 

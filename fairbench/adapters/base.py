@@ -285,3 +285,4 @@ ADAPTERS.register_lazy("resample", "fairbench.adapters.resample:ResampleAdapter"
 ADAPTERS.register_lazy("reweight", "fairbench.adapters.reweight:ReweightAdapter")
 ADAPTERS.register_lazy("groupdro", "fairbench.adapters.groupdro:GroupDROAdapter")
 ADAPTERS.register_lazy("fair_threshold", "fairbench.adapters.fair_threshold:FairThreshold")
+ADAPTERS.register_lazy("group_calibrate", "fairbench.adapters.group_calibrate:GroupCalibrate")

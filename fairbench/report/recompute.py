@@ -12,7 +12,7 @@ __all__ = ["recompute", "read_predictions"]  # read_predictions: fairbench.resul
 
 
 def recompute(predictions: Path, *, task: str | None, n_boot: int | None, seed: int | None, out: Path | None,
-              tasks_dirs: tuple[Path, ...] = ()) -> dict:
+              tasks_dirs: tuple[Path, ...] = (), variants: list[str] | None = None) -> dict:
     from fairbench.data.task import get_task
     from fairbench.pipeline import _samples_sha256, metrics_document
 
@@ -34,7 +34,7 @@ def recompute(predictions: Path, *, task: str | None, n_boot: int | None, seed: 
     if seed is None:
         seed = int((original or {}).get("seed", 0))
     doc = metrics_document(frame, card, n_boot=int(n_boot), seed=seed,
-                           samples_sha256=_samples_sha256(frame, card.evaluation.split))
+                           samples_sha256=_samples_sha256(frame, card.evaluation.split), variants=variants)
     if original is not None:
         for key in ("model", "adapt", "config_sha256", "provenance"):
             doc[key] = original.get(key)

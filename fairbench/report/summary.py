@@ -13,7 +13,7 @@ from rich.table import Table
 from fairbench.progress import stdout_console
 from fairbench.report.formatting import OUTSIDE_MARK, outside
 
-__all__ = ["print_summary", "fmt100", "lookup", "random_weights", "outside", "OUTSIDE_MARK", "OUTSIDE_LEGEND"]
+__all__ = ["print_summary", "print_power_plan", "analyses_lines", "fmt100", "lookup", "random_weights", "outside", "OUTSIDE_MARK", "OUTSIDE_LEGEND"]
 
 #: after an interval that does not contain its own point estimate (docs/metrics.md, "Which interval")
 OUTSIDE_LEGEND = ("‡ the 95% percentile interval does not contain the point estimate: resampling inflates gaps, DPD, "
@@ -68,8 +68,9 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
     fitted = lookup(doc, "adapt", "fitted") or {}
     if fitted.get("needs_attribute_at_prediction"):
         console.print(f"[bold]note:[/bold] this adapter used the protected attribute "
-                      f"'{fitted.get('attribute')}' of every test sample to make its prediction (per-group "
-                      f"thresholds): it cannot be deployed where that attribute may not decide")
+                      f"'{fitted.get('attribute')}' of every test sample to make its prediction "
+                      f"({fitted.get('uses', 'per-group thresholds')}): it cannot be deployed where that attribute "
+                      f"may not decide")
     if (doc.get("threshold") or {}).get("rule") == "randomised":
         console.print("[bold]note:[/bold] its decisions are randomised: ACC, F1, DPD and DEOdds are the expected "
                       "rates of that rule (no threshold applied); its AUC and ECE read P(yhat = 1), a coarse score",
@@ -101,7 +102,34 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
     console.print(fair)
     if any(OUTSIDE_MARK in str(c) for t in (overall, fair) for col in t.columns for c in col.cells):
         console.print(OUTSIDE_LEGEND, markup=False, soft_wrap=True)
+    for line in analyses_lines(doc.get("analyses") or {}):
+        console.print(line, markup=False, soft_wrap=True)
     console.print(f"results: {cell}", soft_wrap=True)
+
+
+def analyses_lines(analyses: dict[str, Any]) -> list[str]:
+    """Summary lines for ``analyses`` (docs/metrics.md, "Analyses"): the detectable AUC gaps, any attribute whose
+    best-vs-worst gap was underpowered, and underdiagnosis by group (one line per attribute)."""
+    from fairbench.analyses.power import underpowered
+
+    lines = []
+    power = analyses.get("power") or {}
+    mdes = [f"{a} {fmt100(r.get('mde_auc_gap'))}" for a, r in power.items()]
+    if mdes:
+        lines.append("power: smallest AUC gap detectable at 80% power (best vs worst group, x100): " + ", ".join(mdes))
+    for attr, r in power.items():
+        if underpowered(r.get("observed_gap"), r.get("observed_gap_ci"), r.get("mde_auc_gap")):
+            lines.append(f"power: {attr}: AUC gap {fmt100(r['observed_gap'], r['observed_gap_ci'])} includes 0 — "
+                         f"underpowered: gaps below {fmt100(r['mde_auc_gap'])} could not be seen")
+    for attr, r in (analyses.get("underdiagnosis") or {}).items():
+        groups = ", ".join(f"{g} {fmt100(v.get('rate'), v.get('ci'))}" for g, v in (r.get("groups") or {}).items())
+        worst = r.get("worst_group")
+        tail = ""
+        if worst is not None and r.get("best_group") != worst:
+            tail = (f"; worst {worst}, +{fmt100(r['groups'][worst]['gap_to_best'])} over best "
+                    f"{r.get('best_group')}")
+        lines.append(f"underdiagnosis ({attr}, x100): {groups}{tail}")
+    return lines
 
 
 def _first_key(d: dict[str, Any], *keys: str) -> str:
@@ -115,3 +143,23 @@ def _first_key(d: dict[str, Any], *keys: str) -> str:
 def random_weights(doc: dict[str, Any]) -> bool:
     """Whether a cell's model ran with random (untrained) weights (``--weights random``)."""
     return lookup(doc, "model", "weights", "source") == "random"
+
+
+def print_power_plan(plan: dict[str, Any], console: Console | None = None) -> None:
+    """`fairbench power`: one row per attribute (and intersection) of the task's evaluated split."""
+    console = console or stdout_console()
+    scaled = f" rescaled to N={plan['n']}" if plan["n"] != plan["n_observed"] else ""
+    console.print(f"[bold]fairbench power[/bold] task [bold]{escape(plan['task'])}[/bold], split '{plan['split']}' "
+                  f"({plan['n_observed']} samples{scaled}); 80% power, two-sided alpha 0.05, better group at AUC "
+                  f"{plan['planning_auc']}, rates at 0.5; values x100", soft_wrap=True)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("attr", "groups (n_pos/n_neg)", "AUC gap", "hardest pair", "DPD", "DEOdds"):
+        table.add_column(col, justify="left" if col in ("attr", "groups (n_pos/n_neg)", "hardest pair") else "right")
+    for attr, rec in plan["attributes"].items():
+        sizes = ", ".join(f"{g} {v['n_pos']}/{v['n_neg']}" for g, v in rec["inputs"].items())
+        table.add_row(escape(attr), escape(sizes), fmt100(rec.get("mde_auc_gap")),
+                      escape(" vs ".join(rec.get("pair") or [])) or rec.get("reason", ""),
+                      fmt100(rec.get("mde_dpd")), fmt100(rec.get("mde_deodds")))
+    console.print(table)
+    console.print("A gap smaller than these could pass unseen (method: Hanley-McNeil AUC variances and two-proportion "
+                  "tests, docs/metrics.md).", soft_wrap=True)
