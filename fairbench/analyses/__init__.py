@@ -1,0 +1,1 @@
+"""Analyses beyond the per-group metrics (docs/metrics.md): attribute leakage, prompt sensitivity, and more."""
