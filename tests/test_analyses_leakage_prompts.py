@@ -173,3 +173,14 @@ def test_zeroshot_templates_value_checked() -> None:
     with pytest.raises(FairbenchError, match="templates must be default or all"):
         ZeroShot({"templates": "some"})
     assert ZeroShot({}).params == {"ensemble": "family"}
+
+
+def test_prompt_plot_draws_each_template(tmp_path: Path) -> None:
+    from fairbench.report.plots import plot_prompt_sensitivity
+
+    rec = {"templates": [{"kind": "card", "template": "{}", "auc": 0.7, "gaps": {"age": {"gap": 0.1}}},
+                         {"kind": "ensemble", "template": "x", "auc": 0.72, "gaps": {"age": {"gap": None}}}]}
+    (png,) = plot_prompt_sensitivity(rec, tmp_path / "prompts")
+    assert png.exists() and png.stat().st_size > 1000
+    with pytest.raises(Exception, match="templates=all"):
+        plot_prompt_sensitivity({"templates": []}, tmp_path / "none")
