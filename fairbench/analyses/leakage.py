@@ -85,8 +85,11 @@ def attribute_leakage(x_fit: np.ndarray, g_fit: np.ndarray, x_test: np.ndarray, 
     t0 = time.perf_counter()
     clf = make_pipeline(StandardScaler(), LogisticRegressionCV(
         Cs=list(C_GRID), cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="roc_auc_ovr"
-        if len(groups) > 2 else "roc_auc", max_iter=1000))
-    with warnings.catch_warnings():
+        if len(groups) > 2 else "roc_auc", max_iter=1000, tol=1e-3))
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: on 64-512-d embeddings the threads' start-up and contention cost more than they gain
+    with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FutureWarning)
         clf.fit(x_fit[known_fit], y_fit)
