@@ -182,6 +182,43 @@ def embed(
                       markup=False, soft_wrap=True)
 
 
+@app.command()
+def leakage(
+    model: Annotated[str, typer.Option(help="Model card name (see `fairbench ls models`).")],
+    task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")],
+    weights: Annotated[Optional[str], typer.Option(
+        help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
+        rich_help_panel="Data and weights")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds and the bootstrap.")] = 0,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of the test split.")] = 1000,
+    features: Annotated[str, typer.Option(help="embedding (the image embedding) or feature (the probe "
+                                          "feature the linear probe reads).")] = "embedding",
+    out: Annotated[Optional[Path], typer.Option(help="Also write the result as JSON here.")] = None,
+    model_arg: ModelArgOpt = None,
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel="Data and weights")]
+        = None,
+    tasks_dir: TasksDirOpt = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Attribute leakage: how well a logistic regression on the frozen image embeddings (fit on train+val,
+    C by cross-validation) predicts each protected attribute on the test split; AUC with a bootstrap interval,
+    beside chance 0.5 (docs/metrics.md)."""
+    from fairbench.analyses.leakage import leakage_table, run_leakage
+    from fairbench.results import write_json
+
+    if n_boot < 0:
+        raise FairbenchError(f"--n-boot must be >= 0, got {n_boot}")
+    doc = run_leakage(task=task, model=model, weights=weights, seed=seed, n_boot=n_boot, features=features,
+                      tasks_dirs=tuple(tasks_dir or ()), data_root=data_root, device=device,
+                      model_args=_parse_kv(model_arg or [], "--model-arg"))
+    typer.echo(f"attribute leakage: {doc['model']} on {doc['task']} ({features}, {n_boot} bootstrap resamples)")
+    typer.echo(leakage_table(doc))
+    if out is not None:
+        write_json(out, doc)
+        err_console.print(f"wrote {out}", markup=False, soft_wrap=True)
+
+
 @app.command("ls")
 def ls_(what: Annotated[ListWhat, typer.Argument(help="What to list.")],
         tasks_dir: TasksDirOpt = None) -> None:

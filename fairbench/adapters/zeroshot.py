@@ -17,6 +17,11 @@ Probabilities are the softmax over classes of the family's logits (scaled cosine
 prompts used and the rule are recorded (``adapt.fitted``). Under ``--precision bf16|fp16`` the image encoder runs
 in autocast; the probabilities' change against a float32 pass on the first images of the evaluated split is
 recorded (``precision.effect``: ``max_abs_delta_prob``, ``argmax_agreement``).
+
+``templates=all`` adds the prompt-sensitivity analysis (:mod:`fairbench.analyses.prompts`, metrics.json
+``analyses.prompts``): the evaluated split scored under each card template, the family's released prompts and a
+fixed set of variants, one by one. The cell's predictions stay those of the default prompts. The parameter is
+recorded in ``adapt.params`` only when given (``templates=default`` cells keep the parameters they had).
 """
 
 from __future__ import annotations
@@ -65,7 +70,16 @@ class ZeroShot(Adapter):
     name = "zeroshot"
     description = ("Zero-shot: the family's prompts and ensembling rule (or task-card templates), softmax over "
                    "classes")
-    defaults = {"ensemble": "family"}
+    defaults = {"ensemble": "family", "templates": "default"}
+
+    def __init__(self, params: dict[str, Any] | None = None) -> None:
+        super().__init__(params)
+        if self.params["templates"] not in ("default", "all"):
+            raise CardError(f"adapter 'zeroshot': templates must be default or all, got {self.params['templates']!r}")
+        if self.params["templates"] == "default":
+            del self.params["templates"]  # as recorded before the parameter existed: older cells stay current
+        #: analyses added to metrics.json ``analyses`` (templates=all: ``prompts``)
+        self.analyses: dict[str, Any] = {}
 
     @torch.no_grad()
     def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
@@ -84,6 +98,12 @@ class ZeroShot(Adapter):
             out[split] = torch.softmax(logits.float(), dim=1).cpu().numpy()
         if ctx.precision != "fp32":
             ctx.precision_measured.update(_probability_effect(ctx, head, out))
+        split = ctx.task.evaluation.split
+        if self.params.get("templates") == "all" and split in out:
+            from fairbench.analyses.prompts import prompt_sensitivity
+
+            self.analyses["prompts"] = prompt_sensitivity(ctx, rule, out[split], split=split,
+                                                          ensemble_record=head.record)
         return out
 
 

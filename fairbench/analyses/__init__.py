@@ -8,6 +8,10 @@ One module per analysis; :func:`compute_analyses` is the one entry the pipeline 
   whose card names a ``no_finding_class``;
 - ``calibration.<attribute>``: per-group calibration slope and intercept with Wald intervals (:mod:`.calibration`).
 
+Two analyses need the model, not just predictions, and are added by the pipeline from the adapter's context:
+``leakage.<attribute>`` (:mod:`.leakage`: how well the frozen image embeddings predict each attribute) and
+``prompts`` (:mod:`.prompts`: zero-shot AUC and gaps per prompt template, ``--adapt-arg templates=all``).
+
 :func:`compute_variants` gives other benchmarks' metric definitions on request (``--variants fairmedfm``).
 """
 

@@ -32,7 +32,8 @@ from fairbench.report.tables import aggregate  # noqa: E402
 from fairbench.report.versus import Versus, check_reference, compute_versus  # noqa: E402
 from fairbench.results import read_predictions  # noqa: E402
 
-__all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "plot_versus", "OKABE_ITO"]
+__all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "plot_versus", "plot_prompt_sensitivity",
+           "OKABE_ITO"]
 
 #: Okabe & Ito (2008) colour-blind-safe palette, yellow last (weak on white)
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]
@@ -626,3 +627,33 @@ def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] 
                                 f"{reference} cells of the same model; no forest plot")
             written += files
     return written, col, problems
+
+
+def plot_prompt_sensitivity(prompts: dict[str, Any], stem: Path, formats: Sequence[str] = ("png",),
+                            title: str = "") -> list[Path]:
+    """A zero-shot cell's ``analyses.prompts`` (``templates=all``): per prompt set, the AUC (left) and each
+    attribute's AUC gap, best - worst group (right); the ensemble (the cell's predictions) drawn last, hatched."""
+    records = list(prompts.get("templates") or [])
+    if not records:
+        raise DataError("analyses.prompts has no templates to plot (run zeroshot with --adapt-arg templates=all)")
+    labels = [("ensemble" if r["kind"] == "ensemble" else f"{r['kind']}: {r['template']}")[:48] for r in records]
+    attrs = sorted({a for r in records for a in r.get("gaps", {})})
+    y = np.arange(len(records))
+    fig, (ax_auc, ax_gap) = plt.subplots(1, 2, figsize=(11, 0.35 * len(records) + 1.6), sharey=True)
+    aucs = [np.nan if r.get("auc") is None else r["auc"] for r in records]
+    bars = ax_auc.barh(y, aucs, color=[OKABE_ITO[0]] * len(records))
+    if records[-1]["kind"] == "ensemble":
+        bars[-1].set_hatch("//")
+    ax_auc.axvline(0.5, color="grey", lw=0.8, ls=":")
+    ax_auc.set_xlabel("AUC")
+    ax_auc.set_yticks(y, labels, fontsize=7)
+    ax_auc.invert_yaxis()
+    height = 0.8 / max(1, len(attrs))
+    for i, a in enumerate(attrs):
+        gaps = [np.nan if r["gaps"].get(a, {}).get("gap") is None else r["gaps"][a]["gap"] for r in records]
+        ax_gap.barh(y - 0.4 + height * (i + 0.5), gaps, height=height, color=_color(i + 1), label=a)
+    ax_gap.set_xlabel("AUC gap (best - worst group)")
+    ax_gap.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "Prompt sensitivity of zero-shot AUC and AUC gaps", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, stem, formats)

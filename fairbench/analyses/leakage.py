@@ -1,0 +1,176 @@
+"""Attribute leakage: how well a linear probe reads each protected attribute from frozen image embeddings.
+
+For every attribute of the task: a logistic regression (features standardised with the fitting data's
+statistics, ``C`` chosen by stratified 5-fold cross-validation on train+val, lbfgs) is fitted from the image
+embeddings of the train and val splits to the attribute's groups and scored on the test split by ROC AUC
+(binary attributes: the AUC of the second group in sorted order; more than two groups: macro one-vs-rest).
+The interval is a percentile bootstrap over test samples (the probe is not refitted). Chance is 0.5.
+Samples whose group is unknown are left out, and so are test samples of a group the probe never saw.
+
+This follows the "linear probe on frozen features" design of Gichoya et al. 2022 (experiment A3) and
+Glocker et al. 2023 (SPLIT), with a logistic regression in place of their trained dense layer. It measures
+what a linear read-out can recover, not what the model uses for its predictions.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FROZEN_ADAPTERS", "attribute_leakage", "frozen_encoder", "known_group", "leakage_for_cell", "leakage_table",
+           "run_leakage"]
+
+#: adapters whose image encoder stays frozen, so the cached embeddings are the cell's own
+FROZEN_ADAPTERS = ("zeroshot", "linear_probe", "mlp")
+C_GRID = (1e-2, 1e-1, 1.0)
+N_FOLDS = 3
+
+
+def known_group(value: Any) -> bool:
+    """A group label that is set (not None, NaN or empty)."""
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and str(value) != ""
+
+
+def frozen_encoder(adapter: Any) -> bool:
+    """Whether ``adapter`` leaves the image encoder as built (the mitigation adapters on the ``head`` backbone too)."""
+    if adapter.name in FROZEN_ADAPTERS:
+        return True
+    return adapter.name in ("resample", "reweight", "groupdro") and adapter.params.get("backbone") == "head"
+
+
+def _auc(y: np.ndarray, p: np.ndarray, n_classes: int) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if n_classes == 2:
+        return float(roc_auc_score(y, p[:, 1]))
+    present = np.unique(y)
+    if len(present) < n_classes:  # a group absent from this resample: macro over the groups present
+        sub = p[:, present] / p[:, present].sum(axis=1, keepdims=True)
+        y = np.searchsorted(present, y)
+        if len(present) == 2:
+            return float(roc_auc_score(y, sub[:, 1]))
+        return float(roc_auc_score(y, sub, multi_class="ovr", average="macro"))
+    return float(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+
+
+def attribute_leakage(x_fit: np.ndarray, g_fit: np.ndarray, x_test: np.ndarray, g_test: np.ndarray, *,
+                      n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
+    """The probe's test AUC for one attribute. ``g_*`` are group labels (None / '' = unknown, left out)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    known_fit = np.array([known_group(g) for g in g_fit])
+    groups = sorted({str(g) for g in np.asarray(g_fit)[known_fit]})
+    out: dict[str, Any] = {"chance": 0.5, "groups": groups, "method": "logistic regression, C in (0.01, 0.1, 1) by "
+                           "3-fold CV on train+val, test AUC (macro one-vs-rest for > 2 groups), percentile bootstrap"}
+    if len(groups) < 2:
+        return {**out, "auc": None, "ci": None, "n": 0, "note": "fewer than two groups in train+val"}
+    index = {g: i for i, g in enumerate(groups)}
+    y_fit = np.array([index[str(g)] for g in np.asarray(g_fit)[known_fit]])
+    keep = np.array([g is not None and str(g) in index for g in g_test])
+    y_test = np.array([index[str(g)] for g in np.asarray(g_test)[keep]], dtype=int)
+    counts = np.bincount(y_fit, minlength=len(groups))
+    folds = int(min(N_FOLDS, counts.min()))
+    if folds < 2:
+        return {**out, "auc": None, "ci": None, "n": int(keep.sum()),
+                "note": f"a group has {int(counts.min())} train+val sample(s); cross-validation needs 2"}
+    t0 = time.perf_counter()
+    clf = make_pipeline(StandardScaler(), LogisticRegressionCV(
+        Cs=list(C_GRID), cv=StratifiedKFold(folds, shuffle=True, random_state=seed), scoring="roc_auc_ovr"
+        if len(groups) > 2 else "roc_auc", max_iter=1000, tol=1e-3))
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: on 64-512-d embeddings the threads' start-up and contention cost more than they gain
+    with warnings.catch_warnings(), threadpool_limits(1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        clf.fit(x_fit[known_fit], y_fit)
+    p = clf.predict_proba(x_test[keep])
+    k = len(groups)
+    auc = _auc(y_test, p, k)
+    rng = np.random.default_rng(seed)
+    boots = []
+    n = len(y_test)
+    for _ in range(n_boot if n else 0):
+        i = rng.integers(0, n, n)
+        b = _auc(y_test[i], p[i], k)
+        if not np.isnan(b):
+            boots.append(b)
+    ci = [float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))] if boots else None
+    c = float(np.ravel(clf[-1].C_)[0])
+    return {**out, "auc": None if np.isnan(auc) else auc, "ci": ci, "n": int(n), "n_fit": int(known_fit.sum()),
+            "C": c, "n_boot": len(boots), "test_counts": {g: int((y_test == i).sum()) for g, i in index.items()},
+            "fit_s": round(time.perf_counter() - t0, 3)}
+
+
+def leakage_for_cell(ctx: Any, *, n_boot: int = 1000, features: str = "embedding") -> dict[str, Any]:
+    """Per attribute of ``ctx.task``: :func:`attribute_leakage` on the cached ``features`` of train+val -> test."""
+    enc = {s: ctx.encode(s)[features] for s in ("train", "val", "test")}
+    x_fit = np.concatenate([enc["train"], enc["val"]]).astype(np.float64)
+    out: dict[str, Any] = {}
+    for a in ctx.task.attributes:
+        g_fit = np.concatenate([np.asarray(ctx.split("train").attributes[a], dtype=object),
+                                np.asarray(ctx.split("val").attributes[a], dtype=object)])
+        g_test = np.asarray(ctx.split("test").attributes[a], dtype=object)
+        out[a] = {**attribute_leakage(x_fit, g_fit, enc["test"].astype(np.float64), g_test, n_boot=n_boot,
+                                      seed=ctx.seed), "features": features}
+    return out
+
+
+def run_leakage(*, task: str, model: str, weights: str | None = None, seed: int = 0, n_boot: int = 1000,
+                features: str = "embedding", tasks_dirs: tuple[Any, ...] = (), data_root: Any = None,
+                device: str = "auto", model_args: dict[str, Any] | None = None,
+                embedding_cache: bool = True) -> dict[str, Any]:
+    """``fairbench leakage``: build the model, encode (or read from the embedding cache) every split, probe."""
+    from fairbench.adapters.base import AdaptContext
+    from fairbench.cache import EmbeddingCache
+    from fairbench.data.task import get_task
+    from fairbench.errors import FairbenchError
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model, resolve_device, resolve_model_card
+    from fairbench.models.inputs import check_run_inputs
+    from fairbench.pipeline import RunConfig, prepared_loader, seed_everything
+    from fairbench.precision import inference_batch_size
+
+    if features not in ("embedding", "feature"):
+        raise FairbenchError(f"--features must be embedding or feature, got {features!r}")
+    t0 = time.perf_counter()
+    task_card = get_task(task, tasks_dirs)
+    missing = [s for s in ("train", "val", "test") if s not in task_card.splits]
+    if missing:
+        raise FairbenchError(f"task '{task}': leakage probes need train, val and test splits; it has "
+                             f"{', '.join(task_card.splits)}")
+    card = resolve_model_card(get_model_card(model), weights, model_args or {})
+    dev = resolve_device(device)
+    run_cfg = RunConfig(task=task, model=model, data_root=data_root, weights=weights, tasks_dirs=tuple(tasks_dirs),
+                        model_args=dict(model_args or {}))
+    data = prepared_loader(run_cfg, task_card, card)
+    check_run_inputs(card, weights, task=task_card, loader=data, data_root=data_root)
+    seed_everything(seed)
+    built = build_model(card, weights, dev)
+    ctx = AdaptContext(task=task_card, model=built, seed=seed, data_root=data_root, _loader=data,
+                       embedding_cache=EmbeddingCache() if embedding_cache else None,
+                       batch_size=inference_batch_size(dev))
+    result = leakage_for_cell(ctx, n_boot=n_boot, features=features)
+    return {"task": task_card.name, "model": card.name, "weights": built.weights_info, "seed": seed,
+            "n_boot": n_boot, "features": features, "leakage": result, "embedding_cache": ctx.embedding_report(),
+            "duration_s": round(time.perf_counter() - t0, 2)}
+
+
+def leakage_table(doc: dict[str, Any]) -> str:
+    """Plain-text table: one row per attribute."""
+    rows = [f"{'attribute':<12} {'AUC':>6} {'95% CI':>17} {'chance':>7} {'n':>6}  groups"]
+    for a, r in doc["leakage"].items():
+        auc = "-" if r.get("auc") is None else f"{r['auc']:.3f}"
+        ci = "-" if not r.get("ci") else f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+        rows.append(f"{a:<12} {auc:>6} {ci:>17} {r['chance']:>7.1f} {r['n']:>6}  {', '.join(r['groups'])}"
+                    + (f"  ({r['note']})" if r.get("note") else ""))
+    return "\n".join(rows)

@@ -1,0 +1,186 @@
+"""Attribute leakage (issue 19 item 2) and prompt sensitivity (item 3): controls and independent references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fairbench.data.task import builtin_tasks_dir
+
+# synth_cxr's generator with only the age degradation and no attribute-shaped anatomy: sex and race then have
+# no effect on the images at all (docs/synthetic.md), age >= 60 is visibly degraded
+CONTROL_TASK = """\
+include: {base}
+name: leak_control
+dataset:
+  options:
+    n: {{train: 240, val: 120, test: 240}}
+    image_size: 64
+    anatomy_by_attribute: false
+    bias:
+      - {{attribute: age, min: 60, contrast: 0.3, noise: 0.08, blur: 2.0}}
+evaluation:
+  n_boot: 0
+  min_group_size: 10
+"""
+
+
+@pytest.fixture(scope="module")
+def control_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tasks")
+    (root / "leak_control").mkdir()
+    base = builtin_tasks_dir() / "synth_cxr" / "synth_cxr.yaml"
+    (root / "leak_control" / "leak_control.yaml").write_text(CONTROL_TASK.format(base=base))
+    return root
+
+
+@pytest.fixture(scope="module")
+def leakage_doc(control_dir: Path, one_torch_thread: None) -> dict:
+    from fairbench.analyses.leakage import run_leakage
+
+    return run_leakage(task="leak_control", model="tinyclip", tasks_dirs=(control_dir,), n_boot=300, device="cpu")
+
+
+def test_leakage_age_leaks_and_image_free_attributes_sit_at_chance(leakage_doc: dict) -> None:
+    leak = leakage_doc["leakage"]
+    age = leak["age"]
+    assert age["auc"] > 0.8 and age["ci"][0] > 0.7, age
+    for a in ("sex", "race"):  # no rendering effect: the interval must cover chance
+        r = leak[a]
+        assert r["ci"][0] <= 0.5 <= r["ci"][1], (a, r)
+        assert r["chance"] == 0.5 and r["n"] == 240
+    assert leak["race"]["groups"] == ["Asian", "Black", "White"]
+
+
+def test_leakage_auc_matches_sklearn_on_planted_data() -> None:
+    """A planted linear signal is found, and the three-group AUC is sklearn's macro one-vs-rest on the probe."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from fairbench.analyses.leakage import attribute_leakage
+
+    rng = np.random.default_rng(0)
+    g = rng.choice(np.array(["a", "b", "c"], dtype=object), 900)
+    x = rng.normal(size=(900, 8))
+    x[:, 0] += (g == "b") * 1.5
+    x[:, 1] += (g == "c") * 1.5
+    r = attribute_leakage(x[:600], g[:600], x[600:], g[600:], n_boot=100, seed=0)
+    y = np.searchsorted(["a", "b", "c"], g)
+    # an independent probe (plain logistic regression): same signal, AUC within a couple of points
+    ref = roc_auc_score(y[600:], LogisticRegression(max_iter=1000).fit(x[:600], y[:600]).predict_proba(x[600:]),
+                        multi_class="ovr", average="macro")
+    assert ref > 0.75 and abs(r["auc"] - ref) < 0.02 and r["ci"][0] < r["auc"] < r["ci"][1]
+    null = attribute_leakage(rng.normal(size=(600, 8)), g[:600], rng.normal(size=(300, 8)), g[600:], n_boot=200)
+    assert null["ci"][0] <= 0.5 <= null["ci"][1]
+
+
+def test_frozen_cell_records_leakage(micro_task_dir, tmp_path: Path, one_torch_thread: None) -> None:
+    from fairbench.pipeline import RunConfig, run_cell
+
+    tasks = micro_task_dir("leak_cell", (80, 40, 60))
+    res = run_cell(RunConfig(task="leak_cell", model="tinyclip", adapt="linear_probe", out=tmp_path / "r",
+                             tasks_dirs=(tasks,), device="cpu", n_boot=50))
+    leak = res.metrics["analyses"]["leakage"]
+    assert set(leak) == {"sex", "age", "race"}
+    for r in leak.values():
+        assert {"auc", "ci", "chance", "n"} <= set(r) and r["n"] == 60
+    assert leak["age"]["auc"] > 0.7  # synth_cxr's degraded >= 60 group, even on 120 fitting images
+
+
+def _independent_probs(model, pixels_embedding, prompts):
+    """CLIP's prompt ensembling written out: mean of normalised text embeddings, cosine, softmax."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        cls = torch.stack([F.normalize(F.normalize(model.encode_text(model.tokenize(p)).float(), dim=-1).mean(0),
+                                       dim=-1) for p in prompts])
+        img = F.normalize(torch.as_tensor(pixels_embedding).float(), dim=-1)
+        # the model's learned logit scale: at 100, float32 softmax saturates and ties change the AUC in the 4th digit
+        return torch.softmax(model.logit_scale().float() * img @ cls.T, dim=1).numpy()
+
+
+def test_prompt_sensitivity_per_template_auc_is_independent_auc(micro_task_dir, tmp_path: Path,
+                                                                 one_torch_thread: None) -> None:
+    import pandas as pd
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from fairbench.adapters.base import AdaptContext
+    from fairbench.analyses.prompts import VARIANTS
+    from fairbench.data.task import get_task
+    from fairbench.errors import ResultsError
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model
+    from fairbench.pipeline import RunConfig, run_cell
+
+    tasks = micro_task_dir("prompt_cell", (40, 40, 120))
+    cfg = {"task": "prompt_cell", "model": "tinyclip", "adapt": "zeroshot", "tasks_dirs": (tasks,), "device": "cpu",
+           "n_boot": 20}
+    res = run_cell(RunConfig(**cfg, out=tmp_path / "all", adapt_args={"templates": "all"}))
+    doc = res.metrics
+    assert doc["adapt"]["params"] == {"ensemble": "family", "templates": "all"}
+    pr = doc["analyses"]["prompts"]
+    task = get_task("prompt_cell", [tasks])
+    kinds = [r["kind"] for r in pr["templates"]]
+    assert kinds.count("card") == len(task.prompts.templates) and kinds[-1] == "ensemble"
+    assert [r["template"] for r in pr["templates"] if r["kind"] == "variant"] == [
+        v for v in VARIANTS if v not in task.prompts.templates]
+
+    # the reference: the model's own towers, one template, the scoring written out here; the image embeddings the
+    # cell used (the embedding cache), so that only the per-template scoring is under test
+    model = build_model(get_model_card("tinyclip"), None, torch.device("cpu"))
+    ctx = AdaptContext(task=task, model=model, seed=0)
+    test = ctx.split("test")
+    emb = ctx.encode("test")["embedding"]
+    checked = 0
+    for r in pr["templates"]:
+        if r["kind"] == "ensemble":
+            continue
+        prompts = [[r["template"].format(n) for n in task.prompts.classnames[c]] for c in task.classes]
+        p = _independent_probs(model, emb, prompts)
+        assert r["auc"] == pytest.approx(roc_auc_score(test.labels, p[:, 1]), abs=1e-9), r["template"]
+        for a, rec in r["gaps"].items():
+            groups = np.asarray(test.attributes[a], dtype=object)
+            aucs = {g: roc_auc_score(test.labels[groups == g], p[groups == g, 1]) for g in rec["groups"]}
+            assert rec["groups"] == pytest.approx(aucs, abs=1e-9)
+            if rec["gap"] is not None:
+                assert rec["gap"] == pytest.approx(max(aucs.values()) - min(aucs.values()), abs=1e-12)
+        checked += 1
+    assert checked >= 6
+    singles = [r["auc"] for r in pr["templates"] if r["kind"] != "ensemble"]
+    assert pr["spread"]["auc"]["min"] == min(singles) and pr["spread"]["auc"]["sd"] == pytest.approx(
+        float(np.std(singles, ddof=1)))
+
+    # the cell's own predictions are the default ensemble's; a default run over this cell is refused as stale
+    default = run_cell(RunConfig(**cfg, out=tmp_path / "default"))
+    a = pd.read_parquet(res.path / "predictions.parquet")
+    b = pd.read_parquet(default.path / "predictions.parquet")
+    assert np.array_equal(a["prob_abnormal"].to_numpy(), b["prob_abnormal"].to_numpy())
+    assert "prompts" not in default.metrics.get("analyses", {})
+    assert pr["templates"][-1]["auc"] == pytest.approx(default.metrics["metrics"]["overall"]["auc"],
+                                                       abs=1e-12)
+    with pytest.raises(ResultsError, match="templates"):
+        run_cell(RunConfig(**cfg, out=tmp_path / "all"))
+
+
+def test_zeroshot_templates_value_checked() -> None:
+    from fairbench.adapters.zeroshot import ZeroShot
+    from fairbench.errors import FairbenchError
+
+    with pytest.raises(FairbenchError, match="templates must be default or all"):
+        ZeroShot({"templates": "some"})
+    assert ZeroShot({}).params == {"ensemble": "family"}
+
+
+def test_prompt_plot_draws_each_template(tmp_path: Path) -> None:
+    from fairbench.report.plots import plot_prompt_sensitivity
+
+    rec = {"templates": [{"kind": "card", "template": "{}", "auc": 0.7, "gaps": {"age": {"gap": 0.1}}},
+                         {"kind": "ensemble", "template": "x", "auc": 0.72, "gaps": {"age": {"gap": None}}}]}
+    (png,) = plot_prompt_sensitivity(rec, tmp_path / "prompts")
+    assert png.exists() and png.stat().st_size > 1000
+    with pytest.raises(Exception, match="templates=all"):
+        plot_prompt_sensitivity({"templates": []}, tmp_path / "none")
