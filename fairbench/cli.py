@@ -109,6 +109,12 @@ def run(
     data_root: Annotated[Optional[Path], typer.Option(
         help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel="Data and weights")]
         = None,
+    eval_task: Annotated[Optional[str], typer.Option(
+        help="Cross-dataset evaluation: train and select on --task, evaluate on this task's test split; the "
+             "cell goes to OUT/eval-task/model/adapt@task/seedN.", rich_help_panel="Data and weights")] = None,
+    eval_data_root: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder of --eval-task (default: --data-root).", rich_help_panel="Data and weights")]
+        = None,
     weights: Annotated[Optional[str], typer.Option(
         help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
         rich_help_panel="Data and weights")] = None,
@@ -159,7 +165,8 @@ def run(
                     n_boot=n_boot, adapt_args=adapt_args,
                     allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
                     embedding_cache=embedding_cache, precision=precision,
-                    model_args=_parse_kv(model_arg or [], "--model-arg"))
+                    model_args=_parse_kv(model_arg or [], "--model-arg"),
+                    eval_task=eval_task, eval_data_root=eval_data_root)
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
@@ -293,6 +300,9 @@ def sweep(
         = None,
     tasks: Annotated[Optional[list[str]], typer.Option(
         "--tasks", help="Task names, comma-separated or repeated.", rich_help_panel="Grid")] = None,
+    eval_tasks: Annotated[Optional[list[str]], typer.Option(
+        "--eval-tasks", help="Cross-dataset evaluation: also evaluate every task's trained adapters on these "
+        "tasks (zero-shot left out), comma-separated or repeated.", rich_help_panel="Grid")] = None,
     models: Annotated[Optional[list[str]], typer.Option(
         "--models", help="Model card names, comma-separated or repeated.", rich_help_panel="Grid")] = None,
     adapts: Annotated[Optional[list[str]], typer.Option(
@@ -320,6 +330,8 @@ def sweep(
                                                 rich_help_panel="Run options")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (real tasks).",
                                                       rich_help_panel="Run options")] = None,
+    eval_data_root: Annotated[Optional[Path], typer.Option(
+        help="Dataset folder of the --eval-tasks (default: --data-root).", rich_help_panel="Run options")] = None,
     weights: Annotated[Optional[str], typer.Option(
         help="Weights source for every model: a file, local-dir:PATH, hf-hub:ORG/REPO or random.",
         rich_help_panel="Run options")] = None,
@@ -353,14 +365,15 @@ def sweep(
     """
     from fairbench.sweep.command import build_spec, sweep_command
 
-    options = {"out": out, "data_root": data_root, "weights": weights, "device": device, "n_boot": n_boot,
+    options = {"out": out, "data_root": data_root, "eval_data_root": eval_data_root, "weights": weights,
+               "device": device, "n_boot": n_boot,
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
                "precision": precision,
                "model_args": _parse_kv(model_arg, "--model-arg") if model_arg else None}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
                       workers=workers, executor_args=_parse_kv(executor_arg or [], "--executor-arg"),
                       threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,
-                      ray_address=ray_address)
+                      ray_address=ray_address, eval_tasks=eval_tasks)
     report = sweep_command(spec, dry_run=dry_run)
     if report is not None and not report.ok:
         raise typer.Exit(code=1)
