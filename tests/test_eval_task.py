@@ -157,6 +157,15 @@ def test_compare_pairs_the_cross_cell_with_b_own_cell(cross, own, tasks_dir):
     assert result["b"]["train_task"] == "xe_train" and "train_task" not in result["a"]
 
 
+def test_recompute_keeps_the_training_task(cross, tasks_dir, tmp_path):
+    from fairbench.report.recompute import recompute
+
+    doc = recompute(cross.path / "predictions.parquet", task=None, n_boot=None, seed=None,
+                    out=tmp_path / "m.json", tasks_dirs=(tasks_dir,))
+    assert doc["train_task"]["name"] == "xe_train" and doc["task"]["name"] == "xe_eval"
+    assert doc["metrics"]["overall"]["auc"] == cross.metrics["metrics"]["overall"]["auc"]
+
+
 def test_class_order_is_remapped(cross, out, tasks_dir):
     swapped = run_cell(config(out, tasks_dir, eval_task="xe_swapped"))
     frame = pd.read_parquet(swapped.path / "predictions.parquet")
