@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,8 +66,8 @@ def tasks_dir(tmp_path_factory) -> Path:
 
 
 def config(out: Path, tasks_dir: Path, **kw) -> RunConfig:
-    base = dict(task="xe_train", eval_task="xe_eval", model="tinyclip", adapt="linear_probe", seed=0, out=out,
-                weights="random", device="cpu", tasks_dirs=(tasks_dir,))
+    base = {"task": "xe_train", "eval_task": "xe_eval", "model": "tinyclip", "adapt": "linear_probe", "seed": 0,
+            "out": out, "weights": "random", "device": "cpu", "tasks_dirs": (tasks_dir,)}
     base.update(kw)
     return RunConfig(**base)
 
@@ -191,7 +192,8 @@ def test_class_mismatch_is_one_line_naming_the_classes(tmp_path, tasks_dir):
 def test_class_mismatch_on_the_command_line(tmp_path, tasks_dir):
     proc = subprocess.run([sys.executable, "-m", "fairbench", "run", "--task", "xe_train", "--eval-task",
                            "xe_other", "--adapt", "linear_probe", "--weights", "random", "--tasks-dir",
-                           str(tasks_dir), "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+                           str(tasks_dir), "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --eval-task xe_other: its classes"), proc.stderr
@@ -210,8 +212,6 @@ def test_same_task_is_the_in_distribution_cell(tmp_path, tasks_dir):
 
 def test_a_cell_from_another_training_card_is_stale(cross, tmp_path, tasks_dir):
     """A cell computed under another version of A's card (its recorded sha256 differs) is not skipped."""
-    import shutil
-
     copy_out = tmp_path / "res"
     cell = copy_out / cross.path.relative_to(cross.path.parents[3])
     shutil.copytree(cross.path, cell)
@@ -260,7 +260,7 @@ def test_sweep_runs_cross_cells_and_the_leaderboard_labels_them(cross, own, out,
     spec = SweepSpec(tasks=["xe_train"], eval_tasks=["xe_eval"], models=["tinyclip"], adapts=["linear_probe"],
                      seeds=[0], tasks_dirs=(tasks_dir,), executor_options={"workers": 0},
                      options={"out": out, "weights": "random", "device": "cpu"})
-    done, todo = plan(spec)
+    done, _todo = plan(spec)
     # the cross cell made by `run` is the sweep's: complete and current, skipped
     assert [c.key for c in done] == ["xe_eval/tinyclip/linear_probe@xe_train/seed0"]
     spec.seeds = [1]
@@ -269,9 +269,26 @@ def test_sweep_runs_cross_cells_and_the_leaderboard_labels_them(cross, own, out,
     assert (out / "xe_eval" / "tinyclip" / "linear_probe@xe_train" / "seed1" / "metrics.json").is_file()
     assert (out / "xe_train" / "tinyclip" / "linear_probe" / "seed1" / "metrics.json").is_file()
 
-    pages, _ = write_leaderboards([out], tmp_path / "lb", tasks_dirs=(tasks_dir,))
+    write_leaderboards([out], tmp_path / "lb", tasks_dirs=(tasks_dir,))
     page = (tmp_path / "lb" / "xe_eval.md").read_text()
     rows = [line for line in page.splitlines() if line.startswith("| tinyclip")]
     assert any("| linear_probe (trained on xe_train) | 2 |" in r for r in rows), rows  # seeds 0 and 1
     assert any("| linear_probe | 1 |" in r for r in rows), rows  # B's own cell, a row of its own
     assert "trained on" not in (tmp_path / "lb" / "xe_train.md").read_text()
+
+
+def test_html_report_labels_cross_rows(cross, own, tasks_dir, tmp_path):
+    from fairbench.report.html import write_site
+
+    results = tmp_path / "results"  # the two cells only: fewer figures to draw
+    for cell in (cross, own):
+        shutil.copytree(cell.path, results / cell.path.relative_to(cell.path.parents[3]))
+    write_site([results], tmp_path / "site", tasks_dirs=(tasks_dir,))
+    page = (tmp_path / "site" / "tasks" / "xe_eval.html").read_text()
+    assert "linear_probe (trained on xe_train)" in page
+    assert page.count(">linear_probe<") >= 1  # B's own row keeps its plain label
+    cell_pages = sorted(p.relative_to(tmp_path / "site").as_posix()
+                        for p in (tmp_path / "site" / "cells").rglob("index.html"))
+    assert len(cell_pages) == 2
+    cross_page = next(p for p in cell_pages if "xe_train" in p)
+    assert "linear_probe (trained on xe_train)" in (tmp_path / "site" / cross_page).read_text()

@@ -56,7 +56,7 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
     intervals = (f"[95% bootstrap CI, B={m.get('n_boot')}]" if m.get("n_boot") and ci
                  else "no confidence intervals" + ("" if m.get("n_boot") else " (no bootstrap: n_boot 0)"))
     console.print(f"model [bold]{lookup(doc, 'model', 'name')}[/bold] · adapter "
-                  f"[bold]{lookup(doc, 'adapt', 'name')}[/bold] · seed {doc.get('seed')} · "
+                  f"[bold]{lookup(doc, 'adapt', 'name')}[/bold]{_trained_on(doc)} · seed {doc.get('seed')} · "
                   f"evaluated on '{task.get('eval_split', 'test')}' · values x100, {intervals}")
     if random_weights(doc):
         console.print("[bold]RANDOM WEIGHTS:[/bold] the model ran with random, untrained weights (--weights "
@@ -115,3 +115,9 @@ def _first_key(d: dict[str, Any], *keys: str) -> str:
 def random_weights(doc: dict[str, Any]) -> bool:
     """Whether a cell's model ran with random (untrained) weights (``--weights random``)."""
     return lookup(doc, "model", "weights", "source") == "random"
+
+
+def _trained_on(doc: dict[str, Any]) -> str:
+    """`` (trained on A)`` for a cross-dataset cell (metrics.json ``train_task``), else nothing."""
+    name = lookup(doc, "train_task", "name")
+    return f" (trained on {name})" if name else ""
