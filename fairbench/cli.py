@@ -16,6 +16,7 @@ import typer
 from fairbench import __version__
 from fairbench.kv import parse_kv
 from fairbench.options import (AdaptArgOpt, AllowDownloadOpt, AllowSkipUnreadableOpt, DataRootOpt, DeviceOpt,
+                               EvalDataRootOpt,
                                EmbeddingCacheOpt, ImageCacheOpt, ModelArgOpt, NBootOpt, OutOpt, OverwriteOpt,
                                PrecisionOpt, SweepAllowSkipUnreadableOpt, SweepOverwriteOpt, TasksDirOpt,
                                WeightsOpt)
@@ -97,6 +98,10 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for everything random in this cell (0 to 2**32-1).")] = 0,
     out: OutOpt = Path("results"),
     data_root: DataRootOpt = None,
+    eval_task: Annotated[Optional[str], typer.Option(
+        help="Cross-dataset evaluation: train and select on --task, evaluate on this task's test split; the "
+             "cell goes to OUT/eval-task/model/adapt@task/seedN.", rich_help_panel="Data and weights")] = None,
+    eval_data_root: EvalDataRootOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
@@ -132,7 +137,8 @@ def run(
                     n_boot=n_boot, adapt_args=adapt_args,
                     allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
                     embedding_cache=embedding_cache, precision=precision,
-                    model_args=parse_kv(model_arg or [], "--model-arg"))
+                    model_args=parse_kv(model_arg or [], "--model-arg"),
+                    eval_task=eval_task, eval_data_root=eval_data_root)
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
@@ -186,20 +192,16 @@ def embed(
 def leakage(
     model: Annotated[str, typer.Option(help="Model card name (see `fairbench ls models`).")],
     task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")],
-    weights: Annotated[Optional[str], typer.Option(
-        help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
-        rich_help_panel="Data and weights")] = None,
+    weights: WeightsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the cross-validation folds and the bootstrap.")] = 0,
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of the test split.")] = 1000,
     features: Annotated[str, typer.Option(help="embedding (the image embedding) or feature (the probe "
                                           "feature the linear probe reads).")] = "embedding",
     out: Annotated[Optional[Path], typer.Option(help="Also write the result as JSON here.")] = None,
     model_arg: ModelArgOpt = None,
-    data_root: Annotated[Optional[Path], typer.Option(
-        help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel="Data and weights")]
-        = None,
+    data_root: DataRootOpt = None,
     tasks_dir: TasksDirOpt = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Attribute leakage: how well a logistic regression on the frozen image embeddings (fit on train+val,
     C by cross-validation) predicts each protected attribute on the test split; AUC with a bootstrap interval,
@@ -211,7 +213,7 @@ def leakage(
         raise FairbenchError(f"--n-boot must be >= 0, got {n_boot}")
     doc = run_leakage(task=task, model=model, weights=weights, seed=seed, n_boot=n_boot, features=features,
                       tasks_dirs=tuple(tasks_dir or ()), data_root=data_root, device=device,
-                      model_args=_parse_kv(model_arg or [], "--model-arg"))
+                      model_args=parse_kv(model_arg or [], "--model-arg"))
     typer.echo(f"attribute leakage: {doc['model']} on {doc['task']} ({features}, {n_boot} bootstrap resamples)")
     typer.echo(leakage_table(doc))
     if out is not None:
@@ -320,6 +322,9 @@ def sweep(
         = None,
     tasks: Annotated[Optional[list[str]], typer.Option(
         "--tasks", help="Task names, comma-separated or repeated.", rich_help_panel="Grid")] = None,
+    eval_tasks: Annotated[Optional[list[str]], typer.Option(
+        "--eval-tasks", help="Cross-dataset evaluation: also evaluate every task's trained adapters on these "
+        "tasks (zero-shot left out), comma-separated or repeated.", rich_help_panel="Grid")] = None,
     models: Annotated[Optional[list[str]], typer.Option(
         "--models", help="Model card names, comma-separated or repeated.", rich_help_panel="Grid")] = None,
     adapts: Annotated[Optional[list[str]], typer.Option(
@@ -345,6 +350,7 @@ def sweep(
         = False,
     out: OutOpt = None,
     data_root: DataRootOpt = None,
+    eval_data_root: EvalDataRootOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = None,
     n_boot: NBootOpt = None,
@@ -363,14 +369,15 @@ def sweep(
     """
     from fairbench.sweep.command import build_spec, sweep_command
 
-    options = {"out": out, "data_root": data_root, "weights": weights, "device": device, "n_boot": n_boot,
+    options = {"out": out, "data_root": data_root, "eval_data_root": eval_data_root, "weights": weights,
+               "device": device, "n_boot": n_boot,
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
                "precision": precision,
                "model_args": parse_kv(model_arg, "--model-arg") if model_arg else None}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
                       workers=workers, executor_args=parse_kv(executor_arg or [], "--executor-arg"),
                       threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,
-                      ray_address=ray_address)
+                      ray_address=ray_address, eval_tasks=eval_tasks)
     report = sweep_command(spec, dry_run=dry_run)
     if report is not None and not report.ok:
         raise typer.Exit(code=1)

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-__all__ = ["AdaptArgOpt", "AllowDownloadOpt", "AllowSkipUnreadableOpt", "DataRootOpt", "DeviceOpt",
+__all__ = ["AdaptArgOpt", "AllowDownloadOpt", "AllowSkipUnreadableOpt", "DataRootOpt", "DeviceOpt", "EvalDataRootOpt",
            "EmbeddingCacheOpt", "ImageCacheOpt", "ModelArgOpt", "NBootOpt", "OutOpt", "OverwriteOpt", "PrecisionOpt",
            "SweepAllowSkipUnreadableOpt", "SweepOverwriteOpt", "TasksDirOpt", "WeightsOpt"]
 
@@ -33,6 +33,9 @@ DeviceOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     "--device", help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 DataRootOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
     "--data-root", help="Dataset folder in its upstream layout (real tasks only).", rich_help_panel=DATA)]
+EvalDataRootOpt = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--eval-data-root", help="Dataset folder of the evaluated task of a cross-dataset cell (--eval-task; default: "
+    "--data-root).", rich_help_panel=DATA)]
 WeightsOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     "--weights", help="Weights source overriding the card's: a file, local-dir:PATH, hf-hub:ORG/REPO, or random.",
     rich_help_panel=DATA)]

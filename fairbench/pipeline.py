@@ -1,4 +1,11 @@
-"""One cell: task x model x adapter x seed -> predictions.parquet + metrics.json."""
+"""One cell: task x model x adapter x seed -> predictions.parquet + metrics.json.
+
+Cross-dataset evaluation (``RunConfig.eval_task``, ``fairbench run --eval-task B``): the adapter trains and
+selects on the run's task A (its train and val splits) and predicts the evaluated split of task B; the cell is
+B's (B's card drives the metrics), records A as ``train_task`` and lives under
+``<out>/<B>/<model>/<adapt>@<A>/seed<N>``. The two cards must name the same classes (a different order is
+remapped to B's).
+"""
 
 from __future__ import annotations
 
@@ -60,6 +67,21 @@ class RunConfig:
     precision: str = "fp32"
     # [model] --model-arg KEY=VALUE for generic models (open_clip arch=NAME); recorded in metrics.json
     model_args: dict[str, Any] = field(default_factory=dict)
+    # [cross-dataset] evaluate on this task's evaluated split after training and selecting on ``task``
+    # (None, or the same name as ``task``: in-distribution)
+    eval_task: str | None = None
+    # [cross-dataset] eval_task's dataset folder (None: data_root)
+    eval_data_root: Path | None = None
+
+    @property
+    def cross(self) -> bool:
+        return bool(self.eval_task) and self.eval_task != self.task
+
+    def cell_path(self) -> Path:
+        """The cell folder this configuration writes (named by the given names, before any is resolved)."""
+        if self.cross:
+            return cell_dir(self.out, str(self.eval_task), self.model, self.adapt, self.seed, train_task=self.task)
+        return cell_dir(self.out, self.task, self.model, self.adapt, self.seed)
 
 
 @dataclass
@@ -80,34 +102,84 @@ def run_cell(cfg: RunConfig) -> CellResult:
     # resolve every name before any heavy work, so a typo fails at once
     check_seed(cfg.seed)
     task = get_task(cfg.task, cfg.tasks_dirs)
+    eval_task = get_task(str(cfg.eval_task), cfg.tasks_dirs) if cfg.cross else None
     # a generic model's card is completed from its checkpoint and --model-arg (architecture, preprocessing)
     card = resolve_model_card(get_model_card(cfg.model), cfg.weights, cfg.model_args)
     adapter_cls = ADAPTERS.get(cfg.adapt)
     adapter = adapter_cls(cfg.adapt_args)
+    if eval_task is not None:
+        check_cross(task, eval_task, adapter.name)
     device = local_device(resolve_device(cfg.device))
     check_precision(cfg.precision, device)
     data = prepared_loader(cfg, task, card)
-    cell = cell_dir(cfg.out, task.name, card.name, adapter.name, cfg.seed)
+    eval_data = prepared_loader(cfg, eval_task, card) if eval_task is not None else None
+    cell = cell_dir(cfg.out, (eval_task or task).name, card.name, adapter.name, cfg.seed,
+                    train_task=task.name if eval_task is not None else None)
     if is_complete(cell) and not cfg.overwrite:
         doc = read_metrics(cell / METRICS)
-        reason = _stale(cfg, doc, task, card, adapter)
+        reason = _stale(cfg, doc, task, card, adapter, eval_task)
         if reason:
             raise ResultsError(f"{cell / METRICS} is complete but was computed with {reason}; rerun with "
                                f"--overwrite to replace it, or write to another --out")
-        return CellResult(cell, doc, skipped=True, task=task)
+        return CellResult(cell, doc, skipped=True, task=eval_task or task)
     # everything the run reads (weights, tokenizer, config, --data-root): all missing pieces in one message
     check_run_inputs(card, cfg.weights, task=task, loader=data, data_root=cfg.data_root)
+    if eval_task is not None:
+        check_run_inputs(card, cfg.weights, task=eval_task, loader=eval_data, data_root=_eval_root(cfg))
     # one writer per cell (fairbench.locking): the folder is made with the lock and removed again, when still
     # empty, if the run fails (a model that does not build leaves no empty cell behind)
     with cell_lock(cell) if is_main_process() else contextlib.nullcontext():
         if is_complete(cell) and not cfg.overwrite:  # completed by another process since the check above
             return run_cell(cfg)
         (cell / METRICS).unlink(missing_ok=True)  # an overwritten cell is incomplete until its new metrics land
-        return _compute_cell(cfg, task, card, adapter, device, data, cell)
+        return _compute_cell(cfg, task, card, adapter, device, data, cell, eval_task, eval_data)
+
+
+def _eval_root(cfg: RunConfig) -> Path | None:
+    return cfg.eval_data_root if cfg.eval_data_root is not None else cfg.data_root
+
+
+def check_cross(train: TaskCard, evaluated: TaskCard, adapt: str) -> None:
+    """One-line errors for a cross-dataset cell that cannot be made: a zero-shot adapter (nothing is trained,
+    so the cell is the evaluated task's own) and cards whose classes differ."""
+    if adapt == "zeroshot":
+        raise FairbenchError(f"--adapt zeroshot trains nothing, so it has no training task: run --task "
+                             f"{evaluated.name} (without --eval-task) for {evaluated.name}'s zero-shot cell")
+    check_same_classes(train, evaluated)
+
+
+def check_same_classes(train: TaskCard, evaluated: TaskCard) -> None:
+    """One line naming the classes that differ, unless both cards name the same classes (in any order)."""
+    if set(train.classes) != set(evaluated.classes) or len(train.classes) != len(evaluated.classes):
+        only_train = [c for c in train.classes if c not in evaluated.classes]
+        only_eval = [c for c in evaluated.classes if c not in train.classes]
+        raise FairbenchError(f"--eval-task {evaluated.name}: its classes {list(evaluated.classes)} differ from "
+                             f"--task {train.name}'s {list(train.classes)} (only in {train.name}: "
+                             f"{', '.join(only_train) or 'none'}; only in {evaluated.name}: "
+                             f"{', '.join(only_eval) or 'none'}); cross-dataset evaluation needs the same classes")
+
+
+def _cross_frame(train: TaskCard, evaluated: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray],
+                 decisions: dict[str, np.ndarray] | None) -> pd.DataFrame:
+    """The predictions table of a cross-dataset cell, in ``evaluated``'s class order: the adapter's
+    probabilities (``train``'s order) permuted, and the labels of ``train``'s splits re-indexed."""
+    order = [list(train.classes).index(c) for c in evaluated.classes]  # evaluated column j <- train column
+    for s in splits:  # checked here, before the permutation hides a wrong shape
+        if probs[s.split].shape != (len(s), len(train.classes)):
+            raise ResultsError(f"adapter returned probabilities of shape {probs[s.split].shape} for split "
+                               f"'{s.split}', expected {(len(s), len(train.classes))}")
+    moved = {k: np.asarray(v)[:, order] for k, v in probs.items()}
+    if decisions and order != list(range(len(order))):  # binary: a positive decision is the other class now
+        decisions = {k: 1.0 - np.asarray(v, dtype=np.float64) for k, v in decisions.items()}
+    frame = predictions_frame(evaluated, splits, moved, decisions)
+    relabel = np.array([list(evaluated.classes).index(c) for c in train.classes], dtype=np.int64)
+    from_train = frame["split"] != evaluated.evaluation.split
+    frame.loc[from_train, "label"] = relabel[frame.loc[from_train, "label"].to_numpy()]
+    return frame
 
 
 def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, device: torch.device, data: Any,
-                  cell: Path) -> CellResult:
+                  cell: Path, eval_task: TaskCard | None = None, eval_data: Any = None) -> CellResult:
     started, t0 = now_iso(), time.time()
     seed_everything(cfg.seed)
     model = build_model(card, cfg.weights, device)
@@ -115,14 +187,20 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
     ctx = AdaptContext(task=task, model=model, seed=cfg.seed, data_root=cfg.data_root, _loader=data,
                        embedding_cache=EmbeddingCache() if cfg.embedding_cache else None,
                        checkpoint_dir=checkpoint_dir_for(cell), resume=not cfg.overwrite,
-                       batch_size=inference_batch_size(device), precision=cfg.precision)
+                       batch_size=inference_batch_size(device), precision=cfg.precision,
+                       eval_task=eval_task, eval_data_root=_eval_root(cfg), _eval_loader=eval_data)
     probs = adapter.run(ctx)
     if not is_main_process():  # data-parallel training: only rank 0 writes results
-        return CellResult(cell, {}, skipped=False, task=task)
-    frame = predictions_frame(task, [ctx.split(s) for s in adapter.predict_splits], probs,
-                              getattr(adapter, "decisions", None))
+        return CellResult(cell, {}, skipped=False, task=eval_task or task)
+    splits = [ctx.split(s) for s in adapter.predict_splits]
+    if eval_task is not None:
+        frame = _cross_frame(task, eval_task, splits, probs, getattr(adapter, "decisions", None))
+    else:
+        frame = predictions_frame(task, splits, probs, getattr(adapter, "decisions", None))
     atomic_write(cell / PREDICTIONS, lambda p: frame.to_parquet(p, index=False))
 
+    train_task, task = task, eval_task or task  # from here on the cell is the evaluated task's
+    cross = {"train_task_card": train_task.sha256} if eval_task is not None else {}
     n_boot = task.evaluation.n_boot if cfg.n_boot is None else cfg.n_boot
     with bar(f"metrics, {n_boot} bootstrap resamples" if n_boot else "metrics", None):  # minutes at B=1000
         metrics = metrics_document(
@@ -135,9 +213,14 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
                     "weights": model.weights_info.get("sha256"), "n_boot": n_boot,
                     "model_inputs": inputs_digest(model.weights_info),
                     **({"model_args": dict(cfg.model_args)} if cfg.model_args else {}),
-                    **({"precision": cfg.precision} if cfg.precision != "fp32" else {})},
+                    **({"precision": cfg.precision} if cfg.precision != "fp32" else {}), **cross},
         )
+    if eval_task is not None:
+        metrics["train_task"] = {"name": train_task.name, "version": train_task.version,
+                                 "card_sha256": train_task.sha256}
     metrics["data"] = data.report()
+    if eval_data is not None:
+        metrics["eval_data"] = eval_data.report()
     metrics["embedding_cache"] = ctx.embedding_report()
     metrics["precision"] = ctx.precision_report()
     analyses = _cell_analyses(adapter, ctx, n_boot)
@@ -170,7 +253,14 @@ def _resolved_record(cfg: RunConfig, card: Any) -> dict[str, Any]:
     return out
 
 
-def _stale(cfg: RunConfig, doc: dict[str, Any], task: TaskCard, card: Any, adapter: Any) -> str | None:
+def _stale(cfg: RunConfig, doc: dict[str, Any], task: TaskCard, card: Any, adapter: Any,
+           eval_task: TaskCard | None = None) -> str | None:
+    if eval_task is not None:  # a cross-dataset cell: the training task's card too, then the evaluated one's
+        recorded = (doc.get("train_task") or {}).get("card_sha256")
+        if recorded != task.sha256:
+            return (f"another version of the training task card '{task.name}' (sha256 "
+                    f"{str(recorded)[:12]}, now {task.sha256[:12]})")
+        task = eval_task
     if getattr(adapter, "randomised_decisions", False) and (doc.get("threshold") or {}).get("rule") != "randomised":
         return ("an older fairbench that scored this adapter's randomised rule with a threshold of P(yhat = 1) "
                 "instead of the rule's expected rates")
@@ -184,14 +274,15 @@ def stale_cell(cfg: RunConfig) -> str | None:
     """For a complete cell, :func:`stale_reason` against ``cfg`` (what makes ``run_cell`` refuse to skip it);
     None for an incomplete cell, or when the check itself cannot be made (an unknown name or unreadable metrics:
     running the cell reports those)."""
-    cell = cell_dir(cfg.out, cfg.task, cfg.model, cfg.adapt, cfg.seed)
+    cell = cfg.cell_path()
     if not is_complete(cell):
         return None
     try:
         task = get_task(cfg.task, cfg.tasks_dirs)
+        eval_task = get_task(str(cfg.eval_task), cfg.tasks_dirs) if cfg.cross else None
         adapter = ADAPTERS.get(cfg.adapt)(cfg.adapt_args)
         card = resolve_model_card(get_model_card(cfg.model), cfg.weights, cfg.model_args)
-        return _stale(cfg, read_metrics(cell / METRICS), task, card, adapter)
+        return _stale(cfg, read_metrics(cell / METRICS), task, card, adapter, eval_task)
     except FairbenchError:
         return None
 

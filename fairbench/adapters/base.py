@@ -55,9 +55,27 @@ class AdaptContext:
     _reference: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=dict)
     #: the measured effect of ``precision`` (adapters add to it; :meth:`precision_report`)
     precision_measured: dict[str, Any] = field(default_factory=dict)
+    #: cross-dataset evaluation (``--eval-task``): the task whose evaluated split (its card's
+    #: ``evaluation.split``) replaces ``task``'s; every other split is ``task``'s. None: in-distribution.
+    eval_task: TaskCard | None = None
+    #: where ``eval_task``'s data lives (``--eval-data-root``)
+    eval_data_root: Path | None = None
+    _eval_loader: Any = None
+
+    def task_of(self, split: str) -> TaskCard:
+        """The task a split comes from: ``eval_task`` for its evaluated split, else ``task``."""
+        if self.eval_task is not None and split == self.eval_task.evaluation.split:
+            return self.eval_task
+        return self.task
 
     def split(self, name: str) -> SampleSet:
         if name not in self._splits:
+            if self.task_of(name) is not self.task:
+                if self._eval_loader is None:
+                    self._eval_loader = self.eval_task.loader()  # type: ignore[union-attr]
+                self._splits[name] = self.eval_task.load_split(  # type: ignore[union-attr]
+                    name, self.eval_data_root, loader=self._eval_loader)
+                return self._splits[name]
             if self._loader is None:
                 self._loader = self.task.loader()
             self._splits[name] = self.task.load_split(name, self.data_root, loader=self._loader)
@@ -69,7 +87,7 @@ class AdaptContext:
         if split not in self._encoded:
             samples = self.split(split)
             cache = self.embedding_cache
-            parts = embedding_key_parts(self.model, self.task, samples, weights_sha256=self.weights_sha256(),
+            parts = embedding_key_parts(self.model, self.task_of(split), samples, weights_sha256=self.weights_sha256(),
                                         precision=self.precision) if cache is not None else None
             arrays = cache.load(parts, len(samples)) if cache is not None and parts is not None else None
             if arrays is None:
@@ -136,7 +154,7 @@ class AdaptContext:
         report: dict[str, Any] = {"inference": self.precision, "encoded_splits": sorted(self._encoded)}
         if self.precision != "fp32":
             report["autocast_dtype"] = str(DTYPES[self.precision]).replace("torch.", "")
-            split = self.task.evaluation.split
+            split = (self.eval_task or self.task).evaluation.split
             if split in self._encoded:
                 self.precision_measured.setdefault("split", split)
                 self.precision_measured.update(self.precision_effect(split))

@@ -66,7 +66,9 @@ def fmt_p(p: Any, floor: float | None = None) -> str:
 
 
 def _side(d: dict[str, Any]) -> str:
-    who = " / ".join(str(x) for x in (d.get("model"), d.get("adapter")) if x)
+    adapter = f"{d['adapter']} (trained on {d['train_task']})" if d.get("adapter") and d.get("train_task") \
+        else d.get("adapter")
+    who = " / ".join(str(x) for x in (d.get("model"), adapter) if x)
     seeds = d.get("seeds")
     seed = f"seeds {', '.join(map(str, seeds))}" if seeds else (f"seed {d['seed']}" if d.get("seed") is not None
                                                                 else "")

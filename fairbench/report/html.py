@@ -36,6 +36,7 @@ from fairbench.report.tables import (Column, HeaderFacts, aggregate, attribute_c
                                      utility_columns)
 from fairbench.report.versus import Versus, check_reference, compute_versus, fmt_delta, fmt_p
 from fairbench.results import METRICS as METRICS_FILE
+from fairbench.results.cells import adapt_label
 
 __all__ = ["write_site", "TEMPLATES", "ASSETS"]
 
@@ -183,7 +184,7 @@ def _leaderboard_table(table_id: str, caption: str, rows: list[Any], columns: li
     heads += [THead(h, _col_key(path)) for h, path, _, _ in columns]
     out = []
     for i, r in enumerate(rows):
-        line = [TCell(r.label, r.label), TCell(r.adapt, r.adapt)]
+        line = [TCell(r.label, r.label), TCell(r.adapt_label, r.adapt)]
         if lead:
             line += [TCell(str(len(r.cells)), len(r.cells)),
                      TCell("", f"{r.model}/{r.adapt}",
@@ -205,7 +206,7 @@ def _versus_tables(v: Versus) -> list[tuple[str, str, Table]]:
         heads.append(THead("p (Holm)", "p_holm", False))
         rows = []
         for r, deltas, adjusted in t.rows:
-            line = [TCell(r.model, r.model), TCell(r.adapt, r.adapt), TCell(versus_seeds_text(r, v.reference))]
+            line = [TCell(r.model, r.model), TCell(r.adapt_label, r.adapt), TCell(versus_seeds_text(r, v.reference))]
             if r.ok:
                 line += [TCell(fmt_delta(d), d.delta if d is not None else None) for d in deltas]
                 line.append(TCell(" / ".join(fmt_p(p) for p in adjusted)))
@@ -352,7 +353,7 @@ def _headline(task: str, cells: list[ResultCell]) -> tuple[Table, int]:
     for i in keep:
         r = rows[i]
         auc = aggregate(r.cells, ("overall", "auc"))
-        out.append([TCell(r.label, r.label), TCell(r.adapt, r.adapt), TCell(str(len(r.cells)), len(r.cells)),
+        out.append([TCell(r.label, r.label), TCell(r.adapt_label, r.adapt), TCell(str(len(r.cells)), len(r.cells)),
                     TCell(fmt_agg(auc), auc.mean, best=i == 0 and auc.mean is not None),
                     _worst_text(_largest(r, attr_list, "es_auc", worst_high=False)),
                     _worst_text(_largest(r, attr_list, "auc_gap")), _worst_text(_largest(r, attr_list, "deodds"))])
@@ -378,7 +379,7 @@ def _models_table(by_task: dict[str, list[ResultCell]]) -> Table:
                 continue
             auc = aggregate(r.cells, ("overall", "auc"))
             gap, attr = _largest(r, list(attrs), "auc_gap")
-            text = f"AUC {fmt_agg(auc)} ({r.adapt})" + (f"; AUC gap {fmt_agg(gap)} ({attr})" if gap is not None
+            text = f"AUC {fmt_agg(auc)} ({r.adapt_label})" + (f"; AUC gap {fmt_agg(gap)} ({attr})" if gap is not None
                                                         else "")
             best.setdefault(task, {})[r.model] = TCell(text, auc.mean)
     models = sorted({m for t in best.values() for m in t})
@@ -527,7 +528,8 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
         "cell": cell, "synthetic": bool(lookup(cell.doc, "task", "synthetic")), "task_href": task_href,
         "random": random_weights(cell.doc),
         "summary": [("task", f"{cell.task} (version {lookup(cell.doc, 'task', 'version')})"), ("model", cell.model),
-                    ("weights", str(lookup(cell.doc, "model", "weights", "source"))), ("adapter", cell.adapt),
+                    ("weights", str(lookup(cell.doc, "model", "weights", "source"))),
+                    ("adapter", adapt_label(cell.adapt)),
                     ("adapter parameters", json.dumps(lookup(cell.doc, "adapt", "params") or {}, sort_keys=True)),
                     ("seed", str(cell.seed)), ("evaluated on", f"{m.get('eval_split', '?')} split"),
                     ("bootstrap", f"B = {m.get('n_boot', 0)}, {m.get('ci_method', '')}".rstrip(", "))],

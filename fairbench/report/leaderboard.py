@@ -42,7 +42,7 @@ def _table(rows: list[Row], columns: list[Column], lead: bool) -> list[str]:
     head = ["model", "adapter"] + (["seeds"] if lead else []) + [h for h, _, _, _ in columns]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + ("---:|" if lead else "") + "---:|" * len(columns)]
     for i, r in enumerate(rows):
-        cells = [r.label, r.adapt] + ([str(len(r.cells))] if lead else [])
+        cells = [r.label, r.adapt_label] + ([str(len(r.cells))] if lead else [])
         for j, (_, _, _, ci) in enumerate(columns):
             text = fmt_agg(aggs[i][j], ci)
             cells.append(f"**{text}**" if i in best[j] else text)
@@ -185,7 +185,7 @@ def _versus_section(v: Versus) -> list[str]:
                 p_text = " / ".join(fmt_p(p) for p in adjusted)
             else:
                 values, p_text = ["–"] * len(heads), "–"
-            lines.append("| " + " | ".join([r.model, r.adapt, seeds, *values, p_text]) + " |")
+            lines.append("| " + " | ".join([r.model, r.adapt_label, seeds, *values, p_text]) + " |")
         lines.append("")
     return lines
 

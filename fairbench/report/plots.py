@@ -31,6 +31,7 @@ from fairbench.report.summary import lookup, random_weights  # noqa: E402
 from fairbench.report.tables import aggregate  # noqa: E402
 from fairbench.report.versus import Versus, check_reference, compute_versus  # noqa: E402
 from fairbench.results import read_predictions  # noqa: E402
+from fairbench.results.cells import adapt_label  # noqa: E402
 
 __all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "plot_versus", "plot_prompt_sensitivity",
            "OKABE_ITO"]
@@ -97,7 +98,7 @@ def _pct(x: Any) -> str:
 
 def _title(cell: ResultCell) -> str:
     synth = " — SYNTHETIC data" if lookup(cell.doc, "task", "synthetic") else ""
-    return f"{cell.task} · {cell.model} · {cell.adapt} · seed {cell.seed}{synth}{_random_note([cell])}"
+    return f"{cell.task} · {cell.model} · {adapt_label(cell.adapt)} · seed {cell.seed}{synth}{_random_note([cell])}"
 
 
 def _random_note(cells: Sequence[ResultCell]) -> str:
@@ -533,7 +534,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
         seeds = f"{len(r.seeds)} seeds, t" if r.method == "seeds" else f"seed {r.seeds[0]}, bootstrap"
         for path in tables[attrs[0]].paths:
             key = path[-1]
-            labels.append(f"{r.model} / {r.adapt} · {metric_label(key)}{arrow(key)} ({seeds})")
+            labels.append(f"{r.model} / {r.adapt_label} · {metric_label(key)}{arrow(key)} ({seeds})")
     n = len(labels)
     with plt.rc_context(_STYLE):
         fig, axes = plt.subplots(1, len(attrs), figsize=(3.6 * len(attrs) + 3.4, 0.27 * n + 2.6), sharey=True,
@@ -570,7 +571,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
             ax.margins(x=0.12)
         axes[0][0].set_yticks([-i for i in range(n)], labels)
         axes[0][0].set_ylim(-(n - 0.5), 0.5)
-        skipped = [f"{r.model} / {r.adapt} ({r.status})" for r in v.rows if not r.ok]
+        skipped = [f"{r.model} / {r.adapt_label} ({r.status})" for r in v.rows if not r.ok]
         if skipped:
             fig.text(0.01, 0.005, "not shown: " + "; ".join(skipped), fontsize=8, color="#555555", ha="left",
                      va="bottom")

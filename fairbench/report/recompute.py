@@ -38,6 +38,8 @@ def recompute(predictions: Path, *, task: str | None, n_boot: int | None, seed: 
     if original is not None:
         for key in ("model", "adapt", "config_sha256", "provenance"):
             doc[key] = original.get(key)
+        if original.get("train_task"):  # a cross-dataset cell stays one (fairbench.pipeline, --eval-task)
+            doc["train_task"] = original["train_task"]
     doc["recomputed"] = {"from": str(predictions), "at": now_iso()}
     if out is None:
         print(json.dumps(doc, indent=2))

@@ -56,7 +56,7 @@ def print_summary(doc: dict[str, Any], cell: Path, console: Console | None = Non
     intervals = (f"[95% bootstrap CI, B={m.get('n_boot')}]" if m.get("n_boot") and ci
                  else "no confidence intervals" + ("" if m.get("n_boot") else " (no bootstrap: n_boot 0)"))
     console.print(f"model [bold]{lookup(doc, 'model', 'name')}[/bold] · adapter "
-                  f"[bold]{lookup(doc, 'adapt', 'name')}[/bold] · seed {doc.get('seed')} · "
+                  f"[bold]{lookup(doc, 'adapt', 'name')}[/bold]{_trained_on(doc)} · seed {doc.get('seed')} · "
                   f"evaluated on '{task.get('eval_split', 'test')}' · values x100, {intervals}")
     if random_weights(doc):
         console.print("[bold]RANDOM WEIGHTS:[/bold] the model ran with random, untrained weights (--weights "
@@ -163,3 +163,9 @@ def print_power_plan(plan: dict[str, Any], console: Console | None = None) -> No
     console.print(table)
     console.print("A gap smaller than these could pass unseen (method: Hanley-McNeil AUC variances and two-proportion "
                   "tests, docs/metrics.md).", soft_wrap=True)
+
+
+def _trained_on(doc: dict[str, Any]) -> str:
+    """`` (trained on A)`` for a cross-dataset cell (metrics.json ``train_task``), else nothing."""
+    name = lookup(doc, "train_task", "name")
+    return f" (trained on {name})" if name else ""

@@ -17,6 +17,7 @@ from fairbench.report.collect import ResultCell
 from fairbench.report.formatting import arrow, direction, metric_label
 from fairbench.report.summary import lookup, random_weights
 from fairbench.results import METRICS as METRICS_FILE
+from fairbench.results.cells import adapt_label
 
 __all__ = [
     "FAIRNESS",
@@ -106,6 +107,11 @@ class Row:
     model: str
     adapt: str
     cells: list[ResultCell]
+
+    @property
+    def adapt_label(self) -> str:
+        """The adapter as rows name it: ``linear_probe (trained on A)`` for cross-dataset cells."""
+        return adapt_label(self.adapt)
 
     @property
     def label(self) -> str:

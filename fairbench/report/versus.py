@@ -65,6 +65,13 @@ class VersusRow:
     unpaired: tuple[int, ...] = ()  # this row's seeds without a reference cell of the same seed
     reference_seeds: tuple[int, ...] = ()  # the seeds of the same model's reference cells
     per_seed: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)  # compare_pair results
+
+    @property
+    def adapt_label(self) -> str:
+        """The adapter as rows name it: ``linear_probe (trained on A)`` for cross-dataset cells."""
+        from fairbench.results.cells import adapt_label
+
+        return adapt_label(self.adapt)
     across: dict[str, Any] = field(default_factory=dict, repr=False)  # across_seeds result (2+ seeds)
 
     @property

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.errors import FairbenchError, ResultsError
-from fairbench.results.store import ERROR, METRICS, PREDICTIONS, read_metrics
+from fairbench.results.store import ERROR, METRICS, PREDICTIONS, TRAINED_ON_SEP, adapt_folder, read_metrics
 
-__all__ = ["ResultCell", "CELL_MARKERS", "find_cell_dirs", "is_cell_dir", "resolve_cells", "resolve_side"]
+__all__ = ["ResultCell", "CELL_MARKERS", "find_cell_dirs", "is_cell_dir", "resolve_cells", "resolve_side",
+           "adapt_label"]
 
 #: files whose presence makes a folder a result cell
 CELL_MARKERS = (METRICS, PREDICTIONS, ERROR)
@@ -48,7 +49,16 @@ class ResultCell:
 
     @property
     def adapt(self) -> str:
-        return str(self._doc["adapt"]["name"])
+        """The adapter as the cell's folder names it: its name, or ``name@A`` for a cross-dataset cell trained
+        on task A (:attr:`train_task`), so such cells never group with the evaluated task's own."""
+        return adapt_folder(str(self._doc["adapt"]["name"]), self.train_task)
+
+    @property
+    def train_task(self) -> str | None:
+        """The task a cross-dataset cell was trained on (metrics.json ``train_task``); None for a cell trained
+        on the task it is evaluated on."""
+        name = ((self.doc or {}).get("train_task") or {}).get("name")
+        return str(name) if name else None
 
     @property
     def seed(self) -> int | None:
@@ -81,7 +91,15 @@ class ResultCell:
         doc = self.doc or {}
         return {"path": self.name, "predictions": str(self.predictions),
                 "model": (doc.get("model") or {}).get("name"), "adapter": (doc.get("adapt") or {}).get("name"),
-                "seed": self.seed, "params": (doc.get("adapt") or {}).get("params")}
+                "seed": self.seed, "params": (doc.get("adapt") or {}).get("params"),
+                **({"train_task": self.train_task} if self.train_task else {})}
+
+
+def adapt_label(adapt: str) -> str:
+    """How tables name an adapter: ``linear_probe@A`` (a cross-dataset cell's :attr:`ResultCell.adapt`) reads
+    ``linear_probe (trained on A)``; any other name is itself."""
+    name, sep, train = adapt.partition(TRAINED_ON_SEP)
+    return f"{name} (trained on {train})" if sep and train else adapt
 
 
 def is_cell_dir(path: Path) -> bool:

@@ -1,6 +1,8 @@
 """The writer's side of a result cell: layout, atomic writes, provenance and the metrics.json schema version.
 
-A cell is ``<out>/<task>/<model>/<adapt>/seed<N>/`` with ``predictions.parquet`` and ``metrics.json``.
+A cell is ``<out>/<task>/<model>/<adapt>/seed<N>/`` with ``predictions.parquet`` and ``metrics.json``; a
+cross-dataset cell (trained on task A, evaluated on task B: ``--eval-task``) is
+``<out>/<B>/<model>/<adapt>@<A>/seed<N>/``.
 Both are written to a temporary name and renamed, and metrics.json is written last: a cell is complete
 exactly when its metrics.json exists, and a partial cell is redone.
 """
@@ -22,7 +24,8 @@ from typing import Any
 from fairbench import __version__
 from fairbench.errors import ResultsError
 
-__all__ = ["SCHEMA_VERSION", "PREDICTIONS", "METRICS", "ERROR", "cell_dir", "is_complete", "atomic_write", "write_json",
+__all__ = ["SCHEMA_VERSION", "PREDICTIONS", "METRICS", "ERROR", "cell_dir", "adapt_folder", "is_complete",
+           "atomic_write", "write_json",
            "read_metrics", "provenance", "now_iso", "ensure_writable", "MAX_SEED", "check_seed"]
 
 SCHEMA_VERSION = 1
@@ -45,8 +48,19 @@ def check_seed(seed: object, what: str = "seed") -> int:
     return seed
 
 
-def cell_dir(out: Path, task: str, model: str, adapt: str, seed: int) -> Path:
-    return Path(out) / task / model / adapt / f"seed{seed}"
+#: joins an adapter and the task it was trained on in a cross-dataset cell's folder name (``linear_probe@A``)
+TRAINED_ON_SEP = "@"
+
+
+def adapt_folder(adapt: str, train_task: str | None = None) -> str:
+    """The adapter's folder name: ``adapt``, or ``adapt@train_task`` for a cell trained on another task."""
+    return f"{adapt}{TRAINED_ON_SEP}{train_task}" if train_task else adapt
+
+
+def cell_dir(out: Path, task: str, model: str, adapt: str, seed: int, train_task: str | None = None) -> Path:
+    """The cell folder; ``task`` is the evaluated task, ``train_task`` the task a cross-dataset cell was
+    trained on (None: the evaluated one)."""
+    return Path(out) / task / model / adapt_folder(adapt, train_task) / f"seed{seed}"
 
 
 def is_complete(cell: Path) -> bool:

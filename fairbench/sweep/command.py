@@ -20,7 +20,8 @@ __all__ = ["sweep_command", "build_spec", "write_sweep_report"]
 def build_spec(sweep_file: Path | None, *, tasks: list[str] | None, models: list[str] | None,
                adapts: list[str] | None, seeds: list[str] | None, executor: str | None, workers: int | None,
                executor_args: dict[str, Any], threads: int | None, tasks_dirs: list[Path] | None,
-               adapt_args: list[str] | None, options: dict[str, Any], ray_address: str | None = None) -> SweepSpec:
+               adapt_args: list[str] | None, options: dict[str, Any], ray_address: str | None = None,
+               eval_tasks: list[str] | None = None) -> SweepSpec:
     base = load_sweep_file(sweep_file) if sweep_file is not None else SweepSpec()
     executor_options = dict(executor_args)
     if workers is not None:
@@ -34,7 +35,8 @@ def build_spec(sweep_file: Path | None, *, tasks: list[str] | None, models: list
                                  f"(add --executor ray)")
         executor_options["address"] = ray_address
     return base.merged(
-        tasks=parse_names(tasks), models=parse_names(models), adapts=parse_names(adapts),
+        tasks=parse_names(tasks), eval_tasks=parse_names(eval_tasks), models=parse_names(models),
+        adapts=parse_names(adapts),
         seeds=parse_seeds(seeds), executor=executor, executor_options=executor_options, threads=threads,
         tasks_dirs=tuple(Path(d) for d in (tasks_dirs or ())) or None,
         adapt_args=parse_adapt_args(adapt_args), options=options,
@@ -42,6 +44,8 @@ def build_spec(sweep_file: Path | None, *, tasks: list[str] | None, models: list
 
 
 def sweep_command(spec: SweepSpec, *, dry_run: bool = False) -> SweepReport | None:
+    for note in spec.notes():
+        Console(stderr=True, highlight=False).print(f"note: {note}", markup=False, soft_wrap=True)
     if dry_run:
         spec.validate()
         print_plan(spec)
@@ -79,5 +83,6 @@ def print_plan(spec: SweepSpec, console: Console | None = None) -> None:
             err = read_error(spec.cell_path(c))
             message = str(err.get("message", "")) if err else ""
             status = f"failed before: {message[:60]}{'...' if len(message) > 60 else ''}" if err else "to run"
-        table.add_row(c.task, c.model, c.adapt, str(c.seed), status)
+        adapter = f"{c.adapt} (trained on {c.task})" if c.eval_task else c.adapt
+        table.add_row(c.evaluated, c.model, adapter, str(c.seed), status)
     console.print(table)

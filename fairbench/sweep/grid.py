@@ -1,5 +1,9 @@
 """A sweep: the grid tasks x models x adapters x seeds, plus the run options every cell shares.
 
+With ``eval_tasks`` (cross-dataset evaluation) the grid also holds, for each task A and each eval task B other
+than A, the cells trained on A and evaluated on B (every model, adapter and seed; zero-shot adapters have no
+training task, so they are left out of these, with a note).
+
 A sweep comes from the command line, from a YAML sweep file, or both (command-line values replace the
 file's). Relative paths in a sweep file are relative to the file. Every name is resolved before anything
 runs, so a typo fails at once instead of in the hundredth job.
@@ -17,12 +21,12 @@ from typing import Any
 from fairbench.cards import Fields, read_yaml_with_includes
 from fairbench.kv import split_kv
 from fairbench.errors import CardError, FairbenchError
-from fairbench.results import cell_dir, check_seed
+from fairbench.results import adapt_folder, cell_dir, check_seed
 
 __all__ = ["Cell", "SweepSpec", "load_sweep_file", "parse_names", "parse_seeds", "parse_adapt_args", "run_options"]
 
 #: RunConfig fields a sweep sets per cell (the grid) or through its own keys
-_GRID = ("task", "model", "adapt", "seed")
+_GRID = ("task", "model", "adapt", "seed", "eval_task")
 _OWN = ("tasks_dirs", "adapt_args")
 
 
@@ -31,8 +35,13 @@ def run_options() -> tuple[str, ...]:
     from fairbench.pipeline import RunConfig  # imported here: it pulls in torch
 
     return tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in _GRID + _OWN)
-_PATH_OPTIONS = ("out", "data_root")
-_OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "weights": str, "device": str, "overwrite": bool,
+
+
+#: adapters that train nothing: no cross-dataset cells (``fairbench run --eval-task`` refuses them)
+ZERO_SHOT = ("zeroshot",)
+_PATH_OPTIONS = ("out", "data_root", "eval_data_root")
+_OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "eval_data_root": str, "weights": str, "device": str,
+                                 "overwrite": bool,
                                  "n_boot": int, "allow_skip_unreadable": bool, "image_cache": (str, int),
                                  "precision": str, "embedding_cache": bool,
                                  "model_args": dict}
@@ -40,21 +49,33 @@ _OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "weights": str, "
 
 @dataclass(frozen=True, order=True)
 class Cell:
-    """One grid point."""
+    """One grid point; ``eval_task`` (cross-dataset evaluation) is the task evaluated after training on
+    ``task`` ("" for the task itself)."""
 
     task: str
     model: str
     adapt: str
     seed: int
+    eval_task: str = ""
 
     @property
     def key(self) -> str:
+        """The cell's place under the results root (as ``cell_path`` spells it)."""
+        if self.eval_task:
+            return f"{self.eval_task}/{self.model}/{adapt_folder(self.adapt, self.task)}/seed{self.seed}"
         return f"{self.task}/{self.model}/{self.adapt}/seed{self.seed}"
+
+    @property
+    def evaluated(self) -> str:
+        """The task whose results the cell holds."""
+        return self.eval_task or self.task
 
 
 @dataclass
 class SweepSpec:
     tasks: list[str] = field(default_factory=list)
+    #: cross-dataset evaluation: every task's adapters are also evaluated on each of these
+    eval_tasks: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     adapts: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -87,7 +108,25 @@ class SweepSpec:
                 for a in self.adapts:
                     for s in self.seeds:
                         seen.setdefault(Cell(t, m, a, int(s)), None)
+        for t in self.tasks:
+            for e in self.eval_tasks:
+                if e == t:  # trained and evaluated on the same task: the cell above
+                    continue
+                for m in self.models:
+                    for a in self.adapts:
+                        if a in ZERO_SHOT:
+                            continue
+                        for s in self.seeds:
+                            seen.setdefault(Cell(t, m, a, int(s), e), None)
         return list(seen)
+
+    def notes(self) -> list[str]:
+        """What the grid leaves out, to say before it runs."""
+        left = [a for a in self.adapts if a in ZERO_SHOT]
+        if not self.eval_tasks or not left or not any(e != t for t in self.tasks for e in self.eval_tasks):
+            return []
+        return [(f"eval_tasks: {', '.join(left)} trains nothing, so it has no cross-dataset cells; its cells on "
+                 f"{', '.join(self.eval_tasks)} are those tasks' own (add them to tasks)")]
 
     def params_for(self, adapt: str) -> dict[str, Any]:
         return {**self.adapt_args.get("*", {}), **self.adapt_args.get(adapt, {})}
@@ -96,10 +135,12 @@ class SweepSpec:
         """The keyword arguments of the cell's ``fairbench.pipeline.RunConfig`` (plain data, so a worker
         can unpickle a job without importing torch)."""
         return {"task": cell.task, "model": cell.model, "adapt": cell.adapt, "seed": cell.seed,
-                "tasks_dirs": self.tasks_dirs, "adapt_args": self.params_for(cell.adapt), **self.options}
+                "tasks_dirs": self.tasks_dirs, "adapt_args": self.params_for(cell.adapt), **self.options,
+                **({"eval_task": cell.eval_task} if cell.eval_task else {})}
 
     def cell_path(self, cell: Cell) -> Path:
-        return cell_dir(self.out, cell.task, cell.model, cell.adapt, cell.seed)
+        return cell_dir(self.out, cell.evaluated, cell.model, cell.adapt, cell.seed,
+                        train_task=cell.task if cell.eval_task else None)
 
     def validate(self) -> None:
         """Resolve every task, model, adapter (with its parameters) and the weights source; nothing runs."""
@@ -108,8 +149,14 @@ class SweepSpec:
         from fairbench.models.base import get_model_card
         from fairbench.models.weights import parse_weights
 
-        for t in self.tasks:
-            get_task(t, self.tasks_dirs)
+        cards = {t: get_task(t, self.tasks_dirs) for t in dict.fromkeys(self.tasks + self.eval_tasks)}
+        if any(a not in ZERO_SHOT for a in self.adapts):
+            from fairbench.pipeline import check_same_classes
+
+            for t in self.tasks:
+                for e in self.eval_tasks:
+                    if e != t:
+                        check_same_classes(cards[t], cards[e])
         for m in self.models:
             get_model_card(m)
         scoped = set(self.adapt_args) - {"*"}
@@ -216,7 +263,7 @@ def load_sweep_file(path: Path) -> SweepSpec:
         return p if p.is_absolute() else (base / p).resolve()
 
     spec = SweepSpec(source=path)
-    for key in ("tasks", "models", "adapts"):
+    for key in ("tasks", "eval_tasks", "models", "adapts"):
         value = f.get(key, (list, str), [])
         setattr(spec, key, parse_names(value if isinstance(value, list) else [value]))
     seeds = f.get("seeds", (list, str, int), [0])
