@@ -206,7 +206,7 @@ def leakage(
     """Attribute leakage: how well a logistic regression on the frozen image embeddings (fit on train+val,
     C by cross-validation) predicts each protected attribute on the test split; AUC with a bootstrap interval,
     beside chance 0.5 (docs/metrics.md)."""
-    from fairbench.analyses.leakage import leakage_table, run_leakage
+    from fairbench.leakage_command import leakage_table, run_leakage
     from fairbench.results import write_json
 
     if n_boot < 0:

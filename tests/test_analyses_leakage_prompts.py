@@ -38,7 +38,7 @@ def control_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def leakage_doc(control_dir: Path, one_torch_thread: None) -> dict:
-    from fairbench.analyses.leakage import run_leakage
+    from fairbench.leakage_command import run_leakage
 
     return run_leakage(task="leak_control", model="tinyclip", tasks_dirs=(control_dir,), n_boot=300, device="cpu")
 

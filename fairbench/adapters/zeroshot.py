@@ -103,7 +103,8 @@ class ZeroShot(Adapter):
             from fairbench.analyses.prompts import prompt_sensitivity
 
             self.analyses["prompts"] = prompt_sensitivity(ctx, rule, out[split], split=split,
-                                                          ensemble_record=head.record)
+                                                          ensemble_record=head.record,
+                                                          image_outputs=_image_outputs)
         return out
 
 

@@ -124,17 +124,16 @@ def _with_template(task: Any, template: str) -> Any:
 
 
 @torch.no_grad()
-def _probs(ctx: Any, head: Any, split: str) -> np.ndarray:
-    from fairbench.adapters.zeroshot import _image_outputs
-
-    scores = [head.score(o) for o in _image_outputs(ctx, split, head.needs, head.batch_size)]
+def _probs(ctx: Any, head: Any, split: str, image_outputs: Any) -> np.ndarray:
+    scores = [head.score(o) for o in image_outputs(ctx, split, head.needs, head.batch_size)]
     return torch.softmax(head.finalize(torch.cat(scores)).float(), dim=1).cpu().numpy()
 
 
-def prompt_sensitivity(ctx: Any, ensemble: str, ensemble_probs: np.ndarray, *, split: str | None = None,
-                       ensemble_record: dict[str, Any] | None = None) -> dict[str, Any]:
+def prompt_sensitivity(ctx: Any, ensemble: str, ensemble_probs: np.ndarray, *, image_outputs: Any,
+                       split: str | None = None, ensemble_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``analyses.prompts`` record of a zero-shot cell; ``ensemble_probs``: the cell's own probabilities on
-    ``split`` (default: the task's evaluated split)."""
+    ``split`` (default: the task's evaluated split); ``image_outputs(ctx, split, needs, batch_size)``: the zero-shot
+    adapter's image pass (passed in: the adapter imports this module, not the reverse)."""
     task, model = ctx.task, ctx.model
     split = split or task.evaluation.split
     samples = ctx.split(split)
@@ -147,7 +146,7 @@ def prompt_sensitivity(ctx: Any, ensemble: str, ensemble_probs: np.ndarray, *, s
         else:
             with _templates_style(model):
                 head = model.zeroshot_head(s["task"], ensemble=ensemble)
-        p = _probs(ctx, head, split)
+        p = _probs(ctx, head, split, image_outputs)
         records.append({"kind": s["kind"], "template": s["template"], "rule": head.rule,
                         "auc": score_auc(labels, p), "gaps": attribute_gaps(labels, p, samples.attributes, min_size)})
     records.append({"kind": "ensemble", "template": "the cell's default prompts (its predictions)",

@@ -41,3 +41,8 @@ class Family:
     #: checkpoint (architecture, preprocessing) and ``--model-arg``; None: the card is complete and takes no
     #: model arguments
     resolve_card: Callable[[ModelCard, WeightsSource, dict[str, Any]], ModelCard] | None = None
+    #: ``architecture(card) -> nn.Module``: the card's bare module (no weights), built under ``torch.device("meta")``
+    #: by :mod:`fairbench.models.fit` to name the cards a mismatched checkpoint fits; None: not compared
+    architecture: Callable[[ModelCard], torch.nn.Module] | None = None
+    #: families whose checkpoints share one key layout (``architecture`` comparable) share this name
+    layout: str | None = None

@@ -16,31 +16,24 @@ import torch
 
 from fairbench.models.base import ModelCard, get_model_card, model_names
 
-__all__ = ["LAYOUTS", "architecture_shapes", "fitting_cards", "mismatch_message"]
+__all__ = ["architecture_shapes", "fitting_cards", "mismatch_message"]
 
-#: family -> key layout of the state dict that reaches ``load_strict``
-LAYOUTS = {"open_clip": "open_clip", "tinyclip": "open_clip", "medclip": "medclip", "gloria": "gloria"}
+def _family(name: str):  # type: ignore[no-untyped-def]
+    from fairbench.models.base import FAMILIES
+
+    return FAMILIES.get(name) if name in FAMILIES else None
+
+
+def _layout(family: str) -> str | None:
+    fam = _family(family)
+    return fam.layout if fam is not None and fam.architecture is not None else None
 
 
 def _build(card: ModelCard) -> torch.nn.Module:
-    if card.family in ("open_clip", "tinyclip"):
-        arch = dict(card.architecture)
-        if "model_cfg" in arch:
-            from fairbench.models.openclip import create_architecture
-
-            return create_architecture(card)
-        import open_clip
-
-        return open_clip.create_model(arch.pop("model_name"), pretrained=None, device="meta", **arch)
-    if card.family == "medclip":
-        from fairbench.models.medclip import MedCLIPModule
-
-        return MedCLIPModule(card.architecture)
-    if card.family == "gloria":
-        from fairbench.models.gloria import GLoRIAModule
-
-        return GLoRIAModule(card.architecture)
-    raise KeyError(card.family)
+    fam = _family(card.family)
+    if fam is None or fam.architecture is None:
+        raise KeyError(card.family)
+    return fam.architecture(card)
 
 
 def architecture_shapes(card: ModelCard) -> dict[str, tuple[int, ...]]:
@@ -60,14 +53,14 @@ def architecture_shapes(card: ModelCard) -> dict[str, tuple[int, ...]]:
 
 def fitting_cards(state: dict[str, Any], family: str) -> tuple[list[str], list[str]]:
     """(cards the state dict fits, cards compared): the cards whose checkpoints share ``family``'s layout."""
-    layout = LAYOUTS.get(family)
+    layout = _layout(family)
     fits, checked = [], []
     if layout is None:
         return fits, checked
     shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
     for name in model_names():
         card = get_model_card(name)
-        if LAYOUTS.get(card.family) != layout:
+        if _layout(card.family) != layout:
             continue
         try:
             theirs = architecture_shapes(card)

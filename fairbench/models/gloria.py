@@ -369,4 +369,5 @@ def build_gloria(card: ModelCard, source: WeightsSource, device: torch.device) -
 
 #: the official checkpoint file; the tokenizer is a BERT vocab.txt (in the weights directory or the card's
 #: ``weights.tokenizer``)
-FAMILY = Family(build=build_gloria, default_files=("chexpert_resnet50.ckpt",), inputs=vocab_tokenizer_inputs)
+FAMILY = Family(build=build_gloria, default_files=("chexpert_resnet50.ckpt",), inputs=vocab_tokenizer_inputs,
+                architecture=lambda card: GLoRIAModule(card.architecture), layout="gloria")

@@ -208,4 +208,5 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 
 #: the official checkpoint file; the tokenizer is a BERT vocab.txt (in the weights directory or the card's
 #: ``weights.tokenizer``)
-FAMILY = Family(build=build_medclip, default_files=("pytorch_model.bin",), inputs=vocab_tokenizer_inputs)
+FAMILY = Family(build=build_medclip, default_files=("pytorch_model.bin",), inputs=vocab_tokenizer_inputs,
+                architecture=lambda card: MedCLIPModule(card.architecture), layout="medclip")

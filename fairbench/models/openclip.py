@@ -397,4 +397,15 @@ def resolve_open_clip_card(card: ModelCard, source: WeightsSource, args: dict[st
                                weights_source=source.describe())
 
 
-FAMILY = Family(build=build_open_clip, inputs=open_clip_inputs, resolve_card=resolve_open_clip_card)
+def open_clip_architecture(card: ModelCard) -> torch.nn.Module:
+    """The card's bare open_clip module (no weights; :mod:`fairbench.models.fit` builds it on the meta device)."""
+    arch = dict(card.architecture)
+    if "model_cfg" in arch:
+        return create_architecture(card)
+    import open_clip
+
+    return open_clip.create_model(arch.pop("model_name"), pretrained=None, device="meta", **arch)
+
+
+FAMILY = Family(build=build_open_clip, inputs=open_clip_inputs, resolve_card=resolve_open_clip_card,
+                architecture=open_clip_architecture, layout="open_clip")

@@ -36,7 +36,7 @@ from fairbench.errors import WeightsError
 from fairbench.models.base import ModelCard
 from fairbench.models.inputs import resolve_inputs
 from fairbench.models.family import Family
-from fairbench.models.openclip import (OpenCLIPModel, _tokenizer, open_clip_inputs, build_open_clip, create_architecture, load_state_file,
+from fairbench.models.openclip import (OpenCLIPModel, _tokenizer, open_clip_architecture, open_clip_inputs, build_open_clip, create_architecture, load_state_file,
                                        load_strict)
 from fairbench.models.weights import WeightsSource, cache_root, files_info, sha256_file
 from fairbench.progress import bar, info, warn
@@ -293,7 +293,7 @@ def build_tinyclip(card: ModelCard, source: WeightsSource, device: torch.device)
 
 
 #: tinyclip reads its inputs as the open_clip family does
-FAMILY = Family(build=build_tinyclip, inputs=open_clip_inputs)
+FAMILY = Family(build=build_tinyclip, inputs=open_clip_inputs, architecture=open_clip_architecture, layout="open_clip")
 
 
 # -- the shipped weights: rebuilt only with a version bump ------------------------------------------------------
