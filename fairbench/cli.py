@@ -96,6 +96,10 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 ModelArgOpt = Annotated[Optional[list[str]], typer.Option(
     "--model-arg", help="Model argument KEY=VALUE for a generic model (open_clip: arch=NAME); repeatable. "
     "Recorded in metrics.json and the config hash.", rich_help_panel="Data and weights")]
+TaskArgOpt = Annotated[Optional[list[str]], typer.Option(
+    "--task-arg", help="Override a task card's dataset option KEY=VALUE where its loader allows it, dotted keys "
+    "for nested options (synth_cxr: n.train, n.val, n.test, image_size; e.g. n.test=10000); repeatable. "
+    "Recorded in metrics.json (task.args) and the config hash.", rich_help_panel="Data and weights")]
 
 
 @app.command()
@@ -118,6 +122,7 @@ def run(
     adapt_arg: Annotated[Optional[list[str]], typer.Option(
         "--adapt-arg", help="Adapter parameter KEY=VALUE; repeatable (see `fairbench ls adapters`).")] = None,
     model_arg: ModelArgOpt = None,
+    task_arg: TaskArgOpt = None,
     n_boot: NBootOpt = None,
     tasks_dir: TasksDirOpt = None,
     allow_download: Annotated[bool, typer.Option(
@@ -159,7 +164,8 @@ def run(
                     n_boot=n_boot, adapt_args=adapt_args,
                     allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
                     embedding_cache=embedding_cache, precision=precision,
-                    model_args=_parse_kv(model_arg or [], "--model-arg"))
+                    model_args=_parse_kv(model_arg or [], "--model-arg"),
+                    task_args=_parse_kv(task_arg or [], "--task-arg"))
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
@@ -334,6 +340,7 @@ def sweep(
         "--adapt-arg", help="Adapter parameter KEY=VALUE (every adapter) or ADAPTER.KEY=VALUE; repeatable.",
         rich_help_panel="Run options")] = None,
     model_arg: ModelArgOpt = None,
+    task_arg: TaskArgOpt = None,
     overwrite: Annotated[Optional[bool], typer.Option(
         "--overwrite/--no-overwrite", help="Recompute complete cells too (default: the sweep file's, else no).",
         rich_help_panel="Run options")] = None,
@@ -356,7 +363,8 @@ def sweep(
     options = {"out": out, "data_root": data_root, "weights": weights, "device": device, "n_boot": n_boot,
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
                "precision": precision,
-               "model_args": _parse_kv(model_arg, "--model-arg") if model_arg else None}
+               "model_args": _parse_kv(model_arg, "--model-arg") if model_arg else None,
+               "task_args": _parse_kv(task_arg, "--task-arg") if task_arg else None}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
                       workers=workers, executor_args=_parse_kv(executor_arg or [], "--executor-arg"),
                       threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,

@@ -34,7 +34,7 @@ _PATH_OPTIONS = ("out", "data_root")
 _OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "weights": str, "device": str, "overwrite": bool,
                                  "n_boot": int, "allow_skip_unreadable": bool, "image_cache": (str, int),
                                  "precision": str, "embedding_cache": bool,
-                                 "model_args": dict}
+                                 "model_args": dict, "task_args": dict}
 
 
 @dataclass(frozen=True, order=True)
@@ -108,7 +108,7 @@ class SweepSpec:
         from fairbench.models.weights import parse_weights
 
         for t in self.tasks:
-            get_task(t, self.tasks_dirs)
+            get_task(t, self.tasks_dirs).with_args(self.options.get("task_args") or {})
         for m in self.models:
             get_model_card(m)
         scoped = set(self.adapt_args) - {"*"}
@@ -251,6 +251,10 @@ def load_sweep_file(path: Path) -> SweepSpec:
         if key in data:
             value = f.get(key, _OPTION_TYPES.get(key, (str, int, float, bool, list, dict)), None)
             spec.options[key] = rel(value) if key in _PATH_OPTIONS and value is not None else value
+    if spec.options.get("task_args"):
+        from fairbench.data.task import flatten_task_args
+
+        spec.options["task_args"] = flatten_task_args(spec.options["task_args"])  # n: {test: 5} -> n.test: 5
     try:
         f.no_unknown()
     except CardError as exc:
