@@ -22,24 +22,37 @@ reused on a CPU and vice versa (they differ by floating-point rounding only).
 
 Entries live in ``<cache root>/embeddings/<key[:2]>/<key>.npz`` (``$FAIRBENCH_CACHE``; see
 :func:`fairbench.paths.cache_root`): the arrays plus a JSON manifest with the key's parts, the
-shapes and a CRC-32 per array. An entry is written to a temporary file and renamed into place (atomic;
-concurrent writers of one key both write the same content). An entry that cannot be read, whose manifest does
+shapes and a CRC-32 per array. An entry is written to a temporary file and renamed into place (atomic: a
+reader sees the whole entry or none). Concurrent workers share entries safely (:meth:`EmbeddingCache.get_or_compute`):
+one writer per entry, under an exclusive ``flock`` on ``<key>.npz.lock`` beside it; a worker that misses
+takes the lock, and a second worker missing the same entry waits on it and then reads what the first one
+stored (event ``hit`` with ``waited_s``) instead of encoding the images again. The kernel releases the lock of
+a killed writer; where ``fcntl`` is missing (Windows) there is no lock and two workers may both encode (each
+still renames a complete entry into place). An entry that cannot be read, whose manifest does
 not match its key, or whose arrays fail their checksum is rebuilt, with a message. Nothing is unpickled
 (``allow_pickle=False``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 import uuid
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["CACHE_FORMAT", "EmbeddingCache", "embedding_key_parts", "module_state_sha256"]
 
@@ -102,22 +115,88 @@ class EmbeddingCache:
     def load(self, parts: dict[str, str], n: int) -> dict[str, np.ndarray] | None:
         """The stored arrays for ``parts`` (``n`` rows each), or None when absent; a damaged entry is
         reported, deleted and treated as absent."""
+        key = self.key(parts)
+        arrays, event = self._read(parts, n)
+        self.events.append({"split": parts["split"], "event": event, "key": key})
+        return arrays
+
+    def get_or_compute(self, parts: dict[str, str], n: int,
+                       compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The entry for ``parts``, computed by ``compute()`` and stored when absent, with one writer per entry
+        across processes: a miss takes the entry's lock, reads again (another worker may have stored it while
+        this one waited: a ``hit`` with ``waited_s``), and only then computes. A cache that cannot be written
+        (read-only folder) is warned about and the arrays are returned all the same."""
         from fairbench.progress import warn
 
         key = self.key(parts)
-        path = self.path(key)
+        arrays, event = self._read(parts, n)
+        if arrays is not None:
+            self.events.append({"split": parts["split"], "event": event, "key": key})
+            return arrays
+        t0 = time.monotonic()
+        with self._entry_lock(self.path(key)) as locked:
+            waited = time.monotonic() - t0
+            if locked:
+                again, _ = self._read(parts, n)
+                if again is not None:  # stored by the worker that held the lock
+                    self.events.append({"split": parts["split"], "event": "hit", "key": key,
+                                        "waited_s": f"{waited:.2f}"})
+                    return again
+            # as stored (float32), so the worker that computed and the ones that reuse hold identical arrays
+            computed = compute()
+            arrays = {**computed, **{k: np.ascontiguousarray(computed[k], dtype=np.float32) for k in ARRAYS}}
+            try:
+                self.store(parts, arrays)
+            except OSError as exc:
+                warn(f"could not write the embedding cache under {self.root} ({exc}); continuing without")
+        self.events.append({"split": parts["split"], "event": event, "key": key})
+        return arrays
+
+    def _read(self, parts: dict[str, str], n: int) -> tuple[dict[str, np.ndarray] | None, str]:
+        """(arrays, "hit"), or (None, "miss"/"rebuilt"); a damaged entry is reported and deleted."""
+        from fairbench.progress import warn
+
+        path = self.path(self.key(parts))
         if not path.is_file():
-            self.events.append({"split": parts["split"], "event": "miss", "key": key})
-            return None
+            return None, "miss"
         try:
-            arrays = _read_entry(path, parts, n)
+            return _read_entry(path, parts, n), "hit"
         except _Corrupt as exc:
             warn(f"embedding cache entry {path} is unusable ({exc}); rebuilding it")
             path.unlink(missing_ok=True)
-            self.events.append({"split": parts["split"], "event": "rebuilt", "key": key})
-            return None
-        self.events.append({"split": parts["split"], "event": "hit", "key": key})
-        return arrays
+            return None, "rebuilt"
+
+    @contextlib.contextmanager
+    def _entry_lock(self, entry: Path) -> Iterator[bool]:
+        """Hold the exclusive lock of ``entry`` (waiting for another holder); yields False, holding nothing,
+        where locks are unavailable (no fcntl, a folder that cannot be written)."""
+        lock = entry.with_name(entry.name + ".lock")
+        fd = -1
+        if fcntl is not None:
+            try:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                while True:
+                    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+                    fcntl.flock(fd, fcntl.LOCK_EX)  # blocks while another worker writes this entry
+                    try:
+                        same = os.path.samestat(os.fstat(fd), os.stat(lock))
+                    except FileNotFoundError:
+                        same = False
+                    if same:  # not a file its last holder unlinked after we opened it
+                        break
+                    os.close(fd)
+                    fd = -1
+            except OSError:
+                if fd >= 0:
+                    os.close(fd)
+                fd = -1
+        try:
+            yield fd >= 0
+        finally:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    lock.unlink()  # before unlocking: whoever locks next finds a fresh file
+                os.close(fd)
 
     def store(self, parts: dict[str, str], arrays: dict[str, np.ndarray]) -> Path:
         key = self.key(parts)

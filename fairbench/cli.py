@@ -18,7 +18,7 @@ from fairbench.kv import parse_kv
 from fairbench.options import (AdaptArgOpt, AllowDownloadOpt, AllowSkipUnreadableOpt, DataRootOpt, DeviceOpt,
                                EvalDataRootOpt,
                                EmbeddingCacheOpt, ImageCacheOpt, ModelArgOpt, NBootOpt, OutOpt, OverwriteOpt,
-                               PrecisionOpt, SweepAllowSkipUnreadableOpt, SweepOverwriteOpt, TasksDirOpt,
+                               PrecisionOpt, SweepAllowSkipUnreadableOpt, SweepOverwriteOpt, TaskArgOpt, TasksDirOpt,
                                WeightsOpt)
 from fairbench.errors import FairbenchError
 from fairbench.progress import console as err_console
@@ -107,6 +107,7 @@ def run(
     overwrite: OverwriteOpt = False,
     adapt_arg: AdaptArgOpt = None,
     model_arg: ModelArgOpt = None,
+    task_arg: TaskArgOpt = None,
     n_boot: NBootOpt = None,
     tasks_dir: TasksDirOpt = None,
     allow_download: AllowDownloadOpt = False,
@@ -138,6 +139,7 @@ def run(
                     allow_skip_unreadable=allow_skip_unreadable, image_cache=image_cache,
                     embedding_cache=embedding_cache, precision=precision,
                     model_args=parse_kv(model_arg or [], "--model-arg"),
+                    task_args=parse_kv(task_arg or [], "--task-arg"),
                     eval_task=eval_task, eval_data_root=eval_data_root)
     from fairbench.models.weights import allow_downloads
 
@@ -357,6 +359,7 @@ def sweep(
     tasks_dir: TasksDirOpt = None,
     adapt_arg: AdaptArgOpt = None,
     model_arg: ModelArgOpt = None,
+    task_arg: TaskArgOpt = None,
     overwrite: SweepOverwriteOpt = None,
     allow_skip_unreadable: SweepAllowSkipUnreadableOpt = None,
     image_cache: ImageCacheOpt = None,
@@ -373,7 +376,8 @@ def sweep(
                "device": device, "n_boot": n_boot,
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
                "precision": precision,
-               "model_args": parse_kv(model_arg, "--model-arg") if model_arg else None}
+               "model_args": parse_kv(model_arg, "--model-arg") if model_arg else None,
+               "task_args": parse_kv(task_arg, "--task-arg") if task_arg else None}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
                       workers=workers, executor_args=parse_kv(executor_arg or [], "--executor-arg"),
                       threads=threads, tasks_dirs=tasks_dir, adapt_args=adapt_arg, options=options,

@@ -16,7 +16,7 @@ import typer
 
 __all__ = ["AdaptArgOpt", "AllowDownloadOpt", "AllowSkipUnreadableOpt", "DataRootOpt", "DeviceOpt", "EvalDataRootOpt",
            "EmbeddingCacheOpt", "ImageCacheOpt", "ModelArgOpt", "NBootOpt", "OutOpt", "OverwriteOpt", "PrecisionOpt",
-           "SweepAllowSkipUnreadableOpt", "SweepOverwriteOpt", "TasksDirOpt", "WeightsOpt"]
+           "SweepAllowSkipUnreadableOpt", "SweepOverwriteOpt", "TaskArgOpt", "TasksDirOpt", "WeightsOpt"]
 
 DATA = "Data and weights"
 TRAINING = "Training"
@@ -42,6 +42,10 @@ WeightsOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
 ModelArgOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
     "--model-arg", help="Model argument KEY=VALUE for a generic model (open_clip: arch=NAME); repeatable. "
     "Recorded in metrics.json and the config hash.", rich_help_panel=DATA)]
+TaskArgOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+    "--task-arg", help="Override a task card's dataset option KEY=VALUE where its loader allows it, dotted keys "
+    "for nested options (synth_cxr: n.train, n.val, n.test, image_size; e.g. n.test=10000); repeatable. "
+    "Recorded in metrics.json (task.args) and the config hash.", rich_help_panel=DATA)]
 AdaptArgOpt = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
     "--adapt-arg", help="Adapter parameter KEY=VALUE; repeatable (see `fairbench ls adapters`). In a sweep, "
     "ADAPTER.KEY=VALUE sets it for that adapter only.", rich_help_panel=TRAINING)]

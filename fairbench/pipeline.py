@@ -67,6 +67,9 @@ class RunConfig:
     precision: str = "fp32"
     # [model] --model-arg KEY=VALUE for generic models (open_clip arch=NAME); recorded in metrics.json
     model_args: dict[str, Any] = field(default_factory=dict)
+    # [data] --task-arg KEY=VALUE overrides of the task card's dataset options (dotted keys: nested options);
+    # recorded in metrics.json task.args and the config hash
+    task_args: dict[str, Any] = field(default_factory=dict)
     # [cross-dataset] evaluate on this task's evaluated split after training and selecting on ``task``
     # (None, or the same name as ``task``: in-distribution)
     eval_task: str | None = None
@@ -101,7 +104,7 @@ def seed_everything(seed: int) -> None:
 def run_cell(cfg: RunConfig) -> CellResult:
     # resolve every name before any heavy work, so a typo fails at once
     check_seed(cfg.seed)
-    task = get_task(cfg.task, cfg.tasks_dirs)
+    task = get_task(cfg.task, cfg.tasks_dirs).with_args(cfg.task_args)
     eval_task = get_task(str(cfg.eval_task), cfg.tasks_dirs) if cfg.cross else None
     # a generic model's card is completed from its checkpoint and --model-arg (architecture, preprocessing)
     card = resolve_model_card(get_model_card(cfg.model), cfg.weights, cfg.model_args)
@@ -213,6 +216,7 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
                     "weights": model.weights_info.get("sha256"), "n_boot": n_boot,
                     "model_inputs": inputs_digest(model.weights_info),
                     **({"model_args": dict(cfg.model_args)} if cfg.model_args else {}),
+                    **({"task_args": dict(task.args)} if task.args else {}),
                     **({"precision": cfg.precision} if cfg.precision != "fp32" else {}), **cross},
         )
     if eval_task is not None:
@@ -278,7 +282,7 @@ def stale_cell(cfg: RunConfig) -> str | None:
     if not is_complete(cell):
         return None
     try:
-        task = get_task(cfg.task, cfg.tasks_dirs)
+        task = get_task(cfg.task, cfg.tasks_dirs).with_args(cfg.task_args)
         eval_task = get_task(str(cfg.eval_task), cfg.tasks_dirs) if cfg.cross else None
         adapter = ADAPTERS.get(cfg.adapt)(cfg.adapt_args)
         card = resolve_model_card(get_model_card(cfg.model), cfg.weights, cfg.model_args)
@@ -302,6 +306,12 @@ def stale_reason(doc: dict[str, Any], *, task: TaskCard, card: Any, adapt: str, 
     if recorded_task and recorded_task != task.sha256:
         return (f"another version of the task card '{task.name}' (sha256 {recorded_task[:12]}, now "
                 f"{task.sha256[:12]})")
+    recorded_args, asked_args = _plain(doc.get("task", {}).get("args") or {}), _plain(task.args)
+    if recorded_args != asked_args:
+        def shown(args: dict[str, Any]) -> str:
+            return ("--task-arg " + " ".join(f"{k}={v}" for k, v in sorted(args.items()))) if args \
+                else "the card's own dataset options"
+        return f"{shown(recorded_args)}, not {shown(asked_args)}"
     recorded_model = doc.get("model", {}).get("card_sha256")
     if recorded_model and recorded_model != card.sha256:
         return (f"another version of the model card '{card.name}' (sha256 {recorded_model[:12]}, now "
@@ -388,7 +398,8 @@ def metrics_document(frame: pd.DataFrame, task: TaskCard, *, n_boot: int, seed: 
     return {
         "schema_version": SCHEMA_VERSION,
         "task": {"name": task.name, "version": task.version, "synthetic": task.synthetic,
-                 "card_sha256": task.sha256, "eval_split": ev.split, "samples_sha256": samples_sha256},
+                 "card_sha256": task.sha256, "eval_split": ev.split, "samples_sha256": samples_sha256,
+                 **({"args": dict(task.args)} if task.args else {})},
         "model": model or {},
         "adapt": adapt or {},
         "seed": seed,

@@ -188,3 +188,117 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(OSError):
         cache.store(parts, {"embedding": np.zeros((2, 3)), "feature": np.zeros((2, 4))})
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+_RACER = """
+import json, os, sys, time
+from pathlib import Path
+import numpy as np
+from fairbench.cache import EmbeddingCache
+
+root, work, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+while not (work / "go").exists():  # both racers start together
+    time.sleep(0.005)
+
+def compute():
+    (work / f"computed-{name}").write_text(str(os.getpid()))
+    time.sleep(1.5)  # a slow encode: the other racer arrives while this one is writing
+    rng = np.random.default_rng(7)
+    return {"embedding": rng.standard_normal((40, 8)), "feature": rng.standard_normal((40, 16))}
+
+cache = EmbeddingCache(root)
+arrays = cache.get_or_compute({"split": "test", "model": "m"}, 40, compute)
+np.savez(work / f"out-{name}.npz", **arrays)
+print(json.dumps(cache.events[-1]))
+"""
+
+
+def test_two_processes_racing_on_one_entry_encode_it_once(tmp_path: Path) -> None:
+    """Two workers miss the same entry at the same moment: one computes and stores it, the other waits on the
+    entry's lock and reads what the first stored; both end with the same arrays and the file is whole."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root, work = tmp_path / "emb", tmp_path / "work"
+    work.mkdir()
+    script = tmp_path / "racer.py"
+    script.write_text(_RACER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, str(script), str(root), str(work), name], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for name in ("a", "b")]
+    time.sleep(1.0)  # both imported and polling
+    (work / "go").touch()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    events = sorted((json.loads(o[0].strip().splitlines()[-1]) for o in outs), key=lambda e: e["event"])
+
+    computed = sorted(p.name for p in work.glob("computed-*"))
+    assert len(computed) == 1, computed  # one writer: the images were encoded once
+    assert [e["event"] for e in events] == ["hit", "miss"]
+    assert float(events[0]["waited_s"]) > 0.5  # the reader waited for the writer's encode, then reused it
+    rng = np.random.default_rng(7)  # the reference, drawn here
+    expected = {"embedding": rng.standard_normal((40, 8)), "feature": rng.standard_normal((40, 16))}
+    for name in ("a", "b"):
+        with np.load(work / f"out-{name}.npz") as z:
+            for k, v in expected.items():
+                np.testing.assert_array_equal(z[k], v.astype(np.float32))
+    # one complete entry, no temporary or lock files left behind
+    files = sorted(p.name for p in root.rglob("*") if p.is_file())
+    assert len(files) == 1 and files[0].endswith(".npz"), files
+
+
+_HOLDER = """
+import fcntl, json, os, sys, time
+from pathlib import Path
+import numpy as np
+
+entry, n, ready = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
+parts = json.loads(sys.argv[4])
+lock = entry.with_name(entry.name + ".lock")
+entry.parent.mkdir(parents=True, exist_ok=True)
+fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+ready.touch()
+time.sleep(1.5)  # another worker encoding this entry
+from fairbench.cache import EmbeddingCache
+EmbeddingCache(entry.parent.parent).store(parts, {"embedding": np.full((n, 3), 7.0), "feature": np.full((n, 5), 7.0)})
+lock.unlink()
+os.close(fd)
+"""
+
+
+def test_encode_waits_for_the_worker_writing_its_entry(tmp_path: Path, micro_tasks: Path,
+                                                      private_cache: Path) -> None:
+    """A run whose entry another worker is writing waits on the entry's lock and reuses what it stored (here a
+    sentinel the other worker wrote) instead of encoding the images itself."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    ctx = _context(micro_tasks)
+    samples = ctx.split("val")
+    parts = embedding_key_parts(ctx.model, ctx.task, samples, weights_sha256=ctx.weights_sha256())
+    assert ctx.embedding_cache is not None
+    entry = ctx.embedding_cache.path(EmbeddingCache.key(parts))
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(entry), str(len(samples)), str(ready),
+                               json.dumps(parts)], env=env)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and holder.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        assert ready.exists()
+        arrays = ctx.encode("val")
+    finally:
+        holder.wait(timeout=60)
+    assert holder.returncode == 0
+    assert arrays["embedding"].shape == (len(samples), 3) and np.all(arrays["embedding"] == 7.0)
+    assert np.all(arrays["feature"] == 7.0)
+    last = ctx.embedding_cache.events[-1]
+    assert last["event"] == "hit" and float(last["waited_s"]) > 0.5

@@ -24,7 +24,7 @@ from fairbench.data.task import TaskCard
 from fairbench.errors import FairbenchError
 from fairbench.models.base import VLModel
 from fairbench.precision import DTYPES, autocast
-from fairbench.progress import bar, warn
+from fairbench.progress import bar
 from fairbench.registry import Registry
 
 __all__ = ["Adapter", "AdaptContext", "ADAPTERS", "parse_params", "check_number", "PARAM_RANGES", "PRECISION_CHECK_N"]
@@ -89,14 +89,10 @@ class AdaptContext:
             cache = self.embedding_cache
             parts = embedding_key_parts(self.model, self.task_of(split), samples, weights_sha256=self.weights_sha256(),
                                         precision=self.precision) if cache is not None else None
-            arrays = cache.load(parts, len(samples)) if cache is not None and parts is not None else None
-            if arrays is None:
+            if cache is not None and parts is not None:  # one writer per entry across workers (fairbench.cache)
+                arrays = cache.get_or_compute(parts, len(samples), lambda: self._encode_images(split, samples))
+            else:
                 arrays = self._encode_images(split, samples)
-                if cache is not None and parts is not None:
-                    try:
-                        cache.store(parts, arrays)
-                    except OSError as exc:
-                        warn(f"could not write the embedding cache under {cache.root} ({exc}); continuing without")
             self._encoded[split] = arrays
         return self._encoded[split]
 

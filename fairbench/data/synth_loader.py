@@ -7,7 +7,7 @@ kept in memory for the life of the process, so the pipeline and tinyclip pretrai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,6 +20,8 @@ __all__ = ["SynthCXRLoader"]
 
 class SynthCXRLoader:
     needs_data_root = False
+    #: dataset options ``--task-arg KEY=VALUE`` may override (dotted: nested), with their types
+    task_args: ClassVar[dict[str, type]] = {"n.train": int, "n.val": int, "n.test": int, "image_size": int}
 
     def __init__(self, options: dict[str, Any], *, source: str) -> None:
         from fairbench.data import synth

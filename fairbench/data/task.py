@@ -7,6 +7,8 @@ name starts with ``_`` are include-only bases, not tasks.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from fairbench.registry import Registry
 
 __all__ = [
     "AttributeSpec", "PromptSpec", "EvalSpec", "TaskCard", "load_task_card", "builtin_tasks_dir",
-    "discover_tasks", "get_task", "TASKS",
+    "discover_tasks", "get_task", "TASKS", "apply_task_args", "flatten_task_args",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -126,6 +128,8 @@ class TaskCard:
     synthetic: bool = False
     citation: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: ``--task-arg`` overrides applied to ``dataset_options`` (dotted key -> value); empty: the card's own
+    args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sha256(self) -> str:
@@ -135,7 +139,18 @@ class TaskCard:
         cls = DATASETS.get(self.dataset_loader)
         # loaders that read files committed beside the card (e.g. a split file) declare accepts_card_dir
         kwargs = {"card_dir": self.path.parent} if getattr(cls, "accepts_card_dir", False) else {}
-        return cls(self.dataset_options, source=f"{self.path}: dataset.options", **kwargs)
+        source = f"{self.path}: dataset.options"
+        if self.args:
+            source += " with --task-arg " + " ".join(f"{k}={v}" for k, v in self.args.items())
+        return cls(self.dataset_options, source=source, **kwargs)
+
+    def with_args(self, args: dict[str, Any]) -> TaskCard:
+        """This card with ``--task-arg`` overrides of its dataset options (:func:`apply_task_args`); the card's
+        sha256 stays the card's own, the overrides are recorded in :attr:`args`."""
+        if not args:
+            return self
+        options, applied = apply_task_args(self, args)
+        return dataclasses.replace(self, dataset_options=options, args={**self.args, **applied})
 
     def load_split(self, split: str, data_root: Path | None = None, loader: Any = None) -> SampleSet:
         """Load one canonical split (train/val/test) with labels mapped and attributes binned."""
@@ -185,6 +200,58 @@ class TaskCard:
                             f"card's label map: {', '.join(sorted(set(bad))[:5])} (first at sample "
                             f"{raw.sample_ids[first_bad]!r})")
         return out
+
+
+def flatten_task_args(args: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"n": {"test": 5}}`` (a sweep file's nested form) -> ``{"n.test": 5}``; dotted keys pass through."""
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_task_args(value, f"{full}."))
+        else:
+            out[full] = value
+    return out
+
+
+def apply_task_args(task: TaskCard, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The task's dataset options with ``args`` (``--task-arg KEY=VALUE``; dotted keys reach into nested
+    options) applied, and the applied values (typed). Only the keys the task's loader declares in its
+    ``task_args`` mapping (key -> type) are accepted; anything else is a one-line error naming the key and what
+    is allowed. The loader checks the values' ranges when the task is loaded."""
+    cls = DATASETS.get(task.dataset_loader)
+    allowed: dict[str, type] = dict(getattr(cls, "task_args", None) or {})
+    options = copy.deepcopy(task.dataset_options)
+    applied: dict[str, Any] = {}
+    for key, value in flatten_task_args(dict(args)).items():
+        key = str(key).strip()
+        if key not in allowed:
+            what = (f"it accepts {', '.join(sorted(allowed))}" if allowed
+                    else "it accepts no --task-arg")
+            raise CardError(f"--task-arg {key}: task '{task.name}' (loader '{task.dataset_loader}') does not "
+                            f"accept this key; {what}")
+        kind = allowed[key]
+        typed: Any = value
+        if isinstance(value, str) and kind is not str:
+            try:
+                typed = kind(value.strip())
+            except ValueError:
+                typed = None
+        if typed is None or isinstance(typed, bool) or not isinstance(typed, kind):
+            raise CardError(f"--task-arg {key}={value}: expected {'an integer' if kind is int else kind.__name__}")
+        node = options
+        *path, last = key.split(".")
+        for i, part in enumerate(path):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise CardError(f"--task-arg {key}: option '{'.'.join(path[:i + 1])}' of task '{task.name}' is "
+                                f"not a mapping")
+            node = child
+        node[last] = typed
+        applied[key] = typed
+    return options, applied
 
 
 def _is_missing(value: Any) -> bool:

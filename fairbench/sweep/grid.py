@@ -44,7 +44,7 @@ _OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "eval_data_root":
                                  "overwrite": bool,
                                  "n_boot": int, "allow_skip_unreadable": bool, "image_cache": (str, int),
                                  "precision": str, "embedding_cache": bool,
-                                 "model_args": dict}
+                                 "model_args": dict, "task_args": dict}
 
 
 @dataclass(frozen=True, order=True)
@@ -150,6 +150,8 @@ class SweepSpec:
         from fairbench.models.weights import parse_weights
 
         cards = {t: get_task(t, self.tasks_dirs) for t in dict.fromkeys(self.tasks + self.eval_tasks)}
+        for t in self.tasks:
+            cards[t] = cards[t].with_args(self.options.get("task_args") or {})
         if any(a not in ZERO_SHOT for a in self.adapts):
             from fairbench.pipeline import check_same_classes
 
@@ -296,6 +298,10 @@ def load_sweep_file(path: Path) -> SweepSpec:
         if key in data:
             value = f.get(key, _OPTION_TYPES.get(key, (str, int, float, bool, list, dict)), None)
             spec.options[key] = rel(value) if key in _PATH_OPTIONS and value is not None else value
+    if spec.options.get("task_args"):
+        from fairbench.data.task import flatten_task_args
+
+        spec.options["task_args"] = flatten_task_args(spec.options["task_args"])  # n: {test: 5} -> n.test: 5
     try:
         f.no_unknown()
     except CardError as exc:
