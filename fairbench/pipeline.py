@@ -227,7 +227,7 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
         metrics["eval_data"] = eval_data.report()
     metrics["embedding_cache"] = ctx.embedding_report()
     metrics["precision"] = ctx.precision_report()
-    analyses = _cell_analyses(adapter, ctx, n_boot)
+    analyses = _cell_analyses(adapter, ctx, n_boot, cross=eval_task is not None)
     if analyses:
         metrics.setdefault("analyses", {}).update(analyses)
     metrics["provenance"] = provenance(device=str(device), started_at=started, duration_s=time.time() - t0)
@@ -236,13 +236,14 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
     return CellResult(cell, metrics, skipped=False, task=task)
 
 
-def _cell_analyses(adapter: Any, ctx: AdaptContext, n_boot: int) -> dict[str, Any]:
+def _cell_analyses(adapter: Any, ctx: AdaptContext, n_boot: int, *, cross: bool = False) -> dict[str, Any]:
     """Analyses computed in the cell (fairbench.analyses): attribute leakage for frozen-encoder adapters (from the
-    cached embeddings), and what the adapter itself adds (zeroshot ``templates=all``: prompt sensitivity)."""
+    cached embeddings; not in a cross-dataset cell, whose train and test splits come from different tasks), and
+    what the adapter itself adds (zeroshot ``templates=all``: prompt sensitivity)."""
     from fairbench.analyses.leakage import frozen_encoder, leakage_for_cell
 
     out: dict[str, Any] = dict(_jsonable(getattr(adapter, "analyses", None) or {}))
-    if frozen_encoder(adapter):
+    if frozen_encoder(adapter) and not cross:
         with bar("attribute leakage probes", None):
             out["leakage"] = _jsonable(leakage_for_cell(ctx, n_boot=n_boot))
     return out

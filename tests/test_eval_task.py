@@ -53,6 +53,8 @@ def _cards() -> dict[str, dict]:
     other.update(name="xe_other", classes=["healthy", "sick"])
     other["label"]["map"] = {"normal": "healthy", "*": "sick"}
     other["prompts"]["classnames"] = {"healthy": ["a normal chest"], "sick": ["cardiomegaly"]}
+    if "no_finding_class" in other["evaluation"]:
+        other["evaluation"]["no_finding_class"] = "healthy"
     return {c["name"]: c for c in (a, b, swapped, other)}
 
 
