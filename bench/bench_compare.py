@@ -22,10 +22,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_metrics import make_predictions  # noqa: E402
+from bench_metrics import make_predictions
 
-from fairbench.compare import paired_metrics  # noqa: E402
-from fairbench.metrics import compute_metrics  # noqa: E402
+from fairbench.compare import paired_metrics
+from fairbench.metrics import compute_metrics
 
 ATTRS = ["sex", "race", "age"]
 INTERSECTIONS = [["sex", "age"]]

@@ -31,11 +31,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from fairbench.data.files import FileImages  # noqa: E402
-from fairbench.data.image_cache import CachedImages, auto_cache_size  # noqa: E402
-from fairbench.models.base import Preprocessing  # noqa: E402
+from fairbench.data.files import FileImages
+from fairbench.data.image_cache import CachedImages, auto_cache_size
+from fairbench.models.base import Preprocessing
 
 
 def write_pngs(folder: Path, n: int, size: int = 1024, seed: int = 0) -> list[Path]:

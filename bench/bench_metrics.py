@@ -24,7 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fairbench.metrics import compute_metrics  # noqa: E402
+from fairbench.metrics import compute_metrics
 
 
 def make_predictions(n: int, seed: int = 0) -> pd.DataFrame:

@@ -31,11 +31,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import warnings
 import resource
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +45,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FAIRBENCH_PROGRESS", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")  # CLIP_benchmark's progress bars
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 TASK = """\
 include: {base}
@@ -65,14 +65,14 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed(fn):  # noqa: ANN001, ANN201
+def timed(fn):
     w0, c0 = time.perf_counter(), cpu_seconds()
     out = fn()
     return out, time.perf_counter() - w0, cpu_seconds() - c0
 
 
 class FairbenchSide:
-    def __init__(self, task, weights: Path, precision: str) -> None:  # noqa: ANN001
+    def __init__(self, task, weights: Path, precision: str) -> None:
         from fairbench.adapters.base import AdaptContext
         from fairbench.models.base import get_model_card
         from fairbench.models.build import build_model
@@ -102,7 +102,7 @@ class FairbenchSide:
 
 
 class PeerSide:
-    def __init__(self, samples, prompts: list[list[str]], classes: list[str], weights: Path, amp: bool,  # noqa: ANN001
+    def __init__(self, samples, prompts: list[list[str]], classes: list[str], weights: Path, amp: bool,
                  workers: int) -> None:
         import open_clip
         from clip_benchmark.metrics.zeroshot_classification import zero_shot_classifier
@@ -119,7 +119,7 @@ class PeerSide:
             def __len__(self) -> int:
                 return len(images)
 
-            def __getitem__(self, i: int):  # noqa: ANN204
+            def __getitem__(self, i: int):
                 return transform(Image.fromarray(images[i]).convert("RGB")), int(labels[i])
 
         self.dataset = Images()

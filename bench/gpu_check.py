@@ -51,8 +51,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FAIRBENCH_PROGRESS", "0")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 TOL = {"fp32": 1e-2, "fp16": 3e-2, "bf16": 5e-2, "train": 5e-2, "ddp": 5e-2}
 
@@ -117,7 +117,7 @@ def _peak_mib(device: str) -> float | None:
     return None
 
 
-def run(s: Setup, adapt: str, device: str, tag: str, precision: str = "fp32", args: dict | None = None):  # noqa: ANN201
+def run(s: Setup, adapt: str, device: str, tag: str, precision: str = "fp32", args: dict | None = None):
     """One cell through the pipeline; its metrics, predictions, wall seconds and peak device memory."""
     import pandas as pd
 
@@ -134,7 +134,7 @@ def run(s: Setup, adapt: str, device: str, tag: str, precision: str = "fp32", ar
     return result.metrics, pd.read_parquet(result.path / "predictions.parquet"), wall, peak
 
 
-def max_delta(a, b) -> float:  # noqa: ANN001
+def max_delta(a, b) -> float:
     """Largest |difference| of the probability columns, samples matched by (split, sample_id)."""
     cols = [c for c in a.columns if c.startswith("prob_")]
     m = a.merge(b, on=["split", "sample_id"], suffixes=("_a", "_b"), validate="one_to_one")
@@ -147,7 +147,7 @@ def epoch_images_per_s(metrics: dict, n_train: int) -> float | None:
     """Training images per second from the recorded epoch history (the epoch's ``seconds``)."""
     found: list[float] = []
 
-    def walk(x) -> None:  # noqa: ANN001
+    def walk(x) -> None:
         if isinstance(x, dict):
             if "seconds" in x and "epoch" in x:
                 found.append(float(x["seconds"]))
@@ -290,7 +290,7 @@ def section_ddp(s: Setup, ref: dict, backend: str) -> Row:
                f"{backend}, {s.batch // 2} per process, world_size {world[:1]}, {wall:.1f} s cell (rank 0)")
 
 
-def _find(x, key: str):  # noqa: ANN001, ANN202
+def _find(x, key: str):
     if isinstance(x, dict):
         for k, v in x.items():
             if k == key:

@@ -17,7 +17,7 @@ import yaml
 
 from fairbench.errors import CardError
 
-__all__ = ["read_yaml_with_includes", "Fields", "card_sha256", "open_card"]
+__all__ = ["Fields", "card_sha256", "open_card", "read_yaml_with_includes"]
 
 
 def _deep_merge(base: dict, override: dict) -> dict:

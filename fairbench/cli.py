@@ -9,18 +9,33 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional, get_args, get_origin
+from typing import Annotated, Any, get_args, get_origin
 
 import typer
 
 from fairbench import __version__
-from fairbench.kv import parse_kv
-from fairbench.options import (AdaptArgOpt, AllowDownloadOpt, AllowSkipUnreadableOpt, DataRootOpt, DeviceOpt,
-                               EvalDataRootOpt,
-                               EmbeddingCacheOpt, ImageCacheOpt, ModelArgOpt, NBootOpt, OutOpt, OverwriteOpt,
-                               PrecisionOpt, SweepAllowSkipUnreadableOpt, SweepOverwriteOpt, TaskArgOpt, TasksDirOpt,
-                               WeightsOpt)
 from fairbench.errors import FairbenchError
+from fairbench.kv import parse_kv
+from fairbench.options import (
+    AdaptArgOpt,
+    AllowDownloadOpt,
+    AllowSkipUnreadableOpt,
+    DataRootOpt,
+    DeviceOpt,
+    EmbeddingCacheOpt,
+    EvalDataRootOpt,
+    ImageCacheOpt,
+    ModelArgOpt,
+    NBootOpt,
+    OutOpt,
+    OverwriteOpt,
+    PrecisionOpt,
+    SweepAllowSkipUnreadableOpt,
+    SweepOverwriteOpt,
+    TaskArgOpt,
+    TasksDirOpt,
+    WeightsOpt,
+)
 from fairbench.progress import console as err_console
 
 __all__ = ["app", "main"]
@@ -98,7 +113,7 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for everything random in this cell (0 to 2**32-1).")] = 0,
     out: OutOpt = Path("results"),
     data_root: DataRootOpt = None,
-    eval_task: Annotated[Optional[str], typer.Option(
+    eval_task: Annotated[str | None, typer.Option(
         help="Cross-dataset evaluation: train and select on --task, evaluate on this task's test split; the "
              "cell goes to OUT/eval-task/model/adapt@task/seedN.", rich_help_panel="Data and weights")] = None,
     eval_data_root: EvalDataRootOpt = None,
@@ -113,7 +128,7 @@ def run(
     allow_download: AllowDownloadOpt = False,
     allow_skip_unreadable: AllowSkipUnreadableOpt = False,
     image_cache: ImageCacheOpt = "auto",
-    select_on: Annotated[Optional[str], typer.Option(
+    select_on: Annotated[str | None, typer.Option(
         "--select-on", help="Split that selects the epoch of a trainable adapter: val (default) or test "
         "(FairCLIP's published protocol: warned, recorded, test metrics biased). Same as --adapt-arg select_on=.",
         rich_help_panel="Training")] = None,
@@ -126,7 +141,6 @@ def run(
     """
     from fairbench.pipeline import RunConfig, run_cell
     from fairbench.report.summary import print_summary
-
     from fairbench.results import check_seed
 
     check_seed(seed, "--seed")
@@ -163,7 +177,7 @@ def embed(
     model: Annotated[str, typer.Option(help="Model card name (see `fairbench ls models`).")],
     task: Annotated[str, typer.Option(help="Task name (see `fairbench ls tasks`).")],
     out: Annotated[Path, typer.Option(help="The parquet file to write.")],
-    split: Annotated[Optional[list[str]], typer.Option(
+    split: Annotated[list[str] | None, typer.Option(
         "--split", help="Split to embed, repeatable (default: every split of the task).")] = None,
     weights: WeightsOpt = None,
     model_arg: ModelArgOpt = None,
@@ -199,7 +213,7 @@ def leakage(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of the test split.")] = 1000,
     features: Annotated[str, typer.Option(help="embedding (the image embedding) or feature (the probe "
                                           "feature the linear probe reads).")] = "embedding",
-    out: Annotated[Optional[Path], typer.Option(help="Also write the result as JSON here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the result as JSON here.")] = None,
     model_arg: ModelArgOpt = None,
     data_root: DataRootOpt = None,
     tasks_dir: TasksDirOpt = None,
@@ -247,16 +261,16 @@ def validate(tasks_dir: TasksDirOpt = None) -> None:
 @app.command()
 def metrics(
     predictions: Annotated[Path, typer.Argument(help="A predictions.parquet written by `fairbench run`.")],
-    task: Annotated[Optional[str], typer.Option(
+    task: Annotated[str | None, typer.Option(
         help="Task card for classes, attributes and evaluation settings (default: from the metrics.json "
              "beside the file).")] = None,
     n_boot: NBootOpt = None,
-    seed: Annotated[Optional[int], typer.Option(
+    seed: Annotated[int | None, typer.Option(
         help="Bootstrap seed, 0 to 2**32-1 (default: the cell's seed from the metrics.json beside the file, else 0).")]
         = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the metrics JSON here (default: print it).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here (default: print it).")] = None,
     tasks_dir: TasksDirOpt = None,
-    variants: Annotated[Optional[list[str]], typer.Option(
+    variants: Annotated[list[str] | None, typer.Option(
         "--variants", help="Also write another benchmark's metric definitions under variants.<name> (binary tasks): "
                            "fairmedfm (its best-F1 threshold is chosen on the evaluated labels).")] = None,
 ) -> None:
@@ -273,11 +287,11 @@ def metrics(
 @app.command()
 def power(
     task: Annotated[str, typer.Option(help="Task card name or path.")],
-    n_test: Annotated[Optional[int], typer.Option(
+    n_test: Annotated[int | None, typer.Option(
         help="Plan for N evaluated samples with the task's group shares and prevalences (default: the split's size).")]
         = None,
     auc: Annotated[float, typer.Option(help="Planning AUC of the better group, in (0.5, 1).")] = 0.8,
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (real tasks).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder (real tasks).")] = None,
     tasks_dir: TasksDirOpt = None,
 ) -> None:
     """Before anything runs: the smallest AUC gap, DPD and DEOdds the task's test groups could detect (80% power,
@@ -295,11 +309,11 @@ def compare(
     a: Annotated[Path, typer.Argument(help="Cell A (the reference): a cell folder, predictions.parquet, metrics.json "
                                       "or a folder of seed<N> cells.")],
     b: Annotated[Path, typer.Argument(help="Cell B, of the same task and evaluated on the same samples.")],
-    task: Annotated[Optional[str], typer.Option(
+    task: Annotated[str | None, typer.Option(
         help="Task card (default: from the cells' metrics.json).")] = None,
     n_boot: NBootOpt = None,
     seed: Annotated[int, typer.Option(help="Bootstrap seed (0 to 2**32-1).")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the full comparison as JSON here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the full comparison as JSON here.")] = None,
     tasks_dir: TasksDirOpt = None,
 ) -> None:
     """Paired comparison B − A on the same test samples: every metric with a paired bootstrap interval and
@@ -319,33 +333,33 @@ def compare(
 
 @app.command()
 def sweep(
-    sweep_file: Annotated[Optional[Path], typer.Argument(
+    sweep_file: Annotated[Path | None, typer.Argument(
         help="YAML sweep file (grid, run options, executor; see docs/sweeps.md). Options given here override it.")]
         = None,
-    tasks: Annotated[Optional[list[str]], typer.Option(
+    tasks: Annotated[list[str] | None, typer.Option(
         "--tasks", help="Task names, comma-separated or repeated.", rich_help_panel="Grid")] = None,
-    eval_tasks: Annotated[Optional[list[str]], typer.Option(
+    eval_tasks: Annotated[list[str] | None, typer.Option(
         "--eval-tasks", help="Cross-dataset evaluation: also evaluate every task's trained adapters on these "
         "tasks (zero-shot left out), comma-separated or repeated.", rich_help_panel="Grid")] = None,
-    models: Annotated[Optional[list[str]], typer.Option(
+    models: Annotated[list[str] | None, typer.Option(
         "--models", help="Model card names, comma-separated or repeated.", rich_help_panel="Grid")] = None,
-    adapts: Annotated[Optional[list[str]], typer.Option(
+    adapts: Annotated[list[str] | None, typer.Option(
         "--adapts", help="Adapters, comma-separated or repeated.", rich_help_panel="Grid")] = None,
-    seeds: Annotated[Optional[list[str]], typer.Option(
+    seeds: Annotated[list[str] | None, typer.Option(
         "--seeds", help="Seeds: 0,1,2 or a range 0-4 (default 0).", rich_help_panel="Grid")] = None,
-    executor: Annotated[Optional[str], typer.Option(
+    executor: Annotated[str | None, typer.Option(
         help="Where cells run: local (worker processes), submitit (a SLURM job array) or ray (Ray tasks).",
         rich_help_panel="Executor")] = None,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         min=0, help="local: worker processes (default 1; 0 = in this process).", rich_help_panel="Executor")]
         = None,
-    executor_arg: Annotated[Optional[list[str]], typer.Option(
+    executor_arg: Annotated[list[str] | None, typer.Option(
         "--executor-arg", help="Executor option KEY=VALUE, repeatable (submitit: cluster, timeout_min, "
         "slurm_partition, ...; ray: address, num_cpus, num_gpus, ...).", rich_help_panel="Executor")] = None,
-    threads: Annotated[Optional[int], typer.Option(
+    threads: Annotated[int | None, typer.Option(
         min=1, help="Torch threads per cell (default: CPUs / workers for local, the task's CPUs otherwise).",
         rich_help_panel="Executor")] = None,
-    ray_address: Annotated[Optional[str], typer.Option(
+    ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="ray: the cluster to join (auto, HOST:PORT or ray://HOST:PORT); without it the "
         "sweep starts a Ray instance of its own, even where one is running.", rich_help_panel="Executor")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and their status; run nothing.")]
@@ -389,16 +403,16 @@ def sweep(
 
 @app.command()
 def leaderboard(
-    results: Annotated[Optional[list[Path]], typer.Argument(
+    results: Annotated[list[Path] | None, typer.Argument(
         help="Results roots, cell folders or metrics.json files (default: results).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the pages, one <task>.md per task.")] = Path("leaderboards"),
-    reported: Annotated[Optional[Path], typer.Option(
+    reported: Annotated[Path | None, typer.Option(
         help="Folder of curated reported numbers (<task>.yaml; default: the ones shipped with fairbench).")] = None,
     include_reported_only: Annotated[bool, typer.Option(
         "--include-reported-only", help="Also write pages for tasks that have reported numbers but no results.")]
         = False,
     tasks_dir: TasksDirOpt = None,
-    reference: Annotated[Optional[str], typer.Option(
+    reference: Annotated[str | None, typer.Option(
         "--reference", metavar="ADAPTER", help="Also write, per task and protected attribute, a 'versus ADAPTER' "
         "table: each (model, adapter) against the same model's ADAPTER cells, paired on the same test samples "
         "(paired bootstrap; t interval across 2+ seeds), with Holm-adjusted p-values.")] = None,
@@ -427,11 +441,11 @@ def plot(
     results: Annotated[list[Path], typer.Argument(help="Result cells, results roots or metrics.json files.")],
     out: Annotated[Path, typer.Option(help="Folder for the figures (OUT/task/model/adapt/seedN/<attribute>.png).")]
         = Path("plots"),
-    fmt: Annotated[Optional[list[str]], typer.Option(
+    fmt: Annotated[list[str] | None, typer.Option(
         "--format", help="png and/or svg; repeatable (default both).")] = None,
-    attribute: Annotated[Optional[list[str]], typer.Option(
+    attribute: Annotated[list[str] | None, typer.Option(
         "--attribute", help="Only these protected attributes; repeatable (default all).")] = None,
-    reference: Annotated[Optional[str], typer.Option(
+    reference: Annotated[str | None, typer.Option(
         "--reference", metavar="ADAPTER", help="Also draw, per task, a forest plot of each (model, adapter) against "
         "the same model's ADAPTER cells, paired on the same test samples (OUT/task/versus_ADAPTER.png).")] = None,
     tasks_dir: TasksDirOpt = None,
@@ -455,16 +469,16 @@ def plot(
 
 @app.command()
 def report(
-    results: Annotated[Optional[list[Path]], typer.Argument(
+    results: Annotated[list[Path] | None, typer.Argument(
         help="Results roots, cell folders or metrics.json files (default: results).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the site (OUT/index.html opens from disk).")] = Path("site"),
-    figures: Annotated[Optional[Path], typer.Option(
+    figures: Annotated[Path | None, typer.Option(
         help="A folder written by `fairbench plot` whose SVG figures are reused (default: only the ones an earlier "
              "report drew into OUT/figures); missing or stale figures are drawn once into OUT/figures.")] = None,
-    reported: Annotated[Optional[Path], typer.Option(
+    reported: Annotated[Path | None, typer.Option(
         help="Folder of curated reported numbers (<task>.yaml; default: the ones shipped with fairbench).")] = None,
     tasks_dir: TasksDirOpt = None,
-    reference: Annotated[Optional[str], typer.Option(
+    reference: Annotated[str | None, typer.Option(
         "--reference", metavar="ADAPTER", help="Also show, per task, the 'versus ADAPTER' tables and forest plot "
         "of paired differences (as `fairbench leaderboard --reference`).")] = None,
 ) -> None:
@@ -486,7 +500,7 @@ def report(
 def check(
     results: Annotated[list[Path], typer.Argument(help="Results roots, cell folders or metrics.json files.")],
     baseline: Annotated[Path, typer.Option(help="Baseline JSON to compare with (written by --update).")],
-    tolerance: Annotated[Optional[list[str]], typer.Option(
+    tolerance: Annotated[list[str] | None, typer.Option(
         "--tolerance", help="Absolute tolerance in metrics.json units: NUMBER (the default, 0.01) or "
         "METRIC=NUMBER (e.g. auc=0.005, es_auc=0.02); repeatable. Overrides the baseline's tolerances.")] = None,
     update: Annotated[bool, typer.Option("--update", help="Write the baseline from the results instead.")] = False,

@@ -23,8 +23,15 @@ from fairbench.errors import FairbenchError
 from fairbench.metrics.paired import CI_LEVEL, paired_metrics, rule_threshold
 from fairbench.results import ResultCell, read_predictions, resolve_cells, resolve_side
 
-__all__ = ["resolve_cells", "compare_pair", "paired_metrics", "compare", "across_seeds", "P_VALUE",
-           "SUMMARY_METRICS"]
+__all__ = [
+    "P_VALUE",
+    "SUMMARY_METRICS",
+    "across_seeds",
+    "compare",
+    "compare_pair",
+    "paired_metrics",
+    "resolve_cells",
+]
 
 P_VALUE = "two-sided bootstrap: min(1, 2 (min(#{d* <= 0}, #{d* >= 0}) + 1) / (B + 1))"
 #: what the printed table and the leaderboard's "versus" tables show (the JSON has every metric)

@@ -8,12 +8,12 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 __all__ = [
-    "FairbenchError",
-    "UnknownNameError",
     "CardError",
     "DataError",
-    "WeightsError",
+    "FairbenchError",
     "ResultsError",
+    "UnknownNameError",
+    "WeightsError",
 ]
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from fairbench.errors import FairbenchError
 
-__all__ = ["split_kv", "parse_kv"]
+__all__ = ["parse_kv", "split_kv"]
 
 
 def split_kv(item: str, what: str, *, expected: str = "KEY=VALUE", bare_key: str | None = None) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from fairbench.analyses.leakage import leakage_for_cell, leakage_table
 
-__all__ = ["run_leakage", "leakage_table"]
+__all__ = ["leakage_table", "run_leakage"]
 
 
 def run_leakage(*, task: str, model: str, weights: str | None = None, seed: int = 0, n_boot: int = 1000,

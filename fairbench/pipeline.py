@@ -28,19 +28,30 @@ from fairbench.cards import card_sha256
 from fairbench.data.base import SampleSet
 from fairbench.data.task import TaskCard, get_task
 from fairbench.errors import FairbenchError, ResultsError
+from fairbench.locking import cell_lock
 from fairbench.metrics import compute_metrics
 from fairbench.models.base import get_model_card
 from fairbench.models.build import build_model, resolve_device, resolve_model_card
-from fairbench.locking import cell_lock
 from fairbench.models.inputs import check_run_inputs, inputs_changes, inputs_digest
 from fairbench.precision import check_precision, inference_batch_size
 from fairbench.progress import bar
-from fairbench.results import (METRICS, PREDICTIONS, SCHEMA_VERSION, atomic_write, cell_dir, check_seed, is_complete,
-                               now_iso, provenance, read_metrics, write_json)
+from fairbench.results import (
+    METRICS,
+    PREDICTIONS,
+    SCHEMA_VERSION,
+    atomic_write,
+    cell_dir,
+    check_seed,
+    is_complete,
+    now_iso,
+    provenance,
+    read_metrics,
+    write_json,
+)
 from fairbench.train.checkpoint import checkpoint_dir_for
 from fairbench.train.dist import is_main_process, local_device
 
-__all__ = ["RunConfig", "CellResult", "run_cell", "predictions_frame", "metrics_document", "seed_everything"]
+__all__ = ["CellResult", "RunConfig", "metrics_document", "predictions_frame", "run_cell", "seed_everything"]
 
 
 @dataclass

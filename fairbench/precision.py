@@ -23,7 +23,7 @@ import torch
 
 from fairbench.errors import FairbenchError
 
-__all__ = ["PRECISIONS", "check_precision", "autocast", "DTYPES", "inference_batch_size"]
+__all__ = ["DTYPES", "PRECISIONS", "autocast", "check_precision", "inference_batch_size"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

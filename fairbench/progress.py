@@ -18,7 +18,7 @@ from typing import TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-__all__ = ["progress_enabled", "track", "bar", "info", "warn", "console", "stdout_console", "WIDE"]
+__all__ = ["WIDE", "bar", "console", "info", "progress_enabled", "stdout_console", "track", "warn"]
 
 T = TypeVar("T")
 

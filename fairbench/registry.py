@@ -15,7 +15,7 @@ from typing import Generic, TypeVar, overload
 
 from fairbench.errors import UnknownNameError
 
-__all__ = ["Registry", "DuplicateNameError", "did_you_mean"]
+__all__ = ["DuplicateNameError", "Registry", "did_you_mean"]
 
 
 def did_you_mean(name: str, known: list[str]) -> str:

@@ -134,7 +134,6 @@ CHEXPERT_FINDINGS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly",
 def write_chexpert(root: Path, n_patients: int = 30, *, folder: str = "CheXpert-v1.0-small",
                    demographics: bool = False) -> list[dict]:
     """``root/folder/train.csv`` with two studies per patient (frontal + lateral each) and JPEGs."""
-    rng = np.random.default_rng(2)
     rows = []
     k = 0
     for p in range(1, n_patients + 1):

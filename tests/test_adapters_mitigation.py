@@ -16,8 +16,15 @@ from sklearn.metrics import roc_auc_score
 
 from fairbench.errors import DataError, FairbenchError, ResultsError
 from fairbench.pipeline import RunConfig, run_cell
-from fairbench.train.groups import (UNKNOWN, Cells, GroupDRO, Reweight, balanced_batches, group_labels,
-                                    inverse_frequency_weights)
+from fairbench.train.groups import (
+    UNKNOWN,
+    Cells,
+    GroupDRO,
+    Reweight,
+    balanced_batches,
+    group_labels,
+    inverse_frequency_weights,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

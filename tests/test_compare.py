@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 from fairbench.cli import app
 from fairbench.compare import compare
 from fairbench.errors import FairbenchError
-from fairbench.metrics.paired import delong_paired
-from fairbench.metrics.paired import bootstrap_p_value
+from fairbench.metrics.paired import bootstrap_p_value, delong_paired
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +126,8 @@ def test_pairing_narrows_the_interval_of_correlated_predictions(cells: Path, tmp
 
 def test_b_gets_as_resample_on_the_same_samples_in_its_own_row_order() -> None:
     from fairbench.metrics._kernels import draw_weights
-    from fairbench.metrics.paired import b_layout
     from fairbench.metrics._plan import PassData, build_plan
+    from fairbench.metrics.paired import b_layout
 
     rng = np.random.default_rng(3)
     n = 300

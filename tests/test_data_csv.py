@@ -23,7 +23,7 @@ from fairbench.errors import CardError, DataError
 
 def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fairbench", *args], capture_output=True, text=True,
-                          env={**os.environ, "CI": "true"}, cwd=cwd, timeout=600)
+                          env={**os.environ, "CI": "true"}, cwd=cwd, timeout=600, check=False)
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures_data import png
 
 from fairbench.data.check import check_task
 from fairbench.data.task import get_task
 from fairbench.errors import DataError
-from fixtures_data import png
 
 HAM_DX = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
@@ -130,7 +130,7 @@ def write_padchest(root: Path, n: int = 60) -> pd.DataFrame:
         path = root / "images" / str(i % 3) / image
         path.parent.mkdir(parents=True, exist_ok=True)
         from PIL import Image
-        Image.fromarray((np.arange(24 * 20, dtype=np.uint16).reshape(24, 20) * 8)).save(path)  # 16-bit
+        Image.fromarray(np.arange(24 * 20, dtype=np.uint16).reshape(24, 20) * 8).save(path)  # 16-bit
     df = pd.DataFrame(rows, columns=PADCHEST_COLUMNS)
     with gzip.open(root / "padchest.csv.gz", "wt", newline="") as fh:
         df.to_csv(fh, index=False, quoting=csv.QUOTE_MINIMAL)

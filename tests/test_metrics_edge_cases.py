@@ -155,7 +155,7 @@ def test_choose_threshold_matches_brute_force(seed: int) -> None:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, 60)
     s = np.round(rng.random(60) * 0.6 + 0.4 * y, 1 + seed % 2)
-    fpr, tpr, thr = roc_curve(y, s)
+    fpr, tpr, _thr = roc_curve(y, s)
     best_j = max(tpr - fpr)
     t = choose_threshold(y, s, "youden")
     yhat = s >= t

@@ -136,7 +136,7 @@ def test_cli_run_without_weights_is_one_line_error(tmp_path: Path, monkeypatch: 
 
     env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "FAIRBENCH_CACHE": str(tmp_path / "c")}
     proc = subprocess.run([sys.executable, "-m", "fairbench", "run", "--model", "medclip_resnet", "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -155,7 +155,7 @@ def test_cli_run_checks_tokenizer_and_data_root_before_building(tmp_path: Path) 
     env = {**__import__("os").environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "FAIRBENCH_CACHE": str(tmp_path / "c")}
     proc = subprocess.run([sys.executable, "-m", "fairbench", "run", "--task", "chexpert5", "--model", "gloria",
                            "--weights", "random", "--out", str(tmp_path / "out")], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=300, check=False)
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err

@@ -289,9 +289,8 @@ def test_the_lock_of_a_killed_writer_is_free(tmp_path):
     cell = tmp_path / "cell"
     proc = hold_lock(cell)
     try:
-        with pytest.raises(CellBusyError, match=f"process {proc.pid}"):
-            with cell_lock(cell):
-                pass
+        with pytest.raises(CellBusyError, match=f"process {proc.pid}"), cell_lock(cell):
+            pass
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:

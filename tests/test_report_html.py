@@ -173,8 +173,8 @@ def test_bold_marks_the_best_entry_of_each_column(site):
     out, _ = site
     text = (out / "tasks" / "synth_cxr.html").read_text()
     utility = text.split('id="utility"')[1].split("</table>")[0]
-    rows = re.findall(r"<tr>(.*?)</tr>", utility, flags=re.S)[1:]
-    auc = [re.findall(r"<td[^>]*>(.*?)</td>", r, flags=re.S)[3] for r in rows]  # adapter, seeds, cells, AUC
+    rows = re.findall(r"<tr>(.*?)</tr>", utility, flags=re.DOTALL)[1:]
+    auc = [re.findall(r"<td[^>]*>(.*?)</td>", r, flags=re.DOTALL)[3] for r in rows]  # adapter, seeds, cells, AUC
     assert auc[0].startswith("<strong>") and not any(a.startswith("<strong>") for a in auc[1:])
     assert "good" in rows[0]  # the fabricated order: good separates best
 
@@ -296,8 +296,7 @@ def test_sweep_file_report_option_writes_the_site(results, tmp_path):
 
 
 def test_sweep_command_writes_the_report_after_the_run_and_not_on_a_dry_run(results, tmp_path, monkeypatch):
-    import fairbench.sweep.command as command
-    from fairbench.sweep import SweepSpec
+    from fairbench.sweep import SweepSpec, command
     from fairbench.sweep.driver import SweepReport
 
     ran = []
@@ -319,7 +318,7 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                            "--no-first-run", "--disable-background-networking", "--disable-component-update",
                            "--disable-sync", f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package chromium)")

@@ -7,8 +7,16 @@ import math
 import pytest
 import torch
 
-from fairbench.train.dbpm import (PairMemory, SlotMemory, epoch_weighted_mean, gaussian_pdf, pair_flags,
-                                  population_stats, reweight, slot_flags)
+from fairbench.train.dbpm import (
+    PairMemory,
+    SlotMemory,
+    epoch_weighted_mean,
+    gaussian_pdf,
+    pair_flags,
+    population_stats,
+    reweight,
+    slot_flags,
+)
 
 
 def test_epoch_weighted_mean_by_hand() -> None:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "--wheel-dir", str(out), str(ROOT)], capture_output=True, text=True, timeout=300)
+                           "--wheel-dir", str(out), str(ROOT)], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     wheels = list(out.glob("fairbench-*.whl"))
     assert len(wheels) == 1
@@ -48,7 +48,7 @@ def test_unpacked_wheel_finds_its_bundled_tasks(wheel, tmp_path):
     code = ("import fairbench.data.task as t; d = t.builtin_tasks_dir(); print(d); "
             "print(sorted(t.discover_tasks()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120)
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     first, tasks = proc.stdout.splitlines()[:2]
     assert Path(first) == tmp_path / "fairbench" / "_tasks"

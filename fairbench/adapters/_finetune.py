@@ -29,7 +29,7 @@ from fairbench.errors import FairbenchError
 from fairbench.train.config import LOOP_DEFAULTS
 from fairbench.train.objectives import ClipObjective, ImageHead, Objective
 
-__all__ = ["FineTuneAdapter", "FINETUNE_DEFAULTS", "OBJECTIVES"]
+__all__ = ["FINETUNE_DEFAULTS", "OBJECTIVES", "FineTuneAdapter"]
 
 OBJECTIVES = ("head", "clip")
 FINETUNE_DEFAULTS = {**LOOP_DEFAULTS, "epochs": 10, "batch_size": 32, "schedule": "cosine", "patience": 3,

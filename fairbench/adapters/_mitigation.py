@@ -30,7 +30,7 @@ from fairbench.train.config import LOOP_DEFAULTS
 from fairbench.train.groups import Cells, Mitigation, group_labels
 from fairbench.train.objectives import FeatureHead, ImageHead, Objective
 
-__all__ = ["MitigationAdapter", "BACKBONES", "backbone_defaults"]
+__all__ = ["BACKBONES", "MitigationAdapter", "backbone_defaults"]
 
 BACKBONES = ("head", "lora", "full")
 _HEAD = {**LOOP_DEFAULTS, "epochs": 100, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4,

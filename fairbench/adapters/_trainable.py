@@ -15,7 +15,7 @@ from fairbench.train.checkpoint import CheckpointStore
 from fairbench.train.config import LOOP_DEFAULTS, TrainConfig
 from fairbench.train.objectives import Objective
 
-__all__ = ["TrainableAdapter", "resolve_attribute", "require_all_classes", "check_trainable"]
+__all__ = ["TrainableAdapter", "check_trainable", "require_all_classes", "resolve_attribute"]
 
 
 def require_all_classes(ctx: AdaptContext, adapter: str) -> None:

@@ -27,7 +27,7 @@ from fairbench.precision import DTYPES, autocast
 from fairbench.progress import bar
 from fairbench.registry import Registry
 
-__all__ = ["Adapter", "AdaptContext", "ADAPTERS", "parse_params", "check_number", "PARAM_RANGES", "PRECISION_CHECK_N"]
+__all__ = ["ADAPTERS", "PARAM_RANGES", "PRECISION_CHECK_N", "AdaptContext", "Adapter", "check_number", "parse_params"]
 
 #: images of a split encoded again in float32 to measure the effect of ``--precision`` (metrics.json)
 PRECISION_CHECK_N = 64

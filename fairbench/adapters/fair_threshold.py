@@ -27,11 +27,11 @@ import numpy as np
 
 from fairbench.adapters._trainable import resolve_attribute
 from fairbench.adapters.base import ADAPTERS, AdaptContext, Adapter
-from fairbench.kv import parse_kv
 from fairbench.errors import FairbenchError
+from fairbench.kv import parse_kv
 from fairbench.train.groups import group_labels
 
-__all__ = ["FairThreshold", "CONSTRAINTS", "OBJECTIVES"]
+__all__ = ["CONSTRAINTS", "OBJECTIVES", "FairThreshold"]
 
 CONSTRAINTS = ("equalized_odds", "demographic_parity", "true_positive_rate_parity")
 OBJECTIVES = ("balanced_accuracy_score", "accuracy_score")

@@ -50,8 +50,16 @@ from fairbench.train.fair import FAIR_MODES, fairclip_term, gradient_share, pair
 from fairbench.train.objectives import ClipObjective
 from fairbench.train.towers import keep_norm_statistics, select_trainable
 
-__all__ = ["FairCLIP", "FairCLIPObjective", "FairTermObjective", "FAIRCLIP_DEFAULTS", "GroupScores",
-           "check_lambda", "check_group_bn", "GROUP_BN"]
+__all__ = [
+    "FAIRCLIP_DEFAULTS",
+    "GROUP_BN",
+    "FairCLIP",
+    "FairCLIPObjective",
+    "FairTermObjective",
+    "GroupScores",
+    "check_group_bn",
+    "check_lambda",
+]
 
 #: the released FairCLIP script's settings (the 2024 lambda; the 2025 scripts use 1e-6)
 FAIRCLIP_DEFAULTS: dict[str, Any] = {
@@ -155,7 +163,7 @@ class FairTermObjective(ClipObjective):
         fair = _mean(s["fair"])
         return {"clip_loss": _mean(s["clip"]), "fair_term": fair, "lambda_fair": self.lam,
                 "lambda_x_fair": self.lam * fair if fair is not None else 0.0,
-                **{"grad_norm_clip": None, "grad_norm_fair": None, "grad_ratio": None, **self._probe}}
+                "grad_norm_clip": None, "grad_norm_fair": None, "grad_ratio": None, **self._probe}
 
     def epoch_line(self, entry: dict[str, Any]) -> str:
         def num(v: Any) -> str:

@@ -42,8 +42,7 @@ import torch
 
 from fairbench.adapters._trainable import TrainableAdapter, check_trainable, resolve_attribute
 from fairbench.adapters.base import AdaptContext
-from fairbench.adapters.fairclip import (FAIRCLIP_DEFAULTS, FairTermObjective, GroupScores, check_group_bn,
-                                        check_lambda)
+from fairbench.adapters.fairclip import FAIRCLIP_DEFAULTS, FairTermObjective, GroupScores, check_group_bn, check_lambda
 from fairbench.errors import FairbenchError
 from fairbench.progress import info
 from fairbench.train import dist
@@ -51,7 +50,7 @@ from fairbench.train.dbpm import DBPM_VARIANTS, EpochFlags, PairMemory, SlotMemo
 from fairbench.train.fair import FAIR_MODES, fairclip_term, loss_distribution_term, pair_scores
 from fairbench.train.towers import select_trainable
 
-__all__ = ["RobustFair", "RobustFairObjective", "FAIR_TERMS", "resolve_robust_params"]
+__all__ = ["FAIR_TERMS", "RobustFair", "RobustFairObjective", "resolve_robust_params"]
 
 FAIR_TERMS = ("loss", "similarity")
 #: lambda_fair=auto per fairness term (see the module docstring)

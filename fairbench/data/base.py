@@ -17,7 +17,7 @@ import numpy as np
 
 from fairbench.registry import Registry
 
-__all__ = ["ImageSource", "ArrayImages", "RawSplit", "SampleSet", "DatasetLoader", "DATASETS"]
+__all__ = ["DATASETS", "ArrayImages", "DatasetLoader", "ImageSource", "RawSplit", "SampleSet"]
 
 
 class ImageSource(Protocol):

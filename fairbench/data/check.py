@@ -26,7 +26,7 @@ from fairbench.data.task import SPLITS, TaskCard
 from fairbench.errors import DataError
 from fairbench.progress import bar
 
-__all__ = ["SplitCheck", "CheckReport", "check_task", "render_report"]
+__all__ = ["CheckReport", "SplitCheck", "check_task", "render_report"]
 
 UNKNOWN = "(unknown)"
 INVALID = "(outside encoding)"

@@ -38,7 +38,7 @@ from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import DataError
 
-__all__ = ["CheXpertLoader", "OBSERVATIONS"]
+__all__ = ["OBSERVATIONS", "CheXpertLoader"]
 
 LOADER_VERSION = "1"
 OBTAIN = "https://stanfordmlgroup.github.io/competitions/chexpert/ (Stanford AIMI, registration required)"

@@ -7,7 +7,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,7 +16,7 @@ from fairbench.errors import CardError, FairbenchError
 from fairbench.options import TasksDirOpt
 from fairbench.progress import stdout_console
 
-__all__ = ["tasks_app", "data_app"]
+__all__ = ["data_app", "tasks_app"]
 
 tasks_app = typer.Typer(help="Build and inspect task definitions.", no_args_is_help=True)
 data_app = typer.Typer(help="Check datasets on disk against their task cards.", no_args_is_help=True)
@@ -26,10 +26,10 @@ data_app = typer.Typer(help="Check datasets on disk against their task cards.", 
 @tasks_app.command("build")
 def build(
     task: Annotated[str, typer.Argument(help="Task whose committed split file to regenerate (e.g. nih6x200).")],
-    metadata: Annotated[Optional[Path], typer.Option(
+    metadata: Annotated[Path | None, typer.Option(
         help="The dataset's metadata file (NIH: Data_Entry_2017_v2020.csv[.gz]); default: the copy in "
              "torchxrayvision.")] = None,
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         help="Write the split file into this folder instead of the task folder.")] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="Build into a temporary folder and compare byte for byte with the committed file; "
@@ -70,11 +70,11 @@ def new(
     image: Annotated[str, typer.Option(help="Column holding each image's path (relative paths are read from the "
                                             "manifest's folder).")],
     label: Annotated[str, typer.Option(help="Column holding each image's label.")],
-    attributes: Annotated[Optional[str], typer.Option(
+    attributes: Annotated[str | None, typer.Option(
         help="Comma-separated protected attribute columns, e.g. sex,age.")] = None,
-    patient: Annotated[Optional[str], typer.Option(help="Column holding the patient id (keeps a patient's images "
+    patient: Annotated[str | None, typer.Option(help="Column holding the patient id (keeps a patient's images "
                                                         "in one split).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Column holding train/val/test (default: a salted hash of "
+    split: Annotated[str | None, typer.Option(help="Column holding train/val/test (default: a salted hash of "
                                                       "the patient id, 70/10/20).")] = None,
     out: Annotated[Path, typer.Option(help="Folder of task folders to write into; use it as --tasks-dir.")]
         = Path("tasks"),
@@ -112,12 +112,12 @@ def _print_build_summary(console: Console, path: Path) -> None:
 @data_app.command("check")
 def check(
     task: Annotated[str, typer.Option(help="Task whose data to check (see `fairbench ls tasks`).")],
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder in its upstream layout.")] = None,
-    split: Annotated[Optional[list[str]], typer.Option(help="Check only this split (train, val, test); "
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder in its upstream layout.")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="Check only this split (train, val, test); "
                                                             "repeatable.")] = None,
     quick: Annotated[bool, typer.Option(
         "--quick", help="Check headers and checksums without decoding every image fully.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
     tasks_dir: TasksDirOpt = None,
 ) -> None:
     """Counts per class and group, unusable images and values outside the card's encoding; exit 1 on problems."""

@@ -46,7 +46,7 @@ from fairbench.data.files import FileImages
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import DataError
 
-__all__ = ["CSVLoader", "read_manifest", "SPLIT_VALUES"]
+__all__ = ["SPLIT_VALUES", "CSVLoader", "read_manifest"]
 
 LOADER_VERSION = "1"
 SPLIT_VALUES = ("train", "val", "test")

@@ -29,7 +29,7 @@ from fairbench.data.base import RawSplit
 from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.errors import DataError
 
-__all__ = ["FairVLMedLoader", "truncate_words", "NOTES_FILES", "ATTRIBUTE_KEYS"]
+__all__ = ["ATTRIBUTE_KEYS", "NOTES_FILES", "FairVLMedLoader", "truncate_words"]
 
 LOADER_VERSION = "1"
 OBTAIN = "https://github.com/Harvard-Ophthalmology-AI-Lab/FairCLIP (Harvard-FairVLMed, request access)"

@@ -19,8 +19,17 @@ from PIL import Image, UnidentifiedImageError
 
 from fairbench.errors import DataError
 
-__all__ = ["ImageReadError", "FileImages", "decode_image", "inspect_image", "to_uint8", "subset_images",
-           "default_workers", "root_above", "subfolder_error"]
+__all__ = [
+    "FileImages",
+    "ImageReadError",
+    "decode_image",
+    "default_workers",
+    "inspect_image",
+    "root_above",
+    "subfolder_error",
+    "subset_images",
+    "to_uint8",
+]
 
 #: reasons an image cannot be used
 MISSING, EMPTY, NOT_IMAGE, TRUNCATED, CORRUPT = "missing", "empty", "not an image", "truncated", "corrupt"

@@ -50,8 +50,14 @@ from fairbench.cards import card_sha256
 from fairbench.data.files import FileImages, ImageReadError, default_workers
 from fairbench.progress import bar, info, warn
 
-__all__ = ["CachedImages", "auto_cache_size", "image_cache_dir", "cache_entries", "CACHE_SIZES",
-           "CACHE_FORMAT"]
+__all__ = [
+    "CACHE_FORMAT",
+    "CACHE_SIZES",
+    "CachedImages",
+    "auto_cache_size",
+    "cache_entries",
+    "image_cache_dir",
+]
 
 #: bump when the stored pixels would change (resampling, layout)
 CACHE_FORMAT = "1"

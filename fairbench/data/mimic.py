@@ -46,7 +46,7 @@ from fairbench.data.base import RawSplit
 from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.errors import DataError
 
-__all__ = ["MIMICLoader", "group_race", "group_insurance", "FINDINGS"]
+__all__ = ["FINDINGS", "MIMICLoader", "group_insurance", "group_race"]
 
 LOADER_VERSION = "1"
 OBTAIN = ("https://physionet.org/content/mimic-cxr-jpg/ and https://physionet.org/content/mimiciv/ (PhysioNet "

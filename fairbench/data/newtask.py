@@ -24,7 +24,7 @@ import yaml
 from fairbench.data.csv_loader import SPLIT_VALUES, read_manifest
 from fairbench.errors import CardError, DataError
 
-__all__ = ["NewTask", "write_task_card", "MISSING_WORDS"]
+__all__ = ["MISSING_WORDS", "NewTask", "write_task_card"]
 
 #: values that usually mean "not recorded"; listed under an attribute's ``missing:`` when present
 MISSING_WORDS = ("unknown", "unk", "na", "n/a", "nan", "none", "null", "?", "not recorded", "declined",

@@ -36,8 +36,15 @@ from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import CardError, DataError
 
-__all__ = ["NIHLoader", "packaged_metadata", "read_metadata", "read_split_file", "resolve_image_paths",
-           "SPLIT_COLUMNS", "OBTAIN"]
+__all__ = [
+    "OBTAIN",
+    "SPLIT_COLUMNS",
+    "NIHLoader",
+    "packaged_metadata",
+    "read_metadata",
+    "read_split_file",
+    "resolve_image_paths",
+]
 
 LOADER_VERSION = "1"
 METADATA_NAME = "Data_Entry_2017_v2020.csv"

@@ -37,7 +37,7 @@ from fairbench.cards import Fields
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import CardError, DataError
 
-__all__ = ["Recipe", "select", "build", "write_split_csv", "cell_counts"]
+__all__ = ["Recipe", "build", "cell_counts", "select", "write_split_csv"]
 
 SEXES = ("F", "M")
 AGE_GROUPS = ("young", "old")

@@ -36,7 +36,7 @@ from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import DataError
 
-__all__ = ["PadChestLoader", "parse_labels", "packaged_padchest_metadata", "read_padchest_metadata"]
+__all__ = ["PadChestLoader", "packaged_padchest_metadata", "parse_labels", "read_padchest_metadata"]
 
 LOADER_VERSION = "1"
 METADATA_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"

@@ -32,7 +32,7 @@ from fairbench.data.files import FileImages, root_above, subfolder_error
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import DataError
 
-__all__ = ["HAM10000Loader", "Fitzpatrick17kLoader"]
+__all__ = ["Fitzpatrick17kLoader", "HAM10000Loader"]
 
 LOADER_VERSION = "1"
 HAM_OBTAIN = ("https://doi.org/10.7910/DVN/DBW86T (Harvard Dataverse: HAM10000_metadata, HAM10000_images_part1.zip "

@@ -28,8 +28,15 @@ from fairbench.data.synth_reports import write_reports
 from fairbench.errors import DataError
 
 __all__ = [
-    "FINDINGS", "ATTRIBUTES", "SynthConfig", "BiasRule", "SynthSplit", "generate_split",
-    "BIASED_DEFAULT", "FAIR_DEFAULT", "GENERATOR_VERSION",
+    "ATTRIBUTES",
+    "BIASED_DEFAULT",
+    "FAIR_DEFAULT",
+    "FINDINGS",
+    "GENERATOR_VERSION",
+    "BiasRule",
+    "SynthConfig",
+    "SynthSplit",
+    "generate_split",
 ]
 
 #: Bumped whenever the same (options, split, seed) would give different bytes; caches key on it.

@@ -19,7 +19,7 @@ import numpy as np
 
 from fairbench.errors import DataError
 
-__all__ = ["FINDINGS", "ATTRIBUTES", "SEXES", "RACES", "BiasRule", "SynthConfig"]
+__all__ = ["ATTRIBUTES", "FINDINGS", "RACES", "SEXES", "BiasRule", "SynthConfig"]
 
 FINDINGS: tuple[str, ...] = ("cardiomegaly", "effusion", "nodule", "mass", "pneumothorax", "consolidation")
 ATTRIBUTES: tuple[str, ...] = ("sex", "age", "race")

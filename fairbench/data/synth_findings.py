@@ -14,7 +14,7 @@ import numpy as np
 
 from fairbench.data.synth_shapes import F32, LOWRES, lung_level, ramp, sandwich
 
-__all__ = ["MM_PER_UNIT", "FINDING_NAMES", "draw_finding_params", "draw_finding"]
+__all__ = ["FINDING_NAMES", "MM_PER_UNIT", "draw_finding", "draw_finding_params"]
 
 # 1 canonical unit is about 180 mm of patient (inner thorax is ~1.55 units wide): used for report sizes
 MM_PER_UNIT = 180.0
@@ -26,7 +26,7 @@ def draw_finding_params(rng: np.random.Generator, n: int) -> dict[str, np.ndarra
     Drawing all of them for all samples keeps each stream aligned with the sample index, so changing the
     prevalence or the finding mix does not reshuffle the anatomy of unrelated samples.
     """
-    u = lambda lo, hi: rng.uniform(lo, hi, n)  # noqa: E731
+    u = lambda lo, hi: rng.uniform(lo, hi, n)
     side = np.where(rng.random(n) < 0.5, -1.0, 1.0)            # -1 = patient right (image left)
     nod_y = u(-0.55, 0.25)
     # behind the heart (image right, low) there is no lung to put a nodule in: keep those lateral

@@ -34,7 +34,7 @@ def draw_anatomy(rng: np.random.Generator, sex: np.ndarray, age: np.ndarray,
                  by_attribute: bool) -> dict[str, np.ndarray]:
     """Patient-to-patient variation: pose, size, breathing, tissue and exposure, one value per sample."""
     n = len(sex)
-    g = lambda sd: rng.standard_normal(n) * sd  # noqa: E731
+    g = lambda sd: rng.standard_normal(n) * sd
     male = (sex == "M").astype(float) if by_attribute else np.full(n, 0.5)
     old = np.clip((age - 18) / 77.0, 0.0, 1.0) if by_attribute else np.full(n, 0.45)
     a = {
@@ -71,8 +71,7 @@ def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray],
                   strength: float, degrade: dict[str, np.ndarray],
                   marker: np.ndarray, marker_xy: np.ndarray, rng: np.random.Generator,
                   up: np.ndarray) -> np.ndarray:
-    m = len(codes)
-    col = lambda v: np.asarray(v, dtype=F32)[:, None, None]  # noqa: E731
+    col = lambda v: np.asarray(v, dtype=F32)[:, None, None]
     # per-image pose: shift, rotate, scale the canonical frame (full and half resolution)
     x, y = _pose(size, a, col)
     half = size // 2  # image_size is even (checked by the config)

@@ -67,8 +67,8 @@ _FINDING_TEXT: dict[str, tuple[str, ...]] = {
     "pneumothorax": (
         "{Size} {side} pneumothorax.",
         "{Side} apical pneumothorax with a visible pleural line.",
-        "Visible pleural edge in the {side} hemithorax with absent peripheral lung markings, consistent with "
-        "a {size} pneumothorax.",
+        ("Visible pleural edge in the {side} hemithorax with absent peripheral lung markings, consistent with "
+        "a {size} pneumothorax."),
         "There is a {size} {side} pneumothorax.",
     ),
     "consolidation": (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["F32", "LOWRES", "ramp", "upsampler", "sandwich", "lung_level", "upsample2", "gauss_blur"]
+__all__ = ["F32", "LOWRES", "gauss_blur", "lung_level", "ramp", "sandwich", "upsample2", "upsampler"]
 
 F32 = np.float32
 LOWRES = 20   # side of the low-resolution noise fields upsampled into lung markings / patchy opacities

@@ -23,8 +23,17 @@ from fairbench.errors import CardError, DataError
 from fairbench.registry import Registry
 
 __all__ = [
-    "AttributeSpec", "PromptSpec", "EvalSpec", "TaskCard", "load_task_card", "builtin_tasks_dir",
-    "discover_tasks", "get_task", "TASKS", "apply_task_args", "flatten_task_args",
+    "TASKS",
+    "AttributeSpec",
+    "EvalSpec",
+    "PromptSpec",
+    "TaskCard",
+    "apply_task_args",
+    "builtin_tasks_dir",
+    "discover_tasks",
+    "flatten_task_args",
+    "get_task",
+    "load_task_card",
 ]
 
 SPLITS = ("train", "val", "test")

@@ -15,14 +15,14 @@ from fairbench.metrics._suite import compute_metrics
 from fairbench.metrics._threshold import choose_threshold
 
 __all__ = [
-    "compute_metrics",
-    "reliability_curve",
-    "choose_threshold",
-    "METRICS",
-    "MetricSpec",
-    "register_metric",
-    "SliceStats",
-    "safe_div",
     "BINARY",
+    "METRICS",
     "MULTICLASS",
+    "MetricSpec",
+    "SliceStats",
+    "choose_threshold",
+    "compute_metrics",
+    "register_metric",
+    "reliability_curve",
+    "safe_div",
 ]

@@ -19,7 +19,7 @@ from fairbench.metrics._kernels import draw_weights, pass_stats
 from fairbench.metrics._plan import Plan
 from fairbench.metrics._stats import SliceStats
 
-__all__ = ["bootstrap_values", "percentile_intervals", "outside_note", "CI_LEVEL", "CHUNK_ELEMENTS", "OUTSIDE"]
+__all__ = ["CHUNK_ELEMENTS", "CI_LEVEL", "OUTSIDE", "bootstrap_values", "outside_note", "percentile_intervals"]
 
 CI_LEVEL = 0.95
 CHUNK_ELEMENTS = 1 << 21  # rows x resamples per chunk: bounds memory to roughly 150 MB per thread

@@ -10,7 +10,7 @@ import pandas as pd
 from fairbench.errors import DataError
 from fairbench.progress import warn
 
-__all__ = ["Predictions", "read_predictions", "group_codes", "INTERSECTION_SEP", "DECISION_COLUMN"]
+__all__ = ["DECISION_COLUMN", "INTERSECTION_SEP", "Predictions", "group_codes", "read_predictions"]
 
 INTERSECTION_SEP = "*"
 #: optional column of a binary predictions table: each row's probability of a positive decision under a

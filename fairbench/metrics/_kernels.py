@@ -10,7 +10,7 @@ import numpy as np
 from fairbench.metrics._plan import AucPlan, Plan
 from fairbench.metrics._stats import SliceStats
 
-__all__ = ["pass_stats", "draw_weights", "ones_weights"]
+__all__ = ["draw_weights", "ones_weights", "pass_stats"]
 
 
 def ones_weights(plan: Plan) -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PassData", "Plan", "AucPlan", "SegmentSum", "build_plan"]
+__all__ = ["AucPlan", "PassData", "Plan", "SegmentSum", "build_plan"]
 
 
 @dataclass(frozen=True)

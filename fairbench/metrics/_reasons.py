@@ -52,7 +52,7 @@ def _summary_note(p: Pass, spec: MetricSpec, st: SliceStats, bad0: int, values: 
             v0 = np.asarray(next(s for s in p.slice_specs if s.name == inp).fn(st))[0]
             if bad0 or np.isnan(v0):
                 problems.append(f"{inp} on all evaluated rows is undefined")
-        base_name = inp[: -len("_per_class")] if inp.endswith("_per_class") else inp
+        base_name = inp.removesuffix("_per_class")
         group_vals = _group_values(p, values, inp, cls if inp.endswith("_per_class") else None)
         ok = [g for g, v in zip(p.groups, group_vals, strict=True) if v is not None]
         bad_groups = [g for g, v in zip(p.groups, group_vals, strict=True) if v is None]

@@ -21,7 +21,7 @@ from typing import Literal
 
 from fairbench.registry import Registry
 
-__all__ = ["MetricSpec", "METRICS", "register_metric", "BINARY", "MULTICLASS", "BOTH"]
+__all__ = ["BINARY", "BOTH", "METRICS", "MULTICLASS", "MetricSpec", "register_metric"]
 
 Kind = Literal["slice", "summary"]
 BINARY = frozenset({"binary"})

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SliceStats", "safe_div", "nanmean", "nanvar", "nanmin", "nanmax", "nanrange", "nansum"]
+__all__ = ["SliceStats", "nanmax", "nanmean", "nanmin", "nanrange", "nansum", "nanvar", "safe_div"]
 
 
 @dataclass(frozen=True)

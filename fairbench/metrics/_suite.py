@@ -18,7 +18,7 @@ from fairbench.metrics._plan import PassData
 from fairbench.metrics._spec import METRICS, MetricSpec
 from fairbench.metrics._threshold import THRESHOLD_RULES, choose_threshold
 
-__all__ = ["compute_metrics", "build_passes"]
+__all__ = ["build_passes", "compute_metrics"]
 
 CI_METHOD = "percentile; resampled within strata of true class x group (per attribute; true class for overall)"
 #: how the threshold metrics are computed when the predictions carry randomised decisions

@@ -6,7 +6,7 @@ import numpy as np
 
 from fairbench.errors import DataError
 
-__all__ = ["choose_threshold", "THRESHOLD_RULES"]
+__all__ = ["THRESHOLD_RULES", "choose_threshold"]
 
 THRESHOLD_RULES = ("val_youden", "val_f1")
 

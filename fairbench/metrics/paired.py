@@ -32,8 +32,18 @@ from fairbench.metrics._passes import Pass, Path
 from fairbench.metrics._plan import PassData, Plan, build_plan
 from fairbench.metrics._suite import _resolve_threshold, build_passes
 
-__all__ = ["CI_LEVEL", "PairedValue", "paired_metrics", "paired_pass", "rule_threshold", "bootstrap_p_value",
-           "bootstrap_se", "b_layout", "DeLong", "delong_paired"]
+__all__ = [
+    "CI_LEVEL",
+    "DeLong",
+    "PairedValue",
+    "b_layout",
+    "bootstrap_p_value",
+    "bootstrap_se",
+    "delong_paired",
+    "paired_metrics",
+    "paired_pass",
+    "rule_threshold",
+]
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,16 @@ from fairbench.models.preprocess import OPENAI_MEAN, OPENAI_STD, PIL_PIPELINES, 
 from fairbench.models.zeroshot import build_head
 from fairbench.registry import Registry
 
-__all__ = ["ModelCard", "Preprocessing", "VLModel", "FAMILIES", "MODELS", "load_model_card", "get_model_card",
-           "cards_dir"]
+__all__ = [
+    "FAMILIES",
+    "MODELS",
+    "ModelCard",
+    "Preprocessing",
+    "VLModel",
+    "cards_dir",
+    "get_model_card",
+    "load_model_card",
+]
 
 @dataclass(frozen=True)
 class ModelCard:

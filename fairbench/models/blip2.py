@@ -33,7 +33,7 @@ from fairbench.models.family import Family
 from fairbench.models.inputs import INSTEAD, ModelInputs, locate_aux, resolve_inputs, weights_dir_holds
 from fairbench.models.weights import WeightsSource, files_info
 
-__all__ = ["FAMILY", "BLIP2Model", "blip2_inputs", "build_blip2", "blip2_weight_files"]
+__all__ = ["FAMILY", "BLIP2Model", "blip2_inputs", "blip2_weight_files", "build_blip2"]
 
 
 class BLIP2Model(VLModel):

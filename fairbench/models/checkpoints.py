@@ -25,7 +25,7 @@ from typing import Any
 
 from fairbench.errors import WeightsError
 
-__all__ = ["Inert", "load_checkpoint", "to_plain", "STUB_PREFIXES"]
+__all__ = ["STUB_PREFIXES", "Inert", "load_checkpoint", "to_plain"]
 
 #: module prefixes whose classes load as inert stand-ins
 STUB_PREFIXES = ("omegaconf.", "pytorch_lightning.", "lightning.", "lightning_fabric.", "argparse.", "pathlib.",
@@ -48,7 +48,7 @@ class Inert(dict):
         obj.__dict__["_fb_items"] = []
         return obj
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: D107 - never calls dict.__init__
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     def __setstate__(self, state: Any) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["CHEXPERT_CLASS_PROMPTS", "generate_chexpert_prompts", "chexpert_class_for"]
+__all__ = ["CHEXPERT_CLASS_PROMPTS", "chexpert_class_for", "generate_chexpert_prompts"]
 
 CHEXPERT_CLASS_PROMPTS: dict[str, dict[str, list[str]]] = {
     "Atelectasis": {
@@ -39,8 +39,8 @@ CHEXPERT_CLASS_PROMPTS: dict[str, dict[str, list[str]]] = {
                     "heart size is at the upper limits of normal", "redemonstration of cardiomegaly",
                     "ap erect chest radiograph demonstrates the heart size is the upper limits of normal",
                     "cardiac silhouette size is mildly enlarged",
-                    "mildly enlarged cardiac silhouette, likely left ventricular enlargement. other chambers are "
-                    "less prominent",
+                    ("mildly enlarged cardiac silhouette, likely left ventricular enlargement. other chambers are "
+                    "less prominent"),
                     "heart size remains at mildly enlarged",
                     "persistent cardiomegaly with prominent upper lobe vessels"],
         "location": [""],

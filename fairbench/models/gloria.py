@@ -44,13 +44,13 @@ from torch import nn
 
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet, resnet_channels
 from fairbench.models.family import Family
 from fairbench.models.inputs import resolve_inputs, vocab_tokenizer_inputs
+from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet, resnet_channels
 from fairbench.models.weights import WeightsSource, files_info
 from fairbench.models.zeroshot import ZeroShotHead, family_prompts, reduce_prompts, resolve_rule
 
-__all__ = ["FAMILY", "GLoRIAModule", "GLoRIAModel", "build_gloria", "clean_text", "attention_fn", "convert_gloria_state_dict"]
+__all__ = ["FAMILY", "GLoRIAModel", "GLoRIAModule", "attention_fn", "build_gloria", "clean_text", "convert_gloria_state_dict"]
 
 
 class GLoRIAImageEncoder(nn.Module):
@@ -138,7 +138,7 @@ def convert_gloria_state_dict(state: dict[str, torch.Tensor], target_keys: set[s
     transformers is dropped."""
     out = {}
     for key, value in state.items():
-        key = key[len("gloria."):] if key.startswith("gloria.") else key
+        key = key.removeprefix("gloria.")
         if key == "text_encoder.model.embeddings.position_ids" and key not in target_keys:
             continue
         out[key] = value
@@ -182,7 +182,7 @@ class GLoRIAModel(VLModel):
 
     def _aggregate(self, embeddings: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, list[list[str]]]:
         """Word pieces -> words by summing (``BertEncoder.aggregate_tokens``): [b, l, t, d] -> [b, l, t, d]."""
-        batch, layers, num_words, dim = embeddings.shape
+        _batch, layers, num_words, dim = embeddings.shape
         embeddings = embeddings.permute(0, 2, 1, 3)
         agg_batch, sentences = [], []
         for embs, caption in zip(embeddings, ids):

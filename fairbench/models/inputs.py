@@ -32,8 +32,18 @@ from fairbench.models.weights import WeightsSource, find_in_dir, locate, parse_w
 if TYPE_CHECKING:
     from fairbench.models.base import ModelCard
 
-__all__ = ["ModelInputs", "resolve_inputs", "check_run_inputs", "inputs_changes", "inputs_digest", "TOKENIZER_FILES",
-           "locate_aux", "weights_dir_holds", "vocab_tokenizer_inputs", "INSTEAD"]
+__all__ = [
+    "INSTEAD",
+    "TOKENIZER_FILES",
+    "ModelInputs",
+    "check_run_inputs",
+    "inputs_changes",
+    "inputs_digest",
+    "locate_aux",
+    "resolve_inputs",
+    "vocab_tokenizer_inputs",
+    "weights_dir_holds",
+]
 
 #: the files a tokenizer directory may hold that decide how text is tokenised (those present are hashed)
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

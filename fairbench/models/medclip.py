@@ -40,13 +40,20 @@ from torch import nn
 
 from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
-from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet
 from fairbench.models.family import Family
 from fairbench.models.inputs import resolve_inputs, vocab_tokenizer_inputs
+from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet
 from fairbench.models.weights import WeightsSource, files_info
 
-__all__ = ["FAMILY", "MedCLIPModule", "MedCLIPModel", "build_medclip", "convert_medclip_state_dict", "SWIN_TINY",
-           "LOGIT_SCALE_MAX"]
+__all__ = [
+    "FAMILY",
+    "LOGIT_SCALE_MAX",
+    "SWIN_TINY",
+    "MedCLIPModel",
+    "MedCLIPModule",
+    "build_medclip",
+    "convert_medclip_state_dict",
+]
 
 #: ``microsoft/swin-tiny-patch4-window7-224`` (the values that differ from nothing: all of them, for the record)
 SWIN_TINY: dict[str, Any] = {

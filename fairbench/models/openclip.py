@@ -40,8 +40,18 @@ from fairbench.models.weights import WeightsSource, files_info, locate
 if TYPE_CHECKING:
     from fairbench.models.inputs import ModelInputs
 
-__all__ = ["OpenCLIPModel", "FAMILY", "build_open_clip", "open_clip_inputs", "create_architecture", "load_state_file",
-           "load_strict", "load_openai_torchscript", "is_torchscript", "open_clip_model_cfg"]
+__all__ = [
+    "FAMILY",
+    "OpenCLIPModel",
+    "build_open_clip",
+    "create_architecture",
+    "is_torchscript",
+    "load_openai_torchscript",
+    "load_state_file",
+    "load_strict",
+    "open_clip_inputs",
+    "open_clip_model_cfg",
+]
 
 
 class OpenCLIPModel(VLModel):

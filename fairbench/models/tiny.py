@@ -22,20 +22,11 @@ from typing import Any
 from fairbench.cards import card_sha256
 from fairbench.models.weights import cache_root
 
-__all__ = ["TINY_VOCAB_SIZE", "tiny_vocab", "tiny_vocab_dir", "register_tiny_timm", "local_config_dir"]
+__all__ = ["TINY_VOCAB_SIZE", "local_config_dir", "register_tiny_timm", "tiny_vocab", "tiny_vocab_dir"]
 
 TINY_VOCAB_SIZE = 512
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_WORDS = """a an the of and or with without in at is are this there no not photo picture image chest x ray
-xray radiograph scan normal abnormal finding findings disease diseased healthy present absent evidence
-lung lungs left right upper lower mid middle zone base bases bilateral lobe heart cardiac size silhouette
-mild minimal moderate severe small large stable increased decreased improved improvement persistent
-atelectasis cardiomegaly consolidation edema effusion pleural pneumonia pneumothorax opacity fracture
-device devices support lesion enlarged fundus glaucoma eye retina optic disc female male older younger
-patient subsegmental linear trace bibasilar retrocardiac bandlike residual reticular patchy airspace
-partial pulmonary interstitial subpulmonic tiny portable view demonstrates unchanged borderline limits
-likely ventricular other chambers less prominent vessels remains redemonstration erect ap which upper
-apperance presistent uppper""".split()
+_WORDS = ["a", "an", "the", "of", "and", "or", "with", "without", "in", "at", "is", "are", "this", "there", "no", "not", "photo", "picture", "image", "chest", "x", "ray", "xray", "radiograph", "scan", "normal", "abnormal", "finding", "findings", "disease", "diseased", "healthy", "present", "absent", "evidence", "lung", "lungs", "left", "right", "upper", "lower", "mid", "middle", "zone", "base", "bases", "bilateral", "lobe", "heart", "cardiac", "size", "silhouette", "mild", "minimal", "moderate", "severe", "small", "large", "stable", "increased", "decreased", "improved", "improvement", "persistent", "atelectasis", "cardiomegaly", "consolidation", "edema", "effusion", "pleural", "pneumonia", "pneumothorax", "opacity", "fracture", "device", "devices", "support", "lesion", "enlarged", "fundus", "glaucoma", "eye", "retina", "optic", "disc", "female", "male", "older", "younger", "patient", "subsegmental", "linear", "trace", "bibasilar", "retrocardiac", "bandlike", "residual", "reticular", "patchy", "airspace", "partial", "pulmonary", "interstitial", "subpulmonic", "tiny", "portable", "view", "demonstrates", "unchanged", "borderline", "limits", "likely", "ventricular", "other", "chambers", "less", "prominent", "vessels", "remains", "redemonstration", "erect", "ap", "which", "upper", "apperance", "presistent", "uppper"]
 
 
 def tiny_vocab() -> list[str]:

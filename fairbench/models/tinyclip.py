@@ -34,17 +34,36 @@ import torch
 from fairbench.cards import card_sha256
 from fairbench.errors import WeightsError
 from fairbench.models.base import ModelCard
-from fairbench.models.inputs import resolve_inputs
 from fairbench.models.family import Family
-from fairbench.models.openclip import (OpenCLIPModel, _tokenizer, open_clip_architecture, open_clip_inputs, build_open_clip, create_architecture, load_state_file,
-                                       load_strict)
+from fairbench.models.inputs import resolve_inputs
+from fairbench.models.openclip import (
+    OpenCLIPModel,
+    _tokenizer,
+    build_open_clip,
+    create_architecture,
+    load_state_file,
+    load_strict,
+    open_clip_architecture,
+    open_clip_inputs,
+)
 from fairbench.models.weights import WeightsSource, cache_root, files_info, sha256_file
 from fairbench.progress import bar, info, warn
 from fairbench.results import atomic_write
 
-__all__ = ["FAMILY", "build_tinyclip", "PRETRAIN_DEFAULTS", "PRETRAIN_THREADS", "PRETRAIN_VERSION", "SHIPPED_DIR",
-           "pretrain_cache_path", "pretrain_key", "pretrain_provenance", "pretrained_weights", "rebuild_shipped",
-           "shipped_weights"]
+__all__ = [
+    "FAMILY",
+    "PRETRAIN_DEFAULTS",
+    "PRETRAIN_THREADS",
+    "PRETRAIN_VERSION",
+    "SHIPPED_DIR",
+    "build_tinyclip",
+    "pretrain_cache_path",
+    "pretrain_key",
+    "pretrain_provenance",
+    "pretrained_weights",
+    "rebuild_shipped",
+    "shipped_weights",
+]
 
 #: the pretrained weights that come with fairbench: ``<card>-<task>.safetensors`` (fp16) and a manifest
 #: ``<card>-<task>.json`` {key, sha256, pretrain_version, ...} beside each

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BIO_CLINICAL_BERT", "bert_model", "bert_tokenizer", "bert_hidden_states", "resnet", "resnet_channels"]
+__all__ = ["BIO_CLINICAL_BERT", "bert_hidden_states", "bert_model", "bert_tokenizer", "resnet", "resnet_channels"]
 
 #: ``emilyalsentzer/Bio_ClinicalBERT``'s config.json (the text tower of MedCLIP and GLoRIA)
 BIO_CLINICAL_BERT: dict[str, Any] = {

@@ -28,9 +28,24 @@ from fairbench.paths import cache_root
 if TYPE_CHECKING:
     from fairbench.models.base import ModelCard
 
-__all__ = ["WeightsSource", "parse_weights", "sha256_file", "sha256_cached", "cache_root", "require_file",
-           "locate", "find_in_dir", "require_in_dir", "allow_downloads", "downloads_allowed", "hf_offline",
-           "hf_cached_snapshot", "expand_path", "files_info", "tensors_sha256"]
+__all__ = [
+    "WeightsSource",
+    "allow_downloads",
+    "cache_root",
+    "downloads_allowed",
+    "expand_path",
+    "files_info",
+    "find_in_dir",
+    "hf_cached_snapshot",
+    "hf_offline",
+    "locate",
+    "parse_weights",
+    "require_file",
+    "require_in_dir",
+    "sha256_cached",
+    "sha256_file",
+    "tensors_sha256",
+]
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,15 @@ class VLModel(Protocol):
 
     def zeroshot_logits(self, image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor: ...
 
-__all__ = ["ENSEMBLES", "PROMPT_STYLES", "ZeroShotHead", "task_prompts", "family_prompts", "build_head",
-           "reduce_prompts"]
+__all__ = [
+    "ENSEMBLES",
+    "PROMPT_STYLES",
+    "ZeroShotHead",
+    "build_head",
+    "family_prompts",
+    "reduce_prompts",
+    "task_prompts",
+]
 
 ENSEMBLES = ("mean_embedding", "mean_logit", "max_logit", "name_sum")
 PROMPT_STYLES = ("templates", "chexpert")

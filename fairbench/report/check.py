@@ -23,16 +23,24 @@ from rich.console import Console
 from rich.table import Table
 
 from fairbench import __version__
-from fairbench.kv import split_kv
 from fairbench.errors import FairbenchError, ResultsError
+from fairbench.kv import split_kv
 from fairbench.progress import stdout_console
 from fairbench.report.collect import Collection, ResultCell, collect
 from fairbench.report.leaderboard import direction
 from fairbench.report.summary import lookup
 from fairbench.results import write_json
 
-__all__ = ["extract", "make_baseline", "compare", "parse_tolerances", "run_check", "Move", "CheckResult",
-           "DEFAULT_TOLERANCES"]
+__all__ = [
+    "DEFAULT_TOLERANCES",
+    "CheckResult",
+    "Move",
+    "compare",
+    "extract",
+    "make_baseline",
+    "parse_tolerances",
+    "run_check",
+]
 
 BASELINE_VERSION = 1
 #: absolute tolerances (fractions); counts exact

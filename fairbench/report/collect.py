@@ -19,7 +19,7 @@ from typing import Any
 from fairbench.errors import ResultsError
 from fairbench.results import ERROR, METRICS, SCHEMA_VERSION, ResultCell, find_cell_dirs, read_metrics
 
-__all__ = ["ResultCell", "Collection", "collect", "format_problems"]
+__all__ = ["Collection", "ResultCell", "collect", "format_problems"]
 
 
 @dataclass

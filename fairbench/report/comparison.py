@@ -12,7 +12,7 @@ from rich.table import Table
 from fairbench.progress import stdout_console
 from fairbench.report.summary import OUTSIDE_MARK, lookup, outside
 
-__all__ = ["print_comparison", "printed_rows", "excludes_zero", "fmt_p", "p_floor"]
+__all__ = ["excludes_zero", "fmt_p", "p_floor", "print_comparison", "printed_rows"]
 
 _COVERS = {"combined": "seeds + test", "same": "test only †", "bootstrap": "test only", "seeds": "seeds only"}
 _OVERALL = (("auc", "AUC"), ("acc", "ACC"), ("macro_f1", "macro F1"), ("ece", "ECE"))

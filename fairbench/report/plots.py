@@ -20,21 +20,28 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from fairbench.errors import DataError  # noqa: E402
-from fairbench.report.collect import Collection, ResultCell, collect  # noqa: E402
-from fairbench.report.formatting import SCALE, SCALE_LABEL, arrow, direction, metric_label, slug  # noqa: E402
-from fairbench.report.summary import lookup, random_weights  # noqa: E402
-from fairbench.report.tables import aggregate  # noqa: E402
-from fairbench.report.versus import Versus, check_reference, compute_versus  # noqa: E402
-from fairbench.results import read_predictions  # noqa: E402
-from fairbench.results.cells import adapt_label  # noqa: E402
+from fairbench.errors import DataError
+from fairbench.report.collect import Collection, ResultCell, collect
+from fairbench.report.formatting import SCALE, SCALE_LABEL, arrow, direction, metric_label, slug
+from fairbench.report.summary import lookup, random_weights
+from fairbench.report.tables import aggregate
+from fairbench.report.versus import Versus, check_reference, compute_versus
+from fairbench.results import read_predictions
+from fairbench.results.cells import adapt_label
 
-__all__ = ["plot_results", "plot_cell", "plot_tradeoff", "plot_training", "plot_versus", "plot_prompt_sensitivity",
-           "OKABE_ITO"]
+__all__ = [
+    "OKABE_ITO",
+    "plot_cell",
+    "plot_prompt_sensitivity",
+    "plot_results",
+    "plot_tradeoff",
+    "plot_training",
+    "plot_versus",
+]
 
 #: Okabe & Ito (2008) colour-blind-safe palette, yellow last (weak on white)
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000", "#F0E442"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from fairbench.errors import FairbenchError, ResultsError
 from fairbench.results import METRICS, now_iso, read_metrics, read_predictions, write_json
 
-__all__ = ["recompute", "read_predictions"]  # read_predictions: fairbench.results', kept importable from here
+__all__ = ["read_predictions", "recompute"]  # read_predictions: fairbench.results', kept importable from here
 
 
 def recompute(predictions: Path, *, task: str | None, n_boot: int | None, seed: int | None, out: Path | None,

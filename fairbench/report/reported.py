@@ -15,7 +15,7 @@ import yaml
 
 from fairbench.errors import CardError
 
-__all__ = ["ReportedSource", "load_reported", "builtin_reported_dir", "render_reported", "column_label", "fmt_value"]
+__all__ = ["ReportedSource", "builtin_reported_dir", "column_label", "fmt_value", "load_reported", "render_reported"]
 
 
 @dataclass(frozen=True)
@@ -132,10 +132,10 @@ def render_reported(task: str, sources: list[ReportedSource], synthetic: bool) -
         return lines + ["Synthetic task: no published numbers exist for it.", ""]
     if not sources:
         return lines + ["No published numbers are curated for this task.", ""]
-    lines += ["These numbers are copied from the cited sources. fairbench did **not** produce them: the sources used "
+    lines += [("These numbers are copied from the cited sources. fairbench did **not** produce them: the sources used "
               "their own checkpoints, prompts, thresholds, splits and code, so they are context for fairbench's "
               "own tables, never entries in them. Values x100, at the precision the source gives; ± is the standard "
-              "deviation the source reports.", ""]
+              "deviation the source reports."), ""]
     for n, s in enumerate(sources, start=1):
         title = f"[{n}] {s.citation}"
         lines.append(f"### {title}")

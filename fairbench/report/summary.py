@@ -13,7 +13,7 @@ from rich.table import Table
 from fairbench.progress import stdout_console
 from fairbench.report.formatting import OUTSIDE_MARK, outside
 
-__all__ = ["print_summary", "print_power_plan", "analyses_lines", "fmt100", "lookup", "random_weights", "outside", "OUTSIDE_MARK", "OUTSIDE_LEGEND"]
+__all__ = ["OUTSIDE_LEGEND", "OUTSIDE_MARK", "analyses_lines", "fmt100", "lookup", "outside", "print_power_plan", "print_summary", "random_weights"]
 
 #: after an interval that does not contain its own point estimate (docs/metrics.md, "Which interval")
 OUTSIDE_LEGEND = ("‡ the 95% percentile interval does not contain the point estimate: resampling inflates gaps, DPD, "

@@ -30,8 +30,18 @@ from fairbench.registry import did_you_mean
 from fairbench.report.summary import OUTSIDE_MARK, lookup
 from fairbench.results import ResultCell
 
-__all__ = ["VERSUS_METRICS", "Delta", "VersusRow", "VersusTable", "Versus", "compute_versus", "check_reference",
-           "holm", "fmt_delta", "fmt_p"]
+__all__ = [
+    "VERSUS_METRICS",
+    "Delta",
+    "Versus",
+    "VersusRow",
+    "VersusTable",
+    "check_reference",
+    "compute_versus",
+    "fmt_delta",
+    "fmt_p",
+    "holm",
+]
 
 #: the metrics of a "versus" table, in column order (multiclass tasks read dpd/deodds as their OvR means)
 VERSUS_METRICS = ("auc", "es_auc", "auc_gap", "dpd", "deodds")

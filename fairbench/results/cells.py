@@ -17,8 +17,15 @@ from typing import Any
 from fairbench.errors import FairbenchError, ResultsError
 from fairbench.results.store import ERROR, METRICS, PREDICTIONS, TRAINED_ON_SEP, adapt_folder, read_metrics
 
-__all__ = ["ResultCell", "CELL_MARKERS", "find_cell_dirs", "is_cell_dir", "resolve_cells", "resolve_side",
-           "adapt_label"]
+__all__ = [
+    "CELL_MARKERS",
+    "ResultCell",
+    "adapt_label",
+    "find_cell_dirs",
+    "is_cell_dir",
+    "resolve_cells",
+    "resolve_side",
+]
 
 #: files whose presence makes a folder a result cell
 CELL_MARKERS = (METRICS, PREDICTIONS, ERROR)

@@ -24,9 +24,23 @@ from typing import Any
 from fairbench import __version__
 from fairbench.errors import ResultsError
 
-__all__ = ["SCHEMA_VERSION", "PREDICTIONS", "METRICS", "ERROR", "cell_dir", "adapt_folder", "is_complete",
-           "atomic_write", "write_json",
-           "read_metrics", "provenance", "now_iso", "ensure_writable", "MAX_SEED", "check_seed"]
+__all__ = [
+    "ERROR",
+    "MAX_SEED",
+    "METRICS",
+    "PREDICTIONS",
+    "SCHEMA_VERSION",
+    "adapt_folder",
+    "atomic_write",
+    "cell_dir",
+    "check_seed",
+    "ensure_writable",
+    "is_complete",
+    "now_iso",
+    "provenance",
+    "read_metrics",
+    "write_json",
+]
 
 SCHEMA_VERSION = 1
 PREDICTIONS = "predictions.parquet"

@@ -11,6 +11,22 @@ from fairbench.sweep.executors import EXECUTORS, Executor, make_executor
 from fairbench.sweep.grid import Cell, SweepSpec, load_sweep_file, parse_adapt_args, parse_names, parse_seeds
 from fairbench.sweep.worker import ERROR, CellJob, Outcome, read_error, run_job
 
-__all__ = ["SweepSpec", "Cell", "load_sweep_file", "parse_names", "parse_seeds", "parse_adapt_args", "run_sweep",
-           "plan", "SweepReport", "EXECUTORS", "Executor", "make_executor", "CellJob", "Outcome", "run_job",
-           "read_error", "ERROR"]
+__all__ = [
+           "ERROR",
+           "EXECUTORS",
+           "Cell",
+           "CellJob",
+           "Executor",
+           "Outcome",
+           "SweepReport",
+           "SweepSpec",
+           "load_sweep_file",
+           "make_executor",
+           "parse_adapt_args",
+           "parse_names",
+           "parse_seeds",
+           "plan",
+           "read_error",
+           "run_job",
+           "run_sweep",
+]

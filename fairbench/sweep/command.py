@@ -14,7 +14,7 @@ from fairbench.sweep.driver import SweepReport, plan, run_sweep
 from fairbench.sweep.grid import SweepSpec, load_sweep_file, parse_adapt_args, parse_names, parse_seeds
 from fairbench.sweep.worker import read_error
 
-__all__ = ["sweep_command", "build_spec", "write_sweep_report"]
+__all__ = ["build_spec", "sweep_command", "write_sweep_report"]
 
 
 def build_spec(sweep_file: Path | None, *, tasks: list[str] | None, models: list[str] | None,

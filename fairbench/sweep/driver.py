@@ -12,7 +12,7 @@ from fairbench.sweep.progress import SweepProgress
 from fairbench.sweep.report import SweepReport
 from fairbench.sweep.worker import ERROR, CellJob, read_error, record_error, run_job
 
-__all__ = ["SweepReport", "run_sweep", "plan"]
+__all__ = ["SweepReport", "plan", "run_sweep"]
 
 
 def plan(spec: SweepSpec) -> tuple[list[Cell], list[Cell]]:

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.cards import Fields, read_yaml_with_includes
-from fairbench.kv import split_kv
 from fairbench.errors import CardError, FairbenchError
+from fairbench.kv import split_kv
 from fairbench.results import adapt_folder, cell_dir, check_seed
 
-__all__ = ["Cell", "SweepSpec", "load_sweep_file", "parse_names", "parse_seeds", "parse_adapt_args", "run_options"]
+__all__ = ["Cell", "SweepSpec", "load_sweep_file", "parse_adapt_args", "parse_names", "parse_seeds", "run_options"]
 
 #: RunConfig fields a sweep sets per cell (the grid) or through its own keys
 _GRID = ("task", "model", "adapt", "seed", "eval_task")

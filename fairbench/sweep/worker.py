@@ -18,7 +18,7 @@ from typing import Any
 
 from fairbench.results import METRICS, now_iso, write_json
 
-__all__ = ["CellJob", "Outcome", "run_job", "run_cell_job", "ERROR", "record_error", "read_error", "clear_stale"]
+__all__ = ["ERROR", "CellJob", "Outcome", "clear_stale", "read_error", "record_error", "run_cell_job", "run_job"]
 
 ERROR = "error.json"
 #: environment variables a job carries to its worker (a Ray or SLURM node may not inherit the driver's)

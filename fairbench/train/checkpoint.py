@@ -31,7 +31,7 @@ import torch
 
 from fairbench.progress import info, warn
 
-__all__ = ["CheckpointStore", "CHECKPOINT_FORMAT", "checkpoint_dir_for"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointStore", "checkpoint_dir_for"]
 
 CHECKPOINT_FORMAT = 1
 

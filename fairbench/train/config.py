@@ -11,7 +11,7 @@ from typing import Any
 
 from fairbench.errors import FairbenchError
 
-__all__ = ["TrainConfig", "LOOP_DEFAULTS", "OPTIMIZERS", "SGD_MOMENTUM", "SCHEDULES", "SELECT_SPLITS"]
+__all__ = ["LOOP_DEFAULTS", "OPTIMIZERS", "SCHEDULES", "SELECT_SPLITS", "SGD_MOMENTUM", "TrainConfig"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 #: momentum of ``optimizer=sgd``: 0.9, as GroupDRO's release hard-codes it (kohpangwei/group_DRO, train.py)

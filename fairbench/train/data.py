@@ -15,7 +15,7 @@ import torch
 
 from fairbench.errors import FairbenchError
 
-__all__ = ["generator", "epoch_batches", "shard", "PixelStore", "PairTexts", "GroupDraws", "TEXT_SOURCES"]
+__all__ = ["TEXT_SOURCES", "GroupDraws", "PairTexts", "PixelStore", "epoch_batches", "generator", "shard"]
 
 TEXT_SOURCES = ("auto", "reports", "prompts")
 #: preprocessed pixels of a split are kept in memory when they fit in this many bytes (shared by all splits)

@@ -28,8 +28,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["epoch_weighted_mean", "population_stats", "pair_flags", "slot_flags", "gaussian_pdf", "reweight",
-           "PairMemory", "SlotMemory", "EpochFlags", "DBPM_VARIANTS"]
+__all__ = [
+    "DBPM_VARIANTS",
+    "EpochFlags",
+    "PairMemory",
+    "SlotMemory",
+    "epoch_weighted_mean",
+    "gaussian_pdf",
+    "pair_flags",
+    "population_stats",
+    "reweight",
+    "slot_flags",
+]
 
 DBPM_VARIANTS = ("pair", "slot")
 

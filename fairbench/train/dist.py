@@ -14,8 +14,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["world_size", "rank", "is_main_process", "local_device", "ensure_process_group", "broadcast_object",
-           "all_gather_objects", "barrier"]
+__all__ = [
+    "all_gather_objects",
+    "barrier",
+    "broadcast_object",
+    "ensure_process_group",
+    "is_main_process",
+    "local_device",
+    "rank",
+    "world_size",
+]
 
 
 def world_size() -> int:

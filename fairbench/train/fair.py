@@ -37,8 +37,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["sinkhorn_divergence", "pair_scores", "fairclip_term", "loss_distribution_term", "FAIR_MODES",
-           "fairclip_code_closed_form", "gradient_share", "GradientShare"]
+__all__ = [
+    "FAIR_MODES",
+    "GradientShare",
+    "fairclip_code_closed_form",
+    "fairclip_term",
+    "gradient_share",
+    "loss_distribution_term",
+    "pair_scores",
+    "sinkhorn_divergence",
+]
 
 FAIR_MODES = ("code", "paper")
 

@@ -25,8 +25,18 @@ import torch
 from fairbench.errors import DataError, FairbenchError
 from fairbench.train.data import generator
 
-__all__ = ["UNKNOWN", "group_labels", "Cells", "balanced_batches", "inverse_frequency_weights", "GroupDRO",
-           "Mitigation", "Resample", "Reweight", "GroupDROMitigation"]
+__all__ = [
+    "UNKNOWN",
+    "Cells",
+    "GroupDRO",
+    "GroupDROMitigation",
+    "Mitigation",
+    "Resample",
+    "Reweight",
+    "balanced_batches",
+    "group_labels",
+    "inverse_frequency_weights",
+]
 
 UNKNOWN = "unknown"
 INTERSECTION_SEP = "*"

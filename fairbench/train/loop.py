@@ -42,8 +42,16 @@ from fairbench.train.config import SGD_MOMENTUM, TrainConfig
 from fairbench.train.data import shard
 from fairbench.train.objectives import Objective
 
-__all__ = ["Trainer", "TrainResult", "selection_score", "worst_group_score", "worst_cell_accuracy", "STEP_HOOKS",
-           "EPOCH_HOOKS", "SELECT_TEST_WARNING"]
+__all__ = [
+    "EPOCH_HOOKS",
+    "SELECT_TEST_WARNING",
+    "STEP_HOOKS",
+    "TrainResult",
+    "Trainer",
+    "selection_score",
+    "worst_cell_accuracy",
+    "worst_group_score",
+]
 
 #: called as ``hook(epoch, step)`` after every optimizer step, and ``hook(epoch)`` after every epoch's
 #: checkpoint (tests use them to interrupt a run)

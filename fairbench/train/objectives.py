@@ -23,7 +23,7 @@ from fairbench.progress import track
 from fairbench.train.data import PairTexts, PixelStore, epoch_batches
 from fairbench.train.groups import Mitigation
 
-__all__ = ["Objective", "FeatureHead", "ImageHead", "ClipObjective", "train_logit_scale", "FAMILY_TRAIN_SCALE"]
+__all__ = ["FAMILY_TRAIN_SCALE", "ClipObjective", "FeatureHead", "ImageHead", "Objective", "train_logit_scale"]
 
 #: families whose zero-shot similarity carries no temperature (logit_scale() == 1): the CLIP loss needs one to
 #: learn anything. GLoRIA's global contrastive loss multiplies cosines by temp3 = 10 (gloria/configs); BLIP-2's

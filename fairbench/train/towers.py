@@ -21,9 +21,19 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Towers", "probe_towers", "train_probe_feature", "inject_lora", "freeze_all", "set_norm_eval",
-           "select_trainable",
-           "released_names", "RELEASED_SETS", "TRAINABLE_SETS", "keep_norm_statistics"]
+__all__ = [
+    "RELEASED_SETS",
+    "TRAINABLE_SETS",
+    "Towers",
+    "freeze_all",
+    "inject_lora",
+    "keep_norm_statistics",
+    "probe_towers",
+    "released_names",
+    "select_trainable",
+    "set_norm_eval",
+    "train_probe_feature",
+]
 
 TRAINABLE_SETS = ("released", "all")
 
@@ -36,8 +46,8 @@ TRAINABLE_SETS = ("released", "all")
 #: stage-1 config (``freeze_vit: True``): everything but the vision encoder.
 RELEASED_SETS: dict[str, tuple[tuple[str, ...], str]] = {
     "open_clip": (("visual.", "transformer.", "text.transformer.encoder."),
-                  "CLIP: visual + transformer (released FairCLIP/robust-fair optimiser); BiomedCLIP: visual + "
-                  "the text BERT's encoder blocks"),
+                  ("CLIP: visual + transformer (released FairCLIP/robust-fair optimiser); BiomedCLIP: visual + "
+                  "the text BERT's encoder blocks")),
     "tinyclip": (("visual.", "transformer."), "visual + transformer (released FairCLIP/robust-fair optimiser)"),
     "medclip": (("vision_model.", "text_model.model.encoder."),
                 "vision_model (with its projection head) + the text BERT's encoder blocks"),

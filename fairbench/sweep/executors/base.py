@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
@@ -13,7 +13,7 @@ import yaml
 from fairbench.errors import FairbenchError
 from fairbench.sweep.worker import CellJob, Outcome
 
-__all__ = ["Executor", "lost", "Runner"]
+__all__ = ["Executor", "Runner", "lost"]
 
 Runner = Callable[[CellJob], Outcome]
 

@@ -9,15 +9,15 @@ was) and is replaced. ``workers: 0`` runs the cells in this process, one after t
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections import deque
-from multiprocessing.connection import wait
 import os
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from typing import Any
 
 from fairbench.errors import FairbenchError

@@ -21,7 +21,7 @@ from fairbench.progress import warn
 from fairbench.sweep.executors.base import Executor, Runner, lost
 from fairbench.sweep.worker import CellJob, Outcome, one_line
 
-__all__ = ["SubmititExecutor", "DEFAULT_TIMEOUT_MIN"]
+__all__ = ["DEFAULT_TIMEOUT_MIN", "SubmititExecutor"]
 
 #: time limit per cell unless timeout_min (or slurm_time) is given
 DEFAULT_TIMEOUT_MIN = 240
@@ -95,7 +95,7 @@ class SubmititExecutor(Executor):
             for sj in pending:
                 try:
                     sj.cancel(check=False)
-                except Exception:  # noqa: BLE001 - best effort while shutting down
+                except Exception:  # noqa: BLE001, S110 - best effort while shutting down: the job may be gone
                     pass
             return
         ids = sorted({str(sj.job_id).split("_")[0] for sj in pending})
