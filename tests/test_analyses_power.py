@@ -123,3 +123,16 @@ def test_power_command_and_summary_lines() -> None:
                                       "age": {"mde_auc_gap": 0.1, "observed_gap": 0.2, "observed_gap_ci": [0.1, 0.3]}}})
     assert any("sex" in ln and "underpowered: gaps below 10.0 could not be seen" in ln for ln in lines)
     assert not any("age" in ln and "underpowered" in ln for ln in lines)
+
+
+def test_groups_with_equal_observed_aucs_still_get_a_pair():
+    """A random-weight model can give every group the same AUC (constant scores): best and worst must still be two
+    groups (the run crashed with StopIteration when max and min named the same one)."""
+    from fairbench.analyses.power import power_for_attribute
+
+    groups = {"F": {"n_pos": 40, "n_neg": 60, "auc": 0.5}, "M": {"n_pos": 50, "n_neg": 50, "auc": 0.5}}
+    rec = power_for_attribute(groups)
+    assert [{p["better"], p["worse"]} for p in rec["pairs"]] == [{"F", "M"}]
+    assert "mde_auc_gap" in rec  # None here: below an AUC of 0.5 no smaller AUC is defined for the worse group
+    groups = {"F": {"n_pos": 40, "n_neg": 60, "auc": 0.8}, "M": {"n_pos": 50, "n_neg": 50, "auc": 0.8}}
+    assert power_for_attribute(groups)["mde_auc_gap"] > 0

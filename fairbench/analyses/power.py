@@ -105,7 +105,8 @@ def _ordered(groups: dict[str, dict[str, Any]], key: str) -> tuple[str, str] | N
     vals = {g: v.get(key) for g, v in groups.items() if isinstance(v.get(key), (int, float))}
     if len(vals) < 2:
         return None
-    return max(vals, key=lambda g: vals[g]), min(vals, key=lambda g: vals[g])
+    order = sorted(vals, key=lambda g: (vals[g], g))  # two distinct groups even when the values tie
+    return order[-1], order[0]
 
 
 def power_for_attribute(groups: dict[str, dict[str, Any]], *, planning_auc: float | None = None,

@@ -206,8 +206,9 @@ class TaskCard:
                 out[i] = index[cls]
         if bad:
             raise DataError(f"{where}: {len(bad)} label value(s) in column '{self.label_column}' are not in the "
-                            f"card's label map: {', '.join(sorted(set(bad))[:5])} (first at sample "
-                            f"{raw.sample_ids[first_bad]!r})")
+                            f"card's label map: {', '.join(sorted(set(bad))[:5])}"
+                            + (f" (first at sample {ids[first_bad]!r})" if (ids := getattr(raw, "sample_ids", None))
+                               is not None and first_bad is not None else ""))
         return out
 
 
