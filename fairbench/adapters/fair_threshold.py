@@ -57,6 +57,16 @@ def _parse_base_params(adapter: str, items: list[str]) -> dict[str, str]:
     return parse_kv((item for item in items if item), f"adapter '{adapter}': base_params item")
 
 
+def base_adapter(adapter: str, base: str, base_params: list[str]) -> Adapter:
+    """The scoring adapter a post-processor (``fair_threshold``, ``group_calibrate``) runs first: any adapter that
+    produces scores, with its ``KEY=VALUE`` parameters; a post-processor as base is a one-line error."""
+    base_cls = ADAPTERS.get(base)
+    if getattr(base_cls, "post_processor", False):
+        raise FairbenchError(f"adapter '{adapter}': base '{base}' is itself a post-processor; name an "
+                             f"adapter that produces scores (e.g. linear_probe, mlp, zeroshot)")
+    return base_cls(_parse_base_params(adapter, base_params))
+
+
 class FairThreshold(Adapter):
     name = "fair_threshold"
     description = ("Post-processing: fairlearn ThresholdOptimizer (per-group thresholds, fitted on validation) on a "
@@ -79,11 +89,7 @@ class FairThreshold(Adapter):
                                  f"got {p['objective']!r}")
         if int(p["grid_size"]) < 2:
             raise FairbenchError(f"adapter '{self.name}': grid_size must be at least 2, got {p['grid_size']!r}")
-        base_cls = ADAPTERS.get(str(p["base"]))
-        if getattr(base_cls, "post_processor", False):
-            raise FairbenchError(f"adapter '{self.name}': base '{p['base']}' is itself a post-processor; name an "
-                                 f"adapter that produces scores (e.g. linear_probe, mlp, zeroshot)")
-        self.base: Adapter = base_cls(_parse_base_params(self.name, list(p["base_params"])))
+        self.base: Adapter = base_adapter(self.name, str(p["base"]), list(p["base_params"]))
 
     def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
         from fairlearn.postprocessing import ThresholdOptimizer

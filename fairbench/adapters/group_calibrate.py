@@ -26,8 +26,8 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit
 
 from fairbench.adapters._trainable import resolve_attribute
-from fairbench.adapters.base import ADAPTERS, AdaptContext, Adapter
-from fairbench.adapters.fair_threshold import _parse_base_params
+from fairbench.adapters.base import AdaptContext, Adapter
+from fairbench.adapters.fair_threshold import base_adapter
 from fairbench.errors import FairbenchError
 from fairbench.train.groups import group_labels
 
@@ -80,11 +80,7 @@ class GroupCalibrate(Adapter):
         if p["method"] not in METHODS:
             raise FairbenchError(f"adapter '{self.name}': method must be one of {', '.join(METHODS)}, "
                                  f"got {p['method']!r}")
-        base_cls = ADAPTERS.get(str(p["base"]))
-        if getattr(base_cls, "post_processor", False):
-            raise FairbenchError(f"adapter '{self.name}': base '{p['base']}' is itself a post-processor; name an "
-                                 f"adapter that produces scores (e.g. linear_probe, mlp, zeroshot)")
-        self.base: Adapter = base_cls(_parse_base_params(self.name, list(p["base_params"])))
+        self.base: Adapter = base_adapter(self.name, str(p["base"]), list(p["base_params"]))
 
     def run(self, ctx: AdaptContext) -> dict[str, np.ndarray]:
         if len(ctx.task.classes) != 2:

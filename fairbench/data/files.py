@@ -60,6 +60,22 @@ def subfolder_error(data_root: Path | str, root: Path, holds: str) -> DataError:
                      f"root holds {holds})")
 
 
+def torchxrayvision_data(name: str, what: str) -> Path:
+    """A metadata file that ships inside the ``torchxrayvision`` package (``torchxrayvision/data/<name>``),
+    located without importing the (heavy) package; one-line errors when it is not there. ``what``: the file as a
+    user knows it, for the messages."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"{what} ships with the 'torchxrayvision' package, which is not installed (pip install "
+                        f"torchxrayvision), or pass your own copy")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
+    if not path.is_file():
+        raise DataError(f"torchxrayvision is installed but has no {path.name} at {path}")
+    return path
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 

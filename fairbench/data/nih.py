@@ -21,7 +21,6 @@ and ``view`` also travel into the predictions.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -32,7 +31,7 @@ import pandas as pd
 
 from fairbench.cards import Fields, card_sha256
 from fairbench.data.base import RawSplit
-from fairbench.data.files import FileImages, root_above, subfolder_error
+from fairbench.data.files import FileImages, root_above, subfolder_error, torchxrayvision_data
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import CardError, DataError
 
@@ -60,14 +59,7 @@ _META_COLUMNS = {"Image Index": "image_index", "Finding Labels": "finding", "Pat
 
 def packaged_metadata() -> Path:
     """``torchxrayvision``'s copy of the metadata, located without importing the (heavy) package."""
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the NIH metadata ships with the 'torchxrayvision' package, which is not installed "
-                        f"(pip install torchxrayvision), or pass your own {METADATA_NAME}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"{METADATA_NAME}.gz"
-    if not path.is_file():
-        raise DataError(f"torchxrayvision is installed but has no {path.name} at {path}")
-    return path
+    return torchxrayvision_data(f"{METADATA_NAME}.gz", f"the NIH metadata ({METADATA_NAME})")
 
 
 def read_metadata(path: Path) -> pd.DataFrame:

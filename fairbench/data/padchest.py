@@ -22,7 +22,6 @@ Columns: ``finding``, ``sex`` (``PatientSex_DICOM``: M, F, O; blank = missing), 
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import pandas as pd
 
 from fairbench.cards import Fields, card_sha256
 from fairbench.data.base import RawSplit
-from fairbench.data.files import FileImages, root_above, subfolder_error
+from fairbench.data.files import FileImages, root_above, subfolder_error, torchxrayvision_data
 from fairbench.data.patient_split import PatientSplit
 from fairbench.errors import DataError
 
@@ -47,14 +46,8 @@ COLUMNS = ("ImageID", "ImageDir", "StudyDate_DICOM", "PatientID", "PatientBirth"
 
 
 def packaged_padchest_metadata() -> Path:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the PadChest label file ships with the 'torchxrayvision' package, which is not installed "
-                        f"(pip install torchxrayvision), or pass your own {METADATA_NAME}")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / f"{METADATA_NAME}.gz"
-    if not path.is_file():
-        raise DataError(f"torchxrayvision is installed but has no {path.name} at {path}")
-    return path
+    """``torchxrayvision``'s copy of PadChest's label file, located without importing the (heavy) package."""
+    return torchxrayvision_data(f"{METADATA_NAME}.gz", f"the PadChest label file ({METADATA_NAME})")
 
 
 def parse_labels(text: Any) -> list[str] | None:
