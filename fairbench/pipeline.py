@@ -236,11 +236,13 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
     metrics["data"] = data.report()
     if eval_data is not None:
         metrics["eval_data"] = eval_data.report()
-    metrics["embedding_cache"] = ctx.embedding_report()
-    metrics["precision"] = ctx.precision_report()
+    # analyses that read the adapter's context (leakage encodes the train split) before the cache report, so the
+    # report lists every encode the cell made
     analyses = _cell_analyses(adapter, ctx, n_boot, cross=eval_task is not None)
     if analyses:
         metrics.setdefault("analyses", {}).update(analyses)
+    metrics["embedding_cache"] = ctx.embedding_report()
+    metrics["precision"] = ctx.precision_report()
     metrics["provenance"] = provenance(device=str(device), started_at=started, duration_s=time.time() - t0)
     write_json(cell / METRICS, metrics)
     adapter.finish(ctx)  # e.g. remove training checkpoints, now that the cell is complete

@@ -133,7 +133,7 @@ def test_bad_decision_columns_are_one_line_errors() -> None:
 
 def test_paired_comparison_scores_each_side_by_its_own_rule() -> None:
     """fairbench compare's paired pass: the randomised side gets its expected rates, the other its threshold."""
-    from fairbench.metrics._paired import paired_pass
+    from fairbench.metrics.paired import paired_pass
 
     from fairbench.metrics._inputs import read_predictions
     from fairbench.metrics._suite import build_passes
