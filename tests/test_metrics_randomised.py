@@ -133,10 +133,9 @@ def test_bad_decision_columns_are_one_line_errors() -> None:
 
 def test_paired_comparison_scores_each_side_by_its_own_rule() -> None:
     """fairbench compare's paired pass: the randomised side gets its expected rates, the other its threshold."""
-    from fairbench.metrics.paired import paired_pass
-
     from fairbench.metrics._inputs import read_predictions
     from fairbench.metrics._suite import build_passes
+    from fairbench.metrics.paired import paired_pass
 
     frame = _toy(4)
     plain = frame.drop(columns="p_decide_positive")

@@ -119,13 +119,20 @@ def tasks_dir(micro_task_dir) -> Path:  # type: ignore[no-untyped-def]
     return micro_task_dir(TASK)
 
 
-def _nf_tasks_dir(tasks_dir: Path, tmp_path: Path) -> Path:
-    """The micro task with ``evaluation.no_finding_class: normal``."""
-    src = (tasks_dir / TASK / f"{TASK}.yaml").read_text()
-    (tmp_path / "tasks" / "synth_zoo1nf").mkdir(parents=True)
-    text = src.replace(f"name: {TASK}", "name: synth_zoo1nf").replace("evaluation:\n",
-                                                                        "evaluation:\n  no_finding_class: normal\n")
-    (tmp_path / "tasks" / "synth_zoo1nf" / "synth_zoo1nf.yaml").write_text(text)
+def _nf_tasks_dir(tasks_dir: Path, tmp_path: Path, no_finding: bool) -> Path:
+    """The micro task with ``evaluation.no_finding_class: normal`` (or without one: synth_cxr's card names it)."""
+    import yaml
+
+    from fairbench.cards import read_yaml_with_includes
+
+    card = read_yaml_with_includes(tasks_dir / TASK / f"{TASK}.yaml")
+    name = "synth_zoo1nf" if no_finding else "synth_zoo1plain"  # one folder per name: a name is defined once
+    card["name"] = name
+    card.setdefault("evaluation", {}).pop("no_finding_class", None)
+    if no_finding:
+        card["evaluation"]["no_finding_class"] = "normal"
+    (tmp_path / "tasks" / name).mkdir(parents=True)
+    (tmp_path / "tasks" / name / f"{name}.yaml").write_text(yaml.safe_dump(card))
     return tmp_path / "tasks"
 
 
@@ -137,7 +144,7 @@ def test_chexzero_zero_shot_is_the_released_pair_softmax(checkpoint: Path, tasks
     from fairbench.data.task import get_task
     from fairbench.pipeline import RunConfig, run_cell
 
-    tdir, name = (_nf_tasks_dir(tasks_dir, tmp_path), "synth_zoo1nf") if no_finding else (tasks_dir, TASK)
+    tdir, name = _nf_tasks_dir(tasks_dir, tmp_path, no_finding), ("synth_zoo1nf" if no_finding else "synth_zoo1plain")
     result = run_cell(RunConfig(task=name, model="tiny_chexzero", adapt="zeroshot", weights=str(checkpoint),
                                 n_boot=0, out=tmp_path / "out", tasks_dirs=(tdir,), device="cpu"))
     doc = json.loads((result.path / "metrics.json").read_text())

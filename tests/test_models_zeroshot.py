@@ -30,6 +30,7 @@ def tasks_dir(micro_task_dir) -> Path:
                 label={"column": "finding", "map": {"normal": "Atelectasis", "*": "Pleural Effusion"}},
                 prompts={"templates": ["a chest x-ray showing {}"],
                          "classnames": {"Atelectasis": ["atelectasis"], "Pleural Effusion": ["pleural effusion"]}})
+    card.get("evaluation", {}).pop("no_finding_class", None)  # synth_cxr's "normal" is not a class here
     (root / "synth_chexpert_names").mkdir()
     (root / "synth_chexpert_names" / "synth_chexpert_names.yaml").write_text(yaml.safe_dump(card))
     # one CheXpert class beside one that is not (nih6x200's Atelectasis beside Mass, Nodule, ...)
