@@ -404,11 +404,13 @@ def metrics_document(frame: pd.DataFrame, task: TaskCard, *, n_boot: int, seed: 
         min_group_size=ev.min_group_size, intersections=[list(i) for i in ev.intersections] or None,
         no_finding_class=ev.no_finding_class)
     threshold = result.pop("threshold", None)
-    analyses = compute_analyses(result, no_finding_class=ev.no_finding_class, frame=frame,
-                                attributes=list(task.attributes), intersections=[list(i) for i in ev.intersections])
-    extra = {"variants": compute_variants(
+    # undefined values (a degenerate fit's NaN interval) become null, as everywhere in metrics.json
+    analyses = _jsonable(compute_analyses(result, no_finding_class=ev.no_finding_class, frame=frame,
+                                          attributes=list(task.attributes),
+                                          intersections=[list(i) for i in ev.intersections]))
+    extra = {"variants": _jsonable(compute_variants(
         frame, classes=list(task.classes), attributes=list(task.attributes), eval_split=ev.split,
-        intersections=[list(i) for i in ev.intersections], variants=variants)} if variants else {}
+        intersections=[list(i) for i in ev.intersections], variants=variants))} if variants else {}
     return {
         "schema_version": SCHEMA_VERSION,
         "task": {"name": task.name, "version": task.version, "synthetic": task.synthetic,
