@@ -38,7 +38,8 @@ def runs(tasks_dir: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_th
 
 def test_bf16_is_recorded_with_the_effect_it_had(runs: dict) -> None:
     fp32, bf16 = runs["fp32"], runs["bf16"]
-    assert fp32.metrics["precision"] == {"inference": "fp32", "encoded_splits": ["test", "val"]}
+    # the zero-shot cell's leakage probe (analyses.leakage) encodes the train split too
+    assert fp32.metrics["precision"] == {"inference": "fp32", "encoded_splits": ["test", "train", "val"]}
     rec = bf16.metrics["precision"]
     assert rec["inference"] == "bf16" and rec["autocast_dtype"] == "bfloat16"
     effect = rec["effect"]
@@ -70,10 +71,11 @@ def test_embedding_cache_keys_keep_fp32_and_separate_bf16(tasks_dir: Path, tmp_p
 
     monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))  # an empty cache, whatever ran before
     first = run_cell(_cfg(tasks_dir, tmp_path / "a", "fp32"))
-    assert [e["event"] for e in first.metrics["embedding_cache"]["events"]] == ["miss", "miss"]
+    assert [e["event"] for e in first.metrics["embedding_cache"]["events"]] == ["miss", "miss", "miss"]
     second = run_cell(_cfg(tasks_dir, tmp_path / "b", "bf16"))
     events = [(e["split"], e["event"]) for e in second.metrics["embedding_cache"]["events"]]
-    assert events == [("val", "miss"), ("test", "miss")]  # the fp32 entries are not served to a bf16 run
+    # the fp32 entries are not served to a bf16 run (train: the leakage probe's encode)
+    assert events == [("val", "miss"), ("test", "miss"), ("train", "miss")]
     keys_fp32 = {e["key"] for e in first.metrics["embedding_cache"]["events"]}
     keys_bf16 = {e["key"] for e in second.metrics["embedding_cache"]["events"]}
     assert not keys_fp32 & keys_bf16
