@@ -46,7 +46,7 @@ from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
 from fairbench.models.family import Family
 from fairbench.models.inputs import resolve_inputs, vocab_tokenizer_inputs
-from fairbench.models.towers import bert_model, bert_tokenizer, resnet, resnet_channels
+from fairbench.models.towers import bert_model, bert_tokenizer, first_second_last_mean, resnet, resnet_channels
 from fairbench.models.weights import WeightsSource, files_info
 
 __all__ = ["DEFINITIONS", "FAMILY", "FLAIRModel", "FLAIRModule", "build_flair", "flair_prompts"]
@@ -285,9 +285,7 @@ class FLAIRText(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hs = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
-        stacked = torch.stack([hs[1], hs[2], hs[-1]])  # layer, batch, token, dim
-        embed = stacked.permute(1, 0, 2, 3).mean(2).mean(1)  # all positions, padding included (upstream)
-        return self.projection_head_text(embed)
+        return self.projection_head_text(first_second_last_mean(hs))
 
 
 class FLAIRModule(nn.Module):

@@ -42,7 +42,7 @@ from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
 from fairbench.models.family import Family
 from fairbench.models.inputs import resolve_inputs, vocab_tokenizer_inputs
-from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, resnet
+from fairbench.models.towers import bert_hidden_states, bert_model, bert_tokenizer, first_second_last_mean, resnet
 from fairbench.models.weights import WeightsSource, files_info
 
 __all__ = [
@@ -117,9 +117,7 @@ class MedCLIPText(nn.Module):
     def forward(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         hs = bert_hidden_states(self.model, {"input_ids": tokens["input_ids"],
                                              "attention_mask": tokens["attention_mask"]})
-        stacked = torch.stack([hs[1], hs[2], hs[-1]])  # n_layer, batch, seqlen, dim
-        embed = stacked.permute(1, 0, 2, 3).mean(2).mean(1)  # all positions, padding included (upstream)
-        return self.projection_head(embed)
+        return self.projection_head(first_second_last_mean(hs))
 
 
 class MedCLIPModule(nn.Module):

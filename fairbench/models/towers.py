@@ -92,3 +92,10 @@ def bert_hidden_states(model: nn.Module, tokens: dict[str, torch.Tensor]) -> tup
     out = model(input_ids=tokens["input_ids"], attention_mask=tokens.get("attention_mask"),
                 token_type_ids=tokens.get("token_type_ids"), output_hidden_states=True)
     return tuple(out.hidden_states)
+
+
+def first_second_last_mean(hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The text pooling MedCLIP's and FLAIR's released code share: hidden states of layers 1, 2 and the last, each
+    averaged over every token position (padding included, as upstream), then over the three layers: [b, dim]."""
+    stacked = torch.stack([hidden_states[1], hidden_states[2], hidden_states[-1]])  # layer, batch, token, dim
+    return stacked.permute(1, 0, 2, 3).mean(2).mean(1)
