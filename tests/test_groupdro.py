@@ -6,12 +6,12 @@ validation accuracy)."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_train_dist import _free_port  # the one free-port helper of the gloo tests
 
 from fairbench.train.checkpoint import CheckpointStore
 from fairbench.train.config import LOOP_DEFAULTS, TrainConfig
@@ -55,12 +55,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save({"weights": weights, "q": q, "world": record["world_size"]}, Path(out) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
