@@ -247,12 +247,7 @@ def area_resize(gray: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def to_gray_pil(img: np.ndarray) -> Image.Image:
     """A uint8 HxW or HxWx3 array as a PIL ``L`` image (RGB via PIL's ITU-R 601-2 luma)."""
-    arr = np.ascontiguousarray(img)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 arrays, got {arr.dtype}")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    pil = Image.fromarray(arr)
+    pil = _as_pil(img)
     return pil if pil.mode == "L" else pil.convert("L")
 
 
