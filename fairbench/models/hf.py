@@ -42,7 +42,7 @@ from fairbench.errors import CardError, WeightsError
 from fairbench.models.base import ModelCard, VLModel
 from fairbench.models.family import Family
 from fairbench.models.inputs import ModelInputs, resolve_inputs, weights_dir_holds
-from fairbench.models.preprocess import Preprocessing
+from fairbench.models.preprocess import Preprocessing, center_pad_square
 from fairbench.models.weights import WeightsSource, files_info, locate, sha256_file
 
 __all__ = [
@@ -125,6 +125,8 @@ def _check_declared(card: ModelCard, pre: Preprocessing, path: Path) -> None:
         if name not in declared:
             continue  # what the card does not state, the directory decides
         want, got = getattr(card.preprocessing, name), getattr(pre, name)
+        if name == "resize" and (want, got) == ("center_pad_square", "square"):
+            continue  # the release pads to a square before its processor's square resize (medsiglip)
         same = np.allclose(want, got, rtol=0, atol=1e-7) if isinstance(want, tuple) else want == got
         if same:
             continue
@@ -150,6 +152,8 @@ def resolve_hf_card(card: ModelCard, source: WeightsSource, args: dict[str, Any]
                            f"--model hf_clip")
     pre = hf_preprocessing(directory / "preprocessor_config.json")
     _check_declared(card, pre, directory / "preprocessor_config.json")
+    if card.preprocessing.resize == "center_pad_square" and "resize" in (card.raw.get("preprocessing") or {}):
+        pre = dataclasses.replace(pre, resize="center_pad_square")  # padded before the processor (_HFBase)
     arch = {"model_type": model_type, "config_sha256": sha256_file(directory / "config.json"),
             "preprocessor_sha256": sha256_file(directory / "preprocessor_config.json")}
     raw = {**card.raw, "architecture": arch, "preprocessing": dict(pre.__dict__),
@@ -221,9 +225,13 @@ class _HFBase(VLModel):
         return self.model
 
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """The directory's own image processor on RGB PIL images (as ``AutoProcessor(images=...)``)."""
+        """The directory's own image processor on RGB PIL images (as ``AutoProcessor(images=...)``); a card with
+        ``preprocessing.resize: center_pad_square`` (MedSigLIP) zero-pads each image to a centred square first,
+        as the release's serving code does before its ``SiglipImageProcessor``."""
         from PIL import Image
 
+        if self.card.preprocessing.resize == "center_pad_square":
+            images = [center_pad_square(a) for a in images]
         pil = [Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a).convert("RGB") for a in images]
         return self.processor(images=pil, return_tensors="pt")["pixel_values"].float()
 

@@ -52,6 +52,7 @@ __all__ = [
     "CacheGeometry",
     "Preprocessing",
     "area_resize",
+    "center_pad_square",
     "chexzero_pad_pil",
     "longest_pad_pil",
     "longest_pad_square",
@@ -84,6 +85,8 @@ class Preprocessing:
     - ``shortest``: resize the shortest side, then center crop (CLIP-style): open_clip's eval transform,
       torchvision's ``Resize``/``CenterCrop`` rules on a PIL image (PIL, per image; :func:`shortest_crop_pil`).
     - ``square``: resize to size x size, no crop (BLIP-2; PIL, per image).
+    - ``center_pad_square``: zero-pad to a centred square of side max(h, w) (:func:`center_pad_square`), then
+      as ``square`` (MedSigLIP's serving code; PIL, per image, colour kept).
     - ``pad_square``: MedCLIP's pipeline: grayscale, zero-pad to a square of side max(h, w, image_size),
       resize to size x size (PIL, per image; :func:`pil_pipeline`).
     - ``longest_pad``: GLoRIA's pipeline: grayscale, resize the longest side to ``load_size`` with zero
@@ -176,6 +179,18 @@ def _as_pil(img: np.ndarray) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def center_pad_square(img: np.ndarray) -> np.ndarray:
+    """Zero-pad a uint8 HxW or HxWxC array to a square of side max(h, w), the padding split as
+    ``(d // 2, d - d // 2)`` before and after (Google-Health/medsiglip ``python/serving/predictor.py``,
+    ``_zero_pad_image_to_square``: "method performed in training"). A square image is returned as is."""
+    h, w = img.shape[:2]
+    if h == w:
+        return img
+    d = abs(h - w)
+    pad = [(d // 2, d - d // 2), (0, 0)] if h < w else [(0, 0), (d // 2, d - d // 2)]
+    return np.pad(img, pad + [(0, 0)] * (img.ndim - 2))
+
+
 def shortest_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
     """torchvision ``Resize(size)`` then ``CenterCrop(size)`` (open_clip's eval transform): the resized
     ``(height, width)`` (short side ``size``, long side ``int(size * long / short)``, truncated) and the crop's
@@ -190,10 +205,13 @@ def shortest_geometry(h: int, w: int, size: int) -> tuple[int, int, int, int]:
 def resize_crop_pil(img: np.ndarray, pre: Preprocessing) -> np.ndarray:
     """``shortest``/``square``: the uint8 ``size`` x ``size`` (x 3 for RGB input) that open_clip's (BLIP-2's)
     transform makes of ``img`` before ``ToTensor``: PIL's resize of the 8-bit image with the card's filter
-    (what torchvision's ``Resize`` calls on a PIL image), then the center crop."""
+    (what torchvision's ``Resize`` calls on a PIL image), then the center crop. ``center_pad_square``: the
+    centred zero padding first, then as ``square``."""
+    if pre.resize == "center_pad_square":
+        img = center_pad_square(img)
     pil = _as_pil(img)
     s = pre.image_size
-    if pre.resize == "square":
+    if pre.resize in ("square", "center_pad_square"):
         if pil.size != (s, s):
             pil = pil.resize((s, s), resample=_RESAMPLE[pre.interpolation])
         return np.asarray(pil)
@@ -343,7 +361,8 @@ class CacheGeometry:
     - ``chexzero``: the padded ``load_size`` (320) square, as CheXzero's HDF5 file stores it (exact: the
       pipeline maps it onto itself);
     - ``shortest`` / ``square`` (open_clip, BLIP-2): the resized and cropped ``image_size`` square (PIL's
-      uint8 output, :func:`resize_crop_pil`: exact);
+      uint8 output, :func:`resize_crop_pil`: exact); ``center_pad_square`` (MedSigLIP): the padded square
+      resized (exact for a PIL image processor, which maps the square onto itself);
     - ``canvas`` (FLAIR): the uint8 ``image_size`` canvas (:func:`canvas_resize`, rounded to grey levels),
       which the pipeline resizes onto itself (a square input: resized straight to the same size): within half a
       grey level of the direct pipeline;

@@ -1,0 +1,133 @@
+"""Faithfulness gaps in named cards (issue 18 item 2, second pass): MedSigLIP's square padding, MONET's concept
+score, FLAIR's fundus crop, QuiltNet's activation. References are the upstream classes (transformers,
+open_clip) or the upstream recipe written out here from the released code, never fairbench's helpers or the
+cards' values."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+HALF = [0.5, 0.5, 0.5]
+# google/medsiglip-448's preprocessor_config.json as the public mirror fokan/MedSigLIP@4522ddc holds it
+MEDSIGLIP_PRE = {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": HALF,
+                 "image_processor_type": "SiglipImageProcessor", "image_std": HALF,
+                 "processor_class": "SiglipProcessor", "resample": 3, "rescale_factor": 0.00392156862,
+                 "size": {"height": 448, "width": 448}}
+
+
+def _clip_tokenizer():  # type: ignore[no-untyped-def]
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in string.ascii_lowercase + string.digits + ".,-'()/":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[]), len(vocab)
+
+
+def _build(name: str, directory: Path):  # type: ignore[no-untyped-def]
+    from fairbench.models.base import get_model_card
+    from fairbench.models.build import build_model, resolve_model_card
+
+    card = resolve_model_card(get_model_card(name), f"local-dir:{directory}")
+    return build_model(card, f"local-dir:{directory}", torch.device("cpu"))
+
+
+# -- MedSigLIP: zero padding to a centred square before SiglipImageProcessor ---------------------------------
+@pytest.fixture(scope="module")
+def medsiglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SiglipModel at the release's 448 px and patch 14 (toy widths), saved with save_pretrained beside the hub's
+    preprocessor_config.json values (a CLIP BPE tokenizer stands in for spiece.model: only images are tested)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    directory = tmp_path_factory.mktemp("medsiglip")
+    tok, n_vocab = _clip_tokenizer()
+    tok.save_pretrained(directory)
+    torch.manual_seed(0)
+    text = {"vocab_size": n_vocab, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 64, "bos_token_id": 0, "eos_token_id": 1,
+            "pad_token_id": 1}
+    vision = {"image_size": 448, "patch_size": 14, "hidden_size": 32, "intermediate_size": 37,
+              "num_hidden_layers": 2, "num_attention_heads": 2}
+    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(MEDSIGLIP_PRE))
+    return directory
+
+
+def _inputs() -> list[np.ndarray]:
+    """Non-square (both orientations, odd differences) and square inputs, RGB and grayscale (HxWx1), noise and
+    smooth."""
+    rng = np.random.default_rng(1)
+    out = []
+    for h, w, c in [(300, 200, 3), (150, 401, 1), (97, 531, 3), (613, 480, 1), (448, 448, 3), (1000, 701, 3)]:
+        if c == 3 and h % 2 == 0:
+            img = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+        else:
+            y, x = np.mgrid[0:h, 0:w]
+            base = 127 + 100 * np.sin(x / (w / 5.0)) * np.cos(y / (h / 4.0))
+            img = np.stack([base + 30 * k for k in range(c)], -1).clip(0, 255).astype(np.uint8)
+        out.append(img)
+    return out
+
+
+def _medsiglip_serving_pixels(img: np.ndarray) -> torch.Tensor:
+    """Google-Health/medsiglip python/serving/predictor.py, written out: scale to [0, 1], a single channel
+    repeated to three, zero padding to a square (the shorter side padded by d // 2 before and d - d // 2 after),
+    then SiglipImageProcessor(do_rescale=False, size 448x448) with its class defaults (bicubic, mean = std =
+    0.5); the PIL processor, which was transformers' SiglipImageProcessor when that code was written."""
+    from transformers import SiglipImageProcessorPil
+
+    x = img.astype(np.float32) / float(np.iinfo(img.dtype).max)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = np.concatenate([x, x, x], axis=-1)
+    h, w = x.shape[:2]
+    if h < w:
+        d = w - h
+        x = np.pad(x, ((d // 2, d - d // 2), (0, 0), (0, 0)))
+    elif w < h:
+        d = h - w
+        x = np.pad(x, ((0, 0), (d // 2, d - d // 2), (0, 0)))
+    proc = SiglipImageProcessorPil(do_rescale=False, size={"height": 448, "width": 448})
+    return proc.preprocess([x], data_format="channels_first", input_data_format="channels_last",
+                           return_tensors="pt")["pixel_values"][0]
+
+
+def test_medsiglip_pads_to_a_square_as_the_released_serving_code(medsiglip_dir: Path) -> None:
+    from transformers import SiglipModel
+
+    from fairbench.models.preprocess import CacheGeometry
+
+    model = _build("medsiglip", medsiglip_dir)
+    images = _inputs()
+    want = torch.stack([_medsiglip_serving_pixels(a) for a in images])
+    ours = model.preprocess(images)
+    assert ours.shape == want.shape == (len(images), 3, 448, 448)
+    grey = (ours - want).abs().max().item() * 0.5 * 255  # in grey levels (std 0.5)
+    print(f"medsiglip pixels vs the serving code's pad + SiglipImageProcessor: max {grey:.3g} grey levels")
+    assert grey <= 1e-3, grey
+    # through the image cache: the padded, resized uint8 square the cache stores gives the same pixels
+    geometry = CacheGeometry(model.card.preprocessing)
+    cached = model.preprocess([geometry(a) for a in images])
+    assert (cached - want).abs().max().item() * 0.5 * 255 <= 1e-3
+    # the embedding is SiglipModel's own get_image_features on those pixels
+    ref = SiglipModel.from_pretrained(str(medsiglip_dir)).eval()
+    with torch.no_grad():
+        theirs = ref.get_image_features(pixel_values=want).pooler_output
+        emb = model.image_outputs(ours)["embedding"]
+    assert ((emb - theirs).abs().max() / theirs.abs().max()).item() <= 1e-5
+    # the check has teeth: the unpadded (squashed) resize moves non-square images by far more
+    from PIL import Image
+    from transformers import SiglipImageProcessorPil
+
+    squashed = SiglipImageProcessorPil(size={"height": 448, "width": 448})(
+        images=[Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).convert("RGB") for a in images[:1]],
+        return_tensors="pt")["pixel_values"]
+    assert (squashed - want[:1]).abs().max().item() * 0.5 * 255 > 50
