@@ -253,9 +253,8 @@ def test_hf_clip_named_cards_load_their_hub_repository(name: str, repo: str, tmp
                                    ref.get_text_features(**t).pooler_output, rtol=1e-5, atol=1e-6)
 
 
-#: open_clip's plain ViT-B-32 config with an OpenAI mean/std preprocess_cfg: 469 bytes as open_clip's
-#: push_to_hf_hub writes it (indent 2), the size of QuiltNet-B-32's open_clip_config.json on the hub (its content
-#: is inferred from that, not read; with "quick_gelu": true it would be 493 bytes)
+#: QuiltNet-B-32's open_clip_config.json as the hub commit 88c3e9f ("Add model") shows it: open_clip's plain
+#: ViT-B-32 config (no "quick_gelu") with an OpenAI mean/std preprocess_cfg, 469 bytes as written with indent 2
 QUILT_CONFIG = {"model_cfg": {"embed_dim": 512,
                               "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 32},
                               "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8,
