@@ -357,9 +357,12 @@ def prepared_loader(cfg: RunConfig, task: TaskCard, card: Any) -> Any:
 
     pre = card.preprocessing
     model_input = max(pre.image_size, getattr(pre, "load_size", None) or 0)
+    geometry = CacheGeometry(pre)
+    image_cache = parse_image_cache(cfg.image_cache, model_input)
+    if image_cache == "auto" and not geometry.cacheable:
+        image_cache = None  # a pipeline no cached square reproduces (FLAIR's field-of-view crop): full images
     return PreparedLoader(task.loader(), split_names=task.splits, model_input=model_input,
-                          image_cache=parse_image_cache(cfg.image_cache, model_input),
-                          allow_skip=cfg.allow_skip_unreadable, geometry=CacheGeometry(pre))
+                          image_cache=image_cache, allow_skip=cfg.allow_skip_unreadable, geometry=geometry)
 
 
 def predictions_frame(task: TaskCard, splits: list[SampleSet], probs: dict[str, np.ndarray],

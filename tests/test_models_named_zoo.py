@@ -131,3 +131,94 @@ def test_medsiglip_pads_to_a_square_as_the_released_serving_code(medsiglip_dir: 
         images=[Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).convert("RGB") for a in images[:1]],
         return_tensors="pt")["pixel_values"]
     assert (squashed - want[:1]).abs().max().item() * 0.5 * 255 > 50
+
+
+# -- FLAIR: the fundus field-of-view crop of its zero-shot and transfer runs -------------------------------
+def _fundus(h: int, w: int, rng: np.random.Generator, channels: int = 3) -> np.ndarray:
+    """A bright disk (the field of view) off-centre on a dark, noisy background, plus a small bright blob
+    elsewhere (a second component the crop must ignore)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    cy, cx, r = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w, rng.uniform(0.25, 0.4) * min(h, w)
+    img = rng.integers(0, 14, (h, w, 3)).astype(np.int64)
+    disk = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    img[disk] += np.array([150, 70, 30]) + rng.integers(0, 60, (int(disk.sum()), 3))
+    img[1:4, 1:4] += 200
+    img = img.clip(0, 255).astype(np.uint8)
+    return img[..., 0] if channels == 1 else img
+
+
+def _blobs(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth Gaussian blobs of several heights, placed independently in each channel: which blobs are
+    foreground, and so the bounding box, depends on the threshold and on the channel thresholded."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.zeros((h, w, 3))
+    for c in range(3):
+        for _ in range(6):
+            cy, cx, s = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.05, 0.2) * min(h, w)
+            out[..., c] += rng.uniform(40, 200) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def _flair_upstream(img: np.ndarray, size: int) -> torch.Tensor:
+    """jusiro/FLAIR@d6652d5 flair/pretraining/data/transforms.py written out: LoadImage(crop_foreground=True)
+    (RGB float, / 255 when the maximum exceeds 1, channels first; crop_im: skimage threshold_li of the red
+    channel, getLargestCC by label + bincount, regionprops' bounding box) and ImageScaling(canvas=True) with
+    torchvision's Resize."""
+    from PIL import Image
+    from skimage.filters import threshold_li
+    from skimage.measure import label, regionprops
+    from torchvision.transforms import Resize
+
+    x = np.array(Image.fromarray(img).convert("RGB"), dtype=float)
+    if np.max(x) > 1:
+        x /= 255
+    x = np.transpose(x, (2, 0, 1))
+    binary = x[0] > threshold_li(x[0])
+    labels = label(binary)
+    largest = labels == np.argmax(np.bincount(labels.flat, weights=binary.flat))
+    regions = regionprops(label(largest))
+    fov = regions[int(np.argmax([r.area for r in regions]))]
+    t = torch.tensor(x[:, fov.bbox[0]:fov.bbox[2], fov.bbox[1]:fov.bbox[3]])
+    if t.shape[-1] == t.shape[-2]:
+        return Resize((size, size))(t).float()
+    scale = max(t.shape[-2:]) / size
+    t = Resize((int(t.shape[-2] / scale), int(t.shape[-1] / scale)))(t)
+    return torch.nn.functional.pad(t, (0, size - t.shape[-1], 0, size - t.shape[-2], 0, 0)).float()
+
+
+def test_flair_crops_the_field_of_view_as_upstream(micro_task_dir) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("skimage")
+    from fairbench.models.base import get_model_card
+    from fairbench.models.preprocess import CacheGeometry
+
+    pre = get_model_card("flair").preprocessing
+    assert (pre.image_size, pre.resize) == (512, "fov_canvas")
+    rng = np.random.default_rng(7)
+    images = [_fundus(h, w, rng, c) for h, w, c in [(300, 420, 3), (411, 297, 3), (256, 256, 1), (180, 181, 3),
+                                                     (640, 480, 1), (97, 530, 3)]]
+    images.append(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8))  # noise: whatever component is largest
+    images += [_blobs(h, w, rng) for h, w in [(200, 260), (333, 250), (150, 150), (240, 400)]]
+    # two squares touching only at a corner (one component with 8-connectivity, 1300 px) and a third square
+    # (1225 px): skimage's label joins diagonal neighbours, so the crop is the first two squares' bounding box
+    corner = np.full((120, 150, 3), 5, dtype=np.uint8)
+    corner[10:40, 10:40], corner[40:60, 40:60], corner[70:105, 100:135] = 200, 180, 220
+    images.append(corner)
+    want = torch.stack([_flair_upstream(a, 512) for a in images])
+    ours = pre(images)
+    diff = float((ours - want).abs().max())
+    print(f"flair fov_canvas vs upstream LoadImage(crop_foreground=True) + ImageScaling: max {diff * 255:.3g} grey levels")
+    assert diff <= 1e-6, diff
+    # a cached canvas cropped again would not be the same image: runs serve FLAIR full images instead
+    assert not CacheGeometry(pre).cacheable and CacheGeometry(get_model_card("tiny_flair").preprocessing).cacheable
+    # the crop matters: without it the canvas differs by far more on these images
+    import dataclasses
+
+    uncropped = dataclasses.replace(pre, resize="canvas")(images[:1])
+    assert float((uncropped - want[:1]).abs().max()) > 0.2
+    from fairbench.data.task import get_task
+    from fairbench.pipeline import RunConfig, prepared_loader
+
+    task = get_task("synth_zoo_flair", (micro_task_dir("synth_zoo_flair"),))
+    cfg = RunConfig(task="synth_zoo_flair", model="flair", adapt="zeroshot", device="cpu")
+    assert prepared_loader(cfg, task, get_model_card("flair")).image_cache is None
+    assert prepared_loader(cfg, task, get_model_card("tiny_flair")).image_cache == "auto"

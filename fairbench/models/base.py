@@ -82,7 +82,7 @@ def load_model_card(path: Path) -> ModelCard:
         image_size=p.get("image_size", int),
         mean=tuple(p.get("mean", list, list(OPENAI_MEAN))),
         std=tuple(p.get("std", list, list(OPENAI_STD))),
-        resize=p.get("resize", str, "shortest", choices=("shortest", "square", "center_pad_square", "canvas",
+        resize=p.get("resize", str, "shortest", choices=("shortest", "square", "center_pad_square", "canvas", "fov_canvas",
                                                                  *PIL_PIPELINES)),
         interpolation=p.get("interpolation", str, "bicubic", choices=("bicubic", "bilinear", "nearest", "area")),
         channels=p.get("channels", int, 3, choices=(1, 3)),

@@ -54,6 +54,8 @@ __all__ = [
     "area_resize",
     "center_pad_square",
     "chexzero_pad_pil",
+    "fov_crop",
+    "li_threshold",
     "longest_pad_pil",
     "longest_pad_square",
     "pad_square_pil",
@@ -89,6 +91,8 @@ class Preprocessing:
       as ``square`` (MedSigLIP's serving code; PIL, per image, colour kept).
     - ``pad_square``: MedCLIP's pipeline: grayscale, zero-pad to a square of side max(h, w, image_size),
       resize to size x size (PIL, per image; :func:`pil_pipeline`).
+    - ``canvas`` (FLAIR): :func:`canvas_resize`; ``fov_canvas``: FLAIR's field-of-view crop
+      (:func:`fov_crop`) first, as its zero-shot and transfer runs load images.
     - ``longest_pad``: GLoRIA's pipeline: grayscale, resize the longest side to ``load_size`` with zero
       padding to a square, then center crop ``image_size`` (PIL, per image).
 
@@ -110,7 +114,7 @@ class Preprocessing:
     def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
         if self.resize in PIL_PIPELINES:
             return pil_pipeline(self, images)
-        if self.resize == "canvas":
+        if self.resize in ("canvas", "fov_canvas"):
             return canvas_pipeline(self, images)
         s, c = self.image_size, self.channels
         out = torch.empty(len(images), c, s, s)
@@ -156,13 +160,78 @@ def canvas_resize(img: np.ndarray, size: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, size - t.shape[-1], 0, size - t.shape[-2]))
 
 
+def li_threshold(channel: np.ndarray) -> float:
+    """Li's minimum cross-entropy threshold of one image channel, by Li and Tam's iteration (1998), as
+    scikit-image's ``threshold_li`` runs it on a float image (FLAIR's ``crop_im`` calls it on the red channel of
+    the [0, 1] image): values shifted so the smallest is 0; start at the mean; repeat ``t = (m_b - m_f) /
+    (ln m_b - ln m_f)`` with ``m_f``, ``m_b`` the means above and at-or-below ``t``, until ``t`` moves by at most
+    half the smallest gap between distinct values, or the background mean is 0. Computed from the histogram of
+    the distinct values (the same means as over the pixels). A constant channel gives its value."""
+    arr = np.asarray(channel)
+    if arr.dtype == np.uint8:  # the same distinct values and counts, without sorting every pixel
+        hist = np.bincount(arr.ravel(), minlength=256)
+        values, counts = np.flatnonzero(hist).astype(np.float64), hist[hist > 0]
+    else:
+        values, counts = np.unique(arr.astype(np.float64), return_counts=True)
+    return _li_iterate(values, counts)
+
+
+def _li_iterate(values: np.ndarray, counts: np.ndarray) -> float:
+    if len(values) == 1:
+        return float(values[0])
+    low = values[0]
+    v = values - low
+    weights = counts.astype(np.float64)
+    tolerance = float(np.min(np.diff(v))) / 2
+    t_next, t_curr = float(np.sum(v * weights) / np.sum(weights)), -2 * tolerance
+    while abs(t_next - t_curr) > tolerance:
+        t_curr = t_next
+        fore = v > t_curr
+        mean_fore = np.sum(v[fore] * weights[fore]) / np.sum(weights[fore])
+        mean_back = np.sum(v[~fore] * weights[~fore]) / np.sum(weights[~fore])
+        if mean_back == 0.0:
+            break
+        t_next = float((mean_back - mean_fore) / (np.log(mean_back) - np.log(mean_fore)))
+    return t_next + float(low)
+
+
+def fov_crop(img: np.ndarray) -> np.ndarray:
+    """FLAIR's field-of-view crop (jusiro/FLAIR ``flair/pretraining/data/transforms.py``, ``crop_im``, applied by
+    ``LoadImage(crop_foreground=True)``, the default of its zero-shot and transfer runs): the red channel (a
+    grayscale image's only one) on FLAIR's [0, 1] scale, thresholded at :func:`li_threshold` (``red > t``); the
+    largest 8-connected component of that mask (``getLargestCC``: scikit-image's ``label``, full connectivity);
+    the image cut to that component's bounding box. An empty mask keeps the whole image (upstream: its
+    "largest component" is then the background, the whole frame)."""
+    from scipy import ndimage
+
+    arr = np.asarray(img)
+    red = arr if arr.ndim == 2 else arr[..., 0]
+    scale = 255.0 if red.max() > 1 else 1.0  # LoadImage: divided by 255 when the maximum exceeds 1
+    hist = np.bincount(red.ravel(), minlength=256) if red.dtype == np.uint8 else None
+    if hist is not None:
+        t = _li_iterate(np.flatnonzero(hist) / scale, hist[hist > 0])
+    else:
+        t = li_threshold(red.astype(np.float64) / scale)
+    mask = red.astype(np.float64) / scale > t
+    if not mask.any():
+        return arr
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    rows = np.flatnonzero((labels == largest).any(axis=1))
+    cols = np.flatnonzero((labels == largest).any(axis=0))
+    return arr[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
 def canvas_pipeline(pre: Preprocessing, images: list[np.ndarray]) -> torch.Tensor:
-    """``resize: canvas`` (FLAIR): :func:`canvas_resize`, then ``(x - mean) / std`` (FLAIR: mean 0, std 1)."""
+    """``resize: canvas`` (FLAIR): :func:`canvas_resize`, then ``(x - mean) / std`` (FLAIR: mean 0, std 1);
+    ``fov_canvas``: :func:`fov_crop` first."""
     s = pre.image_size
     mean = torch.tensor(pre.mean[:3], dtype=torch.float64).view(-1, 1, 1)
     std = torch.tensor(pre.std[:3], dtype=torch.float64).view(-1, 1, 1)
     out = torch.empty(len(images), 3, s, s)
     for i, img in enumerate(images):
+        if pre.resize == "fov_canvas":
+            img = fov_crop(img)
         out[i] = ((canvas_resize(img, s) - mean) / std).float()
     return out
 
@@ -365,7 +434,7 @@ class CacheGeometry:
       resized (exact for a PIL image processor, which maps the square onto itself);
     - ``canvas`` (FLAIR): the uint8 ``image_size`` canvas (:func:`canvas_resize`, rounded to grey levels),
       which the pipeline resizes onto itself (a square input: resized straight to the same size): within half a
-      grey level of the direct pipeline;
+      grey level of the direct pipeline (``fov_canvas`` is not cached: :attr:`cacheable`);
     - ``shortest`` with a ``load_size`` (a transformers image processor: ``size.shortest_edge``, which may exceed
       ``crop_size``, e.g. DINOv2's 256 -> 224; :func:`fairbench.models.hf.hf_preprocessing`): the centre
       ``load_size`` square of the image resized to ``load_size`` (PIL, uint8), cut at transformers'
@@ -379,6 +448,13 @@ class CacheGeometry:
     def side(self) -> int:
         p = self.pre
         return int(p.load_size or p.image_size) if p.resize in ("longest_pad", "chexzero", "shortest") else int(p.image_size)
+
+    @property
+    def cacheable(self) -> bool:
+        """False for ``fov_canvas``: FLAIR's field-of-view crop thresholds the whole image, and cropping a cached
+        canvas again would not give the same pixels, so ``--image-cache auto`` serves such a model full
+        images (no image cache)."""
+        return self.pre.resize != "fov_canvas"
 
     @property
     def gray(self) -> bool:
@@ -397,6 +473,8 @@ class CacheGeometry:
             return longest_pad_square(img, self.side, p.interpolation)
         if p.resize == "chexzero":
             return np.asarray(chexzero_pad_pil(img, self.side), dtype=np.uint8)
+        if p.resize == "fov_canvas":
+            raise ValueError("resize fov_canvas has no cached form (CacheGeometry.cacheable is False)")
         if p.resize == "canvas":
             x = canvas_resize(img, p.image_size).mul(255).round().clamp(0, 255).to(torch.uint8)
             return np.ascontiguousarray(x.permute(1, 2, 0).numpy())
