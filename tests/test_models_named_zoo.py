@@ -222,3 +222,117 @@ def test_flair_crops_the_field_of_view_as_upstream(micro_task_dir) -> None:  # t
     cfg = RunConfig(task="synth_zoo_flair", model="flair", adapt="zeroshot", device="cpu")
     assert prepared_loader(cfg, task, get_model_card("flair")).image_cache is None
     assert prepared_loader(cfg, task, get_model_card("tiny_flair")).image_cache == "auto"
+
+
+# -- MONET: its concept presence score -----------------------------------------------------------------------
+# suinleelab/MONET@3ae0a64 tutorial/automatic_concept_annotation.ipynb (get_prompt_embedding's defaults and
+# calculate_concept_presence_score's temperature), written out here
+MONET_TEMPLATES = ["This is skin image of {}", "This is dermatology image of {}", "This is image of {}"]
+MONET_REFS = [["This is skin image"], ["This is dermatology image"], ["This is image"]]
+MONET_TEMP = 1 / np.exp(4.5944)
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@pytest.fixture(scope="module")
+def monet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """CLIPModel as suinleelab/monet's config.json names it (ViT-L/14 layout at toy widths: patch 14, 224 px, 77
+    text positions, eos_token_id 2) with the hub's preprocessor_config.json values (after commit b08d088)."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    directory = tmp_path_factory.mktemp("monet")
+    vocab: dict[str, int] = {}
+    for c in string.ascii_lowercase + string.digits + ".,-'()/":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    # the special tokens last, as in CLIP's vocabulary: with the old config's eos_token_id 2, transformers pools
+    # the text at the argmax of the ids, which is then the end-of-text token (as for the real checkpoint)
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(directory)
+    torch.manual_seed(2)
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": len(vocab) - 2,
+            "eos_token_id": 2, "pad_token_id": len(vocab) - 1}
+    vision = {"image_size": 224, "patch_size": 14, "hidden_size": 32, "intermediate_size": 37,
+              "num_hidden_layers": 2, "num_attention_heads": 2}
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(
+        {"crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+         "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD,
+         "resample": 3, "size": 224}))
+    return directory
+
+
+def _monet_reference(directory: Path, pixels: torch.Tensor, terms: list[str]) -> np.ndarray:
+    """The tutorial's get_prompt_embedding + calculate_concept_presence_score with transformers' CLIPModel as
+    the encoder (get_text_features / get_image_features, as the tutorial's model_hf path) and scipy's softmax."""
+    import scipy.special
+    from transformers import AutoTokenizer, CLIPModel
+
+    model, tok = CLIPModel.from_pretrained(str(directory)).eval(), AutoTokenizer.from_pretrained(str(directory))
+
+    def text(prompts: list[str]) -> torch.Tensor:
+        ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return model.get_text_features(**ids).pooler_output
+
+    with torch.no_grad():
+        target = torch.stack([text([t.format(term) for term in terms]) for t in MONET_TEMPLATES])
+        target = target / target.norm(dim=2, keepdim=True)
+        ref = torch.stack([text(r) for r in MONET_REFS])
+        ref = ref / ref.norm(dim=2, keepdim=True)
+        img = model.get_image_features(pixel_values=pixels).pooler_output
+        img = img / img.norm(dim=1, keepdim=True)
+    target_mean = (target.float() @ img.T.float()).mean(dim=[1])
+    ref_mean = (ref.float() @ img.T.float()).mean(axis=1)
+    return scipy.special.softmax([target_mean.numpy() / MONET_TEMP, ref_mean.numpy() / MONET_TEMP], axis=0)[0, :].mean(axis=0)
+
+
+def test_monet_zero_shot_is_its_concept_presence_score(monet_dir: Path, micro_task_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from fairbench.data.task import get_task
+    from fairbench.pipeline import RunConfig, run_cell
+
+    name = "synth_zoo_monet"
+    tasks_dir = micro_task_dir(name, (8, 8, 12))
+    result = run_cell(RunConfig(task=name, model="monet", adapt="zeroshot", weights=f"local-dir:{monet_dir}",
+                                n_boot=0, out=tmp_path, tasks_dirs=(tasks_dir,), device="cpu"))
+    task = get_task(name, (tasks_dir,))
+    assert task.evaluation.no_finding_class == "normal"
+    samples = task.load_split("test", None)
+    images = samples.images.load(np.arange(len(samples)))
+    proc = AutoImageProcessor.from_pretrained(str(monet_dir))
+    pixels = proc(images=[Image.fromarray(a).convert("RGB") for a in images], return_tensors="pt")["pixel_values"]
+    score = _monet_reference(monet_dir, pixels, list(task.prompts.classnames["abnormal"]))
+    frame = pd.read_parquet(result.path / "predictions.parquet")
+    test = frame[frame["split"] == "test"].set_index("sample_id").loc[samples.sample_ids.astype(str)]
+    got = test["prob_abnormal"].to_numpy()
+    diff = float(np.abs(got - score).max())
+    print(f"monet P(abnormal) vs the tutorial's concept presence score: max {diff:.3g} (scores {score.min():.3f}"
+          f"-{score.max():.3f})")
+    assert diff <= 1e-5, diff
+    np.testing.assert_allclose(test["prob_normal"].to_numpy(), 1 - score, atol=1e-5)
+    assert result.metrics["adapt"]["fitted"]["zeroshot"]["rule"] == "monet_concept"
+
+
+def test_monet_concept_score_over_several_classes(monet_dir: Path) -> None:
+    """No no-finding class: every class is a concept; P(c) = score_c / sum_k score_k."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    model = _build("monet", monet_dir)
+    names = {"melanoma": ["melanoma"], "nevus": ["nevus", "mole"], "bullae": ["bullae", "blister"]}
+    task = SimpleNamespace(classes=tuple(names), prompts=SimpleNamespace(classnames=names), path="t.yaml",
+                           evaluation=SimpleNamespace(no_finding_class=None))
+    head = model.zeroshot_head(task)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (260, 230, 3), dtype=np.uint8) for _ in range(5)]
+    pixels = AutoImageProcessor.from_pretrained(str(monet_dir))(
+        images=[Image.fromarray(a) for a in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        probs = torch.softmax(head.score(model.image_outputs(model.preprocess(images))), dim=1).numpy()
+    scores = np.stack([_monet_reference(monet_dir, pixels, terms) for terms in names.values()], axis=1)
+    np.testing.assert_allclose(probs, scores / scores.sum(1, keepdims=True), atol=1e-5)

@@ -234,7 +234,8 @@ def test_pixels_and_embeddings_match_upstream(name: str, dirs: dict[str, Path]) 
 
 
 # -- zero-shot: the models' own heads ------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["siglip_b16", "medsiglip", "monet"])
+# monet's zero-shot is MONET's concept presence score: tests/test_models_named_zoo.py
+@pytest.mark.parametrize("name", ["siglip_b16", "medsiglip"])
 def test_zero_shot_is_the_models_own_head(name: str, dirs: dict[str, Path], tasks_dir: Path,
                                           tmp_path: Path) -> None:
     """Per-sample probabilities equal transformers' forward: SigLIP sigmoid(logits_per_image) (logit_bias

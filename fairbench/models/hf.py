@@ -270,6 +270,14 @@ class HFCLIPModel(_HFBase):
         return logits + self.model.logit_bias if self.head == "sigmoid" else logits
 
     def zeroshot_head(self, task: Any, ensemble: str = "family") -> Any:
+        rule = self.card.options.get("zero_shot")
+        if rule == "monet_concept" and self.head == "softmax":
+            from fairbench.models.monet import monet_concept_head
+
+            return monet_concept_head(self, task, ensemble)
+        if rule is not None:
+            raise CardError(f"{self.card.path}: options.zero_shot must be monet_concept (on a CLIP model), got "
+                            f"{rule!r}")
         head = super().zeroshot_head(task, ensemble)
         if self.head == "softmax":
             head.record["probabilities"] = "softmax over classes of logit_scale * cosine (CLIPModel's logits)"
