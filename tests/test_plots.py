@@ -45,7 +45,10 @@ def has_colour(img: np.ndarray, hex_colour: str, tol: int = 6) -> bool:
 def test_one_figure_per_cell_and_attribute_plus_the_tradeoff(figures):
     out, written = figures
     rel = sorted(p.relative_to(out).as_posix() for p in written)
-    assert len(rel) == 2 * 4 + 2
+    # per cell: the age figure and the analyses its metrics.json records (fabricated cells: no leakage, no prompts)
+    analyses = [f"synth_cxr/good/linear_probe/seed1/analysis_{n}.png" for n in ("underdiagnosis", "calibration",
+                                                                                "power")]
+    assert len(rel) == 2 * 4 * (1 + len(analyses)) + 2 and set(analyses) <= set(rel)
     assert "synth_cxr/good/linear_probe/seed1/age.png" in rel and "synth_cxr/good/linear_probe/seed1/age.svg" in rel
     assert "synth_cxr/fairness_utility.png" in rel and "synth_cxr/fairness_utility.svg" in rel
 
