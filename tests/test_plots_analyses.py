@@ -296,3 +296,25 @@ def test_report_has_a_section_per_analysis_with_its_numbers(results, cell, test_
 
     older = tmp_path / "site" / "cells" / "synth_cxr" / "older" / "linear_probe" / "seed0" / "index.html"
     assert "analysis-" not in older.read_text()
+
+
+def test_an_unreadable_analysis_record_is_reported_not_fatal(tmp_path):
+    from typer.testing import CliRunner
+
+    from fairbench.cli import app
+    from fairbench.report.html import write_site
+
+    cell = fabricate_cell(tmp_path / "results", model="edited", n_boot=0)
+    doc = json.loads((cell / "metrics.json").read_text())
+    doc["analyses"]["underdiagnosis"]["age"]["groups"]["<60"] = 5  # an edited file: a number, not a record
+    write_json(cell / "metrics.json", doc)
+    res = CliRunner().invoke(app, ["plot", str(tmp_path / "results"), "--out", str(tmp_path / "f"), "--format",
+                                   "png"])
+    assert res.exit_code == 0, res.output
+    assert "analyses.underdiagnosis could not be drawn (AttributeError" in res.output
+    figs = {p.name for p in (tmp_path / "f").rglob("analysis_*.png")}
+    assert figs == {"analysis_calibration.png", "analysis_power.png"}
+    write_site([tmp_path / "results"], tmp_path / "site")
+    page = (tmp_path / "site" / "cells" / "synth_cxr" / "edited" / "zeroshot" / "seed0" / "index.html").read_text()
+    assert "analyses.underdiagnosis in metrics.json could not be read (AttributeError" in page
+    assert 'id="analysis-calibration"' in page and 'id="analysis-power"' in page

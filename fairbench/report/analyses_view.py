@@ -37,10 +37,13 @@ def panel_attributes(records: Any, attributes: Sequence[str] | None = None) -> l
 def figure_names(cell: Any, attributes: Sequence[str] | None = None) -> list[str]:
     """The analysis figures ``cell`` gets: those whose analysis it recorded (older cells: none). Calibration
     needs predictions.parquet (its curves are binned from the predictions)."""
-    an = cell.doc.get("analyses") or {}
+    an = cell.doc.get("analyses")
+    if not isinstance(an, dict):
+        return []
     out = []
     under = an.get("underdiagnosis") or {}
-    if any(any(isinstance((v or {}).get("rate"), (int, float)) for v in (under[a].get("groups") or {}).values())
+    if any(isinstance(g := under[a].get("groups"), dict)
+           and any(isinstance(v, dict) and isinstance(v.get("rate"), (int, float)) for v in g.values())
            for a in panel_attributes(under, attributes)):
         out.append("underdiagnosis")
     if panel_attributes(an.get("calibration"), attributes) and cell.predictions.is_file():
@@ -49,7 +52,7 @@ def figure_names(cell: Any, attributes: Sequence[str] | None = None) -> list[str
         out.append("leakage")
     if panel_attributes(an.get("power"), attributes):
         out.append("power")
-    if (an.get("prompts") or {}).get("templates"):
+    if isinstance(an.get("prompts"), dict) and an["prompts"].get("templates"):
         out.append("prompts")
     return out
 
@@ -70,19 +73,15 @@ def _raw(value: Any, ci: Any = None) -> str:
     return text
 
 
-def analysis_sections(cell: Any, figures: dict[str, Any]) -> list[dict[str, Any]]:
-    """One section per analysis the cell recorded: ``{"id", "title", "intro", "tables", "notes", "figure"}``;
-    ``figures``: the inlined figure per analysis name (or None)."""
+def _underdiagnosis_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
     from fairbench.report.html import Table, TCell, THead
 
-    an = cell.doc.get("analyses") or {}
-    m = cell.metrics
     sections: list[dict[str, Any]] = []
-
     under = an.get("underdiagnosis") or {}
     if panel_attributes(under):
         tables = []
         threshold = lookup(cell.doc, "threshold", "value")
+        nf = _first(under, "no_finding_class")
         for attr in panel_attributes(under):
             r = under[attr]
             rows = []
@@ -100,11 +99,18 @@ def analysis_sections(cell: Any, figures: dict[str, Any]) -> list[dict[str, Any]
                  THead("underdiagnosis rate ↓", "rate"), THead("gap to best group", "gap_to_best")], rows))
         sections.append({
             "id": "underdiagnosis", "title": "Underdiagnosis by group", "tables": tables, "notes": [],
-            "intro": (f"The share of patients with a finding (true class is not '{_first(under, 'no_finding_class')}')"
-                      f" whom the model calls normal at the cell's threshold ({threshold}), per group, as in "
+            "intro": (f"The share of patients with a finding (true class is not '{nf}') whom the model calls "
+                      f"'{nf}' at the cell's threshold ({threshold}), per group, as in "
                       "Seyyed-Kalantari et al., Nature Medicine 2021. The gap to the best group is a point estimate."),
             "figure": figures.get("underdiagnosis")})
+    return sections
 
+
+def _calibration_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
+    from fairbench.report.html import Table, TCell, THead
+
+    m = cell.metrics
+    sections: list[dict[str, Any]] = []
     cal = an.get("calibration") or {}
     if panel_attributes(cal) or cal.get("overall"):
         tables = []
@@ -135,7 +141,13 @@ def analysis_sections(cell: Any, figures: dict[str, Any]) -> list[dict[str, Any]
                       "and the logistic calibration slope (logit P(y=1) = a + b·logit p; below 1: overconfident) and "
                       "intercept (calibration-in-the-large, slope fixed at 1; above 0: the model under-predicts)."),
             "figure": figures.get("calibration")})
+    return sections
 
+
+def _leakage_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
+    from fairbench.report.html import Table, TCell, THead
+
+    sections: list[dict[str, Any]] = []
     leak = an.get("leakage") or {}
     if panel_attributes(leak):
         rows = []
@@ -161,7 +173,13 @@ def analysis_sections(cell: Any, figures: dict[str, Any]) -> list[dict[str, Any]
                       "+ val, scored on test) recovers each protected attribute: what a linear read-out can see, "
                       "not what the model uses."),
             "figure": figures.get("leakage")})
+    return sections
 
+
+def _power_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
+    from fairbench.report.html import Table, TCell, THead
+
+    sections: list[dict[str, Any]] = []
     power = an.get("power") or {}
     if panel_attributes(power):
         rows = []
@@ -197,7 +215,13 @@ def analysis_sections(cell: Any, figures: dict[str, Any]) -> list[dict[str, Any]
                       "A gap whose interval includes 0 and that lies below the MDE says little: the test could not "
                       "have seen it."),
             "figure": figures.get("power")})
+    return sections
 
+
+def _prompts_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
+    from fairbench.report.html import Table, TCell, THead
+
+    sections: list[dict[str, Any]] = []
     prompts = an.get("prompts") or {}
     records = prompts.get("templates") or []
     if records:
@@ -238,6 +262,27 @@ def analysis_sections(cell: Any, figures: dict[str, Any]) -> list[dict[str, Any]
                       "fixed variants (--adapt-arg templates=all): how much the AUC and the fairness gaps move "
                       "with the wording alone. Per-template values have no intervals."),
             "figure": figures.get("prompts")})
+    return sections
+
+
+_SECTIONS = {"underdiagnosis": _underdiagnosis_section, "calibration": _calibration_section, "leakage": _leakage_section, "power": _power_section, "prompts": _prompts_section}
+
+
+def analysis_sections(cell: Any, figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """One section per analysis the cell recorded: ``{"id", "title", "intro", "tables", "notes", "figure"}``;
+    ``figures``: the inlined figure per analysis name (or None). A record that cannot be read (an edited
+    metrics.json) gets a section that says so instead of its tables."""
+    an = cell.doc.get("analyses") or {}
+    if not isinstance(an, dict):
+        an = {}
+    sections: list[dict[str, Any]] = []
+    for name, build in _SECTIONS.items():
+        try:
+            sections += build(cell, an, figures)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            sections.append({"id": name, "title": name, "tables": [], "notes": [], "figure": figures.get(name),
+                             "intro": f"analyses.{name} in metrics.json could not be read ({type(exc).__name__}: "
+                                      f"{exc}); its table is left out."})
     return sections
 
 

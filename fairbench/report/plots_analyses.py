@@ -344,17 +344,23 @@ def plot_analyses(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
     written: list[Path] = []
     problems: list[str] = []
     for name in figure_names(cell, attributes):
-        if name == "calibration":
-            frame, problem = eval_rows(cell)
-            if problem:
-                problems.append(f"{problem} (no calibration figure)")
-            fig = calibration_figure(cell, frame, attributes)
-        elif name == "prompts":
-            fig = prompts_figure(cell.doc["analyses"]["prompts"], f"{cell_title(cell)}\nPrompt sensitivity of "
-                                 "zero-shot AUC and AUC gaps (templates=all)", attributes)
-        else:
-            fig = {"underdiagnosis": underdiagnosis_figure, "leakage": leakage_figure,
-                   "power": power_figure}[name](cell, attributes)
+        try:
+            if name == "calibration":
+                frame, problem = eval_rows(cell)
+                if problem:
+                    problems.append(f"{problem} (no calibration figure)")
+                fig = calibration_figure(cell, frame, attributes)
+            elif name == "prompts":
+                fig = prompts_figure(cell.doc["analyses"]["prompts"], f"{cell_title(cell)}\nPrompt sensitivity of "
+                                     "zero-shot AUC and AUC gaps (templates=all)", attributes)
+            else:
+                fig = {"underdiagnosis": underdiagnosis_figure, "leakage": leakage_figure,
+                       "power": power_figure}[name](cell, attributes)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+            plt.close("all")
+            problems.append(f"{cell.path / 'metrics.json'}: analyses.{name} could not be drawn "
+                            f"({type(exc).__name__}: {exc}); figure skipped")
+            continue
         if fig is not None:
             written += save_figure(fig, base / figure_stem(name), formats)
     return written, problems
