@@ -280,8 +280,9 @@ def power_figure(cell: ResultCell, attributes: Sequence[str] | None = None) -> A
         ax2.set_title("DPD and DEOdds: MDE (shaded) and observed [95% bootstrap CI]")
         ax2.grid(axis="x", alpha=0.3)
         fig.suptitle(f"{cell_title(cell)}\nStatistical power: the smallest gap this test set detects at 80% power "
-                     "(two-sided alpha 0.05); a gap inside the shaded span with an interval over 0 could not be seen;\n"
-                     "hatched: not even a gap down to chance (AUC 50) was detectable",
+                     "(two-sided alpha 0.05); a gap inside the shaded span with an interval over 0 could not be seen"
+                     + (";\nhatched: not even a gap down to chance (AUC 50) was detectable"
+                        if any(power[a].get("mde_auc_gap") is None for a in attrs) else ""),
                      fontsize=10)
         fig.tight_layout()
     return fig
