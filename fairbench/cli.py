@@ -452,7 +452,9 @@ def plot(
 ) -> None:
     """Draw figures (PNG and SVG) from result cells.
 
-    Per cell and protected attribute: group metrics with CIs, ROC and reliability curves per group. Per task:
+    Per cell and protected attribute: group metrics with CIs, ROC and reliability curves per group. Per cell and
+    analysis it recorded (OUT/.../analysis_<name>.png): underdiagnosis by group, reliability with ECE, slope and
+    intercept per group, attribute leakage, power (MDE beside the observed gap), prompt sensitivity. Per task:
     a fairness-utility scatter across cells, and with --reference a forest plot of paired differences.
     """
     from fairbench.report.plots import plot_results

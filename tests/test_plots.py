@@ -45,7 +45,10 @@ def has_colour(img: np.ndarray, hex_colour: str, tol: int = 6) -> bool:
 def test_one_figure_per_cell_and_attribute_plus_the_tradeoff(figures):
     out, written = figures
     rel = sorted(p.relative_to(out).as_posix() for p in written)
-    assert len(rel) == 2 * 4 + 2
+    # per cell: the age figure and the analyses its metrics.json records (fabricated cells: no leakage, no prompts)
+    analyses = [f"synth_cxr/good/linear_probe/seed1/analysis_{n}.png" for n in ("underdiagnosis", "calibration",
+                                                                                "power")]
+    assert len(rel) == 2 * 4 * (1 + len(analyses)) + 2 and set(analyses) <= set(rel)
     assert "synth_cxr/good/linear_probe/seed1/age.png" in rel and "synth_cxr/good/linear_probe/seed1/age.svg" in rel
     assert "synth_cxr/fairness_utility.png" in rel and "synth_cxr/fairness_utility.svg" in rel
 
@@ -93,7 +96,11 @@ def test_missing_predictions_and_bad_metrics_are_reported(results, tmp_path):
     figs = sorted(p.relative_to(tmp_path / "f").as_posix() for p in (tmp_path / "f").rglob("*.png"))
     assert "synth_cxr/biased/zeroshot/seed1/sex.png" not in figs
     assert "synth_cxr/good/linear_probe/seed0/sex.png" in figs  # bars still drawn from metrics.json
-    assert len(figs) == 3 + 1
+    # the analysis figures: underdiagnosis and power from metrics.json, calibration only with predictions
+    assert "synth_cxr/good/linear_probe/seed0/analysis_power.png" in figs
+    assert "synth_cxr/good/linear_probe/seed0/analysis_calibration.png" not in figs
+    assert "synth_cxr/good/linear_probe/seed1/analysis_calibration.png" in figs
+    assert len(figs) == 3 + 1 + 3 * 2 + 2
 
 
 def test_bad_arguments_are_one_line_errors(results, tmp_path):
@@ -124,11 +131,13 @@ def test_a_point_outside_its_own_interval_is_drawn_clipped_and_marked(tmp_path):
     (cell / "metrics.json").write_text(json.dumps(doc))
     written, _, problems = plot_results([tmp_path / "results"], tmp_path / "figs", formats=["svg"],
                                         attributes=["age"])
+    written = [p for p in written if not p.name.startswith("analysis_")]
     assert not problems and len(written) == 2
     for svg in written:
         assert OUTSIDE_NOTE in svg.read_text(), svg.name
     unmarked, _, _ = plot_results([tmp_path / "results"], tmp_path / "other", formats=["svg"],
                                   attributes=["sex"])  # nothing outside its interval there: no mark
+    unmarked = [p for p in unmarked if not p.name.startswith("analysis_")]
     assert unmarked and not any(OUTSIDE_NOTE in svg.read_text() for svg in unmarked)
 
 

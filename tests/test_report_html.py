@@ -255,7 +255,8 @@ def test_figures_from_fairbench_plot_are_reused_and_stale_ones_redrawn(results, 
     age = figs / "synth_cxr_fair" / "pair" / "zeroshot" / "seed0" / "age.svg"
     age.write_text(age.read_text() + marker)
     report = write_site([cell], tmp_path / "site", figures=figs)
-    assert report.figures_drawn == 0 and report.figures_reused == 2 * len(ATTRS) + 1
+    # per cell its attribute figures and three analysis figures (underdiagnosis, calibration, power)
+    assert report.figures_drawn == 0 and report.figures_reused == 2 * (len(ATTRS) + 3) + 1
     page = tmp_path / "site" / "cells" / "synth_cxr_fair" / "pair" / "zeroshot" / "seed0" / "index.html"
     assert marker in page.read_text()
     # a figure older than its cell's results is stale: that cell's figures are drawn again (into the site)

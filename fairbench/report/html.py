@@ -145,6 +145,25 @@ class _Figures:
         found = self._get([f"{base}/{slug(a)}.svg" for a in attrs], [cell], draw) if attrs else {}
         return {a: found[f"{base}/{slug(a)}.svg"] for a in attrs}, problems
 
+    def analyses(self, cell: ResultCell) -> tuple[dict[str, Path | None], list[str]]:
+        """The figure of each analysis the cell recorded (:func:`fairbench.report.analyses_view.figure_names`)."""
+        from fairbench.report.analyses_view import figure_names, figure_stem
+
+        base = f"{cell.task}/{cell.model}/{cell.adapt}/seed{cell.seed}"
+        names = figure_names(cell)
+        problems: list[str] = []
+
+        def draw() -> list[Path]:
+            from fairbench.report.plots_analyses import plot_analyses
+
+            files, probs = plot_analyses(cell, self.draw_dir, ("svg",))
+            problems.extend(probs)
+            return files
+
+        rels = {name: f"{base}/{figure_stem(name)}.svg" for name in names}
+        found = self._get(list(rels.values()), [cell], draw) if rels else {}
+        return {name: found[rel] for name, rel in rels.items()}, problems
+
     def training(self, cell: ResultCell) -> Path | None:
         epochs = lookup(cell.doc, "adapt", "fitted", "epochs")
         if not isinstance(epochs, list) or not epochs:
@@ -498,6 +517,19 @@ def _flatten(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, fmt_raw(tree))]
 
 
+#: alt text and caption of each analysis figure
+_ANALYSIS_ALT = {
+    "underdiagnosis": "underdiagnosis rate per group with 95% bootstrap intervals, per attribute and intersection "
+                      "(Seyyed-Kalantari et al. 2021)",
+    "calibration": "reliability diagram per group, per attribute and intersection, with each group's ECE, "
+                   "calibration slope and intercept",
+    "leakage": "probe AUC for each protected attribute from the frozen image embeddings, with 95% intervals, "
+               "against chance",
+    "power": "minimum detectable gaps at 80% power beside the observed AUC gap, DPD and DEOdds with their intervals",
+    "prompts": "zero-shot AUC and AUC gap per attribute under each prompt set",
+}
+
+
 def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dict[str, Any], list[str]]:
     m = cell.metrics
     ci = m.get("ci") or {}
@@ -527,6 +559,14 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
     training = _inline(figs.training(cell), f"{cell.key}: training curves per epoch",
                        f"Training curves ({len(epochs) if isinstance(epochs, list) else 0} epochs).", "training")
     provenance = _flatten(cell.doc.get("provenance") or {})
+    analysis_files, analysis_problems = figs.analyses(cell)
+    problems += analysis_problems
+    from fairbench.report.analyses_view import analysis_sections
+
+    analyses = analysis_sections(cell, {
+        name: _inline(path, f"{cell.key}: {_ANALYSIS_ALT[name]}", _ANALYSIS_ALT[name][:1].upper()
+                      + _ANALYSIS_ALT[name][1:] + ".", f"analysis-{name}")
+        for name, path in analysis_files.items()})
     identity = [("task.version", str(lookup(cell.doc, "task", "version"))),
                 ("task.card_sha256", str(lookup(cell.doc, "task", "card_sha256"))),
                 ("task.samples_sha256", str(lookup(cell.doc, "task", "samples_sha256"))),
@@ -554,6 +594,7 @@ def _cell_context(cell: ResultCell, figs: _Figures, task_href: str) -> tuple[dic
         "notes": _flatten(m.get("notes")) if m.get("notes") else [],
         "flags": _flatten(m.get("flags")) if m.get("flags") else [],
         "provenance": provenance, "identity": identity, "folder": cell.path.resolve().as_posix(),
+        "analyses": analyses,
     }
     return ctx, problems
 

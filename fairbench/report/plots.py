@@ -6,7 +6,8 @@ bins, :func:`fairbench.metrics.reliability_curve`). Across the cells of a task, 
 overall AUC against ES-AUC per attribute, one point per model x adapter (mean over seeds). Per trained cell
 (``adapt.fitted.epochs`` in metrics.json), training curves: the losses, the fairness term and ``lambda x
 term``, the gradient ratio ``||grad(lambda x term)|| / ||grad(CLIP loss)||``, the selection AUC and DBPM's
-flagged pairs with their mean weight, each panel where the cell recorded it.
+flagged pairs with their mean weight, each panel where the cell recorded it. Per cell, one figure per analysis
+it recorded (underdiagnosis, calibration, leakage, power, prompt sensitivity: :mod:`fairbench.report.plots_analyses`).
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 FORMATS = ("png", "svg")
 MIN_BIN = 5  # reliability points from fewer samples are noise
-_STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
           "axes.spines.top": False, "axes.spines.right": False, "svg.hashsalt": "fairbench",
           "svg.fonttype": "none"}
 _BINARY_BARS = (("auc", "AUC"), ("acc", "ACC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ece", "ECE"))
 _MULTI_BARS = (("auc", "AUC"), ("acc", "ACC"), ("macro_f1", "macro F1"), ("ece", "ECE"))
 
 
-def _save(fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
+def save_figure(fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
@@ -67,7 +68,7 @@ def _save(fig: Any, stem: Path, formats: Sequence[str]) -> list[Path]:
     return out
 
 
-def _color(i: int) -> str:
+def palette_colour(i: int) -> str:
     return OKABE_ITO[i % len(OKABE_ITO)]
 
 
@@ -76,7 +77,7 @@ OUTSIDE_COLOUR = "#666666"
 OUTSIDE_NOTE = "◯ point outside its own interval (error bar clipped)"
 
 
-def _clip_err(value: float, low: float, high: float) -> tuple[float, float, bool]:
+def clip_err(value: float, low: float, high: float) -> tuple[float, float, bool]:
     """Error-bar lengths (below, above) for ``value`` with interval [low, high], each at least 0 (matplotlib
     refuses negative lengths), and whether one was clipped: a bootstrap percentile interval of a gap statistic
     can miss its own point estimate, and an edited file can say anything."""
@@ -84,7 +85,7 @@ def _clip_err(value: float, low: float, high: float) -> tuple[float, float, bool
     return max(0.0, below), max(0.0, above), min(below, above) < -1e-9
 
 
-def _mark_outside(ax: Any, x: float, y: float) -> None:
+def mark_outside(ax: Any, x: float, y: float) -> None:
     """Ring a point that lies outside its own interval, and say so once in the panel."""
     ax.plot([x], [y], marker="o", markersize=14, markerfacecolor="none", markeredgecolor=OUTSIDE_COLOUR,
             markeredgewidth=1.2, linestyle="", zorder=4)
@@ -103,7 +104,7 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{SCALE * float(x):.1f}"
 
 
-def _title(cell: ResultCell) -> str:
+def cell_title(cell: ResultCell) -> str:
     synth = " — SYNTHETIC data" if lookup(cell.doc, "task", "synthetic") else ""
     return f"{cell.task} · {cell.model} · {adapt_label(cell.adapt)} · seed {cell.seed}{synth}{_random_note([cell])}"
 
@@ -117,7 +118,7 @@ def _random_note(cells: Sequence[ResultCell]) -> str:
 
 
 # -- per cell -----------------------------------------------------------------------------------------------
-def _eval_rows(cell: ResultCell) -> tuple[pd.DataFrame | None, str | None]:
+def eval_rows(cell: ResultCell) -> tuple[pd.DataFrame | None, str | None]:
     if not cell.predictions.is_file():
         return None, f"{cell.predictions}: no predictions file (ROC and reliability panels left empty)"
     try:
@@ -138,7 +139,7 @@ def _scores(frame: pd.DataFrame, classes: list[str]) -> tuple[np.ndarray, np.nda
     return onehot.ravel(), probs.ravel()
 
 
-def _group_masks(frame: pd.DataFrame, attr: str, groups: list[str]) -> dict[str, np.ndarray]:
+def group_masks(frame: pd.DataFrame, attr: str, groups: list[str]) -> dict[str, np.ndarray]:
     if "*" in attr:
         parts = attr.split("*")
         cols = [frame.get(f"attr_{p}") for p in parts]
@@ -168,7 +169,7 @@ def _bars(ax: Any, cell: ResultCell, attr: str, groups: dict[str, Any], binary: 
             ci = lookup(cell.metrics.get("ci") or {}, "attributes", attr, "groups", g, key)
             vals.append(np.nan if v is None else SCALE * float(v))
             ok = isinstance(ci, list) and None not in ci and v is not None
-            below, above, clipped = (_clip_err(SCALE * float(v), SCALE * ci[0], SCALE * ci[1]) if ok  # type: ignore
+            below, above, clipped = (clip_err(SCALE * float(v), SCALE * ci[0], SCALE * ci[1]) if ok  # type: ignore
                                      else (np.nan, np.nan, False))
             lo.append(below)
             hi.append(above)
@@ -177,11 +178,11 @@ def _bars(ax: Any, cell: ResultCell, attr: str, groups: dict[str, Any], binary: 
         any_ci |= has_ci
         small = " small" if g in (lookup(cell.metrics, "flags", "small_groups", attr) or {}) else ""
         xs = x - 0.4 + width * (i + 0.5)
-        ax.bar(xs, vals, width, color=_color(i), edgecolor="white", linewidth=0.5,
+        ax.bar(xs, vals, width, color=palette_colour(i), edgecolor="white", linewidth=0.5,
                yerr=[lo, hi] if has_ci else None, capsize=2, error_kw={"elinewidth": 0.9, "ecolor": "#222222"},
                label=f"{g} (n={(gm or {}).get('n', '?')}{small})")
         for j in np.flatnonzero(outside):
-            _mark_outside(ax, float(xs[j]), vals[j])
+            mark_outside(ax, float(xs[j]), vals[j])
     ax.set_xticks(x, [label for _, label in metrics])
     ax.set_ylim(0, SCALE * (1.0 + 0.07 * math.ceil(k / 3) + 0.05))
     ax.set_yticks(np.linspace(0, SCALE, 6))
@@ -208,7 +209,7 @@ def _roc(ax: Any, frame: pd.DataFrame, classes: list[str], attr: str, groups: di
             continue
         fpr, tpr, _ = roc_curve(y, s)
         auc = (groups[g] or {}).get("auc")
-        ax.plot(SCALE * fpr, SCALE * tpr, color=_color(i), linestyle=_style(i), linewidth=1.6,
+        ax.plot(SCALE * fpr, SCALE * tpr, color=palette_colour(i), linestyle=_style(i), linewidth=1.6,
                 label=f"{g} (n={int(m.sum())}, {'AUC' if binary else 'macro AUC'} {_pct(auc)})")
     ax.plot([0, SCALE], [0, SCALE], color="#999999", linewidth=0.8, linestyle=":", label="chance")
     ax.set_xlim(0, SCALE)
@@ -220,8 +221,10 @@ def _roc(ax: Any, frame: pd.DataFrame, classes: list[str], attr: str, groups: di
     ax.set_aspect("equal")
 
 
-def _reliability(ax: Any, frame: pd.DataFrame, classes: list[str], groups: dict[str, Any],
-                 masks: dict[str, np.ndarray], n_bins: int) -> None:
+def reliability_panel(ax: Any, frame: pd.DataFrame, classes: list[str], groups: dict[str, Any],
+                      masks: dict[str, np.ndarray], n_bins: int, notes: dict[str, str] | None = None) -> None:
+    """Reliability curve per group in the suite's ECE bins (bins with < MIN_BIN samples hidden), the group's
+    ECE in the legend, followed by ``notes[group]`` where given."""
     from fairbench.metrics import reliability_curve
 
     binary = len(classes) == 2
@@ -238,8 +241,8 @@ def _reliability(ax: Any, frame: pd.DataFrame, classes: list[str], groups: dict[
         if not pts:
             continue
         xs, ys = (np.asarray(v, dtype=float) * SCALE for v in zip(*pts, strict=True))
-        ax.plot(xs, ys, color=_color(i), linestyle=_style(i), marker=MARKERS[i % len(MARKERS)], markersize=3.5,
-                linewidth=1.4, label=f"{g} (n={int(m.sum())}, ECE {_pct(curve['ece'])})")
+        ax.plot(xs, ys, color=palette_colour(i), linestyle=_style(i), marker=MARKERS[i % len(MARKERS)], markersize=3.5,
+                linewidth=1.4, label=f"{g} (n={int(m.sum())}, ECE {_pct(curve['ece'])}{(notes or {}).get(g, '')})")
     ax.set_xlim(0, SCALE)
     ax.set_ylim(0, 1.01 * SCALE)
     ax.set_xlabel(f"mean predicted probability, positive class ({SCALE_LABEL})" if binary
@@ -254,7 +257,7 @@ def plot_cell(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
               attributes: Sequence[str] | None = None) -> tuple[list[Path], list[str]]:
     """One figure per protected attribute (or those in ``attributes``); returns (files written, problems)."""
     problems: list[str] = []
-    frame, problem = _eval_rows(cell)
+    frame, problem = eval_rows(cell)
     if problem:
         problems.append(problem)
     classes = list(cell.metrics.get("classes") or [])
@@ -266,13 +269,13 @@ def plot_cell(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
         groups = dict((a or {}).get("groups") or {})
         if not groups or (attributes and attr not in attributes):
             continue
-        with plt.rc_context(_STYLE):
+        with plt.rc_context(STYLE):
             fig, axes = plt.subplots(1, 3, figsize=(16, 5.2), gridspec_kw={"width_ratios": [1.25, 1, 1]})
             _bars(axes[0], cell, attr, groups, binary)
             if frame is not None and classes:
-                masks = _group_masks(frame, attr, list(groups))
+                masks = group_masks(frame, attr, list(groups))
                 _roc(axes[1], frame, classes, attr, groups, masks)
-                _reliability(axes[2], frame, classes, groups, masks, n_bins)
+                reliability_panel(axes[2], frame, classes, groups, masks, n_bins)
             else:
                 for ax in axes[1:]:
                     ax.text(0.5, 0.5, "no predictions.parquet:\nROC and reliability need per-sample predictions",
@@ -282,10 +285,10 @@ def plot_cell(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
                                  (("es_auc", "ES-AUC"), ("auc_gap", "AUC gap"), ("dpd", "DPD"),
                                   ("dpd_mean_ovr", "DPD (mean OvR)"), ("deodds", "DEOdds"),
                                   ("deodds_mean_ovr", "DEOdds (mean OvR)")) if key in a)
-            fig.suptitle(f"{_title(cell)}\nprotected attribute: {attr}" + (f"   (x100: {summary})" if summary else ""),
+            fig.suptitle(f"{cell_title(cell)}\nprotected attribute: {attr}" + (f"   (x100: {summary})" if summary else ""),
                          fontsize=12)
             fig.tight_layout()
-            written += _save(fig, base / slug(attr), formats)
+            written += save_figure(fig, base / slug(attr), formats)
     return written, problems
 
 
@@ -304,7 +307,7 @@ def _line(ax: Any, epochs: list[dict[str, Any]], key: str, label: str, i: int, p
         xs, ys = [x for x, y in zip(xs, ys, strict=True) if y > 0], [y for y in ys if y > 0]
     if not xs:
         return False
-    ax.plot(xs, ys, color=_color(i), linestyle=_style(i), marker=MARKERS[i % len(MARKERS)], markersize=4,
+    ax.plot(xs, ys, color=palette_colour(i), linestyle=_style(i), marker=MARKERS[i % len(MARKERS)], markersize=4,
             linewidth=1.5, label=label)
     return True
 
@@ -327,7 +330,7 @@ def plot_training(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS)
     if select:
         panels.insert(1, "auc")
     n = len(epochs)
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False)
         for ax, panel in zip(axes[0], panels, strict=True):
             if panel == "loss":
@@ -366,7 +369,7 @@ def plot_training(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS)
                 ax.set_title("Gradient share of the term (first batch)")
             else:
                 xs, ys = _series(epochs, "n_flagged")
-                ax.bar(xs, ys, color=_color(5), alpha=0.8, label="pairs (or slots) flagged")
+                ax.bar(xs, ys, color=palette_colour(5), alpha=0.8, label="pairs (or slots) flagged")
                 ax.set_ylabel("flagged")
                 twin = ax.twinx()
                 if _line(twin, epochs, "mean_weight", "mean DBPM weight of flagged losses", 6, positive=True):
@@ -379,9 +382,9 @@ def plot_training(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS)
             _epoch_axis(ax, n)
             if panel != "dbpm" and ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="best", frameon=False)
-        fig.suptitle(f"{_title(cell)}\ntraining curves ({n} epochs)", fontsize=12)
+        fig.suptitle(f"{cell_title(cell)}\ntraining curves ({n} epochs)", fontsize=12)
         fig.tight_layout()
-        return _save(fig, out / cell.task / cell.model / cell.adapt / f"seed{cell.seed}" / "training", formats)
+        return save_figure(fig, out / cell.task / cell.model / cell.adapt / f"seed{cell.seed}" / "training", formats)
 
 
 # -- across cells -------------------------------------------------------------------------------------------
@@ -416,11 +419,11 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
     by_model = len(models) > 1  # colour carries the model only where models differ; else it repeats the adapter
 
     def colour(model: str, adapt: str) -> str:
-        return _color(models.index(model) if by_model else adapts.index(adapt))
+        return palette_colour(models.index(model) if by_model else adapts.index(adapt))
 
     ncols = min(2, len(attrs_list))
     nrows = math.ceil(len(attrs_list) / ncols)
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 5.6 * nrows + 1.2), squeeze=False)
         for k, attr in enumerate(attrs_list):
             ax = axes[k // ncols][k % ncols]
@@ -434,16 +437,16 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
                 xerr = yerr = None
                 x_out = y_out = False
                 if xlo is not None and xhi is not None:
-                    below, above, x_out = _clip_err(x, xlo, xhi)
+                    below, above, x_out = clip_err(x, xlo, xhi)
                     xerr = [[below], [above]]
                 if ylo is not None and yhi is not None:
-                    below, above, y_out = _clip_err(y, ylo, yhi)
+                    below, above, y_out = clip_err(y, ylo, yhi)
                     yerr = [[below], [above]]
                 ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=MARKERS[adapts.index(adapt) % len(MARKERS)],
                             color=colour(model, adapt), markersize=8, elinewidth=1.0, capsize=2.5,
                             markeredgecolor="white", zorder=3)
                 if x_out or y_out:
-                    _mark_outside(ax, x, y)
+                    mark_outside(ax, x, y)
                 points.append((x, y, f"{model} / {adapt}" if by_model else adapt))
                 extent += [v for v in (x, y, xlo, xhi, ylo, yhi) if v is not None]
             ax.plot([0, SCALE], [0, SCALE], color="#bbbbbb", linewidth=0.8, linestyle=":", zorder=1)
@@ -456,12 +459,12 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
         for k in range(len(attrs_list), nrows * ncols):
             axes[k // ncols][k % ncols].set_axis_off()
         if by_model:
-            handles: list[Any] = [Patch(color=_color(i), label=m) for i, m in enumerate(models)]
+            handles: list[Any] = [Patch(color=palette_colour(i), label=m) for i, m in enumerate(models)]
             handles += [plt.Line2D([], [], color="#555555", marker=MARKERS[i % len(MARKERS)], linestyle="",
                                    label=a) for i, a in enumerate(adapts)]
             title = "colour = model, marker = adapter"
         else:
-            handles = [plt.Line2D([], [], color=_color(i), marker=MARKERS[i % len(MARKERS)], linestyle="", label=a)
+            handles = [plt.Line2D([], [], color=palette_colour(i), marker=MARKERS[i % len(MARKERS)], linestyle="", label=a)
                        for i, a in enumerate(adapts)]
             title = f"{models[0]}: colour and marker = adapter"
         # beside the panels, at the top: it reads with them instead of under the last row
@@ -473,7 +476,7 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
                      "ES-AUC = AUC / (1 + Σ|AUC − AUC_g|); on the dotted diagonal every group has the overall AUC",
                      fontsize=10.5)
         fig.tight_layout()
-        return _save(fig, out / task / "fairness_utility", formats)
+        return save_figure(fig, out / task / "fairness_utility", formats)
 
 
 def _fit_limits(ax: Any, extent: list[float]) -> None:
@@ -543,7 +546,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
             key = path[-1]
             labels.append(f"{r.model} / {r.adapt_label} · {metric_label(key)}{arrow(key)} ({seeds})")
     n = len(labels)
-    with plt.rc_context(_STYLE):
+    with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(attrs), figsize=(3.6 * len(attrs) + 3.4, 0.27 * n + 2.6), sharey=True,
                                  squeeze=False)
         for ax, attr in zip(axes[0], attrs, strict=True):
@@ -553,19 +556,19 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
                 if i:
                     ax.axhline(-(y - 0.5), color="#dddddd", linewidth=0.6, zorder=0)
                 for j, d in enumerate(by_row[id(r)]):
-                    colour, marker = _color(j), MARKERS[j % len(MARKERS)]
+                    colour, marker = palette_colour(j), MARKERS[j % len(MARKERS)]
                     if d is None or d.delta is None:
                         ax.text(0, -y, "n/a", ha="center", va="center", fontsize=7, color="#777777")
                     else:
                         x = 100 * d.delta
                         xerr, clipped = None, False
                         if d.ci is not None:
-                            below, above, clipped = _clip_err(x, 100 * d.ci[0], 100 * d.ci[1])
+                            below, above, clipped = clip_err(x, 100 * d.ci[0], 100 * d.ci[1])
                             xerr = [[below], [above]]
                         ax.errorbar(x, -y, xerr=xerr, fmt=marker, color=colour, markersize=5.5, elinewidth=1.3,
                                     capsize=2, markerfacecolor=colour if d.excludes_zero else "white", zorder=3)
                         if clipped:
-                            _mark_outside(ax, x, -y)
+                            mark_outside(ax, x, -y)
                         if d.excludes_zero:
                             right = 100 * d.ci[1] if d.ci is not None else x
                             ax.annotate("*", (right, -y), xytext=(3, -3), textcoords="offset points",
@@ -590,7 +593,7 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
                      f"↓ lower is better ({lower}): a negative Δ is better; ↑ higher is better: a positive Δ is "
                      "better\na difference on this task, not a ranking of methods across tasks", fontsize=10)
         fig.tight_layout(rect=(0, 0.03 if skipped else 0, 1, 1))
-        return _save(fig, out / v.task / f"versus_{slug(v.reference)}", formats)
+        return save_figure(fig, out / v.task / f"versus_{slug(v.reference)}", formats)
 
 
 def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] = FORMATS,
@@ -617,9 +620,14 @@ def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] 
         check_reference(col.cells, reference)
     written: list[Path] = []
     problems: list[str] = []
+    from fairbench.report.plots_analyses import plot_analyses
+
     for cell in col.cells:
         files, probs = plot_cell(cell, Path(out), formats, attributes)
         written += files + plot_training(cell, Path(out), formats)
+        problems += probs
+        files, probs = plot_analyses(cell, Path(out), formats, attributes)
+        written += files
         problems += probs
     for task, cells in sorted(col.by_task().items()):
         written += plot_tradeoff(task, cells, Path(out), formats, attributes)
@@ -639,29 +647,8 @@ def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] 
 
 def plot_prompt_sensitivity(prompts: dict[str, Any], stem: Path, formats: Sequence[str] = ("png",),
                             title: str = "") -> list[Path]:
-    """A zero-shot cell's ``analyses.prompts`` (``templates=all``): per prompt set, the AUC (left) and each
-    attribute's AUC gap, best - worst group (right); the ensemble (the cell's predictions) drawn last, hatched."""
-    records = list(prompts.get("templates") or [])
-    if not records:
-        raise DataError("analyses.prompts has no templates to plot (run zeroshot with --adapt-arg templates=all)")
-    labels = [("ensemble" if r["kind"] == "ensemble" else f"{r['kind']}: {r['template']}")[:48] for r in records]
-    attrs = sorted({a for r in records for a in r.get("gaps", {})})
-    y = np.arange(len(records))
-    fig, (ax_auc, ax_gap) = plt.subplots(1, 2, figsize=(11, 0.35 * len(records) + 1.6), sharey=True)
-    aucs = [np.nan if r.get("auc") is None else r["auc"] for r in records]
-    bars = ax_auc.barh(y, aucs, color=[OKABE_ITO[0]] * len(records))
-    if records[-1]["kind"] == "ensemble":
-        bars[-1].set_hatch("//")
-    ax_auc.axvline(0.5, color="grey", lw=0.8, ls=":")
-    ax_auc.set_xlabel("AUC")
-    ax_auc.set_yticks(y, labels, fontsize=7)
-    ax_auc.invert_yaxis()
-    height = 0.8 / max(1, len(attrs))
-    for i, a in enumerate(attrs):
-        gaps = [np.nan if r["gaps"].get(a, {}).get("gap") is None else r["gaps"][a]["gap"] for r in records]
-        ax_gap.barh(y - 0.4 + height * (i + 0.5), gaps, height=height, color=_color(i + 1), label=a)
-    ax_gap.set_xlabel("AUC gap (best - worst group)")
-    ax_gap.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title or "Prompt sensitivity of zero-shot AUC and AUC gaps", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, stem, formats)
+    """A zero-shot cell's ``analyses.prompts`` (``templates=all``) drawn by
+    :func:`fairbench.report.plots_analyses.prompts_figure` and saved under ``stem``."""
+    from fairbench.report.plots_analyses import prompts_figure
+
+    return save_figure(prompts_figure(prompts, title), stem, formats)
