@@ -407,7 +407,8 @@ def metrics_document(frame: pd.DataFrame, task: TaskCard, *, n_boot: int, seed: 
     # undefined values (a degenerate fit's NaN interval) become null, as everywhere in metrics.json
     analyses = _jsonable(compute_analyses(result, no_finding_class=ev.no_finding_class, frame=frame,
                                           attributes=list(task.attributes),
-                                          intersections=[list(i) for i in ev.intersections]))
+                                          intersections=[list(i) for i in ev.intersections],
+                                          threshold=threshold))
     extra = {"variants": _jsonable(compute_variants(
         frame, classes=list(task.classes), attributes=list(task.attributes), eval_split=ev.split,
         intersections=[list(i) for i in ev.intersections], variants=variants))} if variants else {}
