@@ -133,3 +133,15 @@ def test_gap_to_best_has_no_interval_without_bootstrap() -> None:
     ud = doc["analyses"]["underdiagnosis"]["age"]
     assert all(v["gap_to_best_ci"] is None for v in ud["groups"].values())
     assert all(v["gap_to_best"] is not None for v in ud["groups"].values())
+
+
+def test_summary_line_gives_the_worst_groups_gap_with_its_interval() -> None:
+    from fairbench.report.summary import analyses_lines
+
+    doc = metrics_document(_frame(), get_task("synth_cxr"), n_boot=100, seed=0, samples_sha256="x")
+    rec = doc["analyses"]["underdiagnosis"]["age"]
+    worst = rec["groups"][rec["worst_group"]]
+    lo, hi = worst["gap_to_best_ci"]
+    line = next(ln for ln in analyses_lines(doc["analyses"]) if ln.startswith("underdiagnosis (age,"))
+    assert line.endswith(f"; worst >=60, +{100 * worst['gap_to_best']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] over "
+                         f"best <60")
