@@ -59,7 +59,8 @@ def main() -> None:
     for _ in range(args.repeat):  # as metrics_document calls it
         compute_analyses(m, no_finding_class=task.evaluation.no_finding_class, frame=frame,
                          attributes=list(task.attributes),
-                         intersections=[list(i) for i in task.evaluation.intersections])
+                         intersections=[list(i) for i in task.evaluation.intersections],
+                         threshold=res.metrics["threshold"])  # the underdiagnosis gaps' paired intervals
     a_wall, a_cpu = (time.perf_counter() - t0) / args.repeat, (time.process_time() - c0) / args.repeat
     print(f"cell ({args.adapt}, {args.model} {args.weights}, B={args.n_boot}): wall {wall:.2f} s, CPU {cpu:.2f} s")
     print(f"analyses (power + underdiagnosis + calibration, mean of {args.repeat}): wall {a_wall * 1e3:.2f} ms, "

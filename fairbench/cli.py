@@ -34,7 +34,9 @@ from fairbench.options import (
     SweepOverwriteOpt,
     TaskArgOpt,
     TasksDirOpt,
+    VariantsOpt,
     WeightsOpt,
+    split_names,
 )
 from fairbench.progress import console as err_console
 
@@ -134,6 +136,7 @@ def run(
         rich_help_panel="Training")] = None,
     embedding_cache: EmbeddingCacheOpt = True,
     precision: PrecisionOpt = "fp32",
+    variants: VariantsOpt = None,
 ) -> None:
     """Run one cell (task x model x adapter x seed) and print its fairness summary.
 
@@ -154,7 +157,7 @@ def run(
                     embedding_cache=embedding_cache, precision=precision,
                     model_args=parse_kv(model_arg or [], "--model-arg"),
                     task_args=parse_kv(task_arg or [], "--task-arg"),
-                    eval_task=eval_task, eval_data_root=eval_data_root)
+                    eval_task=eval_task, eval_data_root=eval_data_root, variants=split_names(variants))
     from fairbench.models.weights import allow_downloads
 
     with allow_downloads(allow_download):
@@ -270,9 +273,7 @@ def metrics(
         = None,
     out: Annotated[Path | None, typer.Option(help="Write the metrics JSON here (default: print it).")] = None,
     tasks_dir: TasksDirOpt = None,
-    variants: Annotated[list[str] | None, typer.Option(
-        "--variants", help="Also write another benchmark's metric definitions under variants.<name> (binary tasks): "
-                           "fairmedfm (its best-F1 threshold is chosen on the evaluated labels).")] = None,
+    variants: VariantsOpt = None,
 ) -> None:
     """Recompute metrics from a predictions file alone (the same function `run` uses)."""
     from fairbench.report.recompute import recompute
@@ -281,7 +282,7 @@ def metrics(
     if seed is not None:
         check_seed(seed, "--seed")
     recompute(predictions, task=task, n_boot=n_boot, seed=seed, out=out, tasks_dirs=tuple(tasks_dir or ()),
-              variants=list(variants) if variants else None)
+              variants=split_names(variants) or None)
 
 
 @app.command()
@@ -378,6 +379,7 @@ def sweep(
     allow_skip_unreadable: SweepAllowSkipUnreadableOpt = None,
     image_cache: ImageCacheOpt = None,
     precision: PrecisionOpt = None,
+    variants: VariantsOpt = None,
 ) -> None:
     """Run a grid of cells (tasks x models x adapters x seeds); complete cells are skipped.
 
@@ -389,7 +391,7 @@ def sweep(
     options = {"out": out, "data_root": data_root, "eval_data_root": eval_data_root, "weights": weights,
                "device": device, "n_boot": n_boot,
                "overwrite": overwrite, "allow_skip_unreadable": allow_skip_unreadable, "image_cache": image_cache,
-               "precision": precision,
+               "precision": precision, "variants": split_names(variants) or None,
                "model_args": parse_kv(model_arg, "--model-arg") if model_arg else None,
                "task_args": parse_kv(task_arg, "--task-arg") if task_arg else None}
     spec = build_spec(sweep_file, tasks=tasks, models=models, adapts=adapts, seeds=seeds, executor=executor,
@@ -419,6 +421,10 @@ def leaderboard(
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace pages in OUT that were generated from other results (by default nothing is "
         "written and the pages that would be replaced are listed).")] = False,
+    variants: Annotated[list[str] | None, typer.Option(
+        "--variants", help="Also write, per task and protected attribute, a table of another benchmark's metric "
+        "definitions under its own names, from the cells' variants.<name> (fairmedfm: overall-auc, worst-auc, "
+        "auc-gap, eod, ...; record them with `run`/`sweep`/`metrics --variants`).")] = None,
 ) -> None:
     """Write one markdown leaderboard per task from result cells (deterministic: same results, same bytes).
 
@@ -429,7 +435,8 @@ def leaderboard(
 
     written, col = write_leaderboards(results or [Path("results")], out, reported_dir=reported,
                                       include_reported_only=include_reported_only, tasks_dirs=tuple(tasks_dir or ()),
-                                      reference=reference, overwrite=overwrite)
+                                      reference=reference, overwrite=overwrite,
+                                      variants=split_names(variants))
     for path, why in col.problems:
         err_console.print(f"skipped {path}: {why}", style="yellow", markup=False, soft_wrap=True)
     for path in written:

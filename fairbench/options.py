@@ -32,7 +32,9 @@ __all__ = [
            "SweepOverwriteOpt",
            "TaskArgOpt",
            "TasksDirOpt",
+           "VariantsOpt",
            "WeightsOpt",
+           "split_names",
 ]
 
 DATA = "Data and weights"
@@ -41,6 +43,10 @@ TRAINING = "Training"
 TasksDirOpt = Annotated[list[Path] | None, typer.Option(
     "--tasks-dir", help="Extra folder of task folders (<dir>/<task>/<task>.yaml); repeatable.",
     rich_help_panel="Tasks")]
+VariantsOpt = Annotated[list[str] | None, typer.Option(
+    "--variants", help="Also write another benchmark's metric definitions under variants.<name> in metrics.json "
+    "(binary tasks; comma-separated or repeated): fairmedfm (its best-F1 threshold is chosen on the evaluated "
+    "labels). A complete cell that lacks one gets it from its predictions.", rich_help_panel="Metrics")]
 NBootOpt = Annotated[int | None, typer.Option(
     "--n-boot", min=0, help="Bootstrap resamples for confidence intervals (0 = none; default: the task card's).",
     rich_help_panel="Metrics")]
@@ -90,3 +96,8 @@ AllowSkipUnreadableOpt = Annotated[bool, typer.Option(
 SweepAllowSkipUnreadableOpt = Annotated[bool | None, typer.Option(
     "--allow-skip-unreadable/--no-allow-skip-unreadable", help=_SKIP + " (default: the sweep file's, else no).",
     rich_help_panel=DATA)]
+
+
+def split_names(values: list[str] | None) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``: the names of a repeatable option that also takes comma lists."""
+    return [p.strip() for v in values or [] for p in str(v).split(",") if p.strip()]

@@ -86,6 +86,9 @@ class RunConfig:
     eval_task: str | None = None
     # [cross-dataset] eval_task's dataset folder (None: data_root)
     eval_data_root: Path | None = None
+    # [metrics] other benchmarks' metric definitions written under metrics.json ``variants`` (``--variants
+    # fairmedfm``); not part of the config hash: a complete cell that lacks one gets it from its predictions
+    variants: list[str] = field(default_factory=list)
 
     @property
     def cross(self) -> bool:
@@ -125,6 +128,7 @@ def run_cell(cfg: RunConfig) -> CellResult:
         check_cross(task, eval_task, adapter.name)
     device = local_device(resolve_device(cfg.device))
     check_precision(cfg.precision, device)
+    check_variants(cfg.variants, eval_task or task)
     data = prepared_loader(cfg, task, card)
     eval_data = prepared_loader(cfg, eval_task, card) if eval_task is not None else None
     cell = cell_dir(cfg.out, (eval_task or task).name, card.name, adapter.name, cfg.seed,
@@ -135,6 +139,9 @@ def run_cell(cfg: RunConfig) -> CellResult:
         if reason:
             raise ResultsError(f"{cell / METRICS} is complete but was computed with {reason}; rerun with "
                                f"--overwrite to replace it, or write to another --out")
+        if _missing_variants(doc, cfg.variants) and is_main_process():
+            with cell_lock(cell):
+                doc = add_variants(cell, eval_task or task, cfg.variants)
         return CellResult(cell, doc, skipped=True, task=eval_task or task)
     # everything the run reads (weights, tokenizer, config, --data-root): all missing pieces in one message
     check_run_inputs(card, cfg.weights, task=task, loader=data, data_root=cfg.data_root)
@@ -223,6 +230,7 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
             model={"name": card.name, "card_sha256": card.sha256, "weights": model.weights_info,
                    **_resolved_record(cfg, card)},
             adapt={"name": adapter.name, "params": adapter.params, "fitted": _jsonable(adapter.fitted)},
+            variants=list(cfg.variants) or None,
             config={"task_card": task.sha256, "model_card": card.sha256, "adapt": adapter.params, "seed": cfg.seed,
                     "weights": model.weights_info.get("sha256"), "n_boot": n_boot,
                     "model_inputs": inputs_digest(model.weights_info),
@@ -247,6 +255,58 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
     write_json(cell / METRICS, metrics)
     adapter.finish(ctx)  # e.g. remove training checkpoints, now that the cell is complete
     return CellResult(cell, metrics, skipped=False, task=task)
+
+
+def check_variants(variants: list[str] | tuple[str, ...] | None, task: TaskCard, what: str = "--variants") -> None:
+    """One-line errors, before anything runs, for variants that are unknown or do not apply to the task."""
+    from fairbench.analyses import VARIANTS
+
+    unknown = [v for v in variants or () if v not in VARIANTS]
+    if unknown:
+        raise FairbenchError(f"{what}: unknown {', '.join(map(repr, unknown))}; known: {', '.join(VARIANTS)}")
+    if variants and len(task.classes) != 2:
+        raise FairbenchError(f"{what} {','.join(variants)} applies to binary tasks only; task '{task.name}' has "
+                             f"{len(task.classes)} classes")
+
+
+def _missing_variants(doc: dict[str, Any], variants: list[str] | tuple[str, ...] | None) -> list[str]:
+    have = doc.get("variants") or {}
+    return [v for v in variants or () if v not in have]
+
+
+def missing_variants(cfg: RunConfig) -> list[str]:
+    """The variants ``cfg`` asks for that its complete cell's metrics.json lacks ([] for an incomplete cell or an
+    unreadable one: running it settles those)."""
+    cell = cfg.cell_path()
+    if not cfg.variants or not is_complete(cell):
+        return []
+    try:
+        return _missing_variants(read_metrics(cell / METRICS), cfg.variants)
+    except FairbenchError:
+        return []
+
+
+def add_variants(cell: Path, task: TaskCard, variants: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Add ``variants`` to a complete cell's metrics.json from its predictions.parquet (the same function,
+    :func:`fairbench.analyses.compute_variants`, that ``metrics_document`` and ``fairbench metrics --variants``
+    call), keeping every other entry; returns the new document."""
+    from fairbench.analyses import compute_variants
+    from fairbench.results import read_predictions
+
+    doc = read_metrics(cell / METRICS)
+    missing = _missing_variants(doc, variants)
+    if not missing:
+        return doc
+    ev = task.evaluation
+    frame = read_predictions(cell / PREDICTIONS, list(task.classes), list(task.attributes))
+    new = _jsonable(compute_variants(frame, classes=list(task.classes), attributes=list(task.attributes),
+                                     eval_split=ev.split, intersections=[list(i) for i in ev.intersections],
+                                     variants=missing))
+    old = dict(doc.get("variants") or {})
+    notes = {**(old.get("notes") or {}), **(new.pop("notes", None) or {})}
+    doc["variants"] = {**old, **new, "notes": notes}
+    write_json(cell / METRICS, doc)
+    return doc
 
 
 def _cell_analyses(adapter: Any, ctx: AdaptContext, n_boot: int, *, cross: bool = False) -> dict[str, Any]:
@@ -410,7 +470,8 @@ def metrics_document(frame: pd.DataFrame, task: TaskCard, *, n_boot: int, seed: 
     # undefined values (a degenerate fit's NaN interval) become null, as everywhere in metrics.json
     analyses = _jsonable(compute_analyses(result, no_finding_class=ev.no_finding_class, frame=frame,
                                           attributes=list(task.attributes),
-                                          intersections=[list(i) for i in ev.intersections]))
+                                          intersections=[list(i) for i in ev.intersections],
+                                          threshold=threshold))
     extra = {"variants": _jsonable(compute_variants(
         frame, classes=list(task.classes), attributes=list(task.attributes), eval_split=ev.split,
         intersections=[list(i) for i in ev.intersections], variants=variants))} if variants else {}

@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fixtures_results import fabricate_cell, fabricate_sweep
 from typer.testing import CliRunner
@@ -452,3 +453,145 @@ def test_header_commit_list_covers_cells_without_a_commit(tmp_path):
     written, _ = write_leaderboards([root], tmp_path / "lb")
     header = next(ln for ln in written[0].read_text().splitlines() if ln.startswith("- **Produced by**"))
     assert "`0123456789`" in header and "none recorded for 1 of 2 cells" in header, header
+
+
+# -- analyses and variants tables (issue 19) ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def analyses_results(tmp_path_factory) -> Path:
+    """'biased' with two seeds and 'single' with one, B = 50; 'single' also carries a leakage probe and a prompt
+    spread (written into its metrics.json as the pipeline records them), 'biased' a prompt spread in seed 0 only."""
+    root = tmp_path_factory.mktemp("analyses") / "results"
+    for s in (0, 1):
+        fabricate_cell(root, model="biased", adapt="zeroshot", seed=s, strength=0.8, bias=0.8, n_boot=50, day=1 + s)
+    single = fabricate_cell(root, model="single", adapt="zeroshot", seed=0, strength=1.2, bias=0.0, n_boot=50)
+    doc = json.loads((single / "metrics.json").read_text())
+    doc["analyses"]["leakage"] = {"age": {"auc": 0.91, "ci": [0.88, 0.94], "chance": 0.5}}
+    doc["analyses"]["prompts"] = {"spread": {"gaps": {"age": {"sd": 0.034, "same_sign": True}}}}
+    (single / "metrics.json").write_text(json.dumps(doc))
+    seed0 = root / "synth_cxr" / "biased" / "zeroshot" / "seed0" / "metrics.json"
+    doc = json.loads(seed0.read_text())
+    doc["analyses"]["prompts"] = {"spread": {"gaps": {"age": {"sd": 0.05, "same_sign": False}}}}
+    doc["analyses"]["power"]["race"]["observed_gap_ci"] = [0.01, 0.2]  # seed 0's race gap is seen: seeds disagree
+    seed0.write_text(json.dumps(doc))
+    return root
+
+
+def analyses_table(page: str, attr: str) -> dict[str, dict[str, str]]:
+    block = page.split(f"### Analyses: {attr}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in block.splitlines() if ln.startswith("|")]
+    return {entry(r): dict(zip(rows[0], r, strict=True)) for r in rows[2:]}
+
+
+def _docs(root: Path, model: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "synth_cxr" / model / "zeroshot").glob("seed*/metrics.json"))]
+
+
+def _mean_t(xs: list[float], clip=(0.0, 1.0)) -> str:
+    """Independent reference of a two-seed entry: mean and 95% t interval (scipy), x100."""
+    from scipy import stats
+
+    m = float(np.mean(xs))
+    half = float(stats.t.ppf(0.975, len(xs) - 1) * np.std(xs, ddof=1) / np.sqrt(len(xs)))
+    lo, hi = m - half, m + half
+    lo, hi = (max(clip[0], lo) if clip[0] is not None else lo), (min(clip[1], hi) if clip[1] is not None else hi)
+    return f"{100 * m:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def test_analyses_tables_show_each_analysis_per_attribute(analyses_results, tmp_path):
+    written, _ = write_leaderboards([analyses_results], tmp_path / "lb")
+    page = written[0].read_text()
+    assert page.index("## Fairness: race") < page.index("## Analyses") < page.index("## Cells")
+    age = analyses_table(page, "age")
+    single, biased = _docs(analyses_results, "single")[0], _docs(analyses_results, "biased")
+    s, b = age["single/zeroshot"], age["biased/zeroshot"]
+    # one seed: the value and its bootstrap interval, as recorded
+    ud = single["analyses"]["underdiagnosis"]["age"]
+    worst = ud["groups"][ud["worst_group"]]
+    assert s["worst underdiagnosed"] == ud["worst_group"]
+    assert s["its underdiagnosis"] == f"{100 * worst['rate']:.1f} [{100 * worst['ci'][0]:.1f}, {100 * worst['ci'][1]:.1f}]"
+    lo, hi = worst["gap_to_best_ci"]
+    assert s["gap to best"] == f"{100 * worst['gap_to_best']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+    assert s["leakage AUC"] == "91.0 [88.0, 94.0]" and b["leakage AUC"] == "–"
+    assert s["MDE AUC gap"] == f"{100 * single['analyses']['power']['age']['mde_auc_gap']:.1f}"
+    slopes = [g["slope"] for g in single["analyses"]["calibration"]["age"]["groups"].values()]
+    assert s["calibration slope (min to max)"] == f"{min(slopes):.2f} to {max(slopes):.2f}"
+    assert s["AUC gap SD over prompts"] == "3.4" and s["same worst group over prompts"] == "yes"
+    # two seeds: means over seeds with a t interval across them (scipy's t, as docs/leaderboards.md says)
+    assert b["MDE AUC gap"] == f"{100 * np.mean([d['analyses']['power']['age']['mde_auc_gap'] for d in biased]):.1f}"
+    worst_b = [d["analyses"]["underdiagnosis"]["age"]["worst_group"] for d in biased]
+    assert len(set(worst_b)) == 1 and b["worst underdiagnosed"] == worst_b[0]
+    rates = [d["analyses"]["underdiagnosis"]["age"]["groups"][worst_b[0]]["rate"] for d in biased]
+    assert b["its underdiagnosis"] == _mean_t(rates)
+    ece = [d["metrics"]["attributes"]["age"]["ece_delta"] for d in biased]
+    assert b["ECE gap"] == _mean_t(ece)
+    lows = [min(g["slope"] for g in d["analyses"]["calibration"]["age"]["groups"].values()) for d in biased]
+    highs = [max(g["slope"] for g in d["analyses"]["calibration"]["age"]["groups"].values()) for d in biased]
+    assert b["calibration slope (min to max)"] == f"{np.mean(lows):.2f} to {np.mean(highs):.2f}"
+    # a prompt spread in one of two seeds: its value, marked as a mean over fewer seeds
+    assert b["AUC gap SD over prompts"] == "5.0*" and b["same worst group over prompts"] == "no*"
+    # underpowered, seed by seed: the Wald interval of the observed gap contains 0 and the gap is below the MDE
+    def flag(d: dict) -> bool:
+        p = d["analyses"]["power"]["age"]
+        return p["observed_gap_ci"][0] <= 0 <= p["observed_gap_ci"][1] and p["observed_gap"] < p["mde_auc_gap"]
+    said = set()
+    for attr in ("sex", "age", "race"):
+        flags = [flag({"analyses": {"power": {"age": d["analyses"]["power"][attr]}}}) for d in biased]
+        want = "yes" if all(flags) else "no" if not any(flags) else f"{sum(flags)} of 2 seeds"
+        assert analyses_table(page, attr)["biased/zeroshot"]["underpowered"] == want, attr
+        said.add(want)
+    assert "1 of 2 seeds" in said  # the fixture makes the seeds disagree on race
+    # the worst group where seeds disagree: each name with its seed count
+    worst_race = sorted(d["analyses"]["underdiagnosis"]["race"]["worst_group"] for d in biased)
+    if worst_race[0] != worst_race[1]:
+        assert analyses_table(page, "race")["biased/zeroshot"]["worst underdiagnosed"] == \
+            f"{worst_race[0]} (1 seed), {worst_race[1]} (1 seed)"
+    # attributes without leakage or prompts: those columns are left out of their table
+    sex = analyses_table(page, "sex")
+    assert "leakage AUC" not in next(iter(sex.values())) and "underpowered" in next(iter(sex.values()))
+    assert "- **leakage AUC**:" in page  # the legend names every column shown
+
+
+def test_no_analyses_no_section(tmp_path):
+    cell = fabricate_cell(tmp_path / "r", model="m", adapt="zeroshot", seed=0)
+    doc = json.loads((cell / "metrics.json").read_text())
+    doc.pop("analyses")
+    doc["metrics"]["attributes"] = {a: {k: v for k, v in rec.items() if k != "ece_delta"}
+                                    for a, rec in doc["metrics"]["attributes"].items()}
+    (cell / "metrics.json").write_text(json.dumps(doc))
+    written, _ = write_leaderboards([tmp_path / "r"], tmp_path / "lb")
+    assert "## Analyses" not in written[0].read_text()
+
+
+def test_variants_table_under_fairmedfm_names(analyses_results, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from fairbench.data.task import get_task
+    from fairbench.pipeline import add_variants
+
+    root = tmp_path / "results"
+    shutil.copytree(analyses_results, root)
+    for cell in sorted((root / "synth_cxr" / "biased" / "zeroshot").glob("seed*")):
+        add_variants(cell, get_task("synth_cxr"), ["fairmedfm"])
+    runner = CliRunner()
+    res = runner.invoke(app, ["leaderboard", str(root), "--out", str(tmp_path / "lb"), "--variants", "fairmedfm"])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "lb" / "synth_cxr.md").read_text()
+    assert "best-F1 threshold chosen on the evaluated (test) samples' own labels" in page
+    block = page.split("### fairmedfm: age\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in block.splitlines() if ln.startswith("|")]
+    header = rows[0]
+    assert header[:2] == ["model", "adapter"] and {"overall-auc", "worst-auc", "auc-gap", "eod", "eo"} <= set(header)
+    got = {entry(r): dict(zip(header, r, strict=True)) for r in rows[2:]}
+    docs = _docs(root, "biased")
+    for name in ("overall-auc", "auc-gap", "eod", "eo", "overall-bce"):
+        xs = [d["variants"]["fairmedfm"]["age"][name] for d in docs]
+        want = _mean_t(xs, clip=(0.0, None) if "bce" in name else (0.0, 1.0))
+        assert got["biased/zeroshot"][name] == want, name
+    assert got["single/zeroshot"]["auc-gap"] == "–"  # recorded no variants
+    # without the option the page has no such section; an unknown name is one line, nothing written
+    res = runner.invoke(app, ["leaderboard", str(root), "--out", str(tmp_path / "lb2")])
+    assert "FairMedFM variants" not in (tmp_path / "lb2" / "synth_cxr.md").read_text()
+    code, err = run_main(monkeypatch, capsys, "leaderboard", str(root), "--out", str(tmp_path / "lb3"),
+                         "--variants", "medfair")
+    assert code == 2 and err.strip() == "error: --variants: unknown 'medfair'; known: fairmedfm"
+    assert not (tmp_path / "lb3").exists()

@@ -26,7 +26,7 @@ from fairbench.analyses.calibration import calibration_by_group
 from fairbench.analyses.fairmedfm import NOTE as FAIRMEDFM_NOTE
 from fairbench.analyses.fairmedfm import fairmedfm_variants
 from fairbench.analyses.power import power_for_attribute
-from fairbench.analyses.underdiagnosis import underdiagnosis
+from fairbench.analyses.underdiagnosis import gap_to_best_samples, underdiagnosis
 from fairbench.errors import DataError
 
 __all__ = ["VARIANTS", "compute_analyses", "compute_variants"]
@@ -35,17 +35,25 @@ VARIANTS = ("fairmedfm",)
 
 
 def compute_analyses(metrics: dict[str, Any], *, no_finding_class: str | None, frame: pd.DataFrame | None = None,
-                     attributes: list[str] | None = None, intersections: list[list[str]] | None = None
-                     ) -> dict[str, Any]:
+                     attributes: list[str] | None = None, intersections: list[list[str]] | None = None,
+                     threshold: dict[str, Any] | None = None) -> dict[str, Any]:
     """``analyses`` of one cell from its :func:`fairbench.metrics.compute_metrics` result (and, for the
-    calibration analysis, its predictions ``frame``)."""
+    calibration analysis and the underdiagnosis gaps' intervals, its predictions ``frame`` and the threshold
+    record the suite returned, ``threshold``)."""
     out: dict[str, Any] = {}
     binary = metrics.get("task") == "binary"
     if binary:
         out["power"] = {attr: power_for_attribute(a.get("groups") or {})
                         for attr, a in (metrics.get("attributes") or {}).items()}
     if no_finding_class is not None:
-        out["underdiagnosis"] = underdiagnosis(metrics, no_finding_class)
+        samples = None
+        if frame is not None and threshold is not None and int(metrics.get("n_boot") or 0) > 0:
+            samples = gap_to_best_samples(
+                frame, classes=list(metrics["classes"]), attributes=list(attributes or []),
+                intersections=[list(i) for i in intersections or []] or None, eval_split=metrics["eval_split"],
+                threshold=threshold.get("value"), no_finding_class=no_finding_class,
+                ece_bins=int(metrics["ece_bins"]), n_boot=int(metrics["n_boot"]), seed=int(metrics["seed"]))
+        out["underdiagnosis"] = underdiagnosis(metrics, no_finding_class, samples)
     if binary and frame is not None:
         classes = list(metrics["classes"])
         ev = frame[frame["split"] == metrics["eval_split"]]

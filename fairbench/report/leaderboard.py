@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fairbench import __version__
+from fairbench.report.analysis_tables import analysis_columns, analysis_entries, variant_columns
 from fairbench.report.collect import Collection, ResultCell, collect
 from fairbench.report.formatting import arrow, direction, fmt_agg, metric_label
 from fairbench.report.reported import ReportedSource, load_reported, render_reported
@@ -130,6 +131,84 @@ def _attribute_section(attr: str, cells: list[ResultCell], rows: list[Row], extr
     return lines + _table(rows, attribute_columns(attr, cells, extras), lead=False) + [""]
 
 
+#: what each analyses column says (docs/leaderboards.md, "Analyses")
+_ANALYSIS_LEGEND = {
+    "leakage AUC": "how well a logistic probe on the frozen image embeddings predicts the attribute (chance 50; "
+                   "frozen-encoder adapters only)",
+    "MDE AUC gap": "the smallest best-vs-worst group AUC gap a test at 80% power, alpha 0.05 could detect on "
+                   "this test set",
+    "underpowered": "the observed gap's Wald interval includes 0 and the gap is below the MDE: a gap this small "
+                    "could not be seen",
+    "worst underdiagnosed": "the group with the highest underdiagnosis rate (findings called normal)",
+    "its underdiagnosis": "that group's underdiagnosis rate",
+    "gap to best": "its rate minus the best-served group's, with a paired bootstrap interval",
+    "ECE gap": "largest minus smallest group ECE (the suite's ECE Δ)",
+    "calibration slope (min to max)": "the smallest and largest group calibration slope, unscaled (1 = "
+                                      "calibrated, below 1 = overconfident)",
+    "AUC gap SD over prompts": "SD of the group AUC gap over the zero-shot prompt templates (templates=all)",
+    "same worst group over prompts": "whether every template leaves the same group worst",
+}
+
+
+def _analyses_section(attrs: list[str], rows: list[Row]) -> list[str]:
+    """``## Analyses``: per protected attribute, the cells' ``analyses`` (nothing when no cell has any)."""
+    tables = []
+    for attr in attrs:
+        columns, entries = analysis_entries(rows, analysis_columns(attr))
+        if columns:
+            tables.append((attr, columns, entries))
+    if not tables:
+        return []
+    shown = list(dict.fromkeys(c.header for _, columns, _ in tables for c in columns))
+    lines = ["## Analyses", "",
+             ("From each cell's `analyses` (docs/metrics.md, \"Analyses\"), one table per protected attribute: x100 "
+              "except the calibration slopes; means over seeds with intervals as above; `yes`/`no`, or how many "
+              "seeds said yes; a group name, or each name with its seed count where seeds disagree (the values "
+              "beside it are then means over different groups); – = no such analysis in the row's cells."), ""]
+    lines += [f"- **{h}**: {_ANALYSIS_LEGEND[h]}." for h in shown] + [""]
+    for attr, columns, entries in tables:
+        lines += [f"### Analyses: {attr}", "",
+                  "| " + " | ".join(["model", "adapter", *(c.header for c in columns)]) + " |",
+                  "|---|---|" + "".join("---|" if c.kind in ("group", "flag") else "---:|" for c in columns)]
+        for r, e in zip(rows, entries, strict=True):
+            lines.append("| " + " | ".join([r.label, r.adapt_label, *e]) + " |")
+        lines.append("")
+    return lines
+
+
+def _variants_section(variant: str, attrs: list[str], rows: list[Row]) -> list[str]:
+    """``## FairMedFM variants``: per attribute the cells' ``variants.<variant>`` under FairMedFM's own names."""
+    from fairbench.analyses import VARIANTS
+
+    if variant not in VARIANTS:  # checked by write_leaderboards; kept for direct callers
+        return []
+    lines = [f"## FairMedFM variants ({variant})", "",
+             ("FairMedFM's definitions under its own names (Jin et al., NeurIPS 2024 D&B; docs/metrics.md, "
+              "\"FairMedFM variants\"), for reading beside its published tables: x100, mean over seeds (t interval "
+              "across seeds that differ; the variants have no bootstrap interval). **Accuracy, `eod` and `eo` use "
+              "the best-F1 threshold chosen on the evaluated (test) samples' own labels**, as FairMedFM does: "
+              "optimistic, not comparable with the thresholded metrics above. `eod` = 1 − (TPR gap + TNR gap)/2 "
+              "(higher is fairer), `eo` = TPR gap; the ECE uses 10 bins over the observed range of the "
+              "probabilities."), ""]
+    shown = False
+    for attr in attrs:
+        columns, entries = analysis_entries(rows, variant_columns(variant, attr))
+        if not columns:
+            continue
+        shown = True
+        lines += [f"### {variant}: {attr}", "",
+                  "| " + " | ".join(["model", "adapter", *(c.header for c in columns)]) + " |",
+                  "|---|---|" + "---:|" * len(columns)]
+        for r, e in zip(rows, entries, strict=True):
+            lines.append("| " + " | ".join([r.label, r.adapt_label, *e]) + " |")
+        lines.append("")
+    if not shown:
+        lines += [(f"No cell of this task recorded `variants.{variant}` (binary tasks only): run with `--variants "
+                   f"{variant}` (`fairbench run`, `fairbench sweep`; a complete cell gets them from its predictions), "
+                   f"or `fairbench metrics PRED --variants {variant}`."), ""]
+    return lines
+
+
 def _cells_section(cells: list[ResultCell]) -> list[str]:
     lines = ["## Cells", "", "| cell | weights | fairbench | git commit | started | duration (s) | path |",
              "|---|---|---|---|---|---:|---|"]
@@ -212,7 +291,7 @@ def _versus_section(v: Versus) -> list[str]:
 
 def task_page(task: str, cells: list[ResultCell], roots: list[str], reported: list[ReportedSource],
               tasks_dirs: Sequence[Path] = (), versus: Versus | None = None,
-              left_out: Sequence[tuple[Path, str]] = ()) -> str:
+              left_out: Sequence[tuple[Path, str]] = (), variants: Sequence[str] = ()) -> str:
     synthetic = any(lookup(c.doc, "task", "synthetic") for c in cells)
     util_extra, fair_extra, card_found = card_extras(task, tasks_dirs)
     rows = table_rows(cells)
@@ -226,8 +305,11 @@ def task_page(task: str, cells: list[ResultCell], roots: list[str], reported: li
         attrs.update(dict.fromkeys(c.metrics.get("attributes") or {}))
     for attr in attrs:
         lines += _attribute_section(attr, cells, rows, fair_extra)
+    lines += _analyses_section(list(attrs), rows)
     if versus is not None:
         lines += _versus_section(versus)
+    for variant in variants:
+        lines += _variants_section(variant, list(attrs), rows)
     lines += render_reported(task, reported, synthetic)
     lines += _cells_section(cells)
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -243,10 +325,13 @@ def reported_only_page(task: str, reported: list[ReportedSource]) -> str:
 
 
 def build_pages(col: Collection, *, reported: dict[str, list[ReportedSource]], include_reported_only: bool = False,
-                tasks_dirs: Sequence[Path] = (), reference: str | None = None) -> dict[str, str]:
+                tasks_dirs: Sequence[Path] = (), reference: str | None = None,
+                variants: Sequence[str] = ()) -> dict[str, str]:
     """``{"<task>.md": markdown}`` for every task in the results (and, optionally, every task with reported
     numbers but no results). ``reference``: an adapter; each page gets "versus <reference>" tables of paired
-    differences (:mod:`fairbench.report.versus`)."""
+    differences (:mod:`fairbench.report.versus`). ``variants``: other benchmarks' definitions recorded in the
+    cells (``fairmedfm``), each page gets their tables under the benchmark's own names."""
+    check_variant_names(variants)
     if reference is not None:
         check_reference(col.cells, reference)
     pages: dict[str, str] = {}
@@ -255,11 +340,20 @@ def build_pages(col: Collection, *, reported: dict[str, list[ReportedSource]], i
         versus = compute_versus(task, cells, reference, tasks_dirs=tasks_dirs) if reference is not None else None
         left_out = [(path, why) for path, why in col.problems if problem_task(path) in (task, None)]
         pages[f"{task}.md"] = task_page(task, cells, col.roots, reported.get(task, []), tasks_dirs, versus,
-                                        left_out)
+                                        left_out, variants)
     if include_reported_only:
         for task, sources in sorted(reported.items()):
             pages.setdefault(f"{task}.md", reported_only_page(task, sources))
     return pages
+
+
+def check_variant_names(variants: Sequence[str]) -> None:
+    from fairbench.analyses import VARIANTS
+    from fairbench.errors import FairbenchError
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise FairbenchError(f"--variants: unknown {', '.join(map(repr, unknown))}; known: {', '.join(VARIANTS)}")
 
 
 def problem_task(path: Path) -> str | None:
@@ -314,19 +408,21 @@ def replaced_pages(pages: dict[str, str], out: Path) -> list[tuple[Path, str]]:
 
 def write_leaderboards(results: Sequence[Path | str], out: Path, *, reported_dir: Path | None = None,
                        include_reported_only: bool = False, tasks_dirs: Sequence[Path] = (),
-                       reference: str | None = None, overwrite: bool = False) -> tuple[list[Path], Collection]:
+                       reference: str | None = None, overwrite: bool = False,
+                       variants: Sequence[str] = ()) -> tuple[list[Path], Collection]:
     """Write one page per task under ``out``. A page already there that was generated from other results (its
     header names another results digest; committed leaderboards included) is replaced only with ``overwrite``;
     otherwise nothing is written and the error says what would be replaced."""
     from fairbench.errors import ResultsError
     from fairbench.results import atomic_write
 
+    check_variant_names(variants)
     col = collect(results)
     if not col.cells and not include_reported_only:
         raise ResultsError(f"no readable result cells under {', '.join(col.roots)}"
                            + (f" ({len(col.problems)} unreadable)" if col.problems else ""))
     pages = build_pages(col, reported=load_reported(reported_dir), include_reported_only=include_reported_only,
-                        tasks_dirs=tasks_dirs, reference=reference)
+                        tasks_dirs=tasks_dirs, reference=reference, variants=variants)
     out = Path(out)
     clashes = [] if overwrite else replaced_pages(pages, out)
     if clashes:

@@ -126,7 +126,8 @@ def analyses_lines(analyses: dict[str, Any]) -> list[str]:
         worst = r.get("worst_group")
         tail = ""
         if worst is not None and r.get("best_group") != worst:
-            tail = (f"; worst {worst}, +{fmt100(r['groups'][worst]['gap_to_best'])} over best "
+            w = r["groups"][worst]
+            tail = (f"; worst {worst}, +{fmt100(w['gap_to_best'], w.get('gap_to_best_ci'))} over best "
                     f"{r.get('best_group')}")
         lines.append(f"underdiagnosis ({attr}, x100): {groups}{tail}")
     return lines

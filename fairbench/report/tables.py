@@ -33,6 +33,7 @@ __all__ = [
     "attribute_groups",
     "best_rows",
     "card_extras",
+    "combine",
     "digest",
     "distinct",
     "newest",
@@ -71,24 +72,33 @@ def aggregate(cells: Sequence[ResultCell], path: tuple[str, ...]) -> Agg:
     """Mean over seeds; a 95% t interval across seeds with 2+ defined values that differ, else the (first) cell's
     bootstrap CI: seeds that all give the same value (a deterministic adapter on fixed weights) carry no
     spread of their own, and the sampling uncertainty is the bootstrap's."""
-    values = []
-    for c in cells:
-        v = lookup(c.metrics, *path)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            values.append((float(v), c))
+    return combine([(lookup(c.metrics, *path), lookup(c.metrics.get("ci") or {}, *path)) for c in cells])
+
+
+def combine(entries: Sequence[tuple[Any, Any]], bounds: tuple[float | None, float | None] = (0.0, 1.0)) -> Agg:
+    """:func:`aggregate` of one entry per seed, ``(value, its bootstrap interval or None)``: the mean of the
+    finite values; a 95% t interval across seeds (clipped to ``bounds``; every metric of the suite lies in
+    [0, 1]) when two or more differ, else the first defined entry's interval. The leaderboard's analyses and
+    variants tables (:mod:`fairbench.report.analysis_tables`) read values kept outside ``metrics`` through it."""
+    values = [(float(v), ci) for v, ci in entries
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     if not values:
-        return Agg(None, total=len(cells))
+        return Agg(None, total=len(entries))
     xs = [v for v, _ in values]
     mean = math.fsum(xs) / len(xs)
     if len(xs) >= 2 and max(xs) - min(xs) > 1e-12:
         sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
         half = _t975(len(xs) - 1) * sd / math.sqrt(len(xs))
-        # every tabulated metric lies in [0, 1]: so does its interval
-        return Agg(mean, max(0.0, mean - half), min(1.0, mean + half), len(xs), len(cells), "seeds")
-    ci = lookup(values[0][1].metrics.get("ci") or {}, *path)
+        low, high = mean - half, mean + half
+        if bounds[0] is not None:
+            low = max(bounds[0], low)
+        if bounds[1] is not None:
+            high = min(bounds[1], high)
+        return Agg(mean, low, high, len(xs), len(entries), "seeds")
+    ci = values[0][1]
     if isinstance(ci, list) and len(ci) == 2 and None not in ci:
-        return Agg(mean, float(ci[0]), float(ci[1]), len(xs), len(cells), "bootstrap")
-    return Agg(mean, n=len(xs), total=len(cells))
+        return Agg(mean, float(ci[0]), float(ci[1]), len(xs), len(entries), "bootstrap")
+    return Agg(mean, n=len(xs), total=len(entries))
 
 
 def best_rows(aggs: list[Agg], metric: str) -> set[int]:

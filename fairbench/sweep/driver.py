@@ -18,15 +18,19 @@ __all__ = ["SweepReport", "plan", "run_sweep"]
 def plan(spec: SweepSpec) -> tuple[list[Cell], list[Cell]]:
     """(complete cells that are skipped, cells to run). With ``overwrite`` every cell runs. A complete cell
     computed under other cards or settings (``pipeline.stale_reason``) is not skipped: its run fails with
-    the reason, recorded in its ``error.json``, and its results stay as they were."""
+    the reason, recorded in its ``error.json``, and its results stay as they were. A complete cell whose
+    metrics.json lacks a requested ``variants`` entry is not skipped either: its run adds the entry from its
+    predictions (no model runs) and leaves the rest as it was."""
     cells = spec.cells()
     if spec.options.get("overwrite"):
         return [], cells
     done = [c for c in cells if is_complete(spec.cell_path(c))]
     if done:
-        from fairbench.pipeline import RunConfig, stale_cell
+        from fairbench.pipeline import RunConfig, missing_variants, stale_cell
 
-        done = [c for c in done if stale_cell(RunConfig(**spec.run_config(c))) is None]
+        # a complete cell that lacks a requested variant runs too: the pipeline adds it from its predictions
+        done = [c for c in done if stale_cell(cfg := RunConfig(**spec.run_config(c))) is None
+                and not missing_variants(cfg)]
     todo = [c for c in cells if c not in set(done)]
     return done, todo
 

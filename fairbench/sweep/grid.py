@@ -44,7 +44,7 @@ _OPTION_TYPES: dict[str, Any] = {"out": str, "data_root": str, "eval_data_root":
                                  "overwrite": bool,
                                  "n_boot": int, "allow_skip_unreadable": bool, "image_cache": (str, int),
                                  "precision": str, "embedding_cache": bool,
-                                 "model_args": dict, "task_args": dict}
+                                 "model_args": dict, "task_args": dict, "variants": (list, str)}
 
 
 @dataclass(frozen=True, order=True)
@@ -182,6 +182,11 @@ class SweepSpec:
 
             if precision not in PRECISIONS:
                 raise FairbenchError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if self.options.get("variants"):
+            from fairbench.pipeline import check_variants
+
+            for t in cards:  # every evaluated task: the grid's and the eval tasks
+                check_variants(self.options["variants"], cards[t], "variants")
         known = run_options()
         unknown = sorted(set(self.options) - set(known))
         if unknown:
@@ -298,6 +303,9 @@ def load_sweep_file(path: Path) -> SweepSpec:
         if key in data:
             value = f.get(key, _OPTION_TYPES.get(key, (str, int, float, bool, list, dict)), None)
             spec.options[key] = rel(value) if key in _PATH_OPTIONS and value is not None else value
+    if "variants" in spec.options:  # a list or one name, comma-separated allowed
+        value = spec.options["variants"]
+        spec.options["variants"] = parse_names([str(v) for v in value] if isinstance(value, list) else [value])
     if spec.options.get("task_args"):
         from fairbench.data.task import flatten_task_args
 
