@@ -396,6 +396,25 @@ def test_local_executor_real_cells_via_the_cli_then_resume(tmp_path, tiny_tasks_
     assert again.ok and len(again.already_complete) == 1 and read_error(metrics.parent) is None
 
 
+def test_an_outcome_records_the_cpu_seconds_its_cell_took(tmp_path):
+    import resource
+
+    def cpu() -> float:  # the reference: the kernel's account of this process
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def burn(job: CellJob) -> bool:  # 0.3 s of CPU by the kernel's account, however loaded the machine
+        t0 = cpu()
+        while cpu() - t0 < 0.3:
+            pass
+        return False
+
+    before = cpu()
+    outcome = run_job(CellJob(key="t/m/a/seed0", path=tmp_path / "cell", config={}), cell=burn)
+    spent = cpu() - before
+    assert outcome.status == "done" and 0.3 <= outcome.cpu_s <= spent + 0.02, (outcome.cpu_s, spent)
+
+
 def test_cells_are_ordered_so_one_encode_serves_each_group():
     """Each (task, model) group's first cache-reading cell runs first, then the fine-tuning cells, then the rest
     (the expected order is written out by hand from the grid)."""
