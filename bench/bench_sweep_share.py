@@ -28,9 +28,10 @@ and the figures printed:
   loader that renders every split when it is loaded (``synth_cxr`` before it rendered lazily) does that in every
   worker process, cold or warm, so it is in W, and only the encoding is left in ``S - W``.
 
-The sweep's CPU is counted over every process it starts: the bench makes itself a child subreaper
-(``PR_SET_CHILD_SUBREAPER``), so Ray's processes (GCS, raylet, workers), which the driver does not reap, are
-reaped by the bench when they end and counted in its children's rusage.
+The sweep's CPU over its process tree: the bench makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so
+processes the driver leaves behind are reaped by the bench and counted in its children's rusage. Under Ray that
+count came out below the cells' own CPU in one run (docs/scale.md): some of Ray's CPU escapes it, so for Ray the
+cells' own figure is the one to read.
 
     nice python bench/bench_sweep_share.py --executors local ray --n-train 4000 --n-val 1000 --n-test 4000
 
