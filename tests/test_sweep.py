@@ -396,6 +396,78 @@ def test_local_executor_real_cells_via_the_cli_then_resume(tmp_path, tiny_tasks_
     assert again.ok and len(again.already_complete) == 1 and read_error(metrics.parent) is None
 
 
+def test_an_outcome_records_the_cpu_seconds_its_cell_took(tmp_path):
+    import resource
+
+    def cpu() -> float:  # the reference: the kernel's account of this process
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def burn(job: CellJob) -> bool:  # 0.3 s of CPU by the kernel's account, however loaded the machine
+        t0 = cpu()
+        while cpu() - t0 < 0.3:
+            pass
+        return False
+
+    before = cpu()
+    outcome = run_job(CellJob(key="t/m/a/seed0", path=tmp_path / "cell", config={}), cell=burn)
+    spent = cpu() - before
+    assert outcome.status == "done" and 0.3 <= outcome.cpu_s <= spent + 0.02, (outcome.cpu_s, spent)
+
+
+def test_cells_are_ordered_so_one_encode_serves_each_group():
+    """Each (task, model) group's first cache-reading cell runs first, then the fine-tuning cells, then the rest
+    (the expected order is written out by hand from the grid)."""
+    from fairbench.sweep.driver import sharing_order
+
+    spec = SweepSpec(tasks=["A", "B"], models=["m"], adapts=["lora", "mlp", "zeroshot", "fair_threshold"],
+                     seeds=[0, 1], options={"out": Path("r")})
+    got = [c.key for c in sharing_order(spec, spec.cells())]
+    assert got == ["A/m/mlp/seed0", "B/m/mlp/seed0",
+                   "A/m/lora/seed0", "A/m/lora/seed1", "B/m/lora/seed0", "B/m/lora/seed1",
+                   "A/m/mlp/seed1", "A/m/zeroshot/seed0", "A/m/zeroshot/seed1", "A/m/fair_threshold/seed0",
+                   "A/m/fair_threshold/seed1",
+                   "B/m/mlp/seed1", "B/m/zeroshot/seed0", "B/m/zeroshot/seed1", "B/m/fair_threshold/seed0",
+                   "B/m/fair_threshold/seed1"]
+    # random weights: the seed draws the weights, so each seed is a group of its own
+    spec.options["weights"] = "random"
+    got = [c.key for c in sharing_order(spec, spec.cells())]
+    assert got[:4] == ["A/m/mlp/seed0", "A/m/mlp/seed1", "B/m/mlp/seed0", "B/m/mlp/seed1"]
+    # a mitigation adapter on an end-to-end backbone and a post-processor on a fine-tuned base encode nothing
+    spec = SweepSpec(tasks=["A"], models=["m"], adapts=["groupdro", "fair_threshold", "resample", "linear_probe"],
+                     adapt_args={"groupdro": {"backbone": "lora"}, "fair_threshold": {"base": "lora"}},
+                     seeds=[0], options={"out": Path("r")})
+    assert [c.adapt for c in sharing_order(spec, spec.cells())] == [
+        "resample", "groupdro", "fair_threshold", "linear_probe"]
+    # without the embedding cache there is nothing to share: the grid order
+    spec.options["embedding_cache"] = False
+    assert sharing_order(spec, spec.cells()) == spec.cells()
+
+
+@pytest.mark.slow
+def test_a_sweep_on_two_workers_encodes_each_split_once(tmp_path, tiny_tasks_dir, monkeypatch):
+    """Four cache-reading cells of one (task, model) on two local workers: across the cells' metrics.json, each
+    split's embedding-cache entry is missed (encoded) exactly once and read from the cache by every other cell."""
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "results"
+    # the first two start together and both ask for the train split first: one encodes, the other waits on its lock
+    adapts = ["linear_probe", "resample", "zeroshot", "fair_threshold"]
+    spec = SweepSpec(tasks=["synth_tiny"], models=["tinyclip"], adapts=adapts, seeds=[0],
+                     options={"out": out, "weights": "random", "device": "cpu", "n_boot": 0},
+                     adapt_args={"resample": {"epochs": 1}},
+                     tasks_dirs=(tiny_tasks_dir,), executor="local", executor_options={"workers": 2}, threads=1)
+    report = run_sweep(spec)
+    assert report.ok and len(report.ran) == len(adapts)
+    events = {}
+    for a in adapts:
+        doc = json.loads((out / "synth_tiny" / "tinyclip" / a / "seed0" / "metrics.json").read_text())
+        for e in doc["embedding_cache"]["events"]:
+            events.setdefault((e["split"], e["key"]), []).append(e["event"])
+    assert sorted(split for split, _ in events) == ["test", "train", "val"]  # one entry per split, shared
+    for (split, _), seen in events.items():
+        assert seen.count("miss") == 1 and seen.count("hit") == len(adapts) - 1, (split, seen)
+
+
 @pytest.mark.slow
 def test_submitit_executor_local_cluster(tmp_path, tiny_tasks_dir):
     pytest.importorskip("submitit", reason="the submitit executor needs the 'slurm' extra")
@@ -406,9 +478,20 @@ def test_submitit_executor_local_cluster(tmp_path, tiny_tasks_dir):
     assert any((out / ".submitit").rglob("*_log.out"))
 
 
+def need_ray() -> None:
+    """Skip without ray (the 'ray' extra), except in CI (``CI`` set, as .ci/run does), which installs it: there a
+    missing ray fails the test, so a change that breaks sweeps on Ray cannot land green by skipping."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None and os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail("ray is not installed, but CI runs the Ray executor's tests: pip install -e '.[test,ray]' "
+                    "(.ci/run does)")
+    pytest.importorskip("ray", reason="the ray executor needs the 'ray' extra")
+
+
 @pytest.mark.slow
 def test_ray_executor_local_cluster(tmp_path, tiny_tasks_dir):
-    pytest.importorskip("ray", reason="the ray executor needs the 'ray' extra")
+    need_ray()
     out = tmp_path / "results"
     report = run_sweep(real_spec(out, tiny_tasks_dir, "ray", tasks=["synth_tiny"], local_cpus=2))
     check_one_real_cell(report, out)
@@ -473,7 +556,7 @@ class RayHead:
 def ray_head(monkeypatch):
     """A Ray head already running on this machine, found by ``ray.init()`` as a user's would be (RAY_TMPDIR
     is set for this test; a short /tmp path, as Ray's socket paths have a length limit)."""
-    pytest.importorskip("ray", reason="the ray executor needs the 'ray' extra")
+    need_ray()
     import shutil
     import tempfile
 
@@ -553,7 +636,7 @@ def test_ray_address_option_and_sweep_file_field(tmp_path):
 
 
 def test_ray_executor_init_arguments():
-    pytest.importorskip("ray", reason="the ray executor needs the 'ray' extra")
+    need_ray()
     own = make_executor("ray", {"local_cpus": "2"}).init_kwargs()
     assert own["address"] == "local" and own["num_cpus"] == 2 and own["log_to_driver"] is True
     joined = make_executor("ray", {"address": "auto", "local_cpus": 2}).init_kwargs()

@@ -54,6 +54,8 @@ class Outcome:
     recorded: bool = False
     #: where a lost job ran, when not on the driver's machine (error.json fields: host, ...)
     where: dict[str, Any] | None = None
+    #: CPU seconds (user + system, every thread) the worker process spent on the job
+    cpu_s: float = 0.0
 
 
 def run_cell_job(job: CellJob) -> bool:
@@ -80,7 +82,7 @@ def run_job(job: CellJob, cell: Callable[[CellJob], bool] = run_cell_job) -> Out
     from fairbench.locking import CellBusyError, cell_lock
 
     os.environ.update(job.env)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     started = now_iso()
     try:
         # the cell's lock (fairbench.locking) for the whole job: its stale files, its run, its error record
@@ -97,7 +99,8 @@ def run_job(job: CellJob, cell: Callable[[CellJob], bool] = run_cell_job) -> Out
         return Outcome(job.key, job.path, "busy", time.time() - t0, one_line(exc))
     except Exception as exc:  # noqa: BLE001 - the lock could not be taken (e.g. an unwritable folder)
         return _failed(job, exc, started, t0)
-    return Outcome(job.key, job.path, "skipped" if skipped else "done", time.time() - t0)
+    return Outcome(job.key, job.path, "skipped" if skipped else "done", time.time() - t0,
+                   cpu_s=time.process_time() - c0)
 
 
 def _failed(job: CellJob, exc: Exception, started: str, t0: float) -> Outcome:
