@@ -295,12 +295,13 @@ def _map_entry(path: Path, parts: dict[str, str], n: int, *, verify: bool = True
                 layout[k] = (shape, start + lo, hi - lo, meta)
             if manifest.get("parts") != parts:
                 raise _Corrupt("its manifest describes another key")
+            buf = bytearray(_BLOCK if verify else 0)
             for k, (shape, at, nbytes, meta) in layout.items():
                 if shape != meta.get("shape") or shape[0] != n:
                     raise _Corrupt(f"array '{k}' has shape {shape}, expected {n} rows as recorded")
                 if verify:
                     fh.seek(at)
-                    crc, left, buf = 0, nbytes, bytearray(min(_BLOCK, max(nbytes, 1)))
+                    crc, left = 0, nbytes
                     while left:
                         got = fh.readinto(memoryview(buf)[:min(left, len(buf))])
                         if not got:
