@@ -4,6 +4,7 @@ before, without holding a split's images or its per-sample noise fields in memor
 from __future__ import annotations
 
 import hashlib
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -76,6 +77,9 @@ def test_random_access_and_subsets_serve_the_right_rows(monkeypatch: pytest.Monk
     assert all(np.array_equal(a, eager[i]) for a, i in zip(sub.load(np.arange(40)[::-1]), idx[:40][::-1]))
     with pytest.raises(IndexError):
         raw.images.load(np.array([150]))
+    # a source pickles (process pools, Ray) and renders the same rows on the other side
+    again = pickle.loads(pickle.dumps(sub))
+    assert again.key == sub.key and np.array_equal(again.load(np.array([5]))[0], eager[idx[5]])
 
 
 def test_lazy_noise_rows_equal_one_eager_draw_and_leave_the_stream_where_it_was() -> None:

@@ -17,6 +17,7 @@ default preset.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +91,11 @@ def _stream(seed: int, split: str, name: str) -> np.random.Generator:
     """An independent generator per (seed, split, quantity); 256 separates the two byte strings."""
     key = (*split.encode(), 256, *name.encode())
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+def _pixel_stream(seed: int, split: str, chunk: int) -> np.random.Generator:
+    """The pixel-noise generator of chunk ``chunk`` (a module-level function: a renderer pickles)."""
+    return _stream(seed, split, f"pixels{chunk}")
 
 
 def _categorical(rng: np.random.Generator, n: int, mix: dict[str, float], names: tuple[str, ...]) -> np.ndarray:
@@ -220,7 +226,7 @@ def generate_split(config: SynthConfig, split: str, seed: int, *, render: bool =
         config.image_size, anatomy, findings, code, config.finding_strength,
         degrade={"contrast": effect["contrast"], "haze": np.sqrt(effect["haze2"]), "blur": effect["blur"],
                  "noise": np.sqrt(config.noise ** 2 + effect["noise2"])},
-        marker=marker, marker_xy=marker_xy, chunk_rng=lambda i: _stream(seed, split, f"pixels{i}"),
+        marker=marker, marker_xy=marker_xy, chunk_rng=functools.partial(_pixel_stream, seed, split),
     )
 
     label_finding = names[recorded]
