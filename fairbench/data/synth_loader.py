@@ -75,14 +75,20 @@ def _build(fingerprint: str, config: Any, split: str, seed: int) -> RawSplit:
         raise CardError(f"synth_cxr: no split named {split!r} (the generator has {', '.join(config.n)})")
     s = synth.generate_split(config, split, seed, render=False)
     columns = {
-        "finding": np.asarray(s.label_finding, dtype=object),
-        "true_finding": np.asarray(s.finding, dtype=object),
+        "finding": _objects(s.label_finding),
+        "true_finding": _objects(s.finding),
         **{k: np.asarray(v) for k, v in s.attributes.items()},
     }
-    extra = {"true_finding": np.asarray(s.finding, dtype=object), "marker": np.asarray(s.marker, dtype=bool)}
+    extra = {"true_finding": _objects(s.finding), "marker": np.asarray(s.marker, dtype=bool)}
     images = SynthImages(s.renderer, key=f"synth_cxr:{fingerprint[:16]}:{split}:{seed}")
     return RawSplit(sample_ids=np.asarray(s.sample_ids), columns=columns, images=images, texts=list(s.reports),
                     extra=extra)
+
+
+def _objects(values: np.ndarray) -> np.ndarray:
+    """An object array of ``values`` whose equal strings are one object (8 bytes a row, not a str per row)."""
+    names, inverse = np.unique(np.asarray(values), return_inverse=True)
+    return names.astype(object)[inverse.reshape(-1)]
 
 
 class _Chunks:
