@@ -8,7 +8,7 @@ rusage: CPU time and ``ru_maxrss``, its peak resident set). Each N gets a fresh 
 embedding cache, so the frozen cell pays for generating and encoding the images; the trained cell (``mlp`` by
 default, a head on the frozen features) then reads them from the embedding cache, as it does in a sweep.
 
-    nice python bench/bench_scale.py --sizes 1000 10000 [--trained mlp] [--n-boot 200] [--work DIR]
+    nice python bench/bench_scale.py --sizes 1000 10000 [--trained mlp] [--n-boot 200] [--image-size 64] [--work DIR]
 
 Models run with ``--weights random`` (cost, not accuracy, is measured) on the CPU.
 """
@@ -45,8 +45,10 @@ def measure(args: list[str], env: dict[str, str]) -> dict[str, float]:
 
 
 def stages(n: int, out: Path, *, model: str, frozen: str, trained: str, n_boot: int,
-           trained_args: list[str]) -> list[tuple[str, list[str]]]:
+           trained_args: list[str], image_size: int | None = None) -> list[tuple[str, list[str]]]:
     task_args = [f"--task-arg=n.train={n}", f"--task-arg=n.val={max(n // 4, 50)}", f"--task-arg=n.test={n}"]
+    if image_size is not None:
+        task_args.append(f"--task-arg=image_size={image_size}")
     common = ["--task", "synth_cxr", "--model", model, "--weights", "random", "--device", "cpu",
               "--n-boot", str(n_boot), "--out", str(out / "results"), *task_args]
     cell = out / "results" / "synth_cxr" / model
@@ -72,6 +74,8 @@ def main() -> None:
                     help="--adapt-arg of the trained cell, repeatable (default epochs=5: a fixed number of epochs, "
                          "so the cost per epoch is what grows, not how many epochs early stopping runs)")
     ap.add_argument("--n-boot", type=int, default=200)
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="side of the generated images (default: the card's, 128); the model resizes to its input")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per stage (OMP_NUM_THREADS)")
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one, removed)")
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
@@ -89,7 +93,7 @@ def main() -> None:
                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "CI": "true"}
             rows[n] = {}
             for name, args in stages(n, out, model=a.model, frozen=a.frozen, trained=a.trained, n_boot=a.n_boot,
-                                       trained_args=trained_args):
+                                       trained_args=trained_args, image_size=a.image_size):
                 rows[n][name] = m = measure(args, env)
                 print(f"N={n:>7} {name:<18} wall {m['wall_s']:8.1f} s  cpu {m['cpu_s']:8.1f} s  "
                       f"peak RSS {m['rss_mib']:7.0f} MiB", flush=True)
@@ -99,7 +103,7 @@ def main() -> None:
 
     print(f"\nload average (1, 5, 15 min) at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{os.cpu_count()} CPUs; threads per stage {a.threads}; n_boot {a.n_boot}; "
-          f"{a.trained} args {' '.join(trained_args) or 'none'}")
+          f"{a.trained} args {' '.join(trained_args) or 'none'}; image size {a.image_size or 128}")
     sizes = list(rows)
     print("\n| stage | N | wall s | CPU s | peak RSS MiB | wall x | CPU x | RSS x |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -112,7 +116,8 @@ def main() -> None:
                   f"{' | '.join(ratios)} |")
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "loadavg": os.getloadavg(), "n_boot": a.n_boot,
-                                      "threads": a.threads, "trained_args": trained_args}, indent=1))
+                                      "threads": a.threads, "trained_args": trained_args,
+                                      "image_size": a.image_size}, indent=1))
 
 
 if __name__ == "__main__":

@@ -20,10 +20,16 @@ One entry per key; the key is the sha256 of
 Changing any of these misses the cache. The device is not in the key: embeddings computed on a GPU are
 reused on a CPU and vice versa (they differ by floating-point rounding only).
 
-Entries live in ``<cache root>/embeddings/<key[:2]>/<key>.npz`` (``$FAIRBENCH_CACHE``; see
-:func:`fairbench.paths.cache_root`): the arrays plus a JSON manifest with the key's parts, the
-shapes and a CRC-32 per array. An entry is written to a temporary file and renamed into place (atomic: a
-reader sees the whole entry or none). Concurrent workers share entries safely (:meth:`EmbeddingCache.get_or_compute`):
+Entries live in ``<cache root>/embeddings/<key[:2]>/<key>.safetensors`` (``$FAIRBENCH_CACHE``; see
+:func:`fairbench.paths.cache_root`): the float32 arrays in the safetensors layout (an 8-byte header length, a
+JSON header, then each array's bytes, row-major), with a JSON manifest (the key's parts, the shapes and a
+CRC-32 per array) under the header's ``__metadata__``. A read checks the manifest, then streams the file
+through the checksums in 4 MiB blocks and hands back the arrays memory-mapped (copy-on-write: writable,
+never written back), so no reader holds a private copy of an entry, and the worker that encoded an entry
+drops its own copy for the mapped one once the entry is stored. An entry is written to a temporary file and
+renamed into place (atomic: a reader sees the whole entry or none). Entries of the earlier ``.npz`` layout
+(same key) are read once, checked, rewritten in the new layout and removed (event ``hit`` with
+``migrated: npz``). Concurrent workers share entries safely (:meth:`EmbeddingCache.get_or_compute`):
 one writer per entry, under an exclusive ``flock`` on ``<key>.npz.lock`` beside it; a worker that misses
 takes the lock, and a second worker missing the same entry waits on it and then reads what the first one
 stored (event ``hit`` with ``waited_s``) instead of encoding the images again. The kernel releases the lock of
@@ -110,14 +116,18 @@ class EmbeddingCache:
 
     def path(self, key: str) -> Path:
         assert self.root is not None
-        return self.root / key[:2] / f"{key}.npz"
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def legacy_path(self, key: str) -> Path:
+        """Where the ``.npz`` layout (fairbench before the memory-mapped entries) kept the same key."""
+        return self.path(key).with_suffix(".npz")
 
     def load(self, parts: dict[str, str], n: int) -> dict[str, np.ndarray] | None:
         """The stored arrays for ``parts`` (``n`` rows each), or None when absent; a damaged entry is
         reported, deleted and treated as absent."""
         key = self.key(parts)
         arrays, event = self._read(parts, n)
-        self.events.append({"split": parts["split"], "event": event, "key": key})
+        self.events.append({"split": parts["split"], **event, "key": key})
         return arrays
 
     def get_or_compute(self, parts: dict[str, str], n: int,
@@ -131,7 +141,7 @@ class EmbeddingCache:
         key = self.key(parts)
         arrays, event = self._read(parts, n)
         if arrays is not None:
-            self.events.append({"split": parts["split"], "event": event, "key": key})
+            self.events.append({"split": parts["split"], **event, "key": key})
             return arrays
         t0 = time.monotonic()
         with self._entry_lock(self.path(key)) as locked:
@@ -145,26 +155,47 @@ class EmbeddingCache:
             # as stored (float32), so the worker that computed and the ones that reuse hold identical arrays
             computed = compute()
             arrays = {**computed, **{k: np.ascontiguousarray(computed[k], dtype=np.float32) for k in ARRAYS}}
+            del computed
             try:
-                self.store(parts, arrays)
+                stored = self.store(parts, arrays)
             except OSError as exc:
                 warn(f"could not write the embedding cache under {self.root} ({exc}); continuing without")
-        self.events.append({"split": parts["split"], "event": event, "key": key})
+            else:  # the entry as every later reader maps it, instead of this worker's private copy
+                with contextlib.suppress(_Corrupt, OSError):
+                    arrays = {**arrays, **_map_entry(stored, parts, n, verify=False)}
+        self.events.append({"split": parts["split"], **event, "key": key})
         return arrays
 
-    def _read(self, parts: dict[str, str], n: int) -> tuple[dict[str, np.ndarray] | None, str]:
-        """(arrays, "hit"), or (None, "miss"/"rebuilt"); a damaged entry is reported and deleted."""
+    def _read(self, parts: dict[str, str], n: int) -> tuple[dict[str, np.ndarray] | None, dict[str, str]]:
+        """(arrays, {"event": "hit"}), or (None, {"event": "miss"/"rebuilt"}); a damaged entry is reported and
+        deleted; an entry of the ``.npz`` layout is migrated (``"migrated": "npz"``)."""
         from fairbench.progress import warn
 
-        path = self.path(self.key(parts))
-        if not path.is_file():
-            return None, "miss"
+        key = self.key(parts)
+        path, legacy = self.path(key), self.legacy_path(key)
+        migrated = False
         try:
-            return _read_entry(path, parts, n), "hit"
+            if not path.is_file() and legacy.is_file():
+                try:
+                    arrays = _read_npz_entry(legacy, parts, n)
+                except _Corrupt as exc:
+                    warn(f"embedding cache entry {legacy} is unusable ({exc}); rebuilding it")
+                    legacy.unlink(missing_ok=True)
+                    return None, {"event": "rebuilt"}
+                try:
+                    self.store(parts, arrays)
+                except OSError:  # a read-only cache: use the old entry as it is
+                    return arrays, {"event": "hit"}
+                legacy.unlink(missing_ok=True)
+                migrated = True
+            if not path.is_file():
+                return None, {"event": "miss"}
+            arrays = _map_entry(path, parts, n)
         except _Corrupt as exc:
             warn(f"embedding cache entry {path} is unusable ({exc}); rebuilding it")
             path.unlink(missing_ok=True)
-            return None, "rebuilt"
+            return None, {"event": "rebuilt"}
+        return arrays, {"event": "hit", **({"migrated": "npz"} if migrated else {})}
 
     @contextlib.contextmanager
     def _entry_lock(self, entry: Path) -> Iterator[bool]:
@@ -204,11 +235,21 @@ class EmbeddingCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in ARRAYS}
         manifest = {"key": key, "parts": parts,
-                    "arrays": {k: {"shape": list(v.shape), "crc32": zlib.crc32(v.tobytes())} for k, v in data.items()}}
+                    "arrays": {k: {"shape": list(v.shape), "crc32": zlib.crc32(memoryview(v).cast("B"))}
+                               for k, v in data.items()}}
+        header: dict[str, Any] = {"__metadata__": {"fairbench": json.dumps(manifest)}}
+        offset = 0
+        for k, v in data.items():
+            header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [offset, offset + v.nbytes]}
+            offset += v.nbytes
+        blob = json.dumps(header).encode()
+        blob += b" " * (-(8 + len(blob)) % _ALIGN)  # arrays start aligned (the safetensors convention)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             with open(tmp, "wb") as fh:
-                np.savez(fh, manifest=np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8), **data)
+                fh.write(len(blob).to_bytes(8, "little"))
+                fh.write(blob)
+                _write_arrays(fh, list(data.values()))
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -222,7 +263,68 @@ class _Corrupt(Exception):
     pass
 
 
-def _read_entry(path: Path, parts: dict[str, str], n: int) -> dict[str, np.ndarray]:
+_ALIGN = 64   # bytes: where each entry's array data starts
+_BLOCK = 4 << 20  # bytes read at a time to check an entry's checksums
+_MAX_HEADER = 1 << 24
+
+
+def _write_arrays(fh: Any, arrays: list[np.ndarray]) -> None:
+    for v in arrays:
+        fh.write(memoryview(v).cast("B"))
+
+
+def _map_entry(path: Path, parts: dict[str, str], n: int, *, verify: bool = True) -> dict[str, np.ndarray]:
+    """The arrays of the entry at ``path``, memory-mapped (copy-on-write); ``verify``: check each array's CRC-32
+    first, streaming the file in :data:`_BLOCK` blocks."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            hlen = int.from_bytes(fh.read(8), "little")
+            if not 0 < hlen <= min(_MAX_HEADER, size - 8):
+                raise _Corrupt(f"header length {hlen} does not fit a file of {size} bytes")
+            header = json.loads(fh.read(hlen).decode())
+            manifest = json.loads(header["__metadata__"]["fairbench"])
+            start = 8 + hlen
+            layout = {}
+            for k in ARRAYS:
+                meta, info = manifest["arrays"][k], header[k]
+                shape, (lo, hi) = [int(x) for x in info["shape"]], [int(x) for x in info["data_offsets"]]
+                if info["dtype"] != "F32" or len(shape) != 2 or hi - lo != 4 * shape[0] * shape[1] or \
+                        start + hi > size or lo < 0:
+                    raise _Corrupt(f"array '{k}' is not a float32 matrix inside the file")
+                layout[k] = (shape, start + lo, hi - lo, meta)
+            if manifest.get("parts") != parts:
+                raise _Corrupt("its manifest describes another key")
+            buf = bytearray(_BLOCK if verify else 0)
+            for k, (shape, at, nbytes, meta) in layout.items():
+                if shape != meta.get("shape") or shape[0] != n:
+                    raise _Corrupt(f"array '{k}' has shape {shape}, expected {n} rows as recorded")
+                if verify:
+                    fh.seek(at)
+                    crc, left = 0, nbytes
+                    while left:
+                        got = fh.readinto(memoryview(buf)[:min(left, len(buf))])
+                        if not got:
+                            raise _Corrupt(f"array '{k}' is cut short")
+                        crc, left = zlib.crc32(memoryview(buf)[:got], crc), left - got
+                    if crc != meta.get("crc32"):
+                        raise _Corrupt(f"array '{k}' fails its checksum")
+    except _Corrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to read means the entry is damaged
+        raise _Corrupt(f"{type(exc).__name__}: {exc}") from None
+    out = {}
+    for k, (shape, at, nbytes, _) in layout.items():
+        if nbytes == 0:  # mmap cannot map nothing
+            out[k] = np.zeros(shape, dtype=np.float32)
+        else:
+            # a plain ndarray over the mapping (the memmap stays alive as its base)
+            out[k] = np.memmap(path, dtype=np.float32, mode="c", offset=at, shape=tuple(shape)).view(np.ndarray)
+    return out
+
+
+def _read_npz_entry(path: Path, parts: dict[str, str], n: int) -> dict[str, np.ndarray]:
+    """An entry of the earlier ``.npz`` layout (read whole; only to migrate it)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             manifest = json.loads(bytes(z["manifest"]).decode())

@@ -61,7 +61,7 @@ def test_frozen_adapters_encode_each_image_once(tmp_path: Path, micro_tasks: Pat
     assert _events(results["zeroshot"]) == {"train": "miss", "val": "miss", "test": "miss"}
     assert _events(results["linear_probe"]) == {"train": "hit", "val": "hit", "test": "hit"}
     assert _events(results["mlp"]) == {"train": "hit", "val": "hit", "test": "hit"}
-    assert len(list(private_cache.rglob("*.npz"))) == 3 and not list(private_cache.rglob("*.tmp"))
+    assert len(list(private_cache.rglob("*.safetensors"))) == 3 and not list(private_cache.rglob("*.tmp"))
     # a second zero-shot run (--overwrite) encodes nothing and gives identical numbers
     again = run_cell(RunConfig(task="synth_micro_cache", model="tiny_openai_clip", adapt="zeroshot",
                                out=tmp_path / "r", weights="random", device="cpu", tasks_dirs=(micro_tasks,), n_boot=0,
@@ -152,23 +152,28 @@ def test_damaged_entry_is_rebuilt_with_a_message(micro_tasks: Path, private_cach
     import fairbench.progress
 
     first = _context(micro_tasks)
-    original = first.encode("val")
-    (path,) = list(private_cache.rglob("*.npz"))
+    # a copy: the arrays map the entry's file, and the damage below is done in place (fairbench itself only ever
+    # replaces an entry by renaming a new file over it, which leaves existing mappings as they were)
+    original = {k: np.array(v) for k, v in first.encode("val").items()}
+    (path,) = list(private_cache.rglob("*.safetensors"))
     if damage == "garbage":
-        path.write_bytes(b"not an npz")
-    else:
-        with np.load(path) as z:
-            arrays = {k: np.array(z[k]) for k in z.files}
+        path.write_bytes(b"not an entry")
+    else:  # rewritten with the safetensors package itself
+        from safetensors import safe_open
+        from safetensors.numpy import load_file, save_file
+
+        arrays = load_file(path)
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata()
         if damage == "checksum":
             arrays["feature"][0, 0] += 1.0
         else:
             arrays["feature"], arrays["embedding"] = arrays["feature"][:-1], arrays["embedding"][:-1]
-            manifest = json.loads(bytes(arrays["manifest"]).decode())
+            manifest = json.loads(metadata["fairbench"])
             for k in ("feature", "embedding"):
                 manifest["arrays"][k]["shape"][0] -= 1
-            arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
-        with open(path, "wb") as fh:
-            np.savez(fh, **arrays)
+            metadata["fairbench"] = json.dumps(manifest)
+        save_file(arrays, path, metadata=metadata)
     messages: list[str] = []
     monkeypatch.setattr(fairbench.progress, "warn", messages.append)
     again = _context(micro_tasks)
@@ -185,7 +190,9 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytes
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez", broken)
+    import fairbench.cache
+
+    monkeypatch.setattr(fairbench.cache, "_write_arrays", broken)
     with pytest.raises(OSError):
         cache.store(parts, {"embedding": np.zeros((2, 3)), "feature": np.zeros((2, 4))})
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
@@ -248,7 +255,7 @@ def test_two_processes_racing_on_one_entry_encode_it_once(tmp_path: Path) -> Non
                 np.testing.assert_array_equal(z[k], v.astype(np.float32))
     # one complete entry, no temporary or lock files left behind
     files = sorted(p.name for p in root.rglob("*") if p.is_file())
-    assert len(files) == 1 and files[0].endswith(".npz"), files
+    assert len(files) == 1 and files[0].endswith(".safetensors"), files
 
 
 _HOLDER = """

@@ -81,7 +81,10 @@ def test_embedding_cache_keys_keep_fp32_and_separate_bf16(tasks_dir: Path, tmp_p
     assert not keys_fp32 & keys_bf16
     # fp32 entries keep the key they had before --precision existed (no new part)
     root = Path(first.metrics["embedding_cache"]["root"])
-    manifest = json.loads(bytes(np.load(EmbeddingCache(root).path(sorted(keys_fp32)[0]))["manifest"]).decode())
+    from safetensors import safe_open
+
+    with safe_open(EmbeddingCache(root).path(sorted(keys_fp32)[0]), framework="np") as fh:
+        manifest = json.loads(fh.metadata()["fairbench"])
     assert "precision" not in manifest["parts"]
 
 

@@ -115,15 +115,21 @@ class AdaptContext:
         model = self.model
         model.module.eval()
         n = len(samples)
-        chunks: dict[str, list[np.ndarray]] = {"embedding": [], "feature": []}
+        # one batch of images and pixels at a time; the outputs fill arrays allocated once (no second copy)
+        arrays: dict[str, np.ndarray] = {}
         with bar(f"encoding {split} images", n) as b:
             for start in range(0, n, self.batch_size):
                 idx = np.arange(start, min(n, start + self.batch_size))
                 out = self.image_outputs(model.preprocess(samples.images.load(idx)))
-                for key in chunks:
-                    chunks[key].append(out[key].cpu().numpy())
+                for key in ("embedding", "feature"):
+                    rows = out[key].cpu().numpy()
+                    if key not in arrays:
+                        arrays[key] = np.empty((n, *rows.shape[1:]), dtype=rows.dtype)
+                    arrays[key][start:start + len(idx)] = rows
                 b.advance(len(idx))
-        return {k: np.concatenate(v) for k, v in chunks.items()}
+        if not arrays:  # an empty split: the widths of one image's outputs
+            return {k: np.zeros((0, 0), dtype=np.float32) for k in ("embedding", "feature")}
+        return arrays
 
     def image_outputs(self, pixels: torch.Tensor, precision: str | None = None) -> dict[str, torch.Tensor]:
         """The model's image outputs at ``precision`` (default: the run's), as float32 tensors."""

@@ -17,13 +17,14 @@ default preset.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from fairbench.data.synth_config import ATTRIBUTES, FINDINGS, RACES, SEXES, BiasRule, SynthConfig
 from fairbench.data.synth_findings import FINDING_NAMES, MM_PER_UNIT, draw_finding_params
-from fairbench.data.synth_render import draw_anatomy, render_images
+from fairbench.data.synth_render import Renderer, draw_anatomy
 from fairbench.data.synth_reports import write_reports
 from fairbench.errors import DataError
 
@@ -72,12 +73,14 @@ class SynthSplit:
     """One generated split; every array has one entry per sample, in the same order."""
 
     sample_ids: np.ndarray           # str, f"synth-{split}-{i:06d}"
-    images: np.ndarray               # uint8 [N, H, W]
+    images: np.ndarray | None        # uint8 [N, H, W]; None when generated with render=False
     finding: np.ndarray              # str: "normal" or one of FINDINGS (the truth drawn in the image)
     label_finding: np.ndarray        # str: the recorded label, after label noise
     attributes: dict[str, np.ndarray]  # "sex" (str), "age" (int years), "race" (str)
     reports: list[str]               # written from label_finding
     marker: np.ndarray               # bool: burned-in marker drawn
+    #: renders the images chunk by chunk on demand (the same bytes as ``images``)
+    renderer: Renderer | None = None
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -88,6 +91,11 @@ def _stream(seed: int, split: str, name: str) -> np.random.Generator:
     """An independent generator per (seed, split, quantity); 256 separates the two byte strings."""
     key = (*split.encode(), 256, *name.encode())
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=key)))
+
+
+def _pixel_stream(seed: int, split: str, chunk: int) -> np.random.Generator:
+    """The pixel-noise generator of chunk ``chunk`` (a module-level function: a renderer pickles)."""
+    return _stream(seed, split, f"pixels{chunk}")
 
 
 def _categorical(rng: np.random.Generator, n: int, mix: dict[str, float], names: tuple[str, ...]) -> np.ndarray:
@@ -174,8 +182,11 @@ def _details(f: dict[str, np.ndarray], labels: np.ndarray) -> list[dict[str, str
 
 
 # -- the generator ----------------------------------------------------------------------------------------
-def generate_split(config: SynthConfig, split: str, seed: int) -> SynthSplit:
-    """Generate split ``split`` (a key of ``config.n``) deterministically from ``seed``."""
+def generate_split(config: SynthConfig, split: str, seed: int, *, render: bool = True) -> SynthSplit:
+    """Generate split ``split`` (a key of ``config.n``) deterministically from ``seed``.
+
+    ``render=False`` leaves ``images`` None: every other field is drawn, and ``renderer`` renders any chunk
+    of images when asked (the same bytes), so a large split never has to be held in memory."""
     if split not in config.n:
         raise DataError(f"synthetic data: unknown split {split!r}; the options 'n' define "
                         f"{', '.join(sorted(config.n))}")
@@ -211,11 +222,11 @@ def generate_split(config: SynthConfig, split: str, seed: int) -> SynthSplit:
 
     anatomy = draw_anatomy(_stream(seed, split, "anatomy"), sex, age, config.anatomy_by_attribute)
     findings = draw_finding_params(_stream(seed, split, "findings"), n)
-    images = render_images(
+    renderer = Renderer(
         config.image_size, anatomy, findings, code, config.finding_strength,
         degrade={"contrast": effect["contrast"], "haze": np.sqrt(effect["haze2"]), "blur": effect["blur"],
                  "noise": np.sqrt(config.noise ** 2 + effect["noise2"])},
-        marker=marker, marker_xy=marker_xy, chunk_rng=lambda i: _stream(seed, split, f"pixels{i}"),
+        marker=marker, marker_xy=marker_xy, chunk_rng=functools.partial(_pixel_stream, seed, split),
     )
 
     label_finding = names[recorded]
@@ -223,10 +234,11 @@ def generate_split(config: SynthConfig, split: str, seed: int) -> SynthSplit:
                             age, anatomy["aorta"], config.incidental_rate)
     return SynthSplit(
         sample_ids=np.array([f"synth-{split}-{i:06d}" for i in range(n)], dtype=str),
-        images=images,
+        images=renderer.render_all() if render else None,
         finding=names[code],
         label_finding=label_finding,
         attributes=attributes,
         reports=reports,
         marker=marker,
+        renderer=renderer,
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fairbench.data.synth_shapes import F32, LOWRES, lung_level, ramp, sandwich
+from fairbench.data.synth_shapes import F32, LOWRES, LazyNormalRows, lung_level, ramp, sandwich
 
 __all__ = ["FINDING_NAMES", "MM_PER_UNIT", "draw_finding", "draw_finding_params"]
 
@@ -43,7 +43,7 @@ def draw_finding_params(rng: np.random.Generator, n: int) -> dict[str, np.ndarra
         "ptx_collapse": u(0.55, 0.84),
         "cons_zone": rng.integers(0, 3, n),                     # 0 upper, 1 middle, 2 lower
         "cons_r": u(0.16, 0.26), "cons_du": u(-0.06, 0.06),
-        "cons_field": rng.standard_normal((n, LOWRES, LOWRES)).astype(F32),
+        "cons_field": LazyNormalRows(rng, n, (LOWRES, LOWRES)),  # drawn per chunk when rendered
     }
 
 

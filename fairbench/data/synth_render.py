@@ -21,12 +21,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from fairbench.data.synth_findings import FINDING_NAMES, draw_finding
-from fairbench.data.synth_shapes import F32, LOWRES, gauss_blur, lung_level, ramp, sandwich, upsample2, upsampler
+from fairbench.data.synth_shapes import (
+    CHUNK,
+    F32,
+    LOWRES,
+    LazyNormalRows,
+    gauss_blur,
+    lung_level,
+    ramp,
+    sandwich,
+    upsample2,
+    upsampler,
+)
 
-__all__ = ["CHUNK", "draw_anatomy", "render_images"]
+__all__ = ["CHUNK", "Renderer", "draw_anatomy"]
 
 HAZE_RES = 6  # side of the low-resolution field of the haze degradation
-CHUNK = 64   # images rendered at once; fixed, so the noise stream of each chunk does not depend on n
 
 
 # -- per-sample parameters ------------------------------------------------------------------------------
@@ -52,8 +62,9 @@ def draw_anatomy(rng: np.random.Generator, sex: np.ndarray, age: np.ndarray,
         "breast": (1.0 - male) * (0.035 + g(0.01)),             # breast shadows over the lower zones
         "gain": 1.0 + g(0.06), "offset": g(0.025), "gamma": np.exp(g(0.08)),
     }
-    a["marks"] = rng.standard_normal((n, LOWRES, LOWRES)).astype(F32)
-    a["haze_field"] = rng.standard_normal((n, HAZE_RES, HAZE_RES)).astype(F32)  # used only under a haze rule
+    # the two noise fields are drawn per chunk when rendered (the same values, not held for the whole split)
+    a["marks"] = LazyNormalRows(rng, n, (LOWRES, LOWRES))
+    a["haze_field"] = LazyNormalRows(rng, n, (HAZE_RES, HAZE_RES))  # used only under a haze rule
     return a
 
 
@@ -200,45 +211,68 @@ def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray],
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def render_images(size: int, anatomy: dict[str, np.ndarray], findings: dict[str, np.ndarray],
-                  codes: np.ndarray, strength: float, degrade: dict[str, np.ndarray], marker: np.ndarray,
-                  marker_xy: np.ndarray, chunk_rng: Callable[[int], np.random.Generator]) -> np.ndarray:
-    """Render all images, ``CHUNK`` at a time. ``codes``: 0 = normal, k = k-th finding of FINDINGS.
+class Renderer:
+    """Renders a split's images ``CHUNK`` at a time; chunk ``i`` is images ``[i * CHUNK, (i + 1) * CHUNK)``.
 
-    ``degrade`` holds per-image ``contrast``, ``haze``, ``blur`` and ``noise`` (total pixel-noise SD);
-    ``marker_xy`` the marker's top-left corner as fractions of the image; ``chunk_rng(i)`` gives the
-    pixel-noise generator of chunk ``i``.
+    ``codes``: 0 = normal, k = k-th finding of FINDINGS. ``degrade`` holds per-image ``contrast``, ``haze``,
+    ``blur`` and ``noise`` (total pixel-noise SD); ``marker_xy`` the marker's top-left corner as fractions of
+    the image; ``chunk_rng(i)`` gives the pixel-noise generator of chunk ``i``. A chunk's pixels depend only on
+    its own samples' parameters and its own noise stream, so any chunk renders alone, in any order, to the
+    same bytes as in a whole-split render.
     """
-    n = len(codes)
-    a = dict(anatomy)
-    # cardiomegaly is an anatomical change: scale the heart before rendering
-    cm = codes == 1
-    grow = np.where(cm, findings["cardio_factor"] ** (0.5 + 0.5 * min(strength, 2.0)), 1.0)
-    a["heart_w"] = anatomy["heart_w"] * grow
-    a["heart_h"] = anatomy["heart_h"] * np.where(cm, 1.0 + 0.4 * (grow - 1.0), 1.0)
-    up = upsampler(size)
-    out = np.empty((n, size, size), dtype=np.uint8)
 
-    def work(ci: int) -> None:
-        sl = slice(ci * CHUNK, min(n, (ci + 1) * CHUNK))
-        out[sl] = _render_chunk(
-            size, {k: v[sl] for k, v in a.items()}, {k: v[sl] for k, v in findings.items()}, codes[sl],
-            strength, {k: v[sl] for k, v in degrade.items()}, marker[sl], marker_xy[sl], chunk_rng(ci), up,
+    def __init__(self, size: int, anatomy: dict[str, np.ndarray], findings: dict[str, np.ndarray],
+                 codes: np.ndarray, strength: float, degrade: dict[str, np.ndarray], marker: np.ndarray,
+                 marker_xy: np.ndarray, chunk_rng: Callable[[int], np.random.Generator]) -> None:
+        a = dict(anatomy)
+        # cardiomegaly is an anatomical change: scale the heart before rendering
+        cm = codes == 1
+        grow = np.where(cm, findings["cardio_factor"] ** (0.5 + 0.5 * min(strength, 2.0)), 1.0)
+        a["heart_w"] = anatomy["heart_w"] * grow
+        a["heart_h"] = anatomy["heart_h"] * np.where(cm, 1.0 + 0.4 * (grow - 1.0), 1.0)
+        self.size, self.a, self.findings, self.codes, self.strength = size, a, findings, codes, strength
+        self.degrade, self.marker, self.marker_xy, self.chunk_rng = degrade, marker, marker_xy, chunk_rng
+        self.n = len(codes)
+        self.n_chunks = -(-self.n // CHUNK)
+        self._up: np.ndarray | None = None
+
+    def chunk(self, ci: int) -> np.ndarray:
+        """uint8 [rows, size, size]: the images of chunk ``ci``."""
+        if self._up is None:
+            self._up = upsampler(self.size)
+        sl = slice(ci * CHUNK, min(self.n, (ci + 1) * CHUNK))
+        return _render_chunk(
+            self.size, {k: v[sl] for k, v in self.a.items()}, {k: v[sl] for k, v in self.findings.items()},
+            self.codes[sl], self.strength, {k: v[sl] for k, v in self.degrade.items()}, self.marker[sl],
+            self.marker_xy[sl], self.chunk_rng(ci), self._up,
         )
 
-    # chunks are independent (own noise stream, own output slice), so threads change nothing but speed;
-    # numpy releases the GIL inside its array operations
-    # (the matrix products are small: BLAS threads on top of the chunk threads only spin)
-    n_chunks = -(-n // CHUNK)
-    workers = min(n_chunks, os.cpu_count() or 1, 4)
-    with _one_blas_thread():
-        if workers <= 1:
-            for ci in range(n_chunks):
-                work(ci)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(work, range(n_chunks)))
-    return out
+    def chunks(self, ids: list[int], store: Callable[[int, np.ndarray], None]) -> None:
+        """Render chunks ``ids``, handing each to ``store(ci, pixels)``; on up to 4 threads."""
+        # chunks are independent (own noise stream, own output), so threads change nothing but speed;
+        # numpy releases the GIL inside its array operations
+        # (the matrix products are small: BLAS threads on top of the chunk threads only spin)
+        workers = min(len(ids), os.cpu_count() or 1, 4)
+        with _one_blas_thread():
+            if workers <= 1:
+                for ci in ids:
+                    store(ci, self.chunk(ci))
+            else:
+                if self._up is None:
+                    self._up = upsampler(self.size)
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    for ci, pixels in zip(ids, pool.map(self.chunk, ids)):
+                        store(ci, pixels)
+
+    def render_all(self) -> np.ndarray:
+        """Every image, in one uint8 array [n, size, size]."""
+        out = np.empty((self.n, self.size, self.size), dtype=np.uint8)
+
+        def store(ci: int, pixels: np.ndarray) -> None:
+            out[ci * CHUNK:ci * CHUNK + len(pixels)] = pixels
+
+        self.chunks(list(range(self.n_chunks)), store)
+        return out
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager:

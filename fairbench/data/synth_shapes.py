@@ -5,10 +5,52 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["F32", "LOWRES", "gauss_blur", "lung_level", "ramp", "sandwich", "upsample2", "upsampler"]
+__all__ = ["CHUNK", "F32", "LOWRES", "LazyNormalRows", "gauss_blur", "lung_level", "ramp", "sandwich", "upsample2", "upsampler"]
 
 F32 = np.float32
 LOWRES = 20   # side of the low-resolution noise fields upsampled into lung markings / patchy opacities
+CHUNK = 64   # images rendered at once; fixed, so the noise stream of each chunk does not depend on n
+
+
+class LazyNormalRows:
+    """Rows of ``rng.standard_normal((n, *shape)).astype(float32)``, drawn when asked for, ``CHUNK`` rows at a time.
+
+    Built where the eager code drew the whole array from ``rng``: it walks the stream once (drawing and
+    discarding each chunk of rows, keeping the generator's state at each chunk's start), so ``rng`` is left
+    where the eager draw left it and later draws from it are unchanged. Indexing (a slice, integer indices or
+    a boolean mask) redraws only the chunks it touches: the same values as the eager array, without holding it.
+    """
+
+    def __init__(self, rng: np.random.Generator, n: int, shape: tuple[int, ...]) -> None:
+        self.n, self.shape = int(n), tuple(shape)
+        self._bitgen = type(rng.bit_generator)
+        self._states = []
+        for start in range(0, self.n, CHUNK):
+            self._states.append(rng.bit_generator.state)
+            rng.standard_normal((min(CHUNK, self.n - start), *self.shape))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def chunk(self, ci: int) -> np.ndarray:
+        bitgen = self._bitgen()
+        bitgen.state = self._states[ci]
+        rows = min(CHUNK, self.n - ci * CHUNK)
+        return np.random.Generator(bitgen).standard_normal((rows, *self.shape)).astype(F32)
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            idx = np.arange(*key.indices(self.n))
+        else:
+            idx = np.asarray(key)
+            idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64)
+            idx = np.where(idx < 0, idx + self.n, idx)
+        out = np.empty((len(idx), *self.shape), dtype=F32)
+        which = idx // CHUNK
+        for ci in np.unique(which):
+            rows = which == ci
+            out[rows] = self.chunk(int(ci))[idx[rows] - ci * CHUNK]
+        return out
 
 
 # -- primitives --------------------------------------------------------------------------------------------
