@@ -76,6 +76,41 @@ def test_leakage_auc_matches_sklearn_on_planted_data() -> None:
     assert null["ci"][0] <= 0.5 <= null["ci"][1]
 
 
+@pytest.mark.parametrize("k,n,ties", [(2, 400, False), (2, 60, True), (3, 300, False), (3, 30, True),
+                                      (4, 10, True)])
+def test_leakage_bootstrap_is_sklearn_auc_on_each_resample(k: int, n: int, ties: bool) -> None:
+    """The vectorised bootstrap gives, resample by resample, sklearn's AUC on ``rng.integers(0, n, n)`` drawn one
+    resample at a time (tied scores, resamples missing a group or a whole class included)."""
+    from sklearn.metrics import roc_auc_score
+
+    from fairbench.analyses.leakage import bootstrap_aucs
+
+    rng = np.random.default_rng(7)
+    y = np.r_[np.arange(k), rng.integers(0, k, n - k)]
+    p = rng.dirichlet(np.ones(k), n)
+    if ties:  # few distinct scores: ties across groups
+        p = np.round(p, 1) + 1e-3
+        p /= p.sum(axis=1, keepdims=True)
+    draw = np.random.default_rng(3)
+    ref = []
+    for _ in range(200):
+        i = draw.integers(0, n, n)
+        yi, pi = y[i], p[i]
+        present = np.unique(yi)
+        if len(present) < 2:
+            ref.append(np.nan)
+        elif k == 2:
+            ref.append(roc_auc_score(yi, pi[:, 1]))
+        elif len(present) == k:
+            ref.append(roc_auc_score(yi, pi, multi_class="ovr", average="macro"))
+        else:  # macro one-vs-rest over the groups present, each scored by its own column renormalised
+            sub = pi[:, present] / pi[:, present].sum(axis=1, keepdims=True)
+            ref.append(np.mean([roc_auc_score(yi == c, sub[:, j]) for j, c in enumerate(present)]))
+    got = bootstrap_aucs(y, p, k, 200, 3)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got[~np.isnan(got)], np.asarray(ref)[~np.isnan(ref)], rtol=0, atol=1e-12)
+
+
 def test_frozen_cell_records_leakage(micro_task_dir, tmp_path: Path, one_torch_thread: None) -> None:
     from fairbench.pipeline import RunConfig, run_cell
 

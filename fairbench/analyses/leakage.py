@@ -1,10 +1,11 @@
 """Attribute leakage: how well a linear probe reads each protected attribute from frozen image embeddings.
 
 For every attribute of the task: a logistic regression (features standardised with the fitting data's
-statistics, ``C`` chosen by stratified 5-fold cross-validation on train+val, lbfgs) is fitted from the image
+statistics, ``C`` chosen by stratified 3-fold cross-validation on train+val, lbfgs) is fitted from the image
 embeddings of the train and val splits to the attribute's groups and scored on the test split by ROC AUC
 (binary attributes: the AUC of the second group in sorted order; more than two groups: macro one-vs-rest).
-The interval is a percentile bootstrap over test samples (the probe is not refitted). Chance is 0.5.
+The interval is a percentile bootstrap over test samples (the probe is not refitted; the resamples' AUCs are
+computed together from sample counts, :func:`bootstrap_aucs`). Chance is 0.5.
 Samples whose group is unknown are left out, and so are test samples of a group the probe never saw.
 
 This follows the "linear probe on frozen features" design of Gichoya et al. 2022 (experiment A3) and
@@ -57,6 +58,48 @@ def _auc(y: np.ndarray, p: np.ndarray, n_classes: int) -> float:
     return float(roc_auc_score(y, p, multi_class="ovr", average="macro"))
 
 
+def _weighted_ovr_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Per row of ``w`` (sample counts ``[B, n]`` of bootstrap resamples): the ROC AUC of ``score`` for
+    ``positive`` against the rest on that resample, ties counted one half (Mann-Whitney, as sklearn's
+    trapezoidal ROC area). NaN where a resample lacks positives or negatives."""
+    order = np.argsort(score, kind="stable")
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each run of tied scores
+    wo = w[:, order]
+    pos = positive[order]
+    wp = np.add.reduceat(np.where(pos, wo, 0), starts, axis=1).astype(np.float64)
+    wn = np.add.reduceat(np.where(pos, 0, wo), starts, axis=1).astype(np.float64)
+    below = np.cumsum(wn, axis=1) - wn  # negatives scored strictly below each tie run
+    n_pos, n_neg = wp.sum(axis=1), wn.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (wp * (below + 0.5 * wn)).sum(axis=1) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return auc
+
+
+def bootstrap_aucs(y: np.ndarray, p: np.ndarray, n_classes: int, n_boot: int, seed: int) -> np.ndarray:
+    """:func:`_auc` on ``n_boot`` resamples of the test samples (``rng.integers(0, n, n)`` each, drawn in one
+    call: the same resamples as one draw per resample), vectorised over resamples; NaN where undefined."""
+    n = len(y)
+    if n_boot <= 0 or n == 0:
+        return np.empty(0)
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    out = np.empty(n_boot)
+    for lo in range(0, n_boot, 250):  # blocks of resamples bound the [B, n] count matrices
+        rows = idx[lo:lo + 250]
+        b = len(rows)
+        w = np.bincount((np.arange(b)[:, None] * n + rows).ravel(), minlength=b * n).reshape(b, n)
+        if n_classes == 2:
+            out[lo:lo + b] = _weighted_ovr_auc(w, y == 1, p[:, 1])
+            continue
+        present = np.stack([(w[:, y == c].sum(axis=1) > 0) for c in range(n_classes)], axis=1)
+        per_class = np.stack([_weighted_ovr_auc(w, y == c, p[:, c]) for c in range(n_classes)], axis=1)
+        out[lo:lo + b] = per_class.mean(axis=1)
+        for r in np.flatnonzero(~present.all(axis=1)):  # a group absent from this resample: as _auc does it
+            out[lo + r] = _auc(y[rows[r]], p[rows[r]], n_classes)
+    return out
+
+
 def attribute_leakage(x_fit: np.ndarray, g_fit: np.ndarray, x_test: np.ndarray, g_test: np.ndarray, *,
                       n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
     """The probe's test AUC for one attribute. ``g_*`` are group labels (None / '' = unknown, left out)."""
@@ -95,15 +138,10 @@ def attribute_leakage(x_fit: np.ndarray, g_fit: np.ndarray, x_test: np.ndarray, 
     p = clf.predict_proba(x_test[keep])
     k = len(groups)
     auc = _auc(y_test, p, k)
-    rng = np.random.default_rng(seed)
-    boots = []
     n = len(y_test)
-    for _ in range(n_boot if n else 0):
-        i = rng.integers(0, n, n)
-        b = _auc(y_test[i], p[i], k)
-        if not np.isnan(b):
-            boots.append(b)
-    ci = [float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))] if boots else None
+    boots = bootstrap_aucs(y_test, p, k, n_boot if n else 0, seed)
+    boots = boots[~np.isnan(boots)]
+    ci = [float(np.quantile(boots, alpha / 2)), float(np.quantile(boots, 1 - alpha / 2))] if len(boots) else None
     c = float(np.ravel(clf[-1].C_)[0])
     return {**out, "auc": None if np.isnan(auc) else auc, "ci": ci, "n": int(n), "n_fit": int(known_fit.sum()),
             "C": c, "n_boot": len(boots), "test_counts": {g: int((y_test == i).sum()) for g, i in index.items()},
