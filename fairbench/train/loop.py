@@ -280,6 +280,8 @@ class Trainer:
         key = score_key(select)
         #: on CPU, return the heap's free pages after every step and evaluation (fairbench.resources)
         trim = device.type == "cpu"
+        if trim:  # e.g. full_ft's parameter probe freed a backward pass through the whole model
+            release_freed_memory()
         with _deterministic(device) as deterministic:
             for epoch in range(start, cfg.epochs):
                 if stopped:
