@@ -35,6 +35,7 @@ from fairbench.models.build import build_model, resolve_device, resolve_model_ca
 from fairbench.models.inputs import check_run_inputs, inputs_changes, inputs_digest
 from fairbench.precision import check_precision, inference_batch_size
 from fairbench.progress import bar
+from fairbench.resources import PeakMemory
 from fairbench.results import (
     METRICS,
     PREDICTIONS,
@@ -202,6 +203,7 @@ def _cross_frame(train: TaskCard, evaluated: TaskCard, splits: list[SampleSet], 
 def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, device: torch.device, data: Any,
                   cell: Path, eval_task: TaskCard | None = None, eval_data: Any = None) -> CellResult:
     started, t0 = now_iso(), time.time()
+    peak = PeakMemory(device)  # the cell's own peak memory, recorded in provenance.resources
     seed_everything(cfg.seed)
     model = build_model(card, cfg.weights, device)
     seed_everything(cfg.seed)
@@ -252,6 +254,7 @@ def _compute_cell(cfg: RunConfig, task: TaskCard, card: Any, adapter: Any, devic
     metrics["embedding_cache"] = ctx.embedding_report()
     metrics["precision"] = ctx.precision_report()
     metrics["provenance"] = provenance(device=str(device), started_at=started, duration_s=time.time() - t0)
+    metrics["provenance"]["resources"] = peak.report()
     write_json(cell / METRICS, metrics)
     adapter.finish(ctx)  # e.g. remove training checkpoints, now that the cell is complete
     return CellResult(cell, metrics, skipped=False, task=task)

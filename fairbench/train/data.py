@@ -18,8 +18,6 @@ from fairbench.errors import FairbenchError
 __all__ = ["TEXT_SOURCES", "GroupDraws", "PairTexts", "PixelStore", "epoch_batches", "generator", "shard"]
 
 TEXT_SOURCES = ("auto", "reports", "prompts")
-#: preprocessed pixels of a split are kept in memory when they fit in this many bytes (shared by all splits)
-PIXEL_CACHE_BYTES = 2 << 30
 
 
 def generator(seed: int, *purpose: Any) -> torch.Generator:
@@ -43,49 +41,19 @@ def shard(batch: np.ndarray, rank: int, world: int) -> np.ndarray:
     return batch[rank::world] if world > 1 else batch
 
 
-class _Budget:
-    def __init__(self, total: int) -> None:
-        self.left = total
-
-    def take(self, n: int) -> bool:
-        if n <= self.left:
-            self.left -= n
-            return True
-        return False
-
-
 class PixelStore:
-    """Model-ready pixels of a split's images: preprocessed once and kept in memory when they fit the shared
-    budget, else preprocessed per batch (identical tensors either way)."""
+    """Model-ready pixels of a split's images, preprocessed per batch from the split's images (the synthetic
+    loader's arrays, or the memory-mapped preprocessed-image cache of a file-backed dataset).
 
-    def __init__(self, model: Any, images: Any, n: int, budget: _Budget | None = None) -> None:
+    Nothing is kept between batches: a float32 copy of every split (3 x 224 x 224 x 4 bytes = 588 KiB per image,
+    0.7 GiB for nih6x200's 1200 images) cost more memory than a LoRA step's model and optimizer, and preprocessing
+    a batch of 32 synthetic 224-px images takes about 10 ms of CPU against minutes for the step."""
+
+    def __init__(self, model: Any, images: Any, n: int) -> None:
         self.model, self.images, self.n = model, images, n
-        self._all: torch.Tensor | None = None
-        self._budget = budget or _Budget(PIXEL_CACHE_BYTES)
-        self._decided = False
-
-    @staticmethod
-    def shared_budget() -> _Budget:
-        return _Budget(PIXEL_CACHE_BYTES)
-
-    def _prepare(self) -> None:
-        self._decided = True
-        if self.n == 0:
-            return
-        first = self.model.preprocess(self.images.load(np.arange(1)))
-        if not self._budget.take(first[0].numel() * first.element_size() * self.n):
-            return
-        chunks = [self.model.preprocess(self.images.load(np.arange(s, min(self.n, s + 64))))
-                  for s in range(0, self.n, 64)]
-        self._all = torch.cat(chunks)
 
     def get(self, idx: np.ndarray) -> torch.Tensor:
-        if not self._decided:
-            self._prepare()
-        idx = np.asarray(idx, dtype=np.int64)
-        if self._all is not None:
-            return self._all[torch.from_numpy(idx)]
-        return self.model.preprocess(self.images.load(idx))
+        return self.model.preprocess(self.images.load(np.asarray(idx, dtype=np.int64)))
 
 
 class PairTexts:

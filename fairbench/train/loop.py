@@ -36,6 +36,7 @@ from torch import nn
 
 from fairbench.errors import FairbenchError
 from fairbench.progress import bar, info, warn
+from fairbench.resources import release_freed_memory
 from fairbench.train import dist
 from fairbench.train.checkpoint import CheckpointStore
 from fairbench.train.config import SGD_MOMENTUM, TrainConfig
@@ -277,6 +278,10 @@ class Trainer:
 
         select = cfg.select_on
         key = score_key(select)
+        #: on CPU, return the heap's free pages after every step and evaluation (fairbench.resources)
+        trim = device.type == "cpu"
+        if trim:  # e.g. full_ft's parameter probe freed a backward pass through the whole model
+            release_freed_memory()
         with _deterministic(device) as deterministic:
             for epoch in range(start, cfg.epochs):
                 if stopped:
@@ -306,6 +311,8 @@ class Trainer:
                             scaler.update()
                             opt.zero_grad(set_to_none=True)
                             sched.step()
+                            if trim:  # the step's activations are free now: give their pages back
+                                release_freed_memory()
                             for hook in STEP_HOOKS:
                                 hook(epoch, step)
                         b.advance()
@@ -313,6 +320,8 @@ class Trainer:
                         b.postfix(f"loss {np.mean(losses):.4f}" + (f"  {key} {last:.3f}" if last else ""))
                 log = obj.end_epoch(epoch)
                 score, _ = self._score(select)
+                if trim:
+                    release_freed_memory()
                 score = float(dist.broadcast_object(score))
                 improved = not math.isnan(score) and (best_score is None or score > best_score)
                 if improved:
@@ -344,7 +353,11 @@ class Trainer:
 
             if best_state is not None:
                 load_trainable_state(obj.module, best_state)
-            probs = {s: obj.predict(s) for s in self.predict_splits}
+            probs = {}
+            for s in self.predict_splits:
+                probs[s] = obj.predict(s)
+                if trim:  # or the next split's evaluation batches come on top of this one's freed heap
+                    release_freed_memory()
 
         record = {
             "selected_on": "test" if select == "test" else "val",

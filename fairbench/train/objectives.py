@@ -155,9 +155,8 @@ class _ModelObjective(Objective):
 
     def __init__(self, ctx: Any, model: Any, *, eval_batch_size: int, head_lr: float | None = None) -> None:
         self.ctx, self.model, self.device = ctx, model, model.device
-        budget = PixelStore.shared_budget()
         self.samples = {s: ctx.split(s) for s in ("train", "val", "test")}
-        self.pixels = {s: PixelStore(model, smp.images, len(smp), budget) for s, smp in self.samples.items()}
+        self.pixels = {s: PixelStore(model, smp.images, len(smp)) for s, smp in self.samples.items()}
         self.n_train = len(self.samples["train"])
         self.eval_batch_size = eval_batch_size
         self.head_lr = head_lr
