@@ -464,7 +464,7 @@ def plot(
     intercept per group, attribute leakage, power (MDE beside the observed gap), prompt sensitivity. Per task:
     a fairness-utility scatter across cells, and with --reference a forest plot of paired differences.
     """
-    from fairbench.report.plots import plot_results
+    from fairbench.report.plot_run import plot_results
 
     written, col, problems = plot_results(results, out, formats=tuple(fmt or ("png", "svg")),
                                           attributes=tuple(attribute or ()) or None, reference=reference,

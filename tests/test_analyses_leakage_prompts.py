@@ -211,7 +211,7 @@ def test_zeroshot_templates_value_checked() -> None:
 
 
 def test_prompt_plot_draws_each_template(tmp_path: Path) -> None:
-    from fairbench.report.plots import plot_prompt_sensitivity
+    from fairbench.report.plots_analyses import plot_prompt_sensitivity
 
     rec = {"templates": [{"kind": "card", "template": "{}", "auc": 0.7, "gaps": {"age": {"gap": 0.1}}},
                          {"kind": "ensemble", "template": "x", "auc": 0.72, "gaps": {"age": {"gap": None}}}]}

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from fairbench.cli import app
 from fairbench.errors import FairbenchError
-from fairbench.report.plots import OKABE_ITO, plot_results
+from fairbench.report.plot_run import plot_results
+from fairbench.report.plots import OKABE_ITO
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +243,7 @@ def test_forest_plot_unknown_reference_names_the_adapters(versus_results, tmp_pa
 
 
 def test_titles_say_when_weights_are_random(tmp_path):
-    from fairbench.report.plots import plot_results
+    from fairbench.report.plot_run import plot_results
     from fairbench.results import read_metrics, write_json
 
     root = tmp_path / "r"

@@ -246,7 +246,7 @@ def test_index_lists_the_tasks_and_keeps_reported_numbers_apart(site, results, t
 
 # -- figures: reused, not redrawn -------------------------------------------------------------------------
 def test_figures_from_fairbench_plot_are_reused_and_stale_ones_redrawn(results, tmp_path):
-    from fairbench.report.plots import plot_results
+    from fairbench.report.plot_run import plot_results
 
     cell = results / "synth_cxr_fair"
     figs = tmp_path / "figs"

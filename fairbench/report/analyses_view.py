@@ -12,6 +12,7 @@ from typing import Any
 
 from fairbench.analyses.power import underpowered
 from fairbench.report.formatting import pct, slug
+from fairbench.report.page_model import Table, TCell, THead
 from fairbench.report.summary import lookup
 
 __all__ = ["FIGURES", "analysis_sections", "figure_names", "figure_stem", "panel_attributes"]
@@ -74,7 +75,6 @@ def _raw(value: Any, ci: Any = None) -> str:
 
 
 def _underdiagnosis_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
-    from fairbench.report.html import Table, TCell, THead
 
     sections: list[dict[str, Any]] = []
     under = an.get("underdiagnosis") or {}
@@ -107,7 +107,6 @@ def _underdiagnosis_section(cell: Any, an: dict[str, Any], figures: dict[str, An
 
 
 def _calibration_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
-    from fairbench.report.html import Table, TCell, THead
 
     m = cell.metrics
     sections: list[dict[str, Any]] = []
@@ -145,7 +144,6 @@ def _calibration_section(cell: Any, an: dict[str, Any], figures: dict[str, Any])
 
 
 def _leakage_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
-    from fairbench.report.html import Table, TCell, THead
 
     sections: list[dict[str, Any]] = []
     leak = an.get("leakage") or {}
@@ -177,7 +175,6 @@ def _leakage_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> 
 
 
 def _power_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
-    from fairbench.report.html import Table, TCell, THead
 
     sections: list[dict[str, Any]] = []
     power = an.get("power") or {}
@@ -219,7 +216,6 @@ def _power_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> li
 
 
 def _prompts_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> list[dict[str, Any]]:
-    from fairbench.report.html import Table, TCell, THead
 
     sections: list[dict[str, Any]] = []
     prompts = an.get("prompts") or {}

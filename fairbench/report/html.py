@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from fairbench.errors import FairbenchError, ResultsError
 from fairbench.report.collect import Collection, ResultCell, collect
 from fairbench.report.formatting import arrow, fmt_agg, fmt_raw, is_count, metric_label, number, pct, slug
 from fairbench.report.leaderboard import latest_version, problem_task, versus_seeds_text
+from fairbench.report.page_model import Figure, Table, TCell, THead
 from fairbench.report.reported import ReportedSource, column_label, fmt_value, load_reported
 from fairbench.report.summary import lookup, random_weights
 from fairbench.report.tables import (
@@ -58,36 +59,7 @@ ASSETS = ("site.css", "sort.js")
 MAX_SKIPPED_LISTED = 200
 
 
-# -- the template data ---------------------------------------------------------------------------------------
-@dataclass
-class TCell:
-    """One table cell: its text, the value it sorts by (None: n/a, always last), bold, links."""
-
-    text: str
-    sort: float | str | None = None
-    best: bool = False
-    links: list[tuple[str, str, str]] = field(default_factory=list)  # (text, href, aria-label or "")
-
-
-@dataclass
-class THead:
-    label: str
-    key: str  # names the column in a #sort=TABLE:KEY,DIR fragment
-    numeric: bool = True
-
-
-@dataclass
-class Table:
-    id: str
-    caption: str
-    heads: list[THead]
-    rows: list[list[TCell]]  # the first cell of a row is its header (<th scope="row">)
-
-
-@dataclass
-class Figure:
-    svg: str  # the SVG element, ready to inline
-    caption: str
+# -- the template data: fairbench/report/page_model.py ----------------------------------------------------------
 
 
 def _col_key(path: tuple[str, ...]) -> str:

@@ -26,22 +26,21 @@ import numpy as np
 import pandas as pd
 
 from fairbench.errors import DataError
-from fairbench.report.collect import Collection, ResultCell, collect
+from fairbench.report.collect import ResultCell
 from fairbench.report.formatting import SCALE, SCALE_LABEL, arrow, direction, metric_label, slug
 from fairbench.report.summary import lookup, random_weights
 from fairbench.report.tables import aggregate
-from fairbench.report.versus import Versus, check_reference, compute_versus
+from fairbench.report.versus import Versus
 from fairbench.results import read_predictions
 from fairbench.results.cells import adapt_label
 
 __all__ = [
     "OKABE_ITO",
     "plot_cell",
-    "plot_prompt_sensitivity",
-    "plot_results",
     "plot_tradeoff",
     "plot_training",
     "plot_versus",
+    "random_note",
 ]
 
 #: Okabe & Ito (2008) colour-blind-safe palette, yellow last (weak on white)
@@ -106,10 +105,10 @@ def _pct(x: Any) -> str:
 
 def cell_title(cell: ResultCell) -> str:
     synth = " — SYNTHETIC data" if lookup(cell.doc, "task", "synthetic") else ""
-    return f"{cell.task} · {cell.model} · {adapt_label(cell.adapt)} · seed {cell.seed}{synth}{_random_note([cell])}"
+    return f"{cell.task} · {cell.model} · {adapt_label(cell.adapt)} · seed {cell.seed}{synth}{random_note([cell])}"
 
 
-def _random_note(cells: Sequence[ResultCell]) -> str:
+def random_note(cells: Sequence[ResultCell]) -> str:
     """A title's mark for cells whose model ran with random (untrained) weights."""
     n = sum(random_weights(c.doc) for c in cells)
     if not n:
@@ -471,7 +470,7 @@ def plot_tradeoff(task: str, cells: list[ResultCell], out: Path, formats: Sequen
         fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 0.9), frameon=False, title=title,
                    alignment="left")
         synth = " — SYNTHETIC data" if any(lookup(c.doc, "task", "synthetic") for c in cells) else ""
-        fig.suptitle(f"{task}: equity-scaled AUC against AUC{synth}{_random_note(cells)}\n"
+        fig.suptitle(f"{task}: equity-scaled AUC against AUC{synth}{random_note(cells)}\n"
                      "points: mean over seeds; bars: min–max over seeds (one seed: 95% bootstrap CI)\n"
                      "ES-AUC = AUC / (1 + Σ|AUC − AUC_g|); on the dotted diagonal every group has the overall AUC",
                      fontsize=10.5)
@@ -594,61 +593,3 @@ def plot_versus(v: Versus, out: Path, formats: Sequence[str] = FORMATS,
                      "better\na difference on this task, not a ranking of methods across tasks", fontsize=10)
         fig.tight_layout(rect=(0, 0.03 if skipped else 0, 1, 1))
         return save_figure(fig, out / v.task / f"versus_{slug(v.reference)}", formats)
-
-
-def plot_results(paths: Sequence[Path | str], out: Path, formats: Sequence[str] = FORMATS,
-                 attributes: Sequence[str] | None = None, reference: str | None = None,
-                 tasks_dirs: Sequence[Path] = ()) -> tuple[list[Path], Collection, list[str]]:
-    """Every figure for the cells under ``paths``; returns (files, the collection, plotting problems).
-    ``reference``: an adapter; each task also gets a forest plot of the paired differences against it."""
-    from fairbench.errors import FairbenchError
-
-    bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise FairbenchError(f"unknown figure format '{bad[0]}' (known: {', '.join(FORMATS)})")
-    col = collect(paths)
-    if not col.cells:
-        raise FairbenchError(f"no readable result cells under {', '.join(col.roots)}"
-                             + (f" ({len(col.problems)} unreadable)" if col.problems else ""))
-    if attributes:
-        known = {a for c in col.cells for a in (c.metrics.get("attributes") or {})}
-        unknown = sorted(set(attributes) - known)
-        if unknown:
-            raise FairbenchError(f"no protected attribute '{unknown[0]}' in the results "
-                                 f"(they have: {', '.join(sorted(known))})")
-    if reference is not None:
-        check_reference(col.cells, reference)
-    written: list[Path] = []
-    problems: list[str] = []
-    from fairbench.report.plots_analyses import plot_analyses
-
-    for cell in col.cells:
-        files, probs = plot_cell(cell, Path(out), formats, attributes)
-        written += files + plot_training(cell, Path(out), formats)
-        problems += probs
-        files, probs = plot_analyses(cell, Path(out), formats, attributes)
-        written += files
-        problems += probs
-    for task, cells in sorted(col.by_task().items()):
-        written += plot_tradeoff(task, cells, Path(out), formats, attributes)
-        if reference is not None:
-            v = compute_versus(task, cells, reference, tasks_dirs=tasks_dirs)
-            problems += [f"{task} versus {reference}: {c}" for c in
-                         ([v.unavailable] if v.unavailable else []) + v.cautions]
-            files = plot_versus(v, Path(out), formats, attributes,
-                                synthetic=any(lookup(c.doc, "task", "synthetic") for c in cells),
-                                note=_random_note(cells))
-            if not files and not v.unavailable:
-                problems.append(f"{task} versus {reference}: no (model, adapter) could be compared with the "
-                                f"{reference} cells of the same model; no forest plot")
-            written += files
-    return written, col, problems
-
-
-def plot_prompt_sensitivity(prompts: dict[str, Any], stem: Path, formats: Sequence[str] = ("png",),
-                            title: str = "") -> list[Path]:
-    """A zero-shot cell's ``analyses.prompts`` (``templates=all``) drawn by
-    :func:`fairbench.report.plots_analyses.prompts_figure` and saved under ``stem``."""
-    from fairbench.report.plots_analyses import prompts_figure
-
-    return save_figure(prompts_figure(prompts, title), stem, formats)

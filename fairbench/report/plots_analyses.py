@@ -48,8 +48,8 @@ from fairbench.report.plots import (
 )
 from fairbench.report.summary import lookup
 
-__all__ = ["calibration_figure", "leakage_figure", "plot_analyses", "power_figure", "prompts_figure",
-           "underdiagnosis_figure"]
+__all__ = ["calibration_figure", "leakage_figure", "plot_analyses", "plot_prompt_sensitivity", "power_figure",
+           "prompts_figure", "underdiagnosis_figure"]
 
 SHADE = "#d9d9d9"
 UNDERPOWERED_COLOUR = "#D55E00"
@@ -365,3 +365,10 @@ def plot_analyses(cell: ResultCell, out: Path, formats: Sequence[str] = FORMATS,
         if fig is not None:
             written += save_figure(fig, base / figure_stem(name), formats)
     return written, problems
+
+
+def plot_prompt_sensitivity(prompts: dict[str, Any], stem: Path, formats: Sequence[str] = ("png",),
+                            title: str = "") -> list[Path]:
+    """A zero-shot cell's ``analyses.prompts`` (``templates=all``) drawn by
+    :func:`fairbench.report.plots_analyses.prompts_figure` and saved under ``stem``."""
+    return save_figure(prompts_figure(prompts, title), stem, formats)
