@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
-import string
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_models_generic import _tokenizer as _clip_tokenizer  # the one tiny CLIP tokenizer of the hf tests
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,16 +46,6 @@ def _write_pngs(root: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return manifest
-
-
-def _clip_tokenizer():  # type: ignore[no-untyped-def]
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + ".,-'()/":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[]), len(vocab)
 
 
 def _save(directory: Path, kind: str) -> Path:

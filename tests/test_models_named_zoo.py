@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_models_generic import _tokenizer as _clip_tokenizer  # the one tiny CLIP tokenizer of the hf tests
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -21,16 +22,6 @@ MEDSIGLIP_PRE = {"do_normalize": True, "do_rescale": True, "do_resize": True, "i
                  "image_processor_type": "SiglipImageProcessor", "image_std": HALF,
                  "processor_class": "SiglipProcessor", "resample": 3, "rescale_factor": 0.00392156862,
                  "size": {"height": 448, "width": 448}}
-
-
-def _clip_tokenizer():  # type: ignore[no-untyped-def]
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase + string.digits + ".,-'()/":
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[]), len(vocab)
 
 
 def _build(name: str, directory: Path):  # type: ignore[no-untyped-def]
