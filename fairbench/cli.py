@@ -216,6 +216,9 @@ def leakage(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of the test split.")] = 1000,
     features: Annotated[str, typer.Option(help="embedding (the image embedding) or feature (the probe "
                                           "feature the linear probe reads).")] = "embedding",
+    train_max: Annotated[int | None, typer.Option(help="Fit on at most this many training images (a fixed "
+                                                   "random subsample; a cell uses 500) beside the val split. "
+                                                   "Default: all of them.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the result as JSON here.")] = None,
     model_arg: ModelArgOpt = None,
     data_root: DataRootOpt = None,
@@ -230,7 +233,10 @@ def leakage(
 
     if n_boot < 0:
         raise FairbenchError(f"--n-boot must be >= 0, got {n_boot}")
+    if train_max is not None and train_max < 2:
+        raise FairbenchError(f"--train-max must be >= 2, got {train_max}")
     doc = run_leakage(task=task, model=model, weights=weights, seed=seed, n_boot=n_boot, features=features,
+                      train_max=train_max,
                       tasks_dirs=tuple(tasks_dir or ()), data_root=data_root, device=device,
                       model_args=parse_kv(model_arg or [], "--model-arg"))
     typer.echo(f"attribute leakage: {doc['model']} on {doc['task']} ({features}, {n_boot} bootstrap resamples)")

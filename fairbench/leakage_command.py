@@ -15,7 +15,7 @@ __all__ = ["leakage_table", "run_leakage"]
 def run_leakage(*, task: str, model: str, weights: str | None = None, seed: int = 0, n_boot: int = 1000,
                 features: str = "embedding", tasks_dirs: tuple[Any, ...] = (), data_root: Any = None,
                 device: str = "auto", model_args: dict[str, Any] | None = None,
-                embedding_cache: bool = True) -> dict[str, Any]:
+                embedding_cache: bool = True, train_max: int | None = None) -> dict[str, Any]:
     """``fairbench leakage``: build the model, encode (or read from the embedding cache) every split, probe."""
     from fairbench.adapters.base import AdaptContext
     from fairbench.cache import EmbeddingCache
@@ -46,9 +46,9 @@ def run_leakage(*, task: str, model: str, weights: str | None = None, seed: int 
     ctx = AdaptContext(task=task_card, model=built, seed=seed, data_root=data_root, _loader=data,
                        embedding_cache=EmbeddingCache() if embedding_cache else None,
                        batch_size=inference_batch_size(dev))
-    result = leakage_for_cell(ctx, n_boot=n_boot, features=features)
+    result = leakage_for_cell(ctx, n_boot=n_boot, features=features, train_max=train_max)
     return {"task": task_card.name, "model": card.name, "weights": built.weights_info, "seed": seed,
-            "n_boot": n_boot, "features": features, "leakage": result, "embedding_cache": ctx.embedding_report(),
+            "n_boot": n_boot, "features": features, "train_max": train_max, "leakage": result, "embedding_cache": ctx.embedding_report(),
             "duration_s": round(time.perf_counter() - t0, 2)}
 
 

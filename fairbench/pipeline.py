@@ -314,14 +314,14 @@ def add_variants(cell: Path, task: TaskCard, variants: list[str] | tuple[str, ..
 
 def _cell_analyses(adapter: Any, ctx: AdaptContext, n_boot: int, *, cross: bool = False) -> dict[str, Any]:
     """Analyses computed in the cell (fairbench.analyses): attribute leakage for frozen-encoder adapters (from the
-    cached embeddings; not in a cross-dataset cell, whose train and test splits come from different tasks), and
-    what the adapter itself adds (zeroshot ``templates=all``: prompt sensitivity)."""
-    from fairbench.analyses.leakage import frozen_encoder, leakage_for_cell
+    cached embeddings, on val and at most CELL_TRAIN_MAX training images; not in a cross-dataset cell, whose train
+    and test splits come from different tasks), and what the adapter itself adds (zeroshot ``templates=all``: prompt sensitivity)."""
+    from fairbench.analyses.leakage import CELL_TRAIN_MAX, frozen_encoder, leakage_for_cell
 
     out: dict[str, Any] = dict(_jsonable(getattr(adapter, "analyses", None) or {}))
     if frozen_encoder(adapter) and not cross:
         with bar("attribute leakage probes", None):
-            out["leakage"] = _jsonable(leakage_for_cell(ctx, n_boot=n_boot))
+            out["leakage"] = _jsonable(leakage_for_cell(ctx, n_boot=n_boot, train_max=CELL_TRAIN_MAX))
     return out
 
 

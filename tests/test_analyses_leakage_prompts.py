@@ -124,6 +124,46 @@ def test_frozen_cell_records_leakage(micro_task_dir, tmp_path: Path, one_torch_t
     assert leak["age"]["auc"] > 0.7  # synth_cxr's degraded >= 60 group, even on 120 fitting images
 
 
+def test_cell_probe_fits_a_fixed_train_subsample_whatever_is_cached(micro_task_dir, tmp_path: Path,
+                                                                    one_torch_thread: None, monkeypatch) -> None:
+    """A cell's probe fits on val + a fixed subsample of the training split (analyses.leakage.CELL_TRAIN_MAX),
+    encoded as a cache entry of its own: a zero-shot cell (which encodes only val and test for itself) does not
+    encode the whole training split, and the leakage it reports is the same bit for bit whether the training split
+    was encoded first (a linear-probe cell) or not, and with the embedding cache off."""
+    from fairbench.analyses import leakage
+    from fairbench.pipeline import RunConfig, run_cell
+
+    monkeypatch.setattr(leakage, "CELL_TRAIN_MAX", 30)
+    tasks = micro_task_dir("leak_sub", (80, 40, 60))
+
+    def cell(adapt: str, out: str, **kw):  # type: ignore[no-untyped-def]
+        return run_cell(RunConfig(task="leak_sub", model="tinyclip", adapt=adapt, out=tmp_path / out,
+                                  tasks_dirs=(tasks,), device="cpu", n_boot=50, **kw)).metrics
+
+    zs = cell("zeroshot", "a")
+    events = {e["split"]: e["event"] for e in zs["embedding_cache"]["events"]}
+    assert events == {"val": "miss", "test": "miss", "train:leakage-fit": "miss"}  # no whole-train encode
+    assert zs["precision"]["encoded_splits"] == ["test", "val"]
+    fit = zs["analyses"]["leakage"]["age"]["fit_train"]
+    expected_rows = np.sort(np.random.default_rng(0).choice(80, size=30, replace=False))
+    assert fit == {"n": 30, "of": 80, "subsample_seed": 0}
+    lp = cell("linear_probe", "b")  # encodes the whole training split; the probe still reads its own entry (hit)
+    assert {e["split"]: e["event"] for e in lp["embedding_cache"]["events"]}["train:leakage-fit"] == "hit"
+    off = cell("zeroshot", "c", embedding_cache=False)
+    for a in ("sex", "age", "race"):
+        for other in (lp, off):
+            assert other["analyses"]["leakage"][a] | {"fit_s": 0} == zs["analyses"]["leakage"][a] | {"fit_s": 0}
+
+    # the subsample entry holds exactly those rows of the whole training split's encoding (read with safetensors)
+    from safetensors.numpy import load_file
+
+    keys = {e["split"]: e["key"] for e in lp["embedding_cache"]["events"]}
+    root = Path(lp["embedding_cache"]["root"])
+    sub = load_file(str(root / keys["train:leakage-fit"][:2] / f"{keys['train:leakage-fit']}.safetensors"))
+    whole = load_file(str(root / keys["train"][:2] / f"{keys['train']}.safetensors"))
+    np.testing.assert_allclose(sub["embedding"], whole["embedding"][expected_rows], rtol=0, atol=1e-5)
+
+
 def _independent_probs(model, pixels_embedding, prompts):
     """CLIP's prompt ensembling written out: mean of normalised text embeddings, cosine, softmax."""
     import torch

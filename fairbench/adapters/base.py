@@ -10,6 +10,7 @@ checkpoint into :attr:`AdaptContext.checkpoint_dir` and resume from it when :att
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from fairbench.cache import EmbeddingCache, embedding_key_parts, module_state_sha256
 from fairbench.data.base import SampleSet
+from fairbench.data.files import subset_images
 from fairbench.data.task import TaskCard
 from fairbench.errors import FairbenchError
 from fairbench.models.base import VLModel
@@ -85,16 +87,28 @@ class AdaptContext:
         """``{"embedding": [n, d], "feature": [n, f]}`` for every image of ``split`` (float32), from the
         embedding cache when it holds them (the model as built: never call this after changing its weights)."""
         if split not in self._encoded:
-            samples = self.split(split)
-            cache = self.embedding_cache
-            parts = embedding_key_parts(self.model, self.task_of(split), samples, weights_sha256=self.weights_sha256(),
-                                        precision=self.precision) if cache is not None else None
-            if cache is not None and parts is not None:  # one writer per entry across workers (fairbench.cache)
-                arrays = cache.get_or_compute(parts, len(samples), lambda: self._encode_images(split, samples))
-            else:
-                arrays = self._encode_images(split, samples)
-            self._encoded[split] = arrays
+            self._encoded[split] = self._encode_cached(split, self.split(split))
         return self._encoded[split]
+
+    def encode_rows(self, split: str, rows: np.ndarray, *, tag: str) -> dict[str, np.ndarray]:
+        """Image outputs of rows ``rows`` of ``split`` only, through the embedding cache as an entry of their own
+        (its split recorded as ``<split>:<tag>``), so that the rows are encoded in the same batches whether or not
+        the whole split is; not kept on the context."""
+        samples = self.split(split)
+        rows = np.asarray(rows, dtype=np.int64)
+        sub = dataclasses.replace(
+            samples, split=f"{split}:{tag}", sample_ids=samples.sample_ids[rows], labels=samples.labels[rows],
+            attributes={k: np.asarray(v)[rows] for k, v in samples.attributes.items()},
+            images=subset_images(samples.images, rows), texts=None, extra={})
+        return self._encode_cached(split, sub)
+
+    def _encode_cached(self, split: str, samples: SampleSet) -> dict[str, np.ndarray]:
+        cache = self.embedding_cache
+        parts = embedding_key_parts(self.model, self.task_of(split), samples, weights_sha256=self.weights_sha256(),
+                                    precision=self.precision) if cache is not None else None
+        if cache is not None and parts is not None:  # one writer per entry across workers (fairbench.cache)
+            return cache.get_or_compute(parts, len(samples), lambda: self._encode_images(samples.split, samples))
+        return self._encode_images(samples.split, samples)
 
     def weights_sha256(self) -> str:
         """The weights file hash, or a hash of the module's state dict when there is none (random weights)."""

@@ -8,6 +8,12 @@ The interval is a percentile bootstrap over test samples (the probe is not refit
 computed together from sample counts, :func:`bootstrap_aucs`). Chance is 0.5.
 Samples whose group is unknown are left out, and so are test samples of a group the probe never saw.
 
+In a cell (:data:`CELL_TRAIN_MAX`), the probe is fitted on the val split and a fixed random subsample of at most
+500 training images (drawn with :data:`SUBSAMPLE_SEED` from the split's order, the same in every cell of a model
+and task, and encoded through the embedding cache as an entry of its own): a zero-shot cell encodes only val and
+test for itself, and encoding the whole training split for the probe doubled its cost on synth_cxr.
+``fairbench leakage`` fits on all of train + val unless ``--train-max`` caps it.
+
 This follows the "linear probe on frozen features" design of Gichoya et al. 2022 (experiment A3) and
 Glocker et al. 2023 (SPLIT), with a logistic regression in place of their trained dense layer. It measures
 what a linear read-out can recover, not what the model uses for its predictions.
@@ -21,12 +27,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FROZEN_ADAPTERS", "attribute_leakage", "frozen_encoder", "known_group", "leakage_for_cell", "leakage_table"]
+__all__ = ["FROZEN_ADAPTERS", "attribute_leakage", "frozen_encoder", "known_group", "leakage_for_cell", "leakage_table",
+           "train_rows"]
 
 #: adapters whose image encoder stays frozen, so the cached embeddings are the cell's own
 FROZEN_ADAPTERS = ("zeroshot", "linear_probe", "mlp")
 C_GRID = (1e-2, 1e-1, 1.0)
 N_FOLDS = 3
+#: training images a cell's probe is fitted on at most, beside the val split (None: all)
+CELL_TRAIN_MAX = 500
+#: the seed of the training subsample (fixed: the same rows whatever the cell's seed)
+SUBSAMPLE_SEED = 0
 
 
 def known_group(value: Any) -> bool:
@@ -148,17 +159,36 @@ def attribute_leakage(x_fit: np.ndarray, g_fit: np.ndarray, x_test: np.ndarray, 
             "fit_s": round(time.perf_counter() - t0, 3)}
 
 
-def leakage_for_cell(ctx: Any, *, n_boot: int = 1000, features: str = "embedding") -> dict[str, Any]:
-    """Per attribute of ``ctx.task``: :func:`attribute_leakage` on the cached ``features`` of train+val -> test."""
-    enc = {s: ctx.encode(s)[features] for s in ("train", "val", "test")}
+def train_rows(n: int, train_max: int | None) -> np.ndarray | None:
+    """The training rows a probe is fitted on: None for all of them (``train_max`` None or >= ``n``), else
+    ``train_max`` rows drawn without replacement with :data:`SUBSAMPLE_SEED`, in split order."""
+    if train_max is None or n <= train_max:
+        return None
+    if train_max < 0:
+        raise ValueError(f"train_max must be >= 0, got {train_max}")
+    return np.sort(np.random.default_rng(SUBSAMPLE_SEED).choice(n, size=train_max, replace=False))
+
+
+def leakage_for_cell(ctx: Any, *, n_boot: int = 1000, features: str = "embedding",
+                     train_max: int | None = None) -> dict[str, Any]:
+    """Per attribute of ``ctx.task``: :func:`attribute_leakage` on the cached ``features`` of train+val -> test,
+    the training split cut to :func:`train_rows` (``train_max`` None: all of it; cells pass
+    :data:`CELL_TRAIN_MAX`)."""
+    train = ctx.split("train")
+    rows = train_rows(len(train), train_max)
+    enc_train = ctx.encode("train") if rows is None else ctx.encode_rows("train", rows, tag="leakage-fit")
+    enc = {"train": enc_train[features], "val": ctx.encode("val")[features], "test": ctx.encode("test")[features]}
     x_fit = np.concatenate([enc["train"], enc["val"]]).astype(np.float64)
+    fit_train = {"n": len(train) if rows is None else len(rows), "of": len(train),
+                 **({} if rows is None else {"subsample_seed": SUBSAMPLE_SEED})}
     out: dict[str, Any] = {}
     for a in ctx.task.attributes:
-        g_fit = np.concatenate([np.asarray(ctx.split("train").attributes[a], dtype=object),
+        g_train = np.asarray(train.attributes[a], dtype=object)
+        g_fit = np.concatenate([g_train if rows is None else g_train[rows],
                                 np.asarray(ctx.split("val").attributes[a], dtype=object)])
         g_test = np.asarray(ctx.split("test").attributes[a], dtype=object)
         out[a] = {**attribute_leakage(x_fit, g_fit, enc["test"].astype(np.float64), g_test, n_boot=n_boot,
-                                      seed=ctx.seed), "features": features}
+                                      seed=ctx.seed), "features": features, "fit_train": fit_train}
     return out
 
 
