@@ -145,7 +145,6 @@ def test_cell_probe_fits_a_fixed_train_subsample_whatever_is_cached(micro_task_d
     assert events == {"val": "miss", "test": "miss", "train:leakage-fit": "miss"}  # no whole-train encode
     assert zs["precision"]["encoded_splits"] == ["test", "val"]
     fit = zs["analyses"]["leakage"]["age"]["fit_train"]
-    expected_rows = np.sort(np.random.default_rng(0).choice(80, size=30, replace=False))
     assert fit == {"n": 30, "of": 80, "subsample_seed": 0}
     lp = cell("linear_probe", "b")  # encodes the whole training split; the probe still reads its own entry (hit)
     assert {e["split"]: e["event"] for e in lp["embedding_cache"]["events"]}["train:leakage-fit"] == "hit"
@@ -161,7 +160,24 @@ def test_cell_probe_fits_a_fixed_train_subsample_whatever_is_cached(micro_task_d
     root = Path(lp["embedding_cache"]["root"])
     sub = load_file(str(root / keys["train:leakage-fit"][:2] / f"{keys['train:leakage-fit']}.safetensors"))
     whole = load_file(str(root / keys["train"][:2] / f"{keys['train']}.safetensors"))
-    np.testing.assert_allclose(sub["embedding"], whole["embedding"][expected_rows], rtol=0, atol=1e-5)
+    # each subsample row is one row of the whole split's encoding; 30 distinct rows, all in one of the synthetic
+    # loader's chunks of 64 (whole runs: the subsample renders 64 images, not the split's 80)
+    dist = ((sub["embedding"][:, None, :] - whole["embedding"][None, :, :]) ** 2).sum(-1)
+    rows = dist.argmin(1)
+    assert dist.min(1).max() < 1e-8 and len(set(rows.tolist())) == 30
+    assert len(set((rows // 64).tolist())) == 1
+
+
+def test_train_rows_takes_whole_runs_of_a_block() -> None:
+    from fairbench.analyses.leakage import train_rows
+
+    assert train_rows(100, 100) is None and train_rows(100, None) is None
+    plain = train_rows(1000, 100)
+    assert len(set(plain.tolist())) == 100 and len(set((plain // 64).tolist())) > 2
+    runs = train_rows(1000, 100, 64)
+    assert len(set(runs.tolist())) == 100 and runs.max() < 1000
+    assert len(set((runs // 64).tolist())) == 2  # ceil(100 / 64) chunks rendered, not the 16 a plain draw touches
+    assert np.array_equal(train_rows(1000, 100, 64), runs)  # fixed: the same rows every time
 
 
 def _independent_probs(model, pixels_embedding, prompts):

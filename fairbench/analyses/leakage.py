@@ -9,9 +9,10 @@ computed together from sample counts, :func:`bootstrap_aucs`). Chance is 0.5.
 Samples whose group is unknown are left out, and so are test samples of a group the probe never saw.
 
 In a cell (:data:`CELL_TRAIN_MAX`), the probe is fitted on the val split and a fixed random subsample of at most
-500 training images (drawn with :data:`SUBSAMPLE_SEED` from the split's order, the same in every cell of a model
-and task, and encoded through the embedding cache as an entry of its own): a zero-shot cell encodes only val and
-test for itself, and encoding the whole training split for the probe doubled its cost on synth_cxr.
+500 training images (:func:`train_rows`: drawn with :data:`SUBSAMPLE_SEED`, the same in every cell of a model and
+task, in whole chunks where the image source renders chunks, and encoded through the embedding cache as an entry
+of its own): a zero-shot cell encodes only val and test for itself, and encoding the whole training split for the
+probe doubled its cost on synth_cxr.
 ``fairbench leakage`` fits on all of train + val unless ``--train-max`` caps it.
 
 This follows the "linear probe on frozen features" design of Gichoya et al. 2022 (experiment A3) and
@@ -159,14 +160,22 @@ def attribute_leakage(x_fit: np.ndarray, g_fit: np.ndarray, x_test: np.ndarray, 
             "fit_s": round(time.perf_counter() - t0, 3)}
 
 
-def train_rows(n: int, train_max: int | None) -> np.ndarray | None:
+def train_rows(n: int, train_max: int | None, block: int = 1) -> np.ndarray | None:
     """The training rows a probe is fitted on: None for all of them (``train_max`` None or >= ``n``), else
-    ``train_max`` rows drawn without replacement with :data:`SUBSAMPLE_SEED`, in split order."""
+    ``train_max`` rows drawn without replacement with :data:`SUBSAMPLE_SEED`, sorted. ``block`` > 1: whole runs
+    of ``block`` consecutive rows (an image source that renders that many at once, like the synthetic loader's
+    chunks of 64) in a random order, the last one cut short, so the subsample renders ``train_max`` images, not
+    every chunk it touches."""
     if train_max is None or n <= train_max:
         return None
     if train_max < 0:
         raise ValueError(f"train_max must be >= 0, got {train_max}")
-    return np.sort(np.random.default_rng(SUBSAMPLE_SEED).choice(n, size=train_max, replace=False))
+    rng = np.random.default_rng(SUBSAMPLE_SEED)
+    if block <= 1:
+        return np.sort(rng.choice(n, size=train_max, replace=False))
+    starts = rng.permutation(-(-n // block)) * block
+    rows = np.concatenate([np.arange(s, min(n, s + block)) for s in starts])
+    return np.sort(rows[:train_max])
 
 
 def leakage_for_cell(ctx: Any, *, n_boot: int = 1000, features: str = "embedding",
@@ -175,7 +184,7 @@ def leakage_for_cell(ctx: Any, *, n_boot: int = 1000, features: str = "embedding
     the training split cut to :func:`train_rows` (``train_max`` None: all of it; cells pass
     :data:`CELL_TRAIN_MAX`)."""
     train = ctx.split("train")
-    rows = train_rows(len(train), train_max)
+    rows = train_rows(len(train), train_max, int(getattr(train.images, "block", 1) or 1))
     enc_train = ctx.encode("train") if rows is None else ctx.encode_rows("train", rows, tag="leakage-fit")
     enc = {"train": enc_train[features], "val": ctx.encode("val")[features], "test": ctx.encode("test")[features]}
     x_fit = np.concatenate([enc["train"], enc["val"]]).astype(np.float64)

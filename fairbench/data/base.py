@@ -21,7 +21,9 @@ __all__ = ["DATASETS", "ArrayImages", "DatasetLoader", "ImageSource", "RawSplit"
 
 
 class ImageSource(Protocol):
-    """Random access to a split's images as uint8 arrays (H, W) or (H, W, 3)."""
+    """Random access to a split's images as uint8 arrays (H, W) or (H, W, 3). A source that produces runs of
+    consecutive images together may say how many in an optional ``block`` attribute (the synthetic loader: its
+    chunks of 64), so that subsamples can take whole runs (:func:`fairbench.analyses.leakage.train_rows`)."""
 
     #: identifies the exact pixels (dataset, version, split, options); used in cache keys
     key: str

@@ -133,6 +133,13 @@ class SynthImages:
     def __len__(self) -> int:
         return self.renderer.n if self.rows is None else len(self.rows)
 
+    @property
+    def block(self) -> int:
+        """Consecutive indices rendered together (a whole split: its chunks; a subset: 1, no such runs)."""
+        from fairbench.data.synth_shapes import CHUNK
+
+        return CHUNK if self.rows is None else 1
+
     def load(self, indices: np.ndarray) -> list[np.ndarray]:
         from fairbench.data.synth_shapes import CHUNK
 
