@@ -54,6 +54,19 @@ def test_leakage_age_leaks_and_image_free_attributes_sit_at_chance(leakage_doc: 
     assert leak["race"]["groups"] == ["Asian", "Black", "White"]
 
 
+def test_leakage_command_train_max_caps_the_fit_set(control_dir: Path, leakage_doc: dict) -> None:
+    from fairbench.leakage_command import run_leakage
+
+    # the whole split by default; --train-max 100: 100 of the 240 training images beside the 120 of val
+    assert leakage_doc["leakage"]["age"]["fit_train"] == {"n": 240, "of": 240}
+    assert leakage_doc["leakage"]["age"]["n_fit"] == 240 + 120
+    doc = run_leakage(task="leak_control", model="tinyclip", tasks_dirs=(control_dir,), n_boot=50, device="cpu",
+                      train_max=100)
+    age = doc["leakage"]["age"]
+    assert doc["train_max"] == 100 and age["fit_train"] == {"n": 100, "of": 240, "subsample_seed": 0}
+    assert age["n_fit"] == 100 + 120 and age["auc"] > 0.9  # the degraded group is still read
+
+
 def test_leakage_auc_matches_sklearn_on_planted_data() -> None:
     """A planted linear signal is found, and the three-group AUC is sklearn's macro one-vs-rest on the probe."""
     from sklearn.linear_model import LogisticRegression

@@ -347,3 +347,10 @@ def test_one_key_value_parser():
                        if 'partition("=")' in p.read_text() and p.name != "cli.py")  # cli.py: --flag=value words
     assert splitters == ["kv.py"], splitters
     assert ast.parse((root / "kv.py").read_text())
+
+
+def test_leakage_train_max_below_two_is_a_one_line_error(tmp_path):
+    proc = fairbench("leakage", "--model", "tinyclip", "--task", "synth_cxr", "--train-max", "1",
+                     "--out", str(tmp_path / "leak.json"))
+    assert_one_line_error(proc, "--train-max must be >= 2, got 1")
+    assert not (tmp_path / "leak.json").exists()
