@@ -89,15 +89,42 @@ def test_leakage_auc_matches_sklearn_on_planted_data() -> None:
     assert null["ci"][0] <= 0.5 <= null["ci"][1]
 
 
-@pytest.mark.parametrize("k,n,ties", [(2, 400, False), (2, 60, True), (3, 300, False), (3, 30, True),
-                                      (4, 10, True)])
-def test_leakage_bootstrap_is_sklearn_auc_on_each_resample(k: int, n: int, ties: bool) -> None:
+def test_leakage_bootstrap_memory_does_not_grow_with_resamples_times_samples() -> None:
+    """100 000 test samples, 3 groups, 200 resamples: one [200, n] int64 array alone is 153 MiB; the blocked
+    bootstrap's traced peak stays under 80 MiB (the code that drew all resamples at once and took blocks of 250
+    peaked far above it)."""
+    import tracemalloc
+
+    from fairbench.analyses.leakage import bootstrap_aucs
+
+    rng = np.random.default_rng(0)
+    n = 100_000
+    y = rng.integers(0, 3, n)
+    p = rng.dirichlet(np.ones(3), n)
+    tracemalloc.start()
+    try:
+        got = bootstrap_aucs(y, p, 3, 200, 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 * 2**20, f"{peak / 2**20:.0f} MiB"
+    assert got.shape == (200,) and np.all(np.abs(got - 0.5) < 0.02)  # random scores: chance
+
+
+@pytest.mark.parametrize("k,n,ties,block_bytes", [(2, 400, False, None), (2, 60, True, None), (3, 300, False, None),
+                                                  (3, 30, True, None), (4, 10, True, None), (2, 400, False, 7 * 64 * 400),
+                                                  (3, 300, False, 1)])
+def test_leakage_bootstrap_is_sklearn_auc_on_each_resample(k: int, n: int, ties: bool, block_bytes: int | None,
+                                                           monkeypatch) -> None:
     """The vectorised bootstrap gives, resample by resample, sklearn's AUC on ``rng.integers(0, n, n)`` drawn one
     resample at a time (tied scores, resamples missing a group or a whole class included)."""
     from sklearn.metrics import roc_auc_score
 
+    from fairbench.analyses import leakage
     from fairbench.analyses.leakage import bootstrap_aucs
 
+    if block_bytes is not None:  # small blocks of resamples (7, and 1 at a time): the same resamples, block by block
+        monkeypatch.setattr(leakage, "BOOT_BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(7)
     y = np.r_[np.arange(k), rng.integers(0, k, n - k)]
     p = rng.dirichlet(np.ones(k), n)

@@ -39,6 +39,9 @@ N_FOLDS = 3
 CELL_TRAIN_MAX = 500
 #: the seed of the training subsample (fixed: the same rows whatever the cell's seed)
 SUBSAMPLE_SEED = 0
+#: about how many bytes of [resamples, n] work arrays the bootstrap holds at once (:func:`bootstrap_aucs`)
+BOOT_BLOCK_BYTES = 32 << 20
+_BOOT_ARRAYS = 8  # [b, n] 8-byte arrays alive at once in a block (draws, counts, their reorder, masks, sums)
 
 
 def known_group(value: Any) -> bool:
@@ -90,16 +93,19 @@ def _weighted_ovr_auc(w: np.ndarray, positive: np.ndarray, score: np.ndarray) ->
 
 
 def bootstrap_aucs(y: np.ndarray, p: np.ndarray, n_classes: int, n_boot: int, seed: int) -> np.ndarray:
-    """:func:`_auc` on ``n_boot`` resamples of the test samples (``rng.integers(0, n, n)`` each, drawn in one
-    call: the same resamples as one draw per resample), vectorised over resamples; NaN where undefined."""
+    """:func:`_auc` on ``n_boot`` resamples of the test samples (``rng.integers(0, n, n)`` each: drawn block by
+    block, the same resamples as one draw per resample), vectorised over the resamples of a block; NaN where
+    undefined. A block holds as many resamples as keep its ``[b, n]`` work arrays near
+    :data:`BOOT_BLOCK_BYTES` (at most 250), so memory does not grow with ``n_boot x n``."""
     n = len(y)
     if n_boot <= 0 or n == 0:
         return np.empty(0)
-    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    rng = np.random.default_rng(seed)
     out = np.empty(n_boot)
-    for lo in range(0, n_boot, 250):  # blocks of resamples bound the [B, n] count matrices
-        rows = idx[lo:lo + 250]
-        b = len(rows)
+    step = int(np.clip(BOOT_BLOCK_BYTES // (n * 8 * _BOOT_ARRAYS), 1, 250))
+    for lo in range(0, n_boot, step):
+        b = min(step, n_boot - lo)
+        rows = rng.integers(0, n, (b, n))
         w = np.bincount((np.arange(b)[:, None] * n + rows).ravel(), minlength=b * n).reshape(b, n)
         if n_classes == 2:
             out[lo:lo + b] = _weighted_ovr_auc(w, y == 1, p[:, 1])
