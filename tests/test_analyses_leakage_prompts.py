@@ -87,6 +87,17 @@ def test_leakage_auc_matches_sklearn_on_planted_data() -> None:
     assert ref > 0.75 and abs(r["auc"] - ref) < 0.02 and r["ci"][0] < r["auc"] < r["ci"][1]
     null = attribute_leakage(rng.normal(size=(600, 8)), g[:600], rng.normal(size=(300, 8)), g[600:], n_boot=200)
     assert null["ci"][0] <= 0.5 <= null["ci"][1]
+    # the test rows predicted in chunks (7 rows at a time, from float32 embeddings) give the same record
+    from fairbench.analyses import leakage
+
+    x32 = x.astype(np.float32)
+    whole = attribute_leakage(x[:600], g[:600], x32[600:].astype(np.float64), g[600:], n_boot=100, seed=0)
+    try:
+        leakage.PREDICT_ROWS, before = 7, leakage.PREDICT_ROWS
+        chunked = attribute_leakage(x[:600], g[:600], x32[600:], g[600:], n_boot=100, seed=0)
+    finally:
+        leakage.PREDICT_ROWS = before
+    assert chunked | {"fit_s": 0} == whole | {"fit_s": 0}
 
 
 def test_leakage_bootstrap_memory_does_not_grow_with_resamples_times_samples() -> None:

@@ -42,6 +42,8 @@ SUBSAMPLE_SEED = 0
 #: about how many bytes of [resamples, n] work arrays the bootstrap holds at once (:func:`bootstrap_aucs`)
 BOOT_BLOCK_BYTES = 32 << 20
 _BOOT_ARRAYS = 8  # [b, n] 8-byte arrays alive at once in a block (draws, counts, their reorder, masks, sums)
+#: test rows the probe predicts at a time (each chunk cast to float64 alone)
+PREDICT_ROWS = 8192
 
 
 def known_group(value: Any) -> bool:
@@ -153,7 +155,10 @@ def attribute_leakage(x_fit: np.ndarray, g_fit: np.ndarray, x_test: np.ndarray, 
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FutureWarning)
         clf.fit(x_fit[known_fit], y_fit)
-    p = clf.predict_proba(x_test[keep])
+    # in chunks of rows, each cast to float64 on its own: no float64 copy of the whole test split
+    rows = np.flatnonzero(keep)
+    p = np.concatenate([clf.predict_proba(np.asarray(x_test[rows[i:i + PREDICT_ROWS]], dtype=np.float64))
+                        for i in range(0, len(rows), PREDICT_ROWS)]) if len(rows) else np.zeros((0, len(groups)))
     k = len(groups)
     auc = _auc(y_test, p, k)
     n = len(y_test)
@@ -202,7 +207,7 @@ def leakage_for_cell(ctx: Any, *, n_boot: int = 1000, features: str = "embedding
         g_fit = np.concatenate([g_train if rows is None else g_train[rows],
                                 np.asarray(ctx.split("val").attributes[a], dtype=object)])
         g_test = np.asarray(ctx.split("test").attributes[a], dtype=object)
-        out[a] = {**attribute_leakage(x_fit, g_fit, enc["test"].astype(np.float64), g_test, n_boot=n_boot,
+        out[a] = {**attribute_leakage(x_fit, g_fit, enc["test"], g_test, n_boot=n_boot,
                                       seed=ctx.seed), "features": features, "fit_train": fit_train}
     return out
 
