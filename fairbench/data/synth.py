@@ -18,7 +18,11 @@ default preset.
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 
@@ -35,6 +39,7 @@ __all__ = [
     "FINDINGS",
     "GENERATOR_VERSION",
     "BiasRule",
+    "ReportTexts",
     "SynthConfig",
     "SynthSplit",
     "generate_split",
@@ -77,7 +82,7 @@ class SynthSplit:
     finding: np.ndarray              # str: "normal" or one of FINDINGS (the truth drawn in the image)
     label_finding: np.ndarray        # str: the recorded label, after label noise
     attributes: dict[str, np.ndarray]  # "sex" (str), "age" (int years), "race" (str)
-    reports: list[str]               # written from label_finding
+    reports: Sequence[str]           # written from label_finding: a list; ReportTexts when render=False
     marker: np.ndarray               # bool: burned-in marker drawn
     #: renders the images chunk by chunk on demand (the same bytes as ``images``)
     renderer: Renderer | None = None
@@ -181,6 +186,99 @@ def _details(f: dict[str, np.ndarray], labels: np.ndarray) -> list[dict[str, str
     return out
 
 
+class ReportTexts(Sequence[str]):
+    """A split's reports, written when asked for, ``CHUNK`` at a time (a sequence of str, as a list of them).
+
+    :func:`write_reports` draws from one stream sample after sample, so report ``i`` depends on the stream's
+    state after report ``i - 1``: the first time a chunk is reached, the chunks before it are written in order
+    (and dropped), keeping the generator's state at each chunk's start; afterwards any chunk is rewritten from
+    its saved state. The texts are those of one ``write_reports`` call over the whole split; the arrays they are
+    written from (recorded label codes, finding parameters, age, aorta) are the ones the split already holds.
+    The most recently written ``KEEP`` chunks are kept."""
+
+    CHUNK = 1024
+    KEEP = 4
+
+    def __init__(self, rng: np.random.Generator, codes: np.ndarray, names: np.ndarray,
+                 findings: dict[str, np.ndarray], age: np.ndarray, aorta: np.ndarray, incidental_rate: float) -> None:
+        self.n = len(codes)
+        self.codes, self.names = codes, names
+        self.findings = {k: findings[k] for k in _DETAIL_KEYS}
+        self.age, self.aorta, self.incidental_rate = age, aorta, incidental_rate
+        self._bitgen = type(rng.bit_generator)
+        self._states: list[dict] = [rng.bit_generator.state]
+        self._setup()
+
+    def _setup(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[int, list[str]] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_lock"], state["_kept"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _write(self, ci: int) -> list[str]:
+        """Chunk ``ci`` from its saved state (which exists); saves the next chunk's state if it is new."""
+        bitgen = self._bitgen()
+        bitgen.state = self._states[ci]
+        rng = np.random.Generator(bitgen)
+        sl = slice(ci * self.CHUNK, min(self.n, (ci + 1) * self.CHUNK))
+        labels = self.names[self.codes[sl]]
+        texts = write_reports(rng, labels, _details({k: v[sl] for k, v in self.findings.items()}, labels),
+                              self.age[sl], self.aorta[sl], self.incidental_rate)
+        if len(self._states) == ci + 1:
+            self._states.append(rng.bit_generator.state)
+        return texts
+
+    def chunk(self, ci: int) -> list[str]:
+        with self._lock:
+            texts = self._kept.get(ci)
+            if texts is not None:
+                self._kept.move_to_end(ci)
+                return texts
+            for k in range(len(self._states) - 1, ci):  # walk the stream up to this chunk once
+                self._write(k)
+            texts = self._write(ci)
+            self._kept[ci] = texts
+            while len(self._kept) > self.KEEP:
+                self._kept.popitem(last=False)
+            return texts
+
+    @overload
+    def __getitem__(self, key: int) -> str: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> list[str]: ...
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return [self[i] for i in range(*key.indices(self.n))]
+        if not isinstance(key, (int, np.integer)):
+            raise TypeError(f"report indices must be integers or slices, not {type(key).__name__}")
+        i = int(key)
+        if not -self.n <= i < self.n:
+            raise IndexError(f"report index {i} out of range for {self.n} reports")
+        i %= self.n
+        return self.chunk(i // self.CHUNK)[i % self.CHUNK]
+
+    def __iter__(self) -> Iterator[str]:
+        for ci in range(-(-self.n // self.CHUNK)):
+            yield from self.chunk(ci)
+
+
+#: the finding parameters a report's placeholders are written from (:func:`_details`)
+_DETAIL_KEYS = ("side", "eff_side", "eff_amount", "cardio_factor", "ptx_collapse", "nod_y", "mass_y", "cons_zone",
+                "nod_r", "mass_r")
+
+
 # -- the generator ----------------------------------------------------------------------------------------
 def generate_split(config: SynthConfig, split: str, seed: int, *, render: bool = True) -> SynthSplit:
     """Generate split ``split`` (a key of ``config.n``) deterministically from ``seed``.
@@ -230,15 +328,16 @@ def generate_split(config: SynthConfig, split: str, seed: int, *, render: bool =
     )
 
     label_finding = names[recorded]
-    reports = write_reports(_stream(seed, split, "reports"), label_finding, _details(findings, label_finding),
-                            age, anatomy["aorta"], config.incidental_rate)
+    # written from the renderer's (compactly held) parameters: no second copy of them
+    reports = ReportTexts(_stream(seed, split, "reports"), recorded.astype(np.int8), names, renderer.findings, age,
+                          renderer.a["aorta"], config.incidental_rate)
     return SynthSplit(
         sample_ids=np.array([f"synth-{split}-{i:06d}" for i in range(n)], dtype=str),
         images=renderer.render_all() if render else None,
         finding=names[code],
         label_finding=label_finding,
         attributes=attributes,
-        reports=reports,
+        reports=list(reports) if render else reports,
         marker=marker,
         renderer=renderer,
     )

@@ -1,8 +1,9 @@
 """The ``synth_cxr`` dataset loader: wraps the procedural generator (:mod:`fairbench.data.synth`).
 
 Card options are the generator's options (see ``docs/synthetic.md``) plus ``seed``. A split's labels,
-attributes, reports and per-sample drawing parameters are generated when it is loaded and kept for the life of
-the process (up to eight splits), so the pipeline and tinyclip pretraining share them; its images are not:
+attributes and per-sample drawing parameters are generated when it is loaded and kept for the life of
+the process (up to eight splits), so the pipeline and tinyclip pretraining share them; its reports are written
+when read (:class:`fairbench.data.synth.ReportTexts`, a few chunks of 1024 kept), and its images are not held:
 :class:`SynthImages` renders them ``CHUNK`` (64) at a time when they are asked for, keeping the most recently
 rendered chunks of all splits together under :data:`PIXEL_CHUNK_BYTES`. Memory does not grow with the split:
 a 100 000-image split is never held whole. The bytes are those of :func:`fairbench.data.synth.generate_split`.
@@ -74,14 +75,16 @@ def _build(fingerprint: str, config: Any, split: str, seed: int) -> RawSplit:
     if split not in config.n:
         raise CardError(f"synth_cxr: no split named {split!r} (the generator has {', '.join(config.n)})")
     s = synth.generate_split(config, split, seed, render=False)
+    true_finding = _objects(s.finding)
     columns = {
         "finding": _objects(s.label_finding),
-        "true_finding": _objects(s.finding),
+        "true_finding": true_finding,
         **{k: np.asarray(v) for k, v in s.attributes.items()},
     }
-    extra = {"true_finding": _objects(s.finding), "marker": np.asarray(s.marker, dtype=bool)}
+    extra = {"true_finding": true_finding, "marker": np.asarray(s.marker, dtype=bool)}
     images = SynthImages(s.renderer, key=f"synth_cxr:{fingerprint[:16]}:{split}:{seed}")
-    return RawSplit(sample_ids=np.asarray(s.sample_ids), columns=columns, images=images, texts=list(s.reports),
+    # the reports are a ReportTexts: written when read, chunk by chunk, not held as a list of str
+    return RawSplit(sample_ids=np.asarray(s.sample_ids), columns=columns, images=images, texts=s.reports,
                     extra=extra)
 
 

@@ -17,6 +17,7 @@ import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -211,6 +212,39 @@ def _render_chunk(size: int, a: dict[str, np.ndarray], f: dict[str, np.ndarray],
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+#: anatomy parameters that rendering reads only through ``np.asarray(v, dtype=float32)`` (``col``), so holding them
+#: as float32 changes no pixel; ``theta`` (cos and sin in float64) and ``aorta`` (reports compare it in float64)
+#: are not among them
+_F32_PARAMS = ("tx", "ty", "scale", "body_w", "soft", "lung_dark", "insp", "heart_w", "heart_h", "med_shift",
+               "rib_amp", "rib_phase", "breast", "gain", "offset", "gamma")
+#: the same for finding parameters (the others are also read in float64: by the reports, or before a cast)
+_F32_FINDINGS = ("nod_u", "mass_u", "mass_lobe", "cons_r")
+
+
+class _Coded:
+    """A float64 array of few distinct values held as its values and a uint8 code per row; indexing gives the
+    float64 values themselves."""
+
+    def __init__(self, values: np.ndarray, codes: np.ndarray) -> None:
+        self.values, self.codes = values, codes
+
+    @staticmethod
+    def of(v: np.ndarray) -> _Coded | np.ndarray:
+        if v.dtype != np.float64 or v.ndim != 1:
+            return v
+        values, codes = np.unique(v, return_inverse=True)
+        codes = codes.reshape(-1)
+        if len(values) > 256 or not np.array_equal(values[codes].view(np.int64), v.view(np.int64)):
+            return v  # many values, or values unique() merges (-0.0 and 0.0, NaNs): held as they are
+        return _Coded(values, codes.astype(np.uint8))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.values[self.codes[key]]
+
+
 class Renderer:
     """Renders a split's images ``CHUNK`` at a time; chunk ``i`` is images ``[i * CHUNK, (i + 1) * CHUNK)``.
 
@@ -230,6 +264,18 @@ class Renderer:
         grow = np.where(cm, findings["cardio_factor"] ** (0.5 + 0.5 * min(strength, 2.0)), 1.0)
         a["heart_w"] = anatomy["heart_w"] * grow
         a["heart_h"] = anatomy["heart_h"] * np.where(cm, 1.0 + 0.4 * (grow - 1.0), 1.0)
+        # held compactly, with the same rendered bytes: parameters that rendering only ever casts to float32
+        # first are stored as float32; the degradation parameters (a few distinct values, set by the bias rules)
+        # as a table and one code per image
+        for k in _F32_PARAMS:
+            a[k] = np.asarray(a[k], dtype=F32)
+        findings = dict(findings)
+        for k in _F32_FINDINGS:
+            findings[k] = np.asarray(findings[k], dtype=F32)
+        for k in ("side", "eff_side"):  # -1, 0 or 1
+            findings[k] = _Coded.of(np.asarray(findings[k]))
+        findings["cons_zone"] = np.asarray(findings["cons_zone"]).astype(np.int8)  # 0, 1, 2: an index
+        degrade = {k: _Coded.of(np.asarray(v)) for k, v in degrade.items()}
         self.size, self.a, self.findings, self.codes, self.strength = size, a, findings, codes, strength
         self.degrade, self.marker, self.marker_xy, self.chunk_rng = degrade, marker, marker_xy, chunk_rng
         self.n = len(codes)

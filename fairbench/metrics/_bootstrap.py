@@ -2,9 +2,10 @@
 
 Resampling draws, within every stratum (true class x group of the pass's attribute), as many rows with
 replacement as the stratum holds, so every group keeps its size and class balance and no group vanishes
-from a resample. A chunk of resamples is one (b, n) count matrix; chunks bound memory and run on a few
-threads (numpy releases the GIL in the heavy loops). Chunk seeds depend only on (seed, chunk index), so
-results do not depend on the number of threads.
+from a resample. A chunk of resamples is one (b, n) count matrix, drawn and evaluated a block of resamples at a
+time (BLOCK_ELEMENTS bounds the memory of a block); chunks run on a few threads (numpy releases the GIL in the
+heavy loops). Chunk seeds depend only on (seed, chunk index), so results do not depend on the number of threads
+nor on the block size.
 """
 
 from __future__ import annotations
@@ -15,14 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from fairbench.metrics._kernels import draw_weights, pass_stats
+from fairbench.metrics._kernels import draw_weight_blocks, pass_stats
 from fairbench.metrics._plan import Plan
 from fairbench.metrics._stats import SliceStats
 
-__all__ = ["CHUNK_ELEMENTS", "CI_LEVEL", "OUTSIDE", "bootstrap_values", "outside_note", "percentile_intervals"]
+__all__ = ["BLOCK_ELEMENTS", "CHUNK_ELEMENTS", "CI_LEVEL", "OUTSIDE", "block_rows", "bootstrap_values", "chunks",
+           "outside_note", "percentile_intervals"]
 
 CI_LEVEL = 0.95
-CHUNK_ELEMENTS = 1 << 21  # rows x resamples per chunk: bounds memory to roughly 150 MB per thread
+#: rows x resamples per chunk. A chunk is a unit of seeding (its resamples come from streams seeded by (seed, chunk
+#: index)), so this constant fixes which resamples a seed gives: changing it changes every interval.
+CHUNK_ELEMENTS = 1 << 21
+#: rows x resamples evaluated at once: a chunk is drawn and evaluated in blocks of this many elements (2 MiB per
+#: int64 array of a block; the kernels hold about ten such arrays), which bounds memory per thread to a few tens
+#: of MiB whatever the split's size, without changing the resamples (docs/scale.md, "compare and metrics").
+BLOCK_ELEMENTS = 1 << 18
 #: how a note on an interval that does not contain its own point estimate begins (``notes["ci.<path>"]``)
 OUTSIDE = "the percentile interval excludes the point estimate"
 Evaluate = Callable[[SliceStats], dict[tuple[str, ...], np.ndarray]]
@@ -33,6 +41,17 @@ def _threads() -> int:
     return max(1, min(4, cpus))
 
 
+def chunks(n_boot: int, n: int) -> list[tuple[int, int, int]]:
+    """The seeding chunks of ``n_boot`` resamples of ``n`` rows: (chunk index, first resample, end)."""
+    b = max(1, min(n_boot, CHUNK_ELEMENTS // max(n, 1)))
+    return [(c, c * b, min(n_boot, (c + 1) * b)) for c in range((n_boot + b - 1) // b)]
+
+
+def block_rows(n: int) -> int:
+    """Resamples per evaluated block for ``n`` rows."""
+    return max(1, BLOCK_ELEMENTS // max(n, 1))
+
+
 def bootstrap_values(
     plan: Plan, evaluate: Evaluate, paths: list[tuple[str, ...]], n_boot: int, seed: int, no_finding: int | None,
 ) -> np.ndarray:
@@ -40,18 +59,19 @@ def bootstrap_values(
     out = np.full((n_boot, len(paths)), np.nan)
     if n_boot <= 0 or not paths:
         return out
-    b = max(1, min(n_boot, CHUNK_ELEMENTS // max(plan.n, 1)))
-    chunks = [(c, c * b, min(n_boot, (c + 1) * b)) for c in range((n_boot + b - 1) // b)]
+    todo = chunks(n_boot, plan.n)
+    rows = block_rows(plan.n)
 
     def run(chunk: tuple[int, int, int]) -> None:
         c, lo, hi = chunk
-        w = draw_weights(plan, hi - lo, seed, c)
-        values = evaluate(pass_stats(w, plan, no_finding))
-        for j, path in enumerate(paths):
-            out[lo:hi, j] = values[path]
+        for w in draw_weight_blocks(plan, hi - lo, seed, c, rows):
+            values = evaluate(pass_stats(w, plan, no_finding))
+            for j, path in enumerate(paths):
+                out[lo:lo + len(w), j] = values[path]
+            lo += len(w)
 
-    with ThreadPoolExecutor(max_workers=min(_threads(), len(chunks))) as pool:
-        for _ in pool.map(run, chunks):
+    with ThreadPoolExecutor(max_workers=min(_threads(), len(todo))) as pool:
+        for _ in pool.map(run, todo):
             pass
     return out
 

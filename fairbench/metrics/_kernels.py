@@ -5,12 +5,14 @@ Weights are int64 counts of shape (b, n) in the plan's row order; every sum over
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from fairbench.metrics._plan import AucPlan, Plan
 from fairbench.metrics._stats import SliceStats
 
-__all__ = ["draw_weights", "ones_weights", "pass_stats"]
+__all__ = ["draw_weight_blocks", "draw_weights", "ones_weights", "pass_stats"]
 
 
 def ones_weights(plan: Plan) -> np.ndarray:
@@ -35,6 +37,30 @@ def draw_weights(plan: Plan, b: int, seed: int, chunk: int) -> np.ndarray:
         for r in range(b):  # one row at a time: the counters stay in cache
             w[r, start:start + size] = np.bincount(draws[r], minlength=size)
     return w
+
+
+def draw_weight_blocks(plan: Plan, b: int, seed: int, chunk: int, rows: int) -> Iterator[np.ndarray]:
+    """``draw_weights(plan, b, seed, chunk)`` handed out ``rows`` resamples at a time: the same counts, row for row,
+    with (rows, n) arrays alive instead of (b, n). Each stratum keeps its generator across blocks, and numpy's
+    ``Generator.integers`` continues one stream whether a (b, size) draw is made at once or in row blocks
+    (tests/test_bootstrap_blocks.py checks it against ``draw_weights``)."""
+    rows = max(1, rows)
+    gens = []
+    seen: dict[bytes, int] = {}
+    for start, size, key in plan.strata:
+        dup = seen.get(key, 0)
+        seen[key] = dup + 1
+        words = np.frombuffer(key, dtype=np.uint32).tolist()
+        gens.append((start, size, np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, chunk, dup,
+                                                                                                *words])))))
+    for lo in range(0, b, rows):
+        m = min(rows, b - lo)
+        w = np.empty((m, plan.n), dtype=np.int64)
+        for start, size, rng in gens:
+            draws = rng.integers(0, size, size=(m, size))
+            for r in range(m):
+                w[r, start:start + size] = np.bincount(draws[r], minlength=size)
+        yield w
 
 
 def _cumsum0(w: np.ndarray) -> np.ndarray:

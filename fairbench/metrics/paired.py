@@ -4,7 +4,7 @@ and the leaderboard's "versus" tables use these public names.
 
 Both sets are evaluated on the same resamples. Rows are aligned by sample id (same samples, labels and
 groups). Each pass (overall, then one per attribute) draws A's resamples with the suite's own function
-(:func:`fairbench.metrics._kernels.draw_weights`: within every stratum of true class x group, true class alone
+(:func:`fairbench.metrics._kernels.draw_weights`, drawn and evaluated in bounded blocks: within every stratum of true class x group, true class alone
 for the overall pass, as many rows with replacement as the stratum holds, seeded by the stratum's content),
 so with the same seed they are exactly the resamples A's own metrics.json intervals came from; B gets the
 same counts on the same samples, moved into its own row order. Each set keeps its own threshold.
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairbench.metrics._bootstrap import CHUNK_ELEMENTS, CI_LEVEL, _threads, percentile_intervals
+from fairbench.metrics._bootstrap import CI_LEVEL, _threads, block_rows, chunks, percentile_intervals
 from fairbench.metrics._delong import DeLong, delong_paired
 from fairbench.metrics._inputs import read_predictions as parse_predictions
-from fairbench.metrics._kernels import draw_weights, ones_weights, pass_stats
+from fairbench.metrics._kernels import draw_weight_blocks, ones_weights, pass_stats
 from fairbench.metrics._passes import Pass, Path
 from fairbench.metrics._plan import PassData, Plan, build_plan
 from fairbench.metrics._suite import _resolve_threshold, build_passes
@@ -99,19 +99,21 @@ def paired_pass(p: Pass, data_a: PassData, data_b: PassData, no_finding: int | N
     deltas = np.full((n_boot, len(paths)), np.nan)
     if n_boot > 0 and paths:
         take_b = b_layout(plan_a, plan_b)
-        size = max(1, min(n_boot, CHUNK_ELEMENTS // max(plan_a.n, 1)))
-        chunks = [(c, c * size, min(n_boot, (c + 1) * size)) for c in range((n_boot + size - 1) // size)]
+        todo = chunks(n_boot, plan_a.n)
+        rows = block_rows(plan_a.n)
 
         def run(chunk: tuple[int, int, int]) -> None:
             c, lo, hi = chunk
-            w = draw_weights(plan_a, hi - lo, seed, c)  # the suite's own resamples of A
-            xa = p.evaluate(pass_stats(w, plan_a, no_finding), bad_a)
-            xb = p.evaluate(pass_stats(np.take(w, take_b, axis=1), plan_b, no_finding), bad_b)
-            for j, path in enumerate(paths):
-                deltas[lo:hi, j] = xb[path] - xa[path]
+            # the suite's own resamples of A, a bounded block of them at a time
+            for w in draw_weight_blocks(plan_a, hi - lo, seed, c, rows):
+                xa = p.evaluate(pass_stats(w, plan_a, no_finding), bad_a)
+                xb = p.evaluate(pass_stats(np.take(w, take_b, axis=1), plan_b, no_finding), bad_b)
+                for j, path in enumerate(paths):
+                    deltas[lo:lo + len(w), j] = xb[path] - xa[path]
+                lo += len(w)
 
-        with ThreadPoolExecutor(max_workers=min(_threads(), len(chunks))) as pool:
-            for _ in pool.map(run, chunks):
+        with ThreadPoolExecutor(max_workers=min(_threads(), len(todo))) as pool:
+            for _ in pool.map(run, todo):
                 pass
     bounds, n_undefined = percentile_intervals(deltas, CI_LEVEL) if n_boot > 0 and paths else (None, None)
     column = {path: j for j, path in enumerate(paths)}
