@@ -21,9 +21,10 @@ import re
 import resource
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: the synthetic loader calls release_freed_memory
+    import torch
 
 __all__ = ["PeakMemory", "peak_rss_mb", "release_freed_memory"]
 
@@ -90,6 +91,8 @@ class PeakMemory:
     """Started at the beginning of a cell; :meth:`report` is its ``provenance.resources``."""
 
     def __init__(self, device: torch.device | str) -> None:
+        import torch
+
         self.device = torch.device(device)
         self.scope = "cell" if _reset_hwm() else "process"
         self.cuda = self.device.type == "cuda" and torch.cuda.is_available()
@@ -99,6 +102,8 @@ class PeakMemory:
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"peak_rss_mb": round(peak_rss_mb(), 1), "rss_scope": self.scope}
         if self.cuda:
+            import torch
+
             out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(self.device) / _MIB, 1)
             out["peak_cuda_reserved_mb"] = round(torch.cuda.max_memory_reserved(self.device) / _MIB, 1)
         return out
