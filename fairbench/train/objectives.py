@@ -126,8 +126,9 @@ class FeatureHead(_Mitigated, Objective):
                  dropout: float, device: torch.device) -> None:
         x_tr = features["train"].astype(np.float64)
         mean, std = x_tr.mean(axis=0), x_tr.std(axis=0)
+        del x_tr
         std = np.where(std > 0, std, 1.0)
-        self.x = {s: torch.from_numpy(((f - mean) / std).astype(np.float32)).to(device) for s, f in features.items()}
+        self.x = {s: torch.from_numpy(_standardised(f, mean, std)).to(device) for s, f in features.items()}
         self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         layers: list[nn.Module] = []
         width = self.x["train"].shape[1]
@@ -147,7 +148,22 @@ class FeatureHead(_Mitigated, Objective):
     @torch.no_grad()
     def predict(self, split: str) -> np.ndarray:
         self.eval_mode()
-        return torch.softmax(self.head(self.x[split]).float(), dim=1).cpu().numpy()
+        x = self.x[split]  # in chunks of rows: the hidden activations of a whole large split are not held at once
+        return torch.cat([torch.softmax(self.head(x[i:i + PREDICT_ROWS]).float(), dim=1)
+                          for i in range(0, max(len(x), 1), PREDICT_ROWS)]).cpu().numpy()
+
+
+#: rows a feature head scores at a time (a split of at most this many is one pass, as before chunking)
+PREDICT_ROWS = 8192
+
+
+def _standardised(f: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``((f - mean) / std).astype(float32)``, computed in chunks of rows (elementwise: the same values) so that
+    no float64 copy of a whole split is held."""
+    out = np.empty(f.shape, dtype=np.float32)
+    for i in range(0, len(f), PREDICT_ROWS):
+        out[i:i + PREDICT_ROWS] = (f[i:i + PREDICT_ROWS] - mean) / std
+    return out
 
 
 class _ModelObjective(Objective):
