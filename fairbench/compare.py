@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fairbench.errors import FairbenchError
-from fairbench.metrics.paired import CI_LEVEL, paired_metrics, rule_threshold
+from fairbench.metrics.paired import CI_LEVEL, paired_metrics, paired_predictions, parse_predictions, rule_threshold
 from fairbench.results import ResultCell, read_predictions, resolve_cells, resolve_side
 
 __all__ = [
@@ -55,8 +55,14 @@ def _matching_seed(cell_side: dict[int | None, ResultCell], cell_path: Path | st
 
 
 # -- one pair ---------------------------------------------------------------------------------------------------
-def _read_frame(cell: ResultCell, classes: list[str], attributes: list[str]) -> pd.DataFrame:
-    return read_predictions(cell.predictions, classes, attributes)
+def _read_frame(cell: ResultCell, classes: list[str], attributes: list[str], card: Any) -> pd.DataFrame:
+    """The rows compare reads: the evaluated split's, and validation's too when the threshold must be chosen by
+    the card's rule (no metrics.json records one), with only the columns the metrics read."""
+    splits = [card.evaluation.split]
+    recorded = (cell.doc or {}).get("threshold")
+    if not (isinstance(recorded, dict) and "value" in recorded) and "val" not in splits:
+        splits.append("val")
+    return read_predictions(cell.predictions, classes, attributes, splits=splits)
 
 
 def _threshold(cell: ResultCell, frame: pd.DataFrame, card: Any) -> tuple[float | None, dict[str, Any]]:
@@ -70,37 +76,56 @@ def _threshold(cell: ResultCell, frame: pd.DataFrame, card: Any) -> tuple[float 
     return value, {**record, "from": "task card rule"}
 
 
+def _sorted_ids(ids: pd.Series) -> tuple[np.ndarray, Any]:
+    """The row order that sorts the ids (as str, by code point, as Python compares them) and the sorted ids, in
+    arrow (no Python str per row)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(ids, type=pa.large_string()) if isinstance(ids.dtype, pd.StringDtype) else pa.array(
+        ids.astype(str).to_numpy(dtype=object), type=pa.large_string())
+    order = pc.sort_indices(arr).to_numpy()  # stable; by UTF-8 bytes, the order of code points
+    return order, arr.take(pa.array(order))
+
+
 def _aligned(a: ResultCell, b: ResultCell, fa: pd.DataFrame, fb: pd.DataFrame,
              card: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The evaluated rows of both, in the same order (by sample id), after checking they are the same samples
     with the same labels and groups."""
+    import pyarrow.compute as pc
+
     split = card.evaluation.split
-    out = []
+    out, keys = [], []
     for cell, frame in ((a, fa), (b, fb)):
-        ev = frame[frame["split"].astype(str) == split].copy()
-        if ev.empty:
+        keep = (frame["split"].astype(str) == split).to_numpy(dtype=bool)
+        if not keep.any():
             raise FairbenchError(f"{cell.name}: no rows with split == {split!r}")
-        ids = ev["sample_id"].astype(str)
-        dup = ids[ids.duplicated()].unique().tolist()
-        if dup:
+        ev = frame if keep.all() else frame[keep]
+        order, ids = _sorted_ids(ev["sample_id"])
+        if len(ids) > 1 and pc.any(pc.equal(ids[1:], ids[:-1])).as_py():
+            named = ev["sample_id"].astype(str)
+            dup = named[named.duplicated()].unique().tolist()
             raise FairbenchError(f"{cell.name}: duplicate sample id(s) in split {split!r}: {', '.join(dup[:5])}")
-        ev["sample_id"] = ids
-        out.append(ev.sort_values("sample_id", kind="mergesort").reset_index(drop=True))
+        ev = ev.take(order).reset_index(drop=True)
+        ev["sample_id"] = pd.Series(ids.to_pandas(types_mapper=pd.ArrowDtype), name="sample_id").astype(str)
+        out.append(ev)
+        keys.append(ids)
     ea, eb = out
-    only_a = sorted(set(ea["sample_id"]) - set(eb["sample_id"]))
-    only_b = sorted(set(eb["sample_id"]) - set(ea["sample_id"]))
-    if only_a or only_b:
+    ka, kb = keys
+    if len(ka) != len(kb) or not pc.all(pc.equal(ka, kb)).as_py():
+        set_a, set_b = set(ka.to_pylist()), set(kb.to_pylist())
+        only_a, only_b = sorted(set_a - set_b), sorted(set_b - set_a)
         raise FairbenchError(
             f"{a.name} and {b.name} were evaluated on different samples ({len(only_a)} only in A"
             + (f", e.g. {only_a[0]}" if only_a else "") + f"; {len(only_b)} only in B"
             + (f", e.g. {only_b[0]}" if only_b else "") + "): a paired comparison needs the same test samples")
+    del keys, ka, kb
     if not np.array_equal(ea["label"].to_numpy(), eb["label"].to_numpy()):
         i = int(np.flatnonzero(ea["label"].to_numpy() != eb["label"].to_numpy())[0])
         raise FairbenchError(f"{a.name} and {b.name} disagree on the label of sample {ea['sample_id'][i]}")
     for attr in card.attributes:
         col = f"attr_{attr}"
-        va = ea[col].astype("string").fillna("<unknown>").to_numpy()
-        vb = eb[col].astype("string").fillna("<unknown>").to_numpy()
+        va, vb = _as_text(ea[col]), _as_text(eb[col])
         if not np.array_equal(va, vb):
             i = int(np.flatnonzero(va != vb)[0])
             raise FairbenchError(f"{a.name} and {b.name} disagree on {attr} of sample {ea['sample_id'][i]} "
@@ -108,19 +133,33 @@ def _aligned(a: ResultCell, b: ResultCell, fa: pd.DataFrame, fb: pd.DataFrame,
     return ea, eb
 
 
+def _as_text(column: pd.Series) -> np.ndarray:
+    """Each row's value as text, ``<unknown>`` where missing (an object array of the few distinct strs)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        names = column.cat.categories.astype("string").fillna("<unknown>").to_numpy()
+        return np.append(names.astype(object), "<unknown>")[column.cat.codes.to_numpy()]
+    return column.astype("string").fillna("<unknown>").to_numpy()
+
+
 def compare_pair(a: ResultCell, b: ResultCell, card: Any, *, n_boot: int, seed: int) -> dict[str, Any]:
     """Paired bootstrap (every metric) and DeLong (AUCs) of B - A on the same evaluated samples."""
     classes, attributes = list(card.classes), list(card.attributes)
     ev = card.evaluation
-    fa, fb = _read_frame(a, classes, attributes), _read_frame(b, classes, attributes)
+    fa, fb = _read_frame(a, classes, attributes, card), _read_frame(b, classes, attributes, card)
     ta, rec_a = _threshold(a, fa, card)
     tb, rec_b = _threshold(b, fb, card)
     ea, eb = _aligned(a, b, fa, fb, card)
-    metrics, delong = paired_metrics(
-        ea, eb, classes=classes, attributes=attributes, intersections=[list(i) for i in ev.intersections] or None,
-        eval_split=ev.split, threshold_a=ta, threshold_b=tb, ece_bins=ev.ece_bins,
+    del fa, fb  # what is held from here on is the evaluated rows, parsed (docs/scale.md, "compare and metrics")
+    n = int(len(ea))
+    inter = [list(i) for i in ev.intersections] or None
+    pa = parse_predictions(ea, classes, attributes, inter)
+    del ea
+    pb = parse_predictions(eb, classes, attributes, inter)
+    del eb
+    metrics, delong = paired_predictions(
+        pa, pb, classes=classes, eval_split=ev.split, threshold_a=ta, threshold_b=tb, ece_bins=ev.ece_bins,
         no_finding_class=ev.no_finding_class, n_boot=n_boot, seed=seed)
-    return {"a": a.identity(), "b": b.identity(), "task": card.name, "eval_split": ev.split, "n": int(len(ea)),
+    return {"a": a.identity(), "b": b.identity(), "task": card.name, "eval_split": ev.split, "n": n,
             "n_boot": n_boot, "seed": seed, "ci_level": CI_LEVEL if n_boot else None,
             "ci_method": "percentile of the paired resampled deltas (same samples for A and B; strata true class "
                          "x group per attribute, true class overall); an interval that does not contain its delta "

@@ -100,7 +100,8 @@ def _check_unique_ids(df: pd.DataFrame) -> None:
     """A sample appears once per split: a repeated id would count its sample twice."""
     if "sample_id" not in df.columns or not len(df):
         return
-    keys = pd.DataFrame({"split": df["split"].astype(str).to_numpy(), "id": df["sample_id"].astype(str).to_numpy()})
+    # pandas' own string columns (no Python str per row): the same values compared as the str arrays were
+    keys = pd.DataFrame({"split": df["split"].astype(str), "id": df["sample_id"].astype(str)})
     repeated = keys[keys.duplicated(keep=False)]
     if len(repeated):
         ids = list(dict.fromkeys(repeated["id"]))
@@ -157,9 +158,17 @@ def read_predictions(
         parts = [attrs[a] if a in attrs else _group_labels(df[f"attr_{a}"]) for a in combo]
         attrs[INTERSECTION_SEP.join(combo)] = _intersect(parts)
     return Predictions(
-        classes=classes, split=df["split"].astype(str).to_numpy(), y=label.astype(np.int64), probs=probs,
+        classes=classes, split=_split_names(df["split"]), y=label.astype(np.int64), probs=probs,
         attributes=attrs, notes={"probabilities": sums_note} if sums_note else {}, decide=decide,
     )
+
+
+def _split_names(column: pd.Series) -> np.ndarray:
+    """Each row's split as str (an object array); a categorical column's rows share its few names."""
+    if isinstance(column.dtype, pd.CategoricalDtype) and not column.isna().any():
+        names = column.cat.categories.astype(str).to_numpy(dtype=object)
+        return names[column.cat.codes.to_numpy()]
+    return column.astype(str).to_numpy()
 
 
 def _decisions(df: pd.DataFrame, classes: list[str]) -> np.ndarray | None:

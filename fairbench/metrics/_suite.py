@@ -99,7 +99,7 @@ def build_passes(
     if not ev.any():
         raise DataError(f"no rows with split == {eval_split!r}; splits present: {sorted(set(pred.split))}")
     task = "binary" if len(pred.classes) == 2 else "multiclass"
-    y, raw = pred.y[ev], pred.probs[ev]
+    y, raw = (pred.y, pred.probs) if ev.all() else (pred.y[ev], pred.probs[ev])  # no copy of all rows
     bad = np.isnan(raw).any(axis=1)
     probs = np.nan_to_num(raw, nan=0.0)
     decide = None

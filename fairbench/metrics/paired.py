@@ -42,6 +42,8 @@ __all__ = [
     "delong_paired",
     "paired_metrics",
     "paired_pass",
+    "paired_predictions",
+    "parse_predictions",
     "rule_threshold",
 ]
 
@@ -192,6 +194,20 @@ def paired_metrics(ea: pd.DataFrame, eb: pd.DataFrame, *, classes: list[str], at
     in the same order."""
     pa = parse_predictions(ea, classes, attributes, intersections)
     pb = parse_predictions(eb, classes, attributes, intersections)
+    return paired_predictions(pa, pb, classes=classes, eval_split=eval_split, threshold_a=threshold_a,
+                              threshold_b=threshold_b, ece_bins=ece_bins, no_finding_class=no_finding_class,
+                              n_boot=n_boot, seed=seed)
+
+
+def paired_predictions(pa: Any, pb: Any, *, classes: list[str], eval_split: str, threshold_a: float | None,
+                       threshold_b: float | None, ece_bins: int, no_finding_class: str | None, n_boot: int,
+                       seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`paired_metrics` of two parsed tables (``fairbench.metrics._inputs.Predictions``), so that a caller
+    can let the frames go first. DeLong runs before the passes are built: its sorts' work arrays and the passes'
+    arrays are not held at once."""
+    ev_a, ev_b = pa.split == eval_split, pb.split == eval_split
+    delong = _delong(pa, pb, ev_a, ev_b, classes)
+    del ev_a, ev_b
     nf = classes.index(str(no_finding_class)) if no_finding_class is not None else None
     passes_a = build_passes(pa, eval_split=eval_split, threshold=threshold_a, ece_bins=ece_bins, no_finding=nf)
     passes_b = build_passes(pb, eval_split=eval_split, threshold=threshold_b, ece_bins=ece_bins, no_finding=nf)
@@ -199,7 +215,4 @@ def paired_metrics(ea: pd.DataFrame, eb: pd.DataFrame, *, classes: list[str], at
     for (p, da), (_, db) in zip(passes_a, passes_b, strict=True):
         for path, value in paired_pass(p, da, db, nf, n_boot, seed).items():
             _nest(metrics, path, _entry(value))
-    ev_a, ev_b = pa.split == eval_split, pb.split == eval_split
-    return metrics, _delong(pa, pb, ev_a, ev_b, classes)
-
-
+    return metrics, delong
