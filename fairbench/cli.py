@@ -225,9 +225,10 @@ def leakage(
     tasks_dir: TasksDirOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Attribute leakage: how well a logistic regression on the frozen image embeddings (fit on train+val,
-    C by cross-validation) predicts each protected attribute on the test split; AUC with a bootstrap interval,
-    beside chance 0.5 (docs/metrics.md)."""
+    """Attribute leakage: how well a logistic regression on the frozen image embeddings (fit on train+val, or on
+    val and a --train-max subsample of train; C by cross-validation) predicts each protected attribute on the test
+    split; AUC with a bootstrap interval, beside chance 0.5 (docs/metrics.md)."""
+    from fairbench.analyses.leakage import fit_description
     from fairbench.leakage_command import leakage_table, run_leakage
     from fairbench.results import write_json
 
@@ -239,7 +240,8 @@ def leakage(
                       train_max=train_max,
                       tasks_dirs=tuple(tasks_dir or ()), data_root=data_root, device=device,
                       model_args=parse_kv(model_arg or [], "--model-arg"))
-    typer.echo(f"attribute leakage: {doc['model']} on {doc['task']} ({features}, {n_boot} bootstrap resamples)")
+    typer.echo(f"attribute leakage: {doc['model']} on {doc['task']} ({features}, fitted on "
+               f"{fit_description(doc['leakage'])}, {n_boot} bootstrap resamples)")
     typer.echo(leakage_table(doc))
     if out is not None:
         write_json(out, doc)

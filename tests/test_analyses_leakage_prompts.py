@@ -197,6 +197,14 @@ def test_cell_probe_fits_a_fixed_train_subsample_whatever_is_cached(micro_task_d
     assert zs["precision"]["encoded_splits"] == ["test", "val"]
     fit = zs["analyses"]["leakage"]["age"]["fit_train"]
     assert fit == {"n": 30, "of": 80, "subsample_seed": 0}
+    # the report's section and the plot say what the probe was fitted on, not "train + val"
+    from fairbench.analyses.leakage import fit_description
+    from fairbench.report.analyses_view import _leakage_section
+
+    assert fit_description(zs["analyses"]["leakage"]) == "val + 30 of 80 training images"
+    intro = _leakage_section(None, zs["analyses"], {})[0]["intro"]
+    assert "fitted on val + 30 of 80 training images, scored on test" in intro
+    assert fit_description({"age": {"auc": 0.9}}) == "train + val"  # records written before fit_train
     lp = cell("linear_probe", "b")  # encodes the whole training split; the probe still reads its own entry (hit)
     assert {e["split"]: e["event"] for e in lp["embedding_cache"]["events"]}["train:leakage-fit"] == "hit"
     off = cell("zeroshot", "c", embedding_cache=False)

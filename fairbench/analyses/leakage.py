@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FROZEN_ADAPTERS", "attribute_leakage", "frozen_encoder", "known_group", "leakage_for_cell", "leakage_table",
-           "train_rows"]
+__all__ = ["FROZEN_ADAPTERS", "attribute_leakage", "fit_description", "frozen_encoder", "known_group", "leakage_for_cell",
+           "leakage_table", "train_rows"]
 
 #: adapters whose image encoder stays frozen, so the cached embeddings are the cell's own
 FROZEN_ADAPTERS = ("zeroshot", "linear_probe", "mlp")
@@ -210,6 +210,16 @@ def leakage_for_cell(ctx: Any, *, n_boot: int = 1000, features: str = "embedding
         out[a] = {**attribute_leakage(x_fit, g_fit, enc["test"], g_test, n_boot=n_boot,
                                       seed=ctx.seed), "features": features, "fit_train": fit_train}
     return out
+
+
+def fit_description(records: dict[str, Any]) -> str:
+    """What the probes of ``records`` (``analyses.leakage``) were fitted on, for titles and intros: "train + val",
+    or "val + 500 of 2000 training images" when the training split was cut (records without ``fit_train``, written
+    before it was recorded: "train + val")."""
+    fit = next((r.get("fit_train") for r in records.values() if isinstance(r, dict) and r.get("fit_train")), None)
+    if not fit or fit.get("n") == fit.get("of"):
+        return "train + val"
+    return f"val + {fit['n']} of {fit['of']} training images"
 
 
 def leakage_table(doc: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fairbench.analyses.leakage import fit_description
 from fairbench.analyses.power import underpowered
 from fairbench.report.formatting import pct, slug
 from fairbench.report.page_model import Table, TCell, THead
@@ -167,9 +168,9 @@ def _leakage_section(cell: Any, an: dict[str, Any], figures: dict[str, Any]) -> 
                               THead("chance", "chance"), THead("interval above chance", "above", False),
                               THead("test samples", "n"), THead("groups", "groups", False),
                               THead("note", "note", False)], rows)],
-            "intro": ("How well a cross-validated logistic regression on the frozen image embeddings (fitted on train "
-                      "+ val, scored on test) recovers each protected attribute: what a linear read-out can see, "
-                      "not what the model uses."),
+            "intro": ("How well a cross-validated logistic regression on the frozen image embeddings (fitted on "
+                      f"{fit_description(leak)}, scored on test) recovers each protected attribute: what a linear "
+                      "read-out can see, not what the model uses."),
             "figure": figures.get("leakage")})
     return sections
 

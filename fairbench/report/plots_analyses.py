@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from fairbench.analyses.leakage import fit_description
 from fairbench.analyses.power import underpowered
 from fairbench.errors import DataError
 from fairbench.report.analyses_view import figure_names, figure_stem, panel_attributes
@@ -203,7 +204,7 @@ def leakage_figure(cell: ResultCell, attributes: Sequence[str] | None = None) ->
         ax.grid(axis="x", alpha=0.3)
         ax.legend(loc="lower right", frameon=False)
         fig.suptitle(f"{cell_title(cell)}\nAttribute leakage: logistic probe on the frozen image embeddings "
-                     "(train+val -> test); filled point: 95% interval above chance", fontsize=10)
+                     f"({fit_description(leak)} -> test); filled point: 95% interval above chance", fontsize=10)
         fig.tight_layout()
     return fig
 
