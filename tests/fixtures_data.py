@@ -173,3 +173,12 @@ def write_chexpert(root: Path, n_patients: int = 30, *, folder: str = "CheXpert-
             for p in range(1, n_patients):  # the last patient has no demographics row
                 w.writerow([f"patient{p:05d}", "Male", 50, races[p % len(races)], "Non-Hispanic/Non-Latino"])
     return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """``rows`` as a CSV with a header (the columns of the first row); returns ``path``."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

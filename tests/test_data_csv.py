@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from fixtures_data import write_csv
 from PIL import Image
 
 from fairbench.data.check import check_task
@@ -48,11 +48,7 @@ def make_dataset(root: Path, n: int = 120, *, split: bool = False) -> Path:
             row["fold"] = ["train", "train", "validate", "test"][(i // 2) % 4]
         rows.append(row)
     path = root / "labels.csv"
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return write_csv(path, rows)
 
 
 def test_tasks_new_writes_a_card_that_loads_every_split(tmp_path):

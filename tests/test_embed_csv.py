@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_data import write_csv
 from PIL import Image
 from test_models_generic import _tokenizer as _clip_tokenizer  # the one tiny CLIP tokenizer of the hf tests
 from typer.testing import CliRunner
@@ -41,11 +42,7 @@ def _write_pngs(root: Path) -> Path:
                      "sex": ["F", "M"][(i // 2) % 2], "site": ["a", "b", "c"][i % 3],
                      "fold": ["train", "val", "test", "test"][i % 4]})
     manifest = root / "images.csv"
-    with open(manifest, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_csv(manifest, rows)
 
 
 def _save(directory: Path, kind: str) -> Path:
